@@ -1,0 +1,310 @@
+"""Configuration: the downstream servers file (`.mcp.json`) and the rules file.
+
+Both files are found, read, substituted and validated here, and every failure becomes one
+`ConfigError` that names the file, the JSON path inside it and what is wrong, so an operator
+can fix the file without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+MCP_CONFIG_NAME = ".mcp.json"
+RULES_NAME = ".mcp-gateway-rules.json"
+MCP_CONFIG_ENV = "GATEWAY_MCP_CONFIG"
+RULES_ENV = "GATEWAY_RULES"
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+M = TypeVar("M", bound=BaseModel)
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used, with where and why."""
+
+    def __init__(self, file: str | Path, path: str, reason: str) -> None:
+        self.file = str(file)
+        self.path = path
+        self.reason = reason
+        where = f"{self.file}: {path}" if path else self.file
+        super().__init__(f"{where}: {reason}")
+
+
+def user_config_dir() -> Path:
+    return Path.home() / ".config" / "agent-mcp-gateway"
+
+
+# --- downstream servers ---------------------------------------------------------------------
+
+
+class ServerConfig(BaseModel):
+    """One downstream server: a stdio program (`command`) or a Streamable HTTP URL (`url`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_ms: Annotated[int, Field(gt=0)] | None = None
+    # Claude's format carries these; the transport follows from command/url.
+    transport: str | None = Field(default=None, exclude=True)
+    type: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ServerConfig:
+        if self.command and self.url:
+            raise ValueError("has both 'command' and 'url'; a server is either stdio or HTTP")
+        if not self.command and not self.url:
+            raise ValueError("needs 'command' (stdio) or 'url' (Streamable HTTP)")
+        if self.url and (self.args or self.env or self.cwd):
+            raise ValueError("'args', 'env' and 'cwd' are for stdio servers, not 'url' ones")
+        if self.command and self.headers:
+            raise ValueError("'headers' are for 'url' servers, not stdio ones")
+        if self.url and not re.match(r"^https?://", self.url):
+            raise ValueError("'url' must start with http:// or https://")
+        return self
+
+    @property
+    def kind(self) -> Literal["stdio", "http"]:
+        return "stdio" if self.command else "http"
+
+    def __hash__(self) -> int:
+        return hash(self.model_dump_json())
+
+
+class McpConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mcpServers: dict[str, ServerConfig]
+
+    @field_validator("mcpServers")
+    @classmethod
+    def _names(cls, servers: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
+        for name in servers:
+            if not re.match(AGENT_ID_PATTERN, name):
+                raise ValueError(f"server name {name!r} must match {AGENT_ID_PATTERN}")
+        return servers
+
+
+# --- policy rules -----------------------------------------------------------------------------
+
+Pattern = Annotated[str, StringConstraints(min_length=1)]
+
+
+class RuleSet(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    servers: tuple[Pattern, ...] = ()
+    tools: dict[str, tuple[Pattern, ...]] = Field(default_factory=dict)
+
+
+class AgentRules(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    allow: RuleSet = RuleSet()
+    deny: RuleSet = RuleSet()
+    rate_limit: str | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            validate_rate_limit(value)
+        return value
+
+
+class Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deny_on_missing_agent: bool = True
+
+
+class RulesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agents: dict[str, AgentRules]
+    defaults: Defaults = Defaults()
+
+    @field_validator("agents")
+    @classmethod
+    def _agent_ids(cls, agents: dict[str, AgentRules]) -> dict[str, AgentRules]:
+        for agent_id in agents:
+            if not re.match(AGENT_ID_PATTERN, agent_id):
+                raise ValueError(f"agent id {agent_id!r} must match {AGENT_ID_PATTERN}")
+        return agents
+
+
+def validate_rate_limit(value: str) -> None:
+    """Reject a limit string slowapi would only refuse at request time."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(
+            f"rate limit {value!r} is not valid; use forms like '60/minute' or '10/second'"
+        ) from None
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Both files, validated together; swapped as one value on reload."""
+
+    mcp: McpConfig
+    rules: RulesConfig
+    mcp_path: Path
+    rules_path: Path
+    warnings: tuple[str, ...]
+
+    @property
+    def servers(self) -> dict[str, ServerConfig]:
+        return self.mcp.mcpServers
+
+
+def discover(env_var: str, filename: str) -> Path:
+    """Find a config file: the env var, then the current directory, then the user config dir."""
+    explicit = os.environ.get(env_var)
+    if explicit:
+        return Path(explicit).expanduser()
+    for candidate in (Path.cwd() / filename, user_config_dir() / filename):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        filename,
+        "",
+        f"not found; set {env_var}, or create it in the current directory or "
+        f"{user_config_dir()}",
+    )
+
+
+def load(mcp_path: Path | None = None, rules_path: Path | None = None) -> GatewayConfig:
+    mcp_path = mcp_path or discover(MCP_CONFIG_ENV, MCP_CONFIG_NAME)
+    rules_path = rules_path or discover(RULES_ENV, RULES_NAME)
+    mcp = load_mcp_config(mcp_path)
+    rules = load_rules(rules_path)
+    return GatewayConfig(mcp, rules, mcp_path, rules_path, tuple(cross_check(mcp, rules)))
+
+
+def load_mcp_config(path: Path) -> McpConfig:
+    raw = _read_json(path)
+    if isinstance(raw, dict) and isinstance(raw.get("mcpServers"), dict):
+        raw["mcpServers"] = {
+            name: _substitute(server, path, f"mcpServers.{name}", name)
+            for name, server in raw["mcpServers"].items()
+        }
+    return _validate(McpConfig, raw, path)
+
+
+def load_rules(path: Path) -> RulesConfig:
+    return _validate(RulesConfig, _substitute(_read_json(path), path, "", None), path)
+
+
+def cross_check(mcp: McpConfig, rules: RulesConfig) -> list[str]:
+    """Rules naming servers that are not configured: likely typos, but not fatal."""
+    from fnmatch import fnmatchcase
+
+    names = list(mcp.mcpServers)
+    warnings = []
+    for agent_id, agent in rules.agents.items():
+        for kind, ruleset in (("allow", agent.allow), ("deny", agent.deny)):
+            entries = [(f"servers[{i}]", p) for i, p in enumerate(ruleset.servers)]
+            entries += [(f"tools.{p}", p) for p in ruleset.tools]
+            for where, pattern in entries:
+                if not any(fnmatchcase(name, pattern) for name in names):
+                    warnings.append(
+                        f"agents.{agent_id}.{kind}.{where}: {pattern!r} matches no "
+                        "server in the servers file"
+                    )
+    return warnings
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot be read ({exc.__class__.__name__})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            path, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}"
+        ) from None
+
+
+def _substitute(value: Any, file: Path, path: str, server: str | None) -> Any:
+    """Expand ${VAR} and ${VAR:-default} in every string, naming the variable when unset."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None:
+                return found
+            if default is not None:
+                return default
+            owner = f" (server {server!r})" if server else ""
+            raise ConfigError(
+                file, path, f"environment variable {name} is not set and has no default{owner}"
+            )
+
+        return _VARIABLE.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, file, _join(path, k), server) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, file, f"{path}[{i}]", server) for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _validate(model: type[M], raw: Any, file: Path) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(file, _json_path(first["loc"]), _reason(first)) from None
+
+
+def _json_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = _join(path, str(part))
+    return path or "(top level)"
+
+
+def _reason(error: Any) -> str:
+    kind, message = error["type"], error["msg"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,89 @@
+"""The five gateway failures, each a JSON-RPC error code with a name and context fields.
+
+Messages are one sentence meant for an agent to act on; they never carry a traceback, a file
+path or a secret. `data.code` holds the name so clients can branch without parsing text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp import MCPError
+
+
+class GatewayError(Exception):
+    code: int = -32000
+    name: str = "GATEWAY_ERROR"
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"code": self.name, **self.fields}
+
+    def to_mcp_error(self) -> MCPError:
+        return MCPError(self.code, self.message, self.data)
+
+
+class DeniedByPolicy(GatewayError):
+    code = -32000
+    name = "DENIED_BY_POLICY"
+
+    def __init__(
+        self, agent_id: str, operation: str, server: str, tool: str | None, rule: str
+    ) -> None:
+        target = f"tool '{tool}' on server '{server}'" if tool else f"server '{server}'"
+        super().__init__(
+            f"Agent '{agent_id}' may not use {target} (rule {rule}).",
+            agent_id=agent_id,
+            operation=operation,
+            server=server,
+            tool=tool,
+            rule=rule,
+        )
+
+
+class ServerUnavailable(GatewayError):
+    code = -32001
+    name = "SERVER_UNAVAILABLE"
+
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(
+            f"Server '{server}' is unavailable: {reason}.", server=server, reason=reason
+        )
+
+
+class ToolNotFound(GatewayError):
+    code = -32002
+    name = "TOOL_NOT_FOUND"
+
+    def __init__(self, server: str, tool: str) -> None:
+        super().__init__(
+            f"Tool '{tool}' not found on server '{server}'; call get_server_tools to see "
+            "the tools you may use.",
+            server=server,
+            tool=tool,
+        )
+
+
+class InvalidAgentId(GatewayError):
+    code = -32003
+    name = "INVALID_AGENT_ID"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Invalid agent_id: {reason}.", reason=reason)
+
+
+class GatewayTimeout(GatewayError):
+    code = -32004
+    name = "TIMEOUT"
+
+    def __init__(self, operation: str, timeout_ms: int) -> None:
+        super().__init__(
+            f"Operation '{operation}' timed out after {timeout_ms} ms.",
+            operation=operation,
+            timeout_ms=timeout_ms,
+        )
