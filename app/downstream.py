@@ -1,0 +1,359 @@
+"""Downstream connections: one persistent MCP session per configured server.
+
+Each server is owned by a supervisor task that connects, keeps the session alive, notices when
+it is lost (a failed call, a failed ping, the process exiting) and reconnects with exponential
+backoff. Calls never wait for a connection: a server that is not up fails fast with
+SERVER_UNAVAILABLE. stdio servers run in their own process group (the SDK's stdio client starts
+them with a new session and ends them with killpg), so closing a server ends its whole tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal
+
+import mcp_types as mt
+from fastmcp import Client
+from fastmcp.client.messages import MessageHandler
+from fastmcp.client.transports import ClientTransport, StdioTransport, StreamableHttpTransport
+from mcp import MCPError
+
+from .config import ServerConfig
+from .errors import GatewayTimeout, ServerUnavailable, ToolNotFound
+from .metrics import DOWNSTREAM_RESTARTS, DOWNSTREAM_SECONDS, DOWNSTREAM_UP
+
+log = logging.getLogger("agent_mcp_gateway.downstream")
+
+State = Literal["connecting", "up", "down", "closed"]
+ProgressHandler = Callable[[float, float | None, str | None], Awaitable[None]]
+LogForwarder = Callable[[mt.LoggingMessageNotificationParams], Awaitable[None]]
+
+CONNECTION_CLOSED = -32000
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset by a successful connection."""
+
+    def __init__(self, first: float = 0.25, cap: float = 30.0) -> None:
+        self.first, self.cap, self.attempt = first, cap, 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.first * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _Notifications(MessageHandler):
+    def __init__(self, server: Downstream) -> None:
+        self.server = server
+
+    async def on_tool_list_changed(self, message: mt.ToolListChangedNotification) -> None:
+        self.server.schedule_tool_refresh()
+
+    async def on_logging_message(self, message: mt.LoggingMessageNotification) -> None:
+        await self.server.forward_log(message.params)
+
+
+class Downstream:
+    """A downstream MCP server and its one shared session."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ServerConfig,
+        connect_timeout: float = 15.0,
+        ping_interval: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.state: State = "connecting"
+        self.last_error: str | None = None
+        self.tools: dict[str, mt.Tool] = {}
+        self.connected_at: float | None = None
+        self.tried = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._client: Client[Any] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self._log_forwarders: set[LogForwarder] = set()
+        DOWNSTREAM_UP.labels(name).set(0)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"downstream:{self.name}")
+
+    async def close(self) -> None:
+        self.state = "closed"
+        DOWNSTREAM_UP.remove(self.name)
+        for task in (self._refresh, self._supervisor):
+            if task is not None:
+                task.cancel()
+        if self._supervisor is not None:
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await self._disconnect()
+
+    async def _supervise(self) -> None:
+        backoff = Backoff()
+        while self.state != "closed":
+            try:
+                await asyncio.wait_for(self._connect(), self.connect_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure to connect is retried, never fatal
+                await self._disconnect()
+                self._mark_down(_describe(exc, "connect"))
+                self.tried.set()
+                DOWNSTREAM_RESTARTS.labels(self.name).inc()
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            self._lost.clear()
+            self.state, self.last_error, self.connected_at = "up", None, time.time()
+            DOWNSTREAM_UP.labels(self.name).set(1)
+            self.tried.set()
+            log.info("downstream connected", extra={"server": self.name, "tools": len(self.tools)})
+            await self._watch()
+            await self._disconnect()
+            if self.state != "closed":
+                DOWNSTREAM_RESTARTS.labels(self.name).inc()
+
+    async def _connect(self) -> None:
+        client = Client(
+            _transport(self.config),
+            name="agent-mcp-gateway",
+            message_handler=_Notifications(self),
+            init_timeout=self.connect_timeout,
+        )
+        self._client = client
+        await client.__aenter__()
+        await self._load_tools(client)
+
+    async def _watch(self) -> None:
+        """Wait until the session is lost: a failed call says so, or a ping finds it."""
+        while self.state == "up":
+            try:
+                await asyncio.wait_for(self._lost.wait(), self.ping_interval)
+            except TimeoutError:
+                if await self._ping():
+                    continue
+                self._lost.set()
+            self._mark_down(self.last_error or "connection lost")
+
+    async def _ping(self) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await asyncio.wait_for(client.ping(), self.ping_interval)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.last_error = _describe(exc, "ping")
+            return False
+
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.close(), 5)
+            except Exception as exc:  # a dead server can fail to close; it is gone either way
+                log.debug("downstream close failed", extra={"server": self.name, "error": repr(exc)})
+
+    def _mark_down(self, reason: str) -> None:
+        if self.state == "closed":
+            return
+        if self.state == "up":
+            log.warning("downstream lost", extra={"server": self.name, "reason": reason})
+        self.state, self.last_error = "down", reason
+        DOWNSTREAM_UP.labels(self.name).set(0)
+
+    def _lose(self, reason: str) -> None:
+        self.last_error = reason
+        self._mark_down(reason)
+        self._lost.set()
+
+    # --- tools -----------------------------------------------------------------------------
+
+    async def _load_tools(self, client: Client[Any]) -> None:
+        listed = await client.list_tools()
+        self.tools = {tool.name: tool for tool in listed}
+
+    def schedule_tool_refresh(self) -> None:
+        """Refresh the cached tool list after `notifications/tools/list_changed`."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.create_task(self.refresh_tools())
+
+    async def refresh_tools(self) -> None:
+        client = self._client
+        if client is None or self.state != "up":
+            return
+        try:
+            await self._load_tools(client)
+        except Exception as exc:
+            log.warning("tool list refresh failed", extra={"server": self.name, "error": repr(exc)})
+
+    async def list_tools(self) -> list[mt.Tool]:
+        await self._require_client()
+        return list(self.tools.values())
+
+    # --- calls -----------------------------------------------------------------------------
+
+    async def _require_client(self) -> Client[Any]:
+        if self.state == "connecting":
+            # A call that races start-up waits for the first attempt instead of failing.
+            await asyncio.wait([asyncio.ensure_future(self.tried.wait())], timeout=self.connect_timeout)
+        if self.state != "up" or self._client is None:
+            raise ServerUnavailable(self.name, self.last_error or self.state)
+        return self._client
+
+    async def call_tool(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        timeout_ms: int,
+        progress: ProgressHandler | None = None,
+        forward_log: LogForwarder | None = None,
+    ) -> mt.CallToolResult:
+        client = await self._require_client()
+        if tool not in self.tools:
+            raise ToolNotFound(self.name, tool)
+        started = time.perf_counter()
+        outcome = "error"
+        if forward_log is not None:
+            self._log_forwarders.add(forward_log)
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                result = await client.call_tool_mcp(tool, arguments, progress_handler=progress)
+            outcome = "tool_error" if result.is_error else "ok"
+            return result
+        except TimeoutError:
+            outcome = "timeout"
+            raise GatewayTimeout("execute_tool", timeout_ms) from None
+        except MCPError as exc:
+            if _is_connection_loss(exc):
+                self._lose("connection lost during a call")
+                raise ServerUnavailable(self.name, "connection lost during the call") from None
+            raise
+        except (OSError, ConnectionError, RuntimeError) as exc:
+            self._lose(_describe(exc, "call"))
+            raise ServerUnavailable(self.name, "connection lost during the call") from None
+        finally:
+            if forward_log is not None:
+                self._log_forwarders.discard(forward_log)
+            DOWNSTREAM_SECONDS.labels(self.name, outcome).observe(time.perf_counter() - started)
+
+    async def forward_log(self, params: mt.LoggingMessageNotificationParams) -> None:
+        """Send a downstream log message to the caller it belongs to.
+
+        Log notifications carry no request id on the client side, so a message can only be
+        attributed when exactly one call is in flight; otherwise it goes to the gateway's
+        own log rather than to a caller who may be a different agent.
+        """
+        if len(self._log_forwarders) == 1:
+            forwarder = next(iter(self._log_forwarders))
+            try:
+                await forwarder(params)
+                return
+            except Exception as exc:
+                log.warning("log forward failed", extra={"server": self.name, "error": repr(exc)})
+        log.info(
+            "downstream log",
+            extra={"server": self.name, "log_level": params.level, "data": params.data},
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "transport": self.config.kind,
+            "tools": len(self.tools),
+            "last_error": self.last_error,
+            "connected_at": self.connected_at,
+        }
+
+
+class DownstreamPool:
+    """All downstream servers, keyed by name; reconciled against each new configuration."""
+
+    def __init__(self, connect_timeout: float = 15.0, ping_interval: float = 10.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.servers: dict[str, Downstream] = {}
+
+    def get(self, name: str) -> Downstream | None:
+        return self.servers.get(name)
+
+    async def apply(self, configs: dict[str, ServerConfig]) -> None:
+        """Start new servers, restart changed ones, close removed ones; keep the rest."""
+        stale = [
+            server
+            for name, server in self.servers.items()
+            if name not in configs or configs[name] != server.config
+        ]
+        for server in stale:
+            del self.servers[server.name]
+        await asyncio.gather(*(server.close() for server in stale))
+        for name, config in configs.items():
+            if name not in self.servers:
+                server = Downstream(name, config, self.connect_timeout, self.ping_interval)
+                self.servers[name] = server
+                server.start()
+            else:
+                self.servers[name].schedule_tool_refresh()
+
+    async def wait_tried(self, timeout: float) -> None:
+        """Wait until every server has had its first connection attempt (or time runs out)."""
+        waits = [server.tried.wait() for server in self.servers.values()]
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=timeout)
+
+    @property
+    def all_tried(self) -> bool:
+        return all(server.tried.is_set() for server in self.servers.values())
+
+    async def close(self) -> None:
+        servers, self.servers = list(self.servers.values()), {}
+        await asyncio.gather(*(server.close() for server in servers))
+
+    def __iter__(self) -> Iterable[Downstream]:  # type: ignore[override]
+        return iter(list(self.servers.values()))
+
+
+def _transport(config: ServerConfig) -> ClientTransport:
+    if config.command:
+        return StdioTransport(
+            config.command,
+            list(config.args),
+            env=dict(config.env) or None,
+            cwd=config.cwd,
+            keep_alive=False,
+        )
+    assert config.url is not None
+    return StreamableHttpTransport(config.url, headers=dict(config.headers))
+
+
+def _is_connection_loss(exc: MCPError) -> bool:
+    return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"
+
+
+def _describe(exc: BaseException, during: str) -> str:
+    """A reason an agent may read: the kind of failure, never a path or a secret."""
+    while isinstance(exc, RuntimeError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, TimeoutError):
+        return f"{during} timed out"
+    if isinstance(exc, FileNotFoundError):
+        return f"{during} failed: command not found"
+    if isinstance(exc, MCPError) and _is_connection_loss(exc):
+        return f"{during} failed: connection closed"
+    return f"{during} failed: {type(exc).__name__}"

@@ -1,0 +1,71 @@
+"""Process logging: JSON lines on stderr (text for humans), each carrying the request id.
+
+stdout is never written to: over stdio it is the MCP protocol channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+import warnings
+from contextvars import ContextVar
+
+from pythonjsonlogger.json import JsonFormatter
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def _drop_expected_failures(record: logging.LogRecord) -> bool:
+    """fastmcp logs every tool exception with a traceback; a gateway error is an answer, not a
+    crash, and is already in the audit log."""
+    from .errors import GatewayError
+
+    error = record.exc_info[1] if record.exc_info else None
+    while error is not None and not isinstance(error, GatewayError):
+        error = error.__cause__
+    return error is None
+
+
+def setup_logging() -> None:
+    """Route the gateway's, fastmcp's and Granian's records to one stderr handler."""
+    os.environ.setdefault("FASTMCP_LOG_ENABLED", "false")
+    level = os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("GATEWAY_LOG_FORMAT", "json").lower() == "text":
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    else:
+        handler.setFormatter(
+            JsonFormatter(
+                "{asctime}{levelname}{name}{message}{request_id}",
+                style="{",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    # fastmcp configures its own rich handler at import; send its records through ours.
+    fastmcp_logger = logging.getLogger("fastmcp")
+    fastmcp_logger.handlers[:] = []
+    fastmcp_logger.propagate = True
+    handler.addFilter(_drop_expected_failures)
+    logging.captureWarnings(True)
+    # Legacy-era clients still negotiate logging; forwarding downstream logs to them is right.
+    warnings.filterwarnings("ignore", message="The logging capability is deprecated")
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "mcp", "fastmcp", "sse_starlette"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))

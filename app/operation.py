@@ -1,0 +1,36 @@
+"""The gateway operation in progress: who asked for what, and what decided it.
+
+The middleware opens one per gateway tool call; identity, tools and error handling fill it in,
+and it becomes the audit line and the metric samples when the call ends.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from .audit import Decision
+
+
+@dataclass(slots=True)
+class Operation:
+    name: str
+    request_id: str
+    session_id: str | None = None
+    agent_id: str = ""
+    server: str | None = None
+    tool: str | None = None
+    rule: str | None = None
+    decision: Decision = "ALLOW"
+    error_code: str | None = None
+
+
+_current: ContextVar[Operation] = ContextVar("gateway_operation")
+
+
+def current_operation() -> Operation:
+    return _current.get()
+
+
+def begin(operation: Operation) -> None:
+    _current.set(operation)

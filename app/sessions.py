@@ -1,0 +1,59 @@
+"""The gateway's record of each HTTP MCP session: the agent it is bound to and its timestamps.
+
+The SDK's session manager owns the transport (ids, 404s, DELETE, idle expiry); this registry
+adds what it lacks, the agent binding, and expires its records on the same idle TTL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .metrics import ACTIVE_SESSIONS
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    session_id: str
+    agent_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+
+
+class SessionRegistry:
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._records: dict[str, SessionRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def open(self, session_id: str) -> SessionRecord:
+        record = self._records.get(session_id)
+        if record is None:
+            record = self._records[session_id] = SessionRecord(session_id)
+            ACTIVE_SESSIONS.set(len(self._records))
+        return record
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        return self._records.get(session_id)
+
+    def touch(self, session_id: str) -> SessionRecord | None:
+        record = self._records.get(session_id)
+        if record is not None:
+            record.last_used = time.time()
+        return record
+
+    def close(self, session_id: str) -> None:
+        if self._records.pop(session_id, None) is not None:
+            ACTIVE_SESSIONS.set(len(self._records))
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop records idle longer than the TTL; returns how many were dropped."""
+        cutoff = (now or time.time()) - self.ttl_seconds
+        stale = [sid for sid, record in self._records.items() if record.last_used < cutoff]
+        for sid in stale:
+            del self._records[sid]
+        if stale:
+            ACTIVE_SESSIONS.set(len(self._records))
+        return len(stale)

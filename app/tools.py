@@ -1,0 +1,226 @@
+"""The gateway tools agents see: discover servers, inspect their tools, execute one.
+
+Identity is already resolved by the middleware when these run (`operation.get()`); each tool
+asks the policy engine and records the deciding rule on the operation for the audit line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from fnmatch import fnmatchcase
+from typing import Annotated, Any
+
+import mcp_types as mt
+from fastmcp import Context, FastMCP
+from fastmcp.tools.base import ToolResult
+from pydantic import Field
+
+from .downstream import Downstream
+from .errors import ServerUnavailable
+from .gateway import Gateway
+from .operation import current_operation
+
+AgentId = Annotated[
+    str | None,
+    Field(description="Your agent id. Optional when the gateway assigns a default agent."),
+]
+
+LIST_SERVERS = (
+    "Step 1 of 3. List the MCP servers you may use and what each is for. "
+    "Next: get_server_tools(server) to see a server's tools, then execute_tool to call one."
+)
+GET_SERVER_TOOLS = (
+    "Step 2 of 3. Show the tools you may call on one server, with their input schemas. "
+    "Narrow with names (comma-separated) or pattern (a glob such as 'get_*'), and cap the size "
+    "with max_schema_tokens. Next: execute_tool."
+)
+EXECUTE_TOOL = (
+    "Step 3 of 3. Call one tool on a server with its arguments and get its result as the "
+    "server returned it. Discover names and argument schemas with get_server_tools first."
+)
+GATEWAY_STATUS = "Debug only: the gateway's configuration, reload history and server health."
+
+
+def estimate_tokens(value: Any) -> int:
+    """The budget's unit: serialized characters / 4, a common rough tokens estimate."""
+    return (len(json.dumps(value, separators=(",", ":"), default=str)) + 3) // 4
+
+
+class _Forwarder:
+    """Relays a downstream call's progress and log notifications to the calling client.
+
+    The session, request id and progress token are captured while the request is current:
+    downstream notifications arrive on the downstream client's task, outside that context.
+    fastmcp 4.1.2's `Context.report_progress` looks for `progress_token` in the request meta,
+    but the SDK stores it as `progressToken`, so progress is sent from here directly.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        request = ctx.request_context
+        meta = request.meta if request is not None else None
+        self._token = meta.get("progressToken") if meta else None
+        self._session = ctx.session
+        self._request_id = ctx.request_id
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        if self._token is None:
+            return
+        await self._session.send_progress_notification(
+            progress_token=self._token,
+            progress=progress,
+            total=total,
+            message=message,
+            related_request_id=self._request_id,
+        )
+
+    async def log(self, params: mt.LoggingMessageNotificationParams) -> None:
+        await self._session.send_log_message(
+            level=params.level,
+            data=params.data,
+            logger=params.logger,
+            related_request_id=self._request_id,
+        )
+
+
+def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
+    @mcp.tool(description=LIST_SERVERS)
+    async def list_servers(
+        agent_id: AgentId = None,
+        include_metadata: Annotated[
+            bool, Field(description="Also return transport, command or url, and health.")
+        ] = False,
+    ) -> dict[str, Any]:
+        op = current_operation()
+        snapshot = gateway.snapshot
+        names = snapshot.engine.visible_servers(op.agent_id, list(snapshot.config.servers))
+        servers = []
+        for name in names:
+            config = snapshot.config.servers[name]
+            entry: dict[str, Any] = {"name": name, "description": config.description}
+            if include_metadata:
+                downstream = gateway.pool.get(name)
+                entry["transport"] = config.kind
+                if config.command:
+                    entry["command"] = config.command
+                else:
+                    entry["url"] = config.url
+                entry["health"] = downstream.state if downstream else "unknown"
+            servers.append(entry)
+        return {"servers": servers}
+
+    @mcp.tool(description=GET_SERVER_TOOLS)
+    async def get_server_tools(
+        server: Annotated[str, Field(description="A server name from list_servers.")],
+        agent_id: AgentId = None,
+        names: Annotated[
+            str | None, Field(description="Comma-separated tool names to return.")
+        ] = None,
+        pattern: Annotated[
+            str | None, Field(description="Glob on tool names, e.g. 'get_*'.")
+        ] = None,
+        max_schema_tokens: Annotated[
+            int | None, Field(ge=1, description="Stop adding tools past this many tokens.")
+        ] = None,
+    ) -> dict[str, Any]:
+        op = current_operation()
+        op.server = server
+        engine = gateway.engine
+        op.rule = engine.check(op.agent_id, "get_server_tools", server).rule
+        downstream = _downstream(gateway, server)
+        allowed = [
+            tool
+            for tool in await downstream.list_tools()
+            if engine.decide(op.agent_id, server, tool.name).allowed
+        ]
+        wanted = {n.strip() for n in names.split(",") if n.strip()} if names else None
+        selected = [
+            tool
+            for tool in allowed
+            if (wanted is None or tool.name in wanted)
+            and (pattern is None or fnmatchcase(tool.name, pattern))
+        ]
+        tools, used = [], 0
+        for tool in selected:
+            entry = _describe_tool(tool)
+            cost = estimate_tokens(entry)
+            if max_schema_tokens is not None and used + cost > max_schema_tokens:
+                break
+            tools.append(entry)
+            used += cost
+        return {
+            "server": server,
+            "tools": tools,
+            "total_available": len(allowed),
+            "returned": len(tools),
+            "tokens_used": used,
+        }
+
+    @mcp.tool(description=EXECUTE_TOOL)
+    async def execute_tool(
+        server: Annotated[str, Field(description="A server name from list_servers.")],
+        tool: Annotated[str, Field(description="A tool name from get_server_tools.")],
+        ctx: Context,
+        agent_id: AgentId = None,
+        args: Annotated[
+            dict[str, Any] | None, Field(description="The tool's arguments.")
+        ] = None,
+        timeout_ms: Annotated[
+            int | None, Field(ge=1, description="Give up after this many milliseconds.")
+        ] = None,
+    ) -> ToolResult:
+        op = current_operation()
+        op.server, op.tool = server, tool
+        op.rule = gateway.engine.check(op.agent_id, "execute_tool", server, tool).rule
+        downstream = _downstream(gateway, server)
+        limit = timeout_ms or downstream.config.timeout_ms or gateway.settings.default_timeout_ms
+        forwarder = _Forwarder(ctx)
+        result = await downstream.call_tool(
+            tool, args or {}, limit, progress=forwarder.progress, forward_log=forwarder.log
+        )
+        return ToolResult(
+            content=result.content,
+            structured_content=result.structured_content,
+            meta=result.meta,
+            is_error=result.is_error,
+        )
+
+    if gateway.settings.debug:
+
+        @mcp.tool(description=GATEWAY_STATUS)
+        async def get_gateway_status() -> dict[str, Any]:
+            snapshot = gateway.snapshot
+            return {
+                "uptime_seconds": round(time.time() - gateway.started_at, 3),
+                "config_paths": {
+                    "mcp": str(snapshot.config.mcp_path),
+                    "rules": str(snapshot.config.rules_path),
+                },
+                "agents": snapshot.engine.agent_ids,
+                "servers": {d.name: d.status() for d in gateway.pool},
+                "reloads": [
+                    {"at": e.at, "source": e.source, "ok": e.ok, "error": e.error}
+                    for e in gateway.reloads
+                ],
+                "sessions": len(gateway.sessions),
+            }
+
+
+def _downstream(gateway: Gateway, server: str) -> Downstream:
+    downstream = gateway.pool.get(server)
+    if downstream is None:
+        raise ServerUnavailable(server, "not configured on this gateway")
+    return downstream
+
+
+def _describe_tool(tool: mt.Tool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": tool.name,
+        "description": tool.description or "",
+        "inputSchema": tool.input_schema,
+    }
+    if tool.output_schema:
+        entry["outputSchema"] = tool.output_schema
+    if tool.annotations:
+        entry["annotations"] = tool.annotations.model_dump(exclude_none=True, by_alias=True)
+    return entry
