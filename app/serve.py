@@ -14,14 +14,17 @@ from .server import build_server
 log = logging.getLogger("agent_mcp_gateway")
 
 
-def load_gateway() -> Gateway:
+def load_config() -> config.GatewayConfig:
     """Load and validate configuration; a bad file stops start-up with a clear message."""
     try:
-        loaded = config.load()
+        return config.load()
     except config.ConfigError as exc:
         print(f"agent-mcp-gateway: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    return Gateway(loaded)
+
+
+def load_gateway() -> Gateway:
+    return Gateway(load_config())
 
 
 def run() -> int:

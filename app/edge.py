@@ -1,0 +1,312 @@
+"""The HTTP edge: what every request passes before it reaches the MCP session manager.
+
+Each class is a small pure-ASGI middleware (no buffering of streamed responses) doing one job:
+request ids, access logs, HTTP metrics and the session registry (`RequestContext`); browser
+Origin checks (`OriginGuard`); the body size limit and the peek at who is calling (`BodyLimit`);
+and JSON answers for clients that do not accept SSE (`JsonOnly`). CORS and rate limiting use
+Starlette's and slowapi's middleware, wired in `http.py`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import logs
+from .identity import AGENT_HEADER
+from .metrics import HTTP_REQUESTS, HTTP_SECONDS
+from .sessions import SessionRegistry
+
+log = logging.getLogger("agent_mcp_gateway.http")
+
+MCP_ROUTES = ("/mcp", "/")
+KNOWN_ROUTES = {"/mcp", "/mcp/", "/", "/health", "/ready", "/metrics"}
+SESSION_HEADER = "mcp-session-id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who a request is from, as far as the edge can tell before the MCP layer runs."""
+
+    agent_id: str | None = None
+    session_id: str | None = None
+    client: str = "unknown"
+    rpc_id: Any = None
+    method: str | None = None
+
+
+caller: ContextVar[Caller] = ContextVar("caller", default=Caller())  # noqa: B039 (read-only default)
+
+
+def error_response(status: int, message: str, **data: Any) -> JSONResponse:
+    """A JSON-RPC shaped error body, so MCP clients can show the message."""
+    return JSONResponse(
+        {"jsonrpc": "2.0", "id": caller.get().rpc_id, "error": {"code": -32600, "message": message, "data": data}},
+        status_code=status,
+    )
+
+
+class RequestContext:
+    """Request id, access log, HTTP metrics, the session registry, and a last-resort 500."""
+
+    def __init__(self, app: ASGIApp, sessions: SessionRegistry) -> None:
+        self.app = app
+        self.sessions = sessions
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        supplied = headers.get("x-request-id", "")
+        request_id = supplied if _REQUEST_ID.match(supplied) else logs.new_request_id()
+        logs.request_id.set(request_id)
+        session_id = headers.get(SESSION_HEADER)
+        client = scope.get("client")
+        caller.set(Caller(session_id=session_id, client=client[0] if client else "unknown"))
+        path, method = scope["path"], scope["method"]
+        route = path if path in KNOWN_ROUTES else "other"
+        route = "/mcp" if route in ("/", "/mcp/") else route
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                out = MutableHeaders(scope=message)
+                out["x-request-id"] = request_id
+                if status != 429 and "retry-after" in out:
+                    # slowapi adds Retry-After to every response once headers are enabled; it
+                    # only means something on a refusal.
+                    del out["retry-after"]
+                if route == "/mcp":
+                    self._track_session(method, session_id, out.get(SESSION_HEADER), status)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error in request", extra={"path": route, "method": method})
+            if not response_started:
+                status = 500
+                await error_response(500, f"Internal error; the gateway's log has request id {request_id}.")(
+                    scope, receive, send_wrapper
+                )
+        finally:
+            seconds = time.perf_counter() - started
+            HTTP_REQUESTS.labels(route, method, str(status)).inc()
+            if not (route == "/mcp" and method == "GET"):  # a GET on /mcp is a long-lived stream
+                HTTP_SECONDS.labels(route, method).observe(seconds)
+            if route != "/metrics" and route != "/health":
+                log.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "path": route,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "session_id": session_id,
+                    },
+                )
+
+    def _track_session(self, method: str, sent: str | None, issued: str | None, status: int) -> None:
+        if sent is None:
+            if issued is not None and status < 400:
+                self.sessions.open(issued)
+        elif status == 404 or (method == "DELETE" and status < 300):
+            self.sessions.close(sent)
+        else:
+            self.sessions.touch(sent)
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class OriginGuard:
+    """Refuse browser requests from origins that are not allowed (DNS-rebinding defence).
+
+    Written here rather than using fastmcp's Host/Origin guard because that guard also rejects
+    Host headers it does not know (421), which breaks Prometheus scraping a container by its
+    service name; the specification asks only for Origin checks.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str], local_bind: bool) -> None:
+        self.app = app
+        self.allowed = {origin.rstrip("/").lower() for origin in allowed}
+        self.local_bind = local_bind
+
+    def allows(self, origin: str) -> bool:
+        normalized = origin.rstrip("/").lower()
+        if normalized in self.allowed or "*" in self.allowed:
+            return True
+        if self.local_bind and not self.allowed:
+            parts = urlsplit(normalized)
+            return parts.scheme in ("http", "https") and _is_loopback_host(parts.hostname or "")
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            origin = Headers(scope=scope).get("origin")
+            if origin is not None and not self.allows(origin):
+                log.warning("origin refused", extra={"origin": origin[:200]})
+                await error_response(403, "Origin not allowed.", origin=origin[:200])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413, and note the caller's agent id for rate limits.
+
+    The body is read once here (it is bounded) and replayed to the app unchanged.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        self._note_caller(body, headers)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await error_response(
+            413, f"Request body is larger than {self.max_bytes} bytes.", max_bytes=self.max_bytes
+        )(scope, receive, send)
+
+    @staticmethod
+    def _note_caller(body: bytes, headers: Headers) -> None:
+        current = caller.get()
+        current.agent_id = headers.get(AGENT_HEADER)
+        try:
+            message = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return  # the MCP layer answers malformed JSON with -32700
+        if not isinstance(message, dict):
+            return
+        current.rpc_id = message.get("id") if isinstance(message.get("id"), str | int) else None
+        current.method = message.get("method") if isinstance(message.get("method"), str) else None
+        params = message.get("params")
+        arguments = params.get("arguments") if isinstance(params, dict) else None
+        if isinstance(arguments, dict) and isinstance(arguments.get("agent_id"), str):
+            current.agent_id = arguments["agent_id"]
+
+
+class JsonOnly:
+    """Answer with plain JSON when the client accepts `application/json` but not SSE.
+
+    The SDK picks JSON or SSE per server, not per request, and refuses (406) a client that does
+    not accept both in SSE mode. The gateway keeps SSE (it carries progress notifications) and,
+    for a JSON-only client, reads the SSE answer to its end and returns its JSON-RPC response.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not self._json_only(scope):
+            await self.app(scope, receive, send)
+            return
+        scope = dict(scope)
+        scope["headers"] = [
+            (k, v) for k, v in scope["headers"] if k != b"accept"
+        ] + [(b"accept", b"application/json, text/event-stream")]
+        start: Message | None = None
+        body = bytearray()
+
+        async def collect(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+
+        await self.app(scope, receive, collect)
+        if start is None:
+            return
+        headers = MutableHeaders(raw=list(start.get("headers", [])))
+        payload = bytes(body)
+        if headers.get("content-type", "").startswith("text/event-stream"):
+            payload = _last_sse_response(payload)
+            for name in ("content-type", "cache-control", "connection", "transfer-encoding", "x-accel-buffering"):
+                del headers[name]
+            headers["content-type"] = "application/json"
+        headers["content-length"] = str(len(payload))
+        await send({"type": "http.response.start", "status": start["status"], "headers": headers.raw})
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    @staticmethod
+    def _json_only(scope: Scope) -> bool:
+        accept = Headers(scope=scope).get("accept", "")
+        types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+        return "application/json" in types and not types & {"text/event-stream", "text/*", "*/*"}
+
+
+def _last_sse_response(stream: bytes) -> bytes:
+    """The JSON-RPC response (a message with an id and a result or error) in an SSE stream."""
+    found = b""
+    for event in stream.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(
+            line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
+        )
+        if not data:
+            continue
+        try:
+            message = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and "id" in message and ("result" in message or "error" in message):
+            found = data
+    return found
