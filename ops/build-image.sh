@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Build the gateway image with podman, without a container registry and without network access
+# inside the build:
+#
+#   1. the base image comes from ops/build-base-image.sh (debootstrap + podman import),
+#   2. every wheel the image needs is built on the host with `pip wheel` into a wheelhouse in the
+#      build context (<CI_WORK_DIR>/wheels), using the host's own PyPI access,
+#   3. `podman build` installs from that wheelhouse with --no-index.
+#
+# Why not pip inside the build: it needs --network=host plus the host's CA bundle and pip
+# configuration mounted into every build; the host wheelhouse needs none of that, is reused
+# between builds while the lock file is unchanged, and keeps the build itself offline.
+#
+# Usage:  eval "$(ops/podman-setup.sh env)" && ops/build-image.sh
+# Prints the image name on stdout; progress goes to stderr.
+#
+# Environment:
+#   IMAGE                    tag to build            (default localhost/agent-mcp-gateway:dev)
+#   BASE_IMAGE               base image              (default: the local base built by
+#                            ops/build-base-image.sh, localhost/agent-mcp-gateway-base:bookworm)
+#   REQUIREMENTS             locked runtime requirements (default <repo>/requirements.lock)
+#   PYTHON                   Python 3.11 that runs `pip wheel` (default <repo>/.venv/bin/python,
+#                            else python3)
+#   MCP_SERVER_TIME_VERSION  mcp-server-time shipped in the image (default: the Containerfile's)
+#   CI_WORK_DIR              scratch folder          (default <repo>/.ci-work, gitignored)
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+work_dir="${CI_WORK_DIR:-$repo_root/.ci-work}"
+image="${IMAGE:-localhost/agent-mcp-gateway:dev}"
+requirements="${REQUIREMENTS:-$repo_root/requirements.lock}"
+time_version="${MCP_SERVER_TIME_VERSION:-$(sed -n 's/^ARG MCP_SERVER_TIME_VERSION=//p' Containerfile)}"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$repo_root/.venv/bin/python" ]]; then PYTHON="$repo_root/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+log() { printf '[build-image] %s\n' "$*" >&2; }
+
+# The wheelhouse must be inside the build context; .containerignore lets only this folder of
+# CI_WORK_DIR in. A CI_WORK_DIR outside the repo is not in the context at all.
+case "$work_dir" in
+    "$repo_root"/.ci-work) ;;
+    *) log "CI_WORK_DIR must be <repo>/.ci-work for the wheelhouse to be in the build context"; exit 2 ;;
+esac
+wheelhouse="$work_dir/wheels"
+wheelhouse_rel=".ci-work/wheels"
+
+if [[ ! -f "$requirements" ]]; then
+    log "no lock file at $requirements (set REQUIREMENTS)"
+    exit 2
+fi
+
+# Wheels are built for the host's interpreter: it must be the image's Python (3.11, CPython).
+py_tag="$("$PYTHON" -c 'import sys; print("%s%d.%d" % (sys.implementation.name, *sys.version_info[:2]))')"
+if [[ "$py_tag" != cpython3.11 ]]; then
+    log "$PYTHON is $py_tag; the image runs cpython3.11 (set PYTHON)"
+    exit 2
+fi
+
+if [[ -z "${BASE_IMAGE:-}" ]]; then
+    BASE_IMAGE="$("$repo_root/ops/build-base-image.sh")"
+fi
+
+start=$(date +%s)
+
+# Dependencies: rebuilt only when the lock file or the mcp-server-time version changes.
+stamp="$({ cat "$requirements"; echo "mcp-server-time==$time_version"; } | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$wheelhouse/.stamp" 2>/dev/null || true)" != "$stamp" ]]; then
+    log "building dependency wheels into $wheelhouse"
+    rm -rf "$wheelhouse"
+    mkdir -p "$wheelhouse"
+    "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheelhouse" \
+        -r "$requirements" -c "$requirements" "mcp-server-time==$time_version" >&2
+    echo "$stamp" > "$wheelhouse/.stamp"
+else
+    log "dependency wheels are up to date"
+fi
+# The lock file travels with the wheels, so the build reads exactly the one the wheels match.
+cp "$requirements" "$wheelhouse/requirements.lock"
+
+# The project's own wheel: rebuilt every time (it is the code under test).
+rm -f "$wheelhouse"/agent_mcp_gateway-*.whl
+"$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$wheelhouse" . >&2
+wheels_s=$(( $(date +%s) - start ))
+
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
+vcs_ref="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+log "podman build $image on $BASE_IMAGE"
+build_start=$(date +%s)
+podman build --format docker \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" \
+    --build-arg WHEELHOUSE="$wheelhouse_rel" \
+    --build-arg REQUIREMENTS="$wheelhouse_rel/requirements.lock" \
+    --build-arg MCP_SERVER_TIME_VERSION="$time_version" \
+    --build-arg VERSION="$version" \
+    --build-arg VCS_REF="$vcs_ref" \
+    --build-arg BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    -f Containerfile -t "$image" . >&2
+build_s=$(( $(date +%s) - build_start ))
+
+log "wheels ${wheels_s} s, podman build ${build_s} s, image $(podman image inspect --format '{{.Size}}' "$image") bytes"
+echo "$image"
