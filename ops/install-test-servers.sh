@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Install the third-party MCP servers the tests run, into tests/.servers/ (gitignored).
+#
+#   ops/install-test-servers.sh          # from the repository root, with the venv active
+#
+# npm packages are pinned here and installed with `npm install --prefix`, never fetched by npx
+# at test time; an install already at the pinned version is left alone. mcp-server-time comes
+# from PyPI through the `test` extra in pyproject.toml, so this only checks it is there.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFIX="$ROOT/tests/.servers"
+PYTHON="${PYTHON:-python3}"
+
+NPM_PACKAGES=(
+  "@modelcontextprotocol/server-everything@2026.8.31"
+  "@modelcontextprotocol/server-filesystem@2026.8.31"
+)
+
+command -v node >/dev/null || { echo "error: node is not installed (Node 20 or newer is needed)" >&2; exit 1; }
+command -v npm >/dev/null || { echo "error: npm is not installed" >&2; exit 1; }
+
+installed_version() {  # name -> version installed under the prefix, or nothing
+  local manifest="$PREFIX/node_modules/$1/package.json"
+  [[ -f "$manifest" ]] && node -p "require(process.argv[1]).version" "$manifest" 2>/dev/null || true
+}
+
+mkdir -p "$PREFIX"
+missing=()
+for spec in "${NPM_PACKAGES[@]}"; do
+  name="${spec%@*}"
+  wanted="${spec##*@}"
+  have="$(installed_version "$name")"
+  if [[ "$have" == "$wanted" ]]; then
+    echo "ok: $name $have already installed in tests/.servers"
+  else
+    echo "install: $name $wanted${have:+ (found $have)}"
+    missing+=("$spec")
+  fi
+done
+if ((${#missing[@]})); then
+  npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error --save-exact "${missing[@]}"
+  for spec in "${missing[@]}"; do
+    name="${spec%@*}"
+    echo "installed: $name $(installed_version "$name")"
+  done
+fi
+
+EVERYTHING="$PREFIX/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+FILESYSTEM="$PREFIX/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"
+for entry in "$EVERYTHING" "$FILESYSTEM"; do
+  [[ -f "$entry" ]] || { echo "error: expected entry point $entry is missing" >&2; exit 1; }
+done
+
+if "$PYTHON" -c "import mcp_server_time" 2>/dev/null; then
+  version="$("$PYTHON" -c "from importlib.metadata import version; print(version('mcp-server-time'))")"
+  echo "ok: mcp-server-time $version importable by $("$PYTHON" -c 'import sys; print(sys.executable)')"
+else
+  echo "error: mcp-server-time is not installed for $PYTHON; run: pip install -e '.[test]'" >&2
+  exit 1
+fi
+if command -v mcp-server-time >/dev/null; then
+  echo "ok: mcp-server-time on PATH at $(command -v mcp-server-time)"
+else
+  echo "note: mcp-server-time is importable but not on PATH; tests start it as '$PYTHON -m mcp_server_time'"
+fi
+
+cat <<EOT
+start commands (from the repository root):
+  node tests/.servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio
+  PORT=3001 node tests/.servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js streamableHttp   # http://127.0.0.1:3001/mcp
+  node tests/.servers/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js DIR [DIR...]
+  python -m mcp_server_time
+EOT

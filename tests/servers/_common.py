@@ -1,0 +1,35 @@
+"""Shared start-up for the fixture servers: stdio by default, Streamable HTTP with --http PORT.
+
+stdout is the protocol channel in stdio mode, so nothing here prints: logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+# Quiet start-up before fastmcp is imported: no banner, no update check, warnings only.
+os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
+os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
+os.environ.setdefault("FASTMCP_LOG_LEVEL", "WARNING")
+
+from fastmcp import FastMCP  # noqa: E402
+from mcp import MCPDeprecationWarning  # noqa: E402
+
+# ctx.info() on a 2026-07-28 connection warns that the logging capability is deprecated; the
+# message is still delivered, and the fixtures send it on purpose.
+warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
+
+
+def run(mcp: FastMCP) -> None:
+    parser = argparse.ArgumentParser(description=f"{mcp.name} test server")
+    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT at /mcp")
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    if args.http:
+        mcp.run(transport="http", host="127.0.0.1", port=args.http, show_banner=False)
+    else:
+        mcp.run(transport="stdio", show_banner=False)

@@ -1,0 +1,28 @@
+"""Slow fixture: a tool that takes as long as asked, for timeouts and cancellation."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+from _common import run
+from fastmcp import FastMCP
+
+mcp = FastMCP("slow")
+
+
+@mcp.tool
+async def sleep(seconds: float) -> str:
+    """Sleep without blocking the server, then say how long."""
+    await anyio.sleep(seconds)
+    return f"slept {seconds:g}"
+
+
+@mcp.tool
+def pid() -> int:
+    """This server's process id."""
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    run(mcp)
