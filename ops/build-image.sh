@@ -21,7 +21,8 @@
 #   REQUIREMENTS             locked runtime requirements (default <repo>/requirements.lock)
 #   PYTHON                   Python 3.11 that runs `pip wheel` (default <repo>/.venv/bin/python,
 #                            else python3)
-#   MCP_SERVER_TIME_VERSION  mcp-server-time shipped in the image (default: the Containerfile's)
+#   SERVER_CONSTRAINTS       lock that pins mcp-server-time and its dependencies
+#                            (default <repo>/requirements-test.lock)
 #   CI_WORK_DIR              scratch folder          (default <repo>/.ci-work, gitignored)
 set -euo pipefail
 
@@ -30,7 +31,7 @@ cd "$repo_root"
 work_dir="${CI_WORK_DIR:-$repo_root/.ci-work}"
 image="${IMAGE:-localhost/agent-mcp-gateway:dev}"
 requirements="${REQUIREMENTS:-$repo_root/requirements.lock}"
-time_version="${MCP_SERVER_TIME_VERSION:-$(sed -n 's/^ARG MCP_SERVER_TIME_VERSION=//p' Containerfile)}"
+server_constraints="${SERVER_CONSTRAINTS:-$repo_root/requirements-test.lock}"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$repo_root/.venv/bin/python" ]]; then PYTHON="$repo_root/.venv/bin/python"; else PYTHON=python3; fi
 fi
@@ -46,10 +47,12 @@ esac
 wheelhouse="$work_dir/wheels"
 wheelhouse_rel=".ci-work/wheels"
 
-if [[ ! -f "$requirements" ]]; then
-    log "no lock file at $requirements (set REQUIREMENTS)"
-    exit 2
-fi
+for lock in "$requirements" "$server_constraints"; do
+    if [[ ! -f "$lock" ]]; then
+        log "no lock file at $lock (set REQUIREMENTS / SERVER_CONSTRAINTS)"
+        exit 2
+    fi
+done
 
 # Wheels are built for the host's interpreter: it must be the image's Python (3.11, CPython).
 py_tag="$("$PYTHON" -c 'import sys; print("%s%d.%d" % (sys.implementation.name, *sys.version_info[:2]))')"
@@ -64,20 +67,21 @@ fi
 
 start=$(date +%s)
 
-# Dependencies: rebuilt only when the lock file or the mcp-server-time version changes.
-stamp="$({ cat "$requirements"; echo "mcp-server-time==$time_version"; } | sha256sum | cut -d' ' -f1)"
+# Dependencies: rebuilt only when a lock file changes.
+stamp="$(cat "$requirements" "$server_constraints" | sha256sum | cut -d' ' -f1)"
 if [[ "$(cat "$wheelhouse/.stamp" 2>/dev/null || true)" != "$stamp" ]]; then
     log "building dependency wheels into $wheelhouse"
     rm -rf "$wheelhouse"
     mkdir -p "$wheelhouse"
     "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheelhouse" \
-        -r "$requirements" -c "$requirements" "mcp-server-time==$time_version" >&2
+        -r "$requirements" -c "$requirements" -c "$server_constraints" mcp-server-time >&2
     echo "$stamp" > "$wheelhouse/.stamp"
 else
     log "dependency wheels are up to date"
 fi
-# The lock file travels with the wheels, so the build reads exactly the one the wheels match.
+# The lock files travel with the wheels, so the build reads exactly the ones the wheels match.
 cp "$requirements" "$wheelhouse/requirements.lock"
+cp "$server_constraints" "$wheelhouse/server-constraints.lock"
 
 # The project's own wheel: rebuilt every time (it is the code under test).
 rm -f "$wheelhouse"/agent_mcp_gateway-*.whl
@@ -88,17 +92,24 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
 vcs_ref="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 log "podman build $image on $BASE_IMAGE"
+previous_id="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 build_start=$(date +%s)
 podman build --format docker \
     --build-arg BASE_IMAGE="$BASE_IMAGE" \
     --build-arg WHEELHOUSE="$wheelhouse_rel" \
     --build-arg REQUIREMENTS="$wheelhouse_rel/requirements.lock" \
-    --build-arg MCP_SERVER_TIME_VERSION="$time_version" \
+    --build-arg SERVER_CONSTRAINTS="$wheelhouse_rel/server-constraints.lock" \
     --build-arg VERSION="$version" \
     --build-arg VCS_REF="$vcs_ref" \
     --build-arg BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     -f Containerfile -t "$image" . >&2
 build_s=$(( $(date +%s) - build_start ))
+
+# Leftovers of earlier builds: their build stages and the image this tag pointed at before.
+podman image prune -f --filter label=agent-mcp-gateway.stage=build >/dev/null 2>&1 || true
+if [[ -n "$previous_id" && "$previous_id" != "$(podman image inspect --format '{{.Id}}' "$image")" ]]; then
+    podman rmi "$previous_id" >/dev/null 2>&1 || true
+fi
 
 log "wheels ${wheels_s} s, podman build ${build_s} s, image $(podman image inspect --format '{{.Size}}' "$image") bytes"
 echo "$image"

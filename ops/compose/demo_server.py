@@ -1,0 +1,57 @@
+"""A small MCP server over Streamable HTTP, the demo downstream of compose.yaml.
+
+Runs with the Python of the gateway image (fastmcp is already installed there):
+    python3 demo_server.py            # serves http://0.0.0.0:9000/mcp, health at /health
+Environment: DEMO_HOST (default 0.0.0.0), DEMO_PORT (default 9000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from fastmcp import FastMCP
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+mcp = FastMCP("demo", instructions="Demo downstream server for agent-mcp-gateway.")
+
+
+@mcp.tool
+def echo(message: str) -> str:
+    """Return the message unchanged."""
+    return message
+
+
+@mcp.tool
+def add(a: float, b: float) -> float:
+    """Add two numbers."""
+    return a + b
+
+
+@mcp.tool
+async def sleep(ms: int = 100) -> str:
+    """Wait `ms` milliseconds (at most 10 s), then answer: for latency and timeout demos."""
+    await asyncio.sleep(min(max(ms, 0), 10_000) / 1000)
+    return f"slept {ms} ms"
+
+
+@mcp.tool
+def delete_everything(confirm: bool = False) -> str:
+    """A dangerous-looking tool for policy demos: the compose rules deny it. It does nothing."""
+    return "nothing was deleted"
+
+
+@mcp.custom_route("/health", methods=["GET"])
+async def health(_: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok", "service": "demo-server"})
+
+
+if __name__ == "__main__":
+    mcp.run(
+        transport="http",
+        host=os.environ.get("DEMO_HOST", "0.0.0.0"),
+        port=int(os.environ.get("DEMO_PORT", "9000")),
+        path="/mcp",
+        show_banner=False,
+    )
