@@ -109,8 +109,7 @@ start_service() {
     CONTAINERS_CONF="$conf" setsid nohup podman system service --time=0 "unix://$sock" \
         >"$log_file" 2>&1 < /dev/null &
     echo $! > "$pid_file"
-    local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         if [[ -S "$sock" ]] && CONTAINERS_CONF="$conf" podman --url "unix://$sock" version >/dev/null 2>&1; then
             log "API service started (pid $(cat "$pid_file")) on unix://$sock"
             return 0

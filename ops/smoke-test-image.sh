@@ -40,7 +40,7 @@ trap cleanup EXIT
 
 # Production-style hardening; --health-interval=disable keeps the image's HEALTHCHECK but
 # starts no timer (there is no systemd here to run one); it is run by hand below.
-hardening=(--read-only --tmpfs /tmp:size=64m,mode=1777 --cap-drop ALL
+hardening=(--read-only --tmpfs "/tmp:size=64m,mode=1777" --cap-drop ALL
            --security-opt no-new-privileges --init --health-interval=disable)
 
 podman network create "$net" >/dev/null
@@ -75,8 +75,9 @@ except Exception:
 EOF
 )"; then break; fi
     ready=""
-    podman container exists "$gw" && [[ "$(podman inspect -f '{{.State.Running}}' "$gw")" == true ]] \
-        || fail "gateway container exited before it was ready"
+    if [[ "$(podman inspect -f '{{.State.Running}}' "$gw" 2>/dev/null)" != true ]]; then
+        fail "gateway container exited before it was ready"
+    fi
     sleep 0.1
 done
 t_ready=$(date +%s.%N)

@@ -1,0 +1,79 @@
+"""compose.yaml is hardened, wired to files that exist, and its gateway configuration loads.
+
+Static checks (no container engine needed); the image itself is exercised by
+ops/smoke-test-image.sh and the container tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app import config
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def volume_sources(service: dict) -> dict[str, str]:
+    """Container path -> host source for the service's volumes."""
+    out = {}
+    for spec in service.get("volumes", []):
+        source, target, *_ = spec.split(":")
+        out[target] = source
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_is_hardened(name: str) -> None:
+    service = SERVICES[name]
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert any(t.split(":")[0] == "/tmp" for t in service["tmpfs"])
+    assert service["restart"] == "unless-stopped"
+    test = service["healthcheck"]["test"]
+    # podman-compose 1.0 mangles the exec form; CMD-SHELL works with it and with docker compose.
+    assert test[0] == "CMD-SHELL" and len(test) == 2
+    for port in service.get("ports", []):
+        assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_bind_mounts_exist() -> None:
+    for service in SERVICES.values():
+        for source in volume_sources(service).values():
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+
+
+def test_gateway_service_matches_the_image() -> None:
+    gateway = SERVICES["gateway"]
+    assert gateway["build"]["dockerfile"] == "Containerfile"
+    env = gateway["environment"]
+    assert env["GATEWAY_TRANSPORT"] == "http"
+    assert env["GATEWAY_HTTP_PORT"] == "8000"
+    mounts = volume_sources(gateway)
+    assert mounts["/config"] == "./ops/compose/config"
+    assert any(spec.endswith(":/config:ro") for spec in gateway["volumes"])
+    assert "/var/lib/agent-mcp-gateway" in mounts
+    assert gateway["depends_on"]["demo-server"]["condition"] == "service_healthy"
+
+
+def test_prometheus_service_reads_the_shipped_rules() -> None:
+    prometheus = SERVICES["prometheus"]
+    assert volume_sources(prometheus)["/etc/prometheus"] == "./prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert prometheus["image"].startswith("${PROMETHEUS_IMAGE:-")
+
+
+def test_compose_gateway_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TZ", raising=False)
+    cfg = config.load(
+        ROOT / "ops/compose/config/.mcp.json", ROOT / "ops/compose/config/.mcp-gateway-rules.json"
+    )
+    assert set(cfg.servers) == {"demo", "time"}
+    demo_url = cfg.servers["demo"].url
+    assert demo_url == "http://demo-server:9000/mcp"
