@@ -64,10 +64,17 @@ class AuditLog:
         backups: int | None = None,
     ) -> None:
         self.path = path or Path(os.environ.get(AUDIT_LOG_ENV) or default_path())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # Keep serving: every line that then fails to be written is counted and logged.
+            log.error(
+                "audit log directory could not be created",
+                extra={"audit_path": str(self.path), "error": type(exc).__name__},
+            )
         max_bytes = max_bytes or int(os.environ.get("GATEWAY_AUDIT_MAX_BYTES", 10 * 2**20))
         backups = backups or int(os.environ.get("GATEWAY_AUDIT_BACKUPS", 5))
-        handler = _CountingFileHandler(
+        self._handler = handler = _CountingFileHandler(
             self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
         )
         handler.setFormatter(
@@ -78,14 +85,18 @@ class AuditLog:
         self._logger = logging.Logger("agent_mcp_gateway.audit")
         self._logger.addHandler(logging.handlers.QueueHandler(self._queue))
         self._listener.start()
+        self._closed = False
 
     def write(self, record: AuditRecord) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self._logger.info("", extra={"timestamp": now, **asdict(record)})
 
     def close(self) -> None:
-        """Flush every queued line to disk."""
-        self._listener.stop()
+        """Flush every queued line to disk and close the file; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._listener.stop()
+            self._handler.close()
 
 
 # Every standard LogRecord attribute, plus `message`, is left out of the line: an audit line

@@ -18,6 +18,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -31,6 +33,8 @@ RULES_ENV = "GATEWAY_RULES"
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 M = TypeVar("M", bound=BaseModel)
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# JSON has no comments: any object in either file may carry this key for the reader.
+COMMENT_KEY = "$comment"
 
 
 class ConfigError(Exception):
@@ -45,6 +49,7 @@ class ConfigError(Exception):
 
 
 def user_config_dir() -> Path:
+    """The per-user directory searched last; `init` writes the example files here."""
     return Path.home() / ".config" / "agent-mcp-gateway"
 
 
@@ -63,7 +68,7 @@ class ServerConfig(BaseModel):
     cwd: str | None = None
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout_ms: Annotated[int, Field(gt=0)] | None = None
+    timeout_ms: Annotated[StrictInt, Field(gt=0)] | None = None
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)
@@ -135,7 +140,7 @@ class AgentRules(BaseModel):
 class Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    deny_on_missing_agent: bool = True
+    deny_on_missing_agent: StrictBool = True
 
 
 class RulesConfig(BaseModel):
@@ -209,11 +214,13 @@ def load(mcp_path: Path | None = None, rules_path: Path | None = None) -> Gatewa
 
 def load_mcp_config(path: Path) -> McpConfig:
     raw = _read_json(path)
-    if isinstance(raw, dict) and isinstance(raw.get("mcpServers"), dict):
-        raw["mcpServers"] = {
-            name: _substitute(server, path, f"mcpServers.{name}", name)
-            for name, server in raw["mcpServers"].items()
-        }
+    if isinstance(raw, dict):
+        raw = _uncomment(raw, path, "")
+        if isinstance(raw.get("mcpServers"), dict):
+            raw["mcpServers"] = {
+                name: _substitute(server, path, f"mcpServers.{name}", name)
+                for name, server in _uncomment(raw["mcpServers"], path, "mcpServers").items()
+            }
     return _validate(McpConfig, raw, path)
 
 
@@ -255,17 +262,31 @@ def _read_json(path: Path) -> Any:
         ) from None
 
 
+def _uncomment(value: dict[str, Any], file: Path, path: str) -> dict[str, Any]:
+    """Drop an object's `$comment`, so models and maps (env, headers, tools) never see it."""
+    if COMMENT_KEY not in value:
+        return value
+    if not isinstance(value[COMMENT_KEY], str):
+        raise ConfigError(file, _join(path, COMMENT_KEY), "a comment must be a string")
+    return {k: v for k, v in value.items() if k != COMMENT_KEY}
+
+
 def _substitute(value: Any, file: Path, path: str, server: str | None) -> Any:
-    """Expand ${VAR} and ${VAR:-default} in every string, naming the variable when unset."""
+    """Expand ${VAR} and ${VAR:-default} in every string, naming the variable when unset.
+
+    `$comment` entries are dropped first, so a comment may mention a variable without
+    needing it set.
+    """
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             found = os.environ.get(name)
+            if default is not None:
+                # As in the shell, `:-` also replaces a variable that is set but empty.
+                return found or default
             if found is not None:
                 return found
-            if default is not None:
-                return default
             owner = f" (server {server!r})" if server else ""
             raise ConfigError(
                 file, path, f"environment variable {name} is not set and has no default{owner}"
@@ -273,7 +294,10 @@ def _substitute(value: Any, file: Path, path: str, server: str | None) -> Any:
 
         return _VARIABLE.sub(replace, value)
     if isinstance(value, dict):
-        return {k: _substitute(v, file, _join(path, k), server) for k, v in value.items()}
+        return {
+            k: _substitute(v, file, _join(path, k), server)
+            for k, v in _uncomment(value, file, path).items()
+        }
     if isinstance(value, list):
         return [_substitute(v, file, f"{path}[{i}]", server) for i, v in enumerate(value)]
     return value
@@ -301,10 +325,21 @@ def _json_path(loc: tuple[Any, ...]) -> str:
     return path or "(top level)"
 
 
+# Pydantic names Python types ("a valid tuple", "instance of McpConfig"); say it in JSON terms.
+_JSON_REASONS = {
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+}
+
+
 def _reason(error: Any) -> str:
     kind, message = error["type"], error["msg"]
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    return message.removeprefix("Value error, ")
+    return _JSON_REASONS.get(kind) or message.removeprefix("Value error, ")

@@ -11,12 +11,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import translate
+from functools import lru_cache
 
 from .config import AgentRules, RulesConfig
 from .errors import DeniedByPolicy, InvalidAgentId
 
 DEFAULT_AGENT_ENV = "GATEWAY_DEFAULT_AGENT"
 DEFAULT_DENY = "default-deny"
+SERVER_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,64 +28,98 @@ class Decision:
 
 
 class _Patterns:
-    """A list of globs matched as one regex; the index of the first match names the rule."""
+    """A list of globs matched as one regex; the first entry that matches names the rule."""
 
-    __slots__ = ("_any", "_each", "path")
+    __slots__ = ("_regex", "_rules", "path")
 
     def __init__(self, patterns: Sequence[str], path: str) -> None:
         self.path = path
-        self._each = [re.compile(translate(p)) for p in patterns]
-        # One alternation rejects a miss in a single C-level scan; only a hit pays for
-        # finding which entry matched.
-        joined = "|".join(f"(?:{translate(p)})" for p in patterns)
-        self._any = re.compile(joined) if patterns else None
+        self._rules = {f"p{index}": f"{path}[{index}]" for index in range(len(patterns))}
+        # One alternation of named groups: a single C-level scan finds the first pattern that
+        # matches (alternatives are tried in order), and the group's name says which.
+        joined = "|".join(f"(?P<p{index}>{translate(p)})" for index, p in enumerate(patterns))
+        self._regex = re.compile(joined) if patterns else None
 
     def first(self, name: str) -> str | None:
-        if self._any is None or self._any.match(name) is None:
+        if self._regex is None:
             return None
-        for index, pattern in enumerate(self._each):
-            if pattern.match(name):
-                return f"{self.path}[{index}]"
-        return None
+        match = self._regex.match(name)
+        return self._rules[match.lastgroup] if match and match.lastgroup else None
 
 
 class _ToolPatterns:
     """`tools` maps a server glob to tool globs; a server can be named by several keys."""
 
-    __slots__ = ("_by_server",)
+    __slots__ = ("_any", "_by_server")
 
     def __init__(self, tools: dict[str, Sequence[str]], path: str) -> None:
         self._by_server = [
             (re.compile(translate(server)), _Patterns(patterns, f"{path}.{server}"))
             for server, patterns in tools.items()
         ]
+        # Most servers match no key at all: one scan says so without trying each key.
+        self._any = re.compile("|".join(translate(server) for server in tools)) if tools else None
 
-    def lists_for(self, server: str) -> list[_Patterns]:
-        return [patterns for key, patterns in self._by_server if key.match(server)]
+    def lists_for(self, server: str) -> tuple[_Patterns, ...]:
+        if self._any is None or self._any.match(server) is None:
+            return ()
+        return tuple([patterns for key, patterns in self._by_server if key.match(server)])
 
 
 @dataclass(frozen=True, slots=True)
-class _Agent:
-    deny_servers: _Patterns
-    deny_tools: _ToolPatterns
-    allow_servers: _Patterns
-    allow_tools: _ToolPatterns
+class _ServerView:
+    """What one agent's rules say about one server, before any tool is considered."""
 
-    @classmethod
-    def compile(cls, agent_id: str, rules: AgentRules) -> _Agent:
+    decision: Decision  # deny.servers, else allow.servers, else default-deny
+    denied_server: bool
+    deny_tools: tuple[_Patterns, ...]
+    allow_tools: tuple[_Patterns, ...]
+    tool_not_listed: Decision | None
+
+
+class _Agent:
+    """One agent's compiled rules, with its per-server answers cached.
+
+    Requests name the same few servers over and over, so the server half of a decision is
+    worked out once per server name; the cache is bounded because agents may invent names.
+    """
+
+    __slots__ = ("view",)
+
+    def __init__(self, agent_id: str, rules: AgentRules) -> None:
         base = f"agents.{agent_id}"
-        return cls(
-            _Patterns(rules.deny.servers, f"{base}.deny.servers"),
-            _ToolPatterns(rules.deny.tools, f"{base}.deny.tools"),
-            _Patterns(rules.allow.servers, f"{base}.allow.servers"),
-            _ToolPatterns(rules.allow.tools, f"{base}.allow.tools"),
-        )
+        deny_servers = _Patterns(rules.deny.servers, f"{base}.deny.servers")
+        deny_tools = _ToolPatterns(rules.deny.tools, f"{base}.deny.tools")
+        allow_servers = _Patterns(rules.allow.servers, f"{base}.allow.servers")
+        allow_tools = _ToolPatterns(rules.allow.tools, f"{base}.allow.tools")
+
+        @lru_cache(maxsize=SERVER_CACHE_SIZE)
+        def view(server: str) -> _ServerView:
+            denied = deny_servers.first(server)
+            if denied:
+                return _ServerView(Decision(False, denied), True, (), (), None)
+            allowed = allow_servers.first(server)
+            if allowed is None:
+                # deny.tools still comes first in the order, so a tool it names reports it.
+                return _ServerView(
+                    Decision(False, DEFAULT_DENY), False, deny_tools.lists_for(server), (), None
+                )
+            tool_lists = allow_tools.lists_for(server)
+            return _ServerView(
+                Decision(True, allowed),
+                False,
+                deny_tools.lists_for(server),
+                tool_lists,
+                Decision(False, tool_lists[0].path) if tool_lists else None,
+            )
+
+        self.view = view
 
 
 class PolicyEngine:
     def __init__(self, rules: RulesConfig, default_agent: str | None = None) -> None:
         self.rules = rules
-        self._agents = {name: _Agent.compile(name, agent) for name, agent in rules.agents.items()}
+        self._agents = {name: _Agent(name, agent) for name, agent in rules.agents.items()}
         self._fallback = self._fallback_agent(rules, default_agent)
 
     @staticmethod
@@ -116,27 +152,20 @@ class PolicyEngine:
         agent = self._agents.get(agent_id)
         if agent is None:
             raise InvalidAgentId(f"agent '{agent_id}' is not configured")
-        rule = agent.deny_servers.first(server)
-        if rule:
-            return Decision(False, rule)
-        if tool is not None:
-            for patterns in agent.deny_tools.lists_for(server):
-                rule = patterns.first(tool)
-                if rule:
-                    return Decision(False, rule)
-        server_rule = agent.allow_servers.first(server)
-        if server_rule is None:
-            return Decision(False, DEFAULT_DENY)
-        if tool is None:
-            return Decision(True, server_rule)
-        tool_lists = agent.allow_tools.lists_for(server)
-        if not tool_lists:
-            return Decision(True, server_rule)
-        for patterns in tool_lists:
+        view = agent.view(server)
+        if tool is None or view.denied_server:
+            return view.decision
+        for patterns in view.deny_tools:
+            rule = patterns.first(tool)
+            if rule:
+                return Decision(False, rule)
+        if view.tool_not_listed is None or not view.decision.allowed:
+            return view.decision
+        for patterns in view.allow_tools:
             rule = patterns.first(tool)
             if rule:
                 return Decision(True, rule)
-        return Decision(False, tool_lists[0].path)
+        return view.tool_not_listed
 
     def check(
         self,

@@ -1,0 +1,203 @@
+"""Command line: run the gateway, or check configuration files before a client relies on them.
+
+`serve` is the default so `uvx agent-mcp-gateway` in a client's MCP settings just starts the
+gateway; the other commands print to the terminal and never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from . import __version__, config
+
+PROG = "agent-mcp-gateway"
+# Packaged example -> the name it gets when written (package data globs skip dotfiles).
+EXAMPLES = {
+    "mcp.json": config.MCP_CONFIG_NAME,
+    "mcp-gateway-rules.json": config.RULES_NAME,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run one command; the return value is the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    # SUPPRESS lets the serve options sit both before and after `serve` without one
+    # position's default overwriting what was given at the other.
+    serve_options = argparse.ArgumentParser(add_help=False)
+    serve_options.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="enable the get_gateway_status tool (sets GATEWAY_DEBUG=1)",
+    )
+    serve_options.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        default=argparse.SUPPRESS,
+        help="stdio for a local client, http for a service (sets GATEWAY_TRANSPORT)",
+    )
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument(
+        "--mcp-config",
+        type=_path,
+        metavar="PATH",
+        help=f"servers file (default: ${config.MCP_CONFIG_ENV}, ./{config.MCP_CONFIG_NAME}, "
+        f"then ~/.config/{PROG}/)",
+    )
+    files.add_argument(
+        "--rules",
+        type=_path,
+        metavar="PATH",
+        help=f"rules file (default: ${config.RULES_ENV}, ./{config.RULES_NAME}, "
+        f"then ~/.config/{PROG}/)",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="MCP gateway: per-agent policies over many downstream MCP servers.",
+        parents=[serve_options],
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.set_defaults(run=_serve)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", parents=[serve_options], help="run the gateway (the default)"
+    )
+    serve.set_defaults(run=_serve)
+
+    validate = commands.add_parser(
+        "validate", parents=[files], help="check both configuration files and show warnings"
+    )
+    validate.set_defaults(run=_validate)
+
+    check = commands.add_parser(
+        "check-policy",
+        parents=[files],
+        help="show whether an agent may use a server or tool, and which rule decides",
+        description="Exit status: 0 allowed, 1 denied or unknown agent, 2 unusable files. "
+        "An empty AGENT applies the missing-agent_id defaults.",
+    )
+    check.add_argument("agent", metavar="AGENT")
+    check.add_argument("server", metavar="SERVER")
+    check.add_argument("tool", metavar="TOOL", nargs="?")
+    check.set_defaults(run=_check_policy)
+
+    init = commands.add_parser(
+        "init", help="write commented example configuration files (never overwrites)"
+    )
+    init.add_argument(
+        "--dir",
+        type=_path,
+        default=None,
+        metavar="DIR",
+        help=f"where to write them (default: ~/.config/{PROG}/)",
+    )
+    init.set_defaults(run=_init)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if getattr(args, "debug", False):
+        os.environ["GATEWAY_DEBUG"] = "1"
+    transport = getattr(args, "transport", None)
+    if transport:
+        os.environ["GATEWAY_TRANSPORT"] = transport
+    # Imported here so the other commands start fast and work without the server stack.
+    from .serve import run
+
+    return run()
+
+
+def _load(args: argparse.Namespace) -> config.GatewayConfig | None:
+    try:
+        return config.load(args.mcp_config, args.rules)
+    except config.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return 1
+    print(f"OK: {_count(len(loaded.servers), 'server')}, {_count(len(loaded.rules.agents), 'agent')}")
+    print(f"  servers file: {loaded.mcp_path}")
+    print(f"  rules file:   {loaded.rules_path}")
+    for warning in loaded.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _check_policy(args: argparse.Namespace) -> int:
+    # Deferred like serve's: the error types pull in the MCP SDK, which takes a second to load.
+    from .errors import InvalidAgentId
+    from .policy import PolicyEngine
+
+    loaded = _load(args)
+    if loaded is None:
+        return 2
+    engine = PolicyEngine(loaded.rules)
+    try:
+        agent = engine.resolve_agent(args.agent)
+    except InvalidAgentId as exc:
+        print(f"{exc.name}: {exc.fields['reason']}")
+        return 1
+    if agent != args.agent:
+        print(f"(no agent_id given: acting as agent '{agent}')")
+    if args.server not in loaded.servers:
+        print(f"note: server '{args.server}' is not in {loaded.mcp_path}", file=sys.stderr)
+    decision = engine.decide(agent, args.server, args.tool)
+    print(f"{'ALLOW' if decision.allowed else 'DENY'} {decision.rule}")
+    return 0 if decision.allowed else 1
+
+
+def _init(args: argparse.Namespace) -> int:
+    directory: Path = (args.dir or config.user_config_dir()).absolute()
+    examples = resources.files("app") / "examples"
+    written = 0
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for source, name in EXAMPLES.items():
+            target = directory / name
+            text = (examples / source).read_text(encoding="utf-8")
+            try:
+                with target.open("x", encoding="utf-8") as out:  # "x": never overwrite
+                    out.write(text)
+            except FileExistsError:
+                print(f"exists, not overwritten: {target}")
+                continue
+            print(f"wrote {target}")
+            written += 1
+    except OSError as exc:
+        print(f"error: cannot write to {directory}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if not written:
+        return 1
+    if directory.resolve() not in (Path.cwd().resolve(), config.user_config_dir().resolve()):
+        print(
+            f"The gateway looks in the current directory and ~/.config/{PROG}/; point it here "
+            f"with {config.MCP_CONFIG_ENV} and {config.RULES_ENV}."
+        )
+    print(f"Edit them, then check them with: {PROG} validate")
+    return 0
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
