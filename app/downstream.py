@@ -70,8 +70,11 @@ class Downstream:
         config: ServerConfig,
         connect_timeout: float = 15.0,
         ping_interval: float = 10.0,
+        ping_timeout: float = 10.0,
     ) -> None:
         self.name = name
+        self.ping_timeout = ping_timeout
+        self._last_answer = 0.0
         self.config = config
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
@@ -128,23 +131,27 @@ class Downstream:
                 DOWNSTREAM_RESTARTS.labels(self.name).inc()
 
     async def _connect(self) -> None:
+        # The session-era handshake: one long-lived session that also delivers
+        # list_changed notifications sent between calls, which 2026-era connections drop.
         client = Client(
             _transport(self.config),
             name="agent-mcp-gateway",
             message_handler=_Notifications(self),
             init_timeout=self.connect_timeout,
+            mode="legacy",
         )
         self._client = client
         await client.__aenter__()
         await self._load_tools(client)
 
     async def _watch(self) -> None:
-        """Wait until the session is lost: a failed call says so, or a ping finds it."""
+        """Wait until the session is lost: a failed call says so, or a ping of an idle one."""
         while self.state == "up":
             try:
                 await asyncio.wait_for(self._lost.wait(), self.ping_interval)
             except TimeoutError:
-                if await self._ping():
+                busy = time.monotonic() - self._last_answer < self.ping_interval
+                if busy or await self._ping():
                     continue
                 self._lost.set()
             self._mark_down(self.last_error or "connection lost")
@@ -154,10 +161,15 @@ class Downstream:
         if client is None:
             return False
         try:
-            await asyncio.wait_for(client.ping(), self.ping_interval)
+            await asyncio.wait_for(client.ping(), self.ping_timeout)
             return True
         except asyncio.CancelledError:
             raise
+        except MCPError as exc:
+            if not _is_connection_loss(exc):
+                return True  # any answer proves the session is alive (2026-era servers lack ping)
+            self.last_error = _describe(exc, "ping")
+            return False
         except Exception as exc:
             self.last_error = _describe(exc, "ping")
             return False
@@ -225,17 +237,19 @@ class Downstream:
         progress: ProgressHandler | None = None,
         forward_log: LogForwarder | None = None,
     ) -> mt.CallToolResult:
-        client = await self._require_client()
-        if tool not in self.tools:
-            raise ToolNotFound(self.name, tool)
+        """Call a tool; the timeout covers the whole call, including waiting for start-up."""
         started = time.perf_counter()
         outcome = "error"
         if forward_log is not None:
             self._log_forwarders.add(forward_log)
         try:
             async with asyncio.timeout(timeout_ms / 1000):
+                client = await self._require_client()
+                if tool not in self.tools:
+                    raise ToolNotFound(self.name, tool)
                 result = await client.call_tool_mcp(tool, arguments, progress_handler=progress)
             outcome = "tool_error" if result.is_error else "ok"
+            self._last_answer = time.monotonic()
             return result
         except TimeoutError:
             outcome = "timeout"
@@ -285,9 +299,12 @@ class Downstream:
 class DownstreamPool:
     """All downstream servers, keyed by name; reconciled against each new configuration."""
 
-    def __init__(self, connect_timeout: float = 15.0, ping_interval: float = 10.0) -> None:
+    def __init__(
+        self, connect_timeout: float = 15.0, ping_interval: float = 10.0, ping_timeout: float = 10.0
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.servers: dict[str, Downstream] = {}
 
     def get(self, name: str) -> Downstream | None:
@@ -305,7 +322,9 @@ class DownstreamPool:
         await asyncio.gather(*(server.close() for server in stale))
         for name, config in configs.items():
             if name not in self.servers:
-                server = Downstream(name, config, self.connect_timeout, self.ping_interval)
+                server = Downstream(
+                    name, config, self.connect_timeout, self.ping_interval, self.ping_timeout
+                )
                 self.servers[name] = server
                 server.start()
             else:

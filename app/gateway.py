@@ -49,6 +49,7 @@ class Settings:
     default_timeout_ms: int = DEFAULT_TIMEOUT_MS
     connect_timeout: float = 15.0
     ping_interval: float = 10.0
+    ping_timeout: float = 10.0
     session_ttl: float = 3600.0
 
     @classmethod
@@ -59,6 +60,7 @@ class Settings:
             default_timeout_ms=int(env.get("GATEWAY_DEFAULT_TIMEOUT_MS", DEFAULT_TIMEOUT_MS)),
             connect_timeout=float(env.get("GATEWAY_CONNECT_TIMEOUT", 15.0)),
             ping_interval=float(env.get("GATEWAY_PING_INTERVAL", 10.0)),
+            ping_timeout=float(env.get("GATEWAY_PING_TIMEOUT", 10.0)),
             session_ttl=float(env.get("GATEWAY_SESSION_TTL", 3600.0)),
         )
 
@@ -67,7 +69,9 @@ class Gateway:
     def __init__(self, config: GatewayConfig, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.snapshot = Snapshot(config, PolicyEngine(config.rules))
-        self.pool = DownstreamPool(self.settings.connect_timeout, self.settings.ping_interval)
+        self.pool = DownstreamPool(
+            self.settings.connect_timeout, self.settings.ping_interval, self.settings.ping_timeout
+        )
         self.audit = AuditLog()
         self.sessions = SessionRegistry(self.settings.session_ttl)
         self.reloads: deque[ReloadEvent] = deque(maxlen=50)

@@ -187,11 +187,15 @@ def _metrics_summary() -> dict[str, Any]:
     for family in REGISTRY.collect():
         if not family.name.startswith("gateway_"):
             continue
-        summary[family.name] = [
-            {"name": sample.name, "labels": sample.labels, "value": sample.value}
-            for sample in family.samples
-            if not sample.name.endswith("_created")
-        ]
+        summary[family.name] = {
+            "type": family.type,
+            "help": family.documentation,
+            "samples": [
+                {"name": sample.name, "labels": sample.labels, "value": sample.value}
+                for sample in family.samples
+                if not sample.name.endswith("_created")
+            ],
+        }
     return summary
 
 

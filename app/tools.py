@@ -50,10 +50,9 @@ def estimate_tokens(value: Any) -> int:
 class _Forwarder:
     """Relays a downstream call's progress and log notifications to the calling client.
 
-    The session, request id and progress token are captured while the request is current:
-    downstream notifications arrive on the downstream client's task, outside that context.
-    fastmcp 4.1.2's `Context.report_progress` looks for `progress_token` in the request meta,
-    but the SDK stores it as `progressToken`, so progress is sent from here directly.
+    Downstream notifications arrive on the downstream client's task, where the caller's
+    request context (and with it `Context.report_progress` and `Context.log`) is not set, so
+    the session, request id and progress token are captured while the request is current.
     """
 
     def __init__(self, ctx: Context) -> None:

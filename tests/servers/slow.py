@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import anyio
 from _common import run
@@ -25,4 +26,6 @@ def pid() -> int:
 
 
 if __name__ == "__main__":
+    # SLOW_START_SECONDS delays the handshake, so tests can watch the gateway start up.
+    time.sleep(float(os.environ.get("SLOW_START_SECONDS", "0")))
     run(mcp)
