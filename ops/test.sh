@@ -16,7 +16,9 @@ apt_install() {  # apt_install PACKAGE... : install what is missing (root only)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-apt_install prometheus nodejs npm
+apt_install prometheus
+# Node.js (for the npm reference servers) usually comes with the machine; Debian's otherwise.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
 command -v promtool >/dev/null || { log "promtool is missing"; exit 1; }
 
 venv=${VENV:-.venv}
