@@ -31,7 +31,7 @@ def run() -> int:
     setup_logging()
     transport = os.environ.get("GATEWAY_TRANSPORT", "stdio").lower()
     if transport == "stdio":
-        server = build_server(load_gateway())
+        server = build_server(load_gateway(), exit_on_signal=True)
         server.run(transport="stdio", show_banner=False)
         return 0
     if transport == "http":

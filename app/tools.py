@@ -7,6 +7,7 @@ asks the policy engine and records the deciding rule on the operation for the au
 from __future__ import annotations
 
 import json
+import os
 import time
 from fnmatch import fnmatchcase
 from typing import Annotated, Any
@@ -190,6 +191,7 @@ def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
         async def get_gateway_status() -> dict[str, Any]:
             snapshot = gateway.snapshot
             return {
+                "pid": os.getpid(),
                 "uptime_seconds": round(time.time() - gateway.started_at, 3),
                 "config_paths": {
                     "mcp": str(snapshot.config.mcp_path),

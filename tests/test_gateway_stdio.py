@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from mcp import MCPError
@@ -299,3 +304,43 @@ async def test_debug_status_only_with_debug(standard: GatewayFiles) -> None:
         assert set(status["agents"]) == {"builder", "researcher"}
         assert status["reloads"][0]["source"] == "startup"
         assert set(status["servers"]) >= {"echo", "time"}
+
+
+async def test_sighup_reloads(standard: GatewayFiles) -> None:
+    async with stdio_gateway(standard, GATEWAY_DEBUG="1") as client:
+        status = await gateway_call(client, "get_gateway_status")
+        os.kill(status["pid"], signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        sources: list[str] = []
+        while time.monotonic() < deadline:
+            status = await gateway_call(client, "get_gateway_status")
+            sources = [event["source"] for event in status["reloads"]]
+            if "SIGHUP" in sources:
+                break
+            await asyncio.sleep(0.05)
+        assert "SIGHUP" in sources
+        assert all(event["ok"] for event in status["reloads"])
+
+
+def test_sigterm_over_stdio_closes_servers_and_exits_0(standard: GatewayFiles) -> None:
+    env = {**os.environ, **standard.env()}
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=standard.directory, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: len(child_pids(gateway.pid)) >= 6, timeout=30)
+        children = child_pids(gateway.pid)
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(20) == 0
+        assert wait_until(lambda: not any(process_alive(pid) for pid in children), timeout=10)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+
+
+def child_pids(pid: int) -> list[int]:
+    found: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(child) for child in path.read_text().split()]
+    return found
