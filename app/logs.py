@@ -27,6 +27,22 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class _TextFormatter(logging.Formatter):
+    """One line per record for humans, with the structured fields appended as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(
+            f"{key}={value}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and value is not None
+        )
+        return f"{line} {extras}" if extras else line
+
+
 def _drop_expected_failures(record: logging.LogRecord) -> bool:
     """fastmcp logs every tool exception with a traceback; a gateway error is an answer, not a
     crash, and is already in the audit log."""
@@ -44,9 +60,7 @@ def setup_logging() -> None:
     level = os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("GATEWAY_LOG_FORMAT", "json").lower() == "text":
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     else:
         handler.setFormatter(
             JsonFormatter(
