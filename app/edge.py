@@ -34,6 +34,8 @@ log = logging.getLogger("agent_mcp_gateway.http")
 MCP_ROUTES = ("/mcp", "/")
 KNOWN_ROUTES = {"/mcp", "/mcp/", "/", "/health", "/ready", "/metrics"}
 SESSION_HEADER = "mcp-session-id"
+INVALID_REQUEST = -32600
+INTERNAL_ERROR = -32603
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -48,13 +50,27 @@ class Caller:
     method: str | None = None
 
 
-caller: ContextVar[Caller] = ContextVar("caller", default=Caller())  # noqa: B039 (read-only default)
+caller: ContextVar[Caller | None] = ContextVar("caller", default=None)
 
 
-def error_response(status: int, message: str, **data: Any) -> JSONResponse:
+def current_caller() -> Caller:
+    found = caller.get()
+    if found is None:
+        found = Caller()
+        caller.set(found)
+    return found
+
+
+def error_response(
+    status: int, message: str, name: str, code: int = INVALID_REQUEST, **fields: Any
+) -> JSONResponse:
     """A JSON-RPC shaped error body, so MCP clients can show the message."""
     return JSONResponse(
-        {"jsonrpc": "2.0", "id": caller.get().rpc_id, "error": {"code": -32600, "message": message, "data": data}},
+        {
+            "jsonrpc": "2.0",
+            "id": current_caller().rpc_id,
+            "error": {"code": code, "message": message, "data": {"code": name, **fields}},
+        },
         status_code=status,
     )
 
@@ -105,9 +121,12 @@ class RequestContext:
             log.exception("unhandled error in request", extra={"path": route, "method": method})
             if not response_started:
                 status = 500
-                await error_response(500, f"Internal error; the gateway's log has request id {request_id}.")(
-                    scope, receive, send_wrapper
-                )
+                await error_response(
+                    500,
+                    f"Internal error; the gateway's log has request id {request_id}.",
+                    "INTERNAL_ERROR",
+                    code=INTERNAL_ERROR,
+                )(scope, receive, send_wrapper)
         finally:
             seconds = time.perf_counter() - started
             HTTP_REQUESTS.labels(route, method, str(status)).inc()
@@ -135,7 +154,7 @@ class RequestContext:
             self.sessions.touch(sent)
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -163,7 +182,7 @@ class OriginGuard:
             return True
         if self.local_bind and not self.allowed:
             parts = urlsplit(normalized)
-            return parts.scheme in ("http", "https") and _is_loopback_host(parts.hostname or "")
+            return parts.scheme in ("http", "https") and is_loopback_host(parts.hostname or "")
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -171,15 +190,20 @@ class OriginGuard:
             origin = Headers(scope=scope).get("origin")
             if origin is not None and not self.allows(origin):
                 log.warning("origin refused", extra={"origin": origin[:200]})
-                await error_response(403, "Origin not allowed.", origin=origin[:200])(scope, receive, send)
+                await error_response(403, "Origin not allowed.", "ORIGIN_NOT_ALLOWED")(
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)
 
 
-class BodyLimit:
-    """Refuse bodies over the limit with 413, and note the caller's agent id for rate limits.
+class RequestBody:
+    """Refuse bodies over the limit (413) and messages that are not one JSON-RPC 2.0 object
+    (-32600), and note the caller's agent id for rate limits.
 
-    The body is read once here (it is bounded) and replayed to the app unchanged.
+    The body is read once here (it is bounded) and replayed to the app unchanged. Invalid
+    JSON is left to the SDK, which answers -32700; a well-formed body of the wrong shape is
+    answered here because the SDK reports it as -32602 with a validation dump.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -209,7 +233,12 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        self._note_caller(body, headers)
+        problem = self._inspect(body, headers)
+        if problem is not None:
+            await error_response(400, f"Invalid Request: {problem}.", "INVALID_REQUEST")(
+                scope, receive, send
+            )
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -223,25 +252,40 @@ class BodyLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await error_response(
-            413, f"Request body is larger than {self.max_bytes} bytes.", max_bytes=self.max_bytes
+            413,
+            f"Request body is larger than {self.max_bytes} bytes.",
+            "BODY_TOO_LARGE",
+            max_bytes=self.max_bytes,
         )(scope, receive, send)
 
     @staticmethod
-    def _note_caller(body: bytes, headers: Headers) -> None:
-        current = caller.get()
+    def _inspect(body: bytes, headers: Headers) -> str | None:
+        """Note who is calling; return what is wrong with the message's shape, if anything."""
+        current = current_caller()
         current.agent_id = headers.get(AGENT_HEADER)
         try:
             message = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return  # the MCP layer answers malformed JSON with -32700
+            return None
         if not isinstance(message, dict):
-            return
-        current.rpc_id = message.get("id") if isinstance(message.get("id"), str | int) else None
-        current.method = message.get("method") if isinstance(message.get("method"), str) else None
+            return "the body must be one JSON-RPC 2.0 message object (batches are not supported)"
+        if isinstance(message.get("id"), str | int) and not isinstance(message.get("id"), bool):
+            current.rpc_id = message["id"]
+        if message.get("jsonrpc") != "2.0":
+            return "'jsonrpc' must be \"2.0\""
+        if "id" in message and (isinstance(message["id"], bool) or not isinstance(message["id"], str | int)):
+            return "'id' must be a string or an integer"
+        method = message.get("method")
+        if method is None and "result" not in message and "error" not in message:
+            return "a message needs a 'method' (or a 'result' or 'error')"
+        if method is not None and not isinstance(method, str):
+            return "'method' must be a string"
+        current.method = method
         params = message.get("params")
         arguments = params.get("arguments") if isinstance(params, dict) else None
         if isinstance(arguments, dict) and isinstance(arguments.get("agent_id"), str):
             current.agent_id = arguments["agent_id"]
+        return None
 
 
 class JsonOnly:

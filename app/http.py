@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,9 +25,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__
+from . import __version__, logs
 from .audit import AuditRecord
-from .edge import BodyLimit, JsonOnly, OriginGuard, RequestContext, _is_loopback_host, caller, error_response
+from .edge import (
+    JsonOnly,
+    OriginGuard,
+    RequestBody,
+    RequestContext,
+    current_caller,
+    error_response,
+    is_loopback_host,
+)
 from .gateway import Gateway
 from .metrics import RATE_LIMITED, REGISTRY, bounded
 from .serve import load_config, load_gateway
@@ -36,6 +44,7 @@ from .server import build_server
 log = logging.getLogger("agent_mcp_gateway.http")
 
 DEFAULT_RATE_LIMIT = "600/minute"
+RATE_LIMITED_CODE = -32005  # beside the gateway's -32000..-32004; the HTTP status is 429
 DEFAULT_MAX_BODY = 4 * 2**20  # the SDK's own cap; refused here first with a clear 413
 
 
@@ -45,9 +54,7 @@ def _csv(name: str) -> list[str]:
 
 def create_app(gateway: Gateway | None = None) -> Starlette:
     """The ASGI application (Granian calls this as a factory in its worker)."""
-    from .logs import setup_logging
-
-    setup_logging()
+    logs.setup_logging()
     gateway = gateway or load_gateway()
     mcp = build_server(gateway)
     host = os.environ.get("GATEWAY_HTTP_HOST", "127.0.0.1")
@@ -61,7 +68,7 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
         session_idle_timeout=gateway.settings.session_ttl,
         middleware=[
             Middleware(RequestContext, sessions=gateway.sessions),
-            Middleware(OriginGuard, allowed=allowed_origins, local_bind=_is_loopback_host(host)),
+            Middleware(OriginGuard, allowed=allowed_origins, local_bind=is_loopback_host(host)),
             Middleware(
                 CORSMiddleware,
                 allow_origins=cors_origins,
@@ -69,7 +76,7 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
                 allow_headers=["*"],
                 expose_headers=["Mcp-Session-Id", "Retry-After", "X-Request-Id"],
             ),
-            Middleware(BodyLimit, max_bytes=max_body),
+            Middleware(RequestBody, max_bytes=max_body),
             Middleware(SlowAPIMiddleware),
             Middleware(JsonOnly),
         ],
@@ -92,7 +99,7 @@ def _limiter(gateway: Gateway) -> Limiter:
 
     def subject(request: Request) -> str:
         agent = _caller_agent(gateway)
-        return f"agent:{agent}" if agent else f"client:{caller.get().client}"
+        return f"agent:{agent}" if agent else f"client:{current_caller().client}"
 
     def limit_for_caller() -> str:
         agent = _caller_agent(gateway)
@@ -109,7 +116,7 @@ def _limiter(gateway: Gateway) -> Limiter:
 
 def _caller_agent(gateway: Gateway) -> str | None:
     """The configured agent a request is from: its own id, else the one its session is bound to."""
-    current = caller.get()
+    current = current_caller()
     agent = current.agent_id
     if not agent and current.session_id:
         record = gateway.sessions.get(current.session_id)
@@ -117,9 +124,9 @@ def _caller_agent(gateway: Gateway) -> str | None:
     return agent if agent in gateway.config.rules.agents else None
 
 
-def _rate_limited(gateway: Gateway):  # noqa: ANN202 (a Starlette exception handler)
+def _rate_limited(gateway: Gateway) -> Callable[[Request, RateLimitExceeded], Response]:
     def handler(request: Request, exc: RateLimitExceeded) -> Response:
-        current = caller.get()
+        current = current_caller()
         agent = _caller_agent(gateway)
         RATE_LIMITED.labels(bounded(agent, gateway.config.rules.agents)).inc()
         gateway.audit.write(
@@ -133,19 +140,15 @@ def _rate_limited(gateway: Gateway):  # noqa: ANN202 (a Starlette exception hand
                 error_code="RATE_LIMITED",
                 latency_ms=0.0,
                 session_id=current.session_id,
-                request_id=_request_id(),
+                request_id=logs.request_id.get(),
             )
         )
-        response = error_response(429, f"Rate limit exceeded ({exc.detail}); retry later.", code="RATE_LIMITED")
+        response = error_response(
+            429, f"Rate limit exceeded ({exc.detail}); retry later.", "RATE_LIMITED", code=RATE_LIMITED_CODE
+        )
         return request.app.state.limiter._inject_headers(response, request.state.view_rate_limit)
 
     return handler
-
-
-def _request_id() -> str | None:
-    from .logs import request_id
-
-    return request_id.get()
 
 
 def _routes(gateway: Gateway, limiter: Limiter) -> list[Route]:

@@ -401,3 +401,44 @@ def test_bad_config_stops_startup_with_a_clear_message(gateway_files: GatewayFil
     assert done.returncode == 2
     assert "mcpServers.x" in done.stderr and "both 'command' and 'url'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"foo": 1}', "'jsonrpc' must be"),
+        (b"[1, 2]", "one JSON-RPC 2.0 message object"),
+        (b'"text"', "one JSON-RPC 2.0 message object"),
+        (b'{"jsonrpc": "1.0", "id": 1, "method": "initialize"}', "'jsonrpc' must be"),
+        (b'{"jsonrpc": "2.0", "id": {"a": 1}, "method": "initialize"}', "'id' must be"),
+        (b'{"jsonrpc": "2.0", "id": 3}', "needs a 'method'"),
+        (b'{"jsonrpc": "2.0", "id": 3, "method": 7}', "'method' must be a string"),
+    ],
+)
+def test_invalid_json_rpc_messages_get_32600(gateway: HttpGateway, body: bytes, problem: str) -> None:
+    response = httpx.post(
+        gateway.mcp_url, content=body, headers={**BOTH, "content-type": "application/json"}, timeout=10
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == -32600 and problem in error["message"]
+    assert "\n" not in error["message"]
+
+
+def test_unknown_method_and_hostile_headers(gateway: HttpGateway) -> None:
+    with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
+        session_id = initialize(client, "/mcp")
+        unknown = client.post(
+            "/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "no/such/method"}, headers=session_headers(session_id)
+        )
+        assert rpc_result(unknown)["error"]["code"] == -32601
+        traversal = client.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"},
+            headers={**session_headers("../../etc/passwd"), "X-Request-Id": "x" * 500},
+        )
+        assert traversal.status_code == 404
+        assert len(traversal.headers["x-request-id"]) == 32  # an unusable id is replaced
+        huge_header = client.get("/health", headers={"X-Padding": "a" * 7000})
+        assert huge_header.status_code in (200, 431)
+        assert client.get("/health").status_code == 200

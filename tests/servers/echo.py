@@ -7,6 +7,7 @@ import os
 from _common import run
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
+from fastmcp.server.dependencies import get_http_headers
 
 mcp = FastMCP("echo")
 
@@ -39,6 +40,12 @@ def structured() -> dict:
 def env(name: str) -> str:
     """The value of an environment variable of this process ("" when unset)."""
     return os.environ.get(name, "")
+
+
+@mcp.tool
+def request_headers() -> dict[str, str]:
+    """The HTTP headers this call arrived with (empty over stdio)."""
+    return get_http_headers(include_all=True)
 
 
 @mcp.tool
