@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
 import mcp_types as mt
@@ -344,7 +344,7 @@ class DownstreamPool:
         servers, self.servers = list(self.servers.values()), {}
         await asyncio.gather(*(server.close() for server in servers))
 
-    def __iter__(self) -> Iterable[Downstream]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Downstream]:
         return iter(list(self.servers.values()))
 
 
