@@ -203,7 +203,7 @@ async def test_read_only_root_filesystem_and_still_working(stack: Stack) -> None
         assert code != 0, f"{path} is writable"
         assert "Read-only file system" in out, out
     # The writable places: the /tmp tmpfs and the state volume.
-    assert exec_in(stack.gateway, "sh", "-c", "echo x > /tmp/probe && rm /tmp/probe")[0] == 0
+    assert exec_in(stack.gateway, "sh", "-c", "cd /tmp && echo x > probe && rm probe")[0] == 0
     assert exec_in(stack.gateway, "sh", "-c", f"echo x > {STATE_DIR}/probe && rm {STATE_DIR}/probe")[0] == 0
 
     async with client(stack) as c:
