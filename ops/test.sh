@@ -34,6 +34,7 @@ ops/install-test-servers.sh
 if podman_env="$(ops/podman-setup.sh start)"; then
   eval "$podman_env"
   trap 'ops/podman-setup.sh stop || true' EXIT
+  export CONTAINER_TESTS_REQUIRED=1   # an engine is up, so the container suite must not skip
 else
   log "podman could not be set up: the container tests will be skipped"
 fi
