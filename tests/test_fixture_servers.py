@@ -100,7 +100,7 @@ def http_server() -> Iterator[Any]:
 async def test_echo_server_tools() -> None:
     async with connect(fixture("echo", env={"ECHO_PREFIX": "pre:", "FIXTURE_VALUE": "42"})) as client:
         assert await tool_names(client) == {
-            "echo", "add", "fail", "structured", "env",
+            "echo", "add", "fail", "structured", "env", "request_headers",
             "get_user_all", "get_user_one", "drop_table", "delete_row", "web_search", "web_fetch",
         }
         echoed = await client.call_tool("echo", {"text": "hi"})
