@@ -33,6 +33,7 @@ log = logging.getLogger("agent_mcp_gateway.http")
 
 MCP_ROUTES = ("/mcp", "/")
 KNOWN_ROUTES = {"/mcp", "/mcp/", "/", "/health", "/ready", "/metrics"}
+KNOWN_METHODS = {"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"}  # bounded labels
 SESSION_HEADER = "mcp-session-id"
 INVALID_REQUEST = -32600
 INTERNAL_ERROR = -32603
@@ -93,7 +94,8 @@ class RequestContext:
         session_id = headers.get(SESSION_HEADER)
         client = scope.get("client")
         caller.set(Caller(session_id=session_id, client=client[0] if client else "unknown"))
-        path, method = scope["path"], scope["method"]
+        path = scope["path"]
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         route = path if path in KNOWN_ROUTES else "other"
         route = "/mcp" if route in ("/", "/mcp/") else route
         started = time.perf_counter()
