@@ -1,0 +1,940 @@
+"""End-to-end benchmark of the HTTP gateway against the milestone targets.
+
+Starts, as real subprocesses on free loopback ports, the echo fixture server over Streamable
+HTTP and the gateway over HTTP (Granian) in front of it, then measures in the same run:
+
+  latency      tools/call `echo` on the downstream directly vs `execute_tool` through the
+               gateway, alternated call by call so machine noise hits both paths alike;
+  concurrency  N sessions (default 120) held open at once, all calling at the same time,
+               through the gateway and, for comparison, directly;
+  sessions     SessionRegistry.get and resolve_agent with 10,000 sessions, in process;
+  memory       the gateway worker's RSS over several rounds of sustained load.
+
+The load generator is raw JSON-RPC over httpx2 (the HTTP client the MCP SDK itself uses): a
+legacy `initialize` + `notifications/initialized` per session, then `tools/call` POSTs with
+`Accept: application/json, text/event-stream`, SSE answers parsed to the JSON-RPC response.
+Absolute times drift on a shared machine; compare the ratios and overheads.
+
+    python benchmarks/bench_gateway.py            # about 2-3 minutes
+    python benchmarks/bench_gateway.py --quick    # about 30 seconds
+    python benchmarks/bench_gateway.py --json     # the summary as JSON
+
+Exit status: 0 when every phase ran without errors (a missed target is reported as MISS,
+not as a failure); 1 when a call failed or something could not be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import resource
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO_SERVER = ROOT / "tests" / "servers" / "echo.py"
+AGENT = "bench"
+PROTOCOL = "2025-11-25"
+ACCEPT = "application/json, text/event-stream"
+TARGET_E2E_P95_MS = 100.0
+TARGET_OVERHEAD_P95_MS = 30.0
+TARGET_LOOKUP_MS = 1.0
+TARGET_MEMORY_GROWTH_PCT = 5.0  # "no growth" read as: under 5 % from round 2 to the last round
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class BenchError(Exception):
+    """Something could not be started or a call failed: the run is not valid."""
+
+
+# --- subprocesses ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Child:
+    """A subprocess in its own process group, so stopping it ends everything it started."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace)
+        # The group may outlive its leader (a Granian worker); make sure nothing is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], cwd: Path, log_dir: Path) -> Child:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Child(name, process, log_path)
+
+
+def wait_http(child: Child, url: str, timeout: float, ok: tuple[int, ...] | None = None) -> None:
+    """Wait until `url` answers (with one of `ok` statuses when given)."""
+    deadline = time.monotonic() + timeout
+    with httpx2.Client(timeout=2, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise BenchError(f"{child.name} exited early:\n{child.log_tail()}")
+            try:
+                response = client.get(url)
+                if ok is None or response.status_code in ok:
+                    return
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.1)
+    raise BenchError(f"{child.name} did not answer {url} within {timeout:.0f} s:\n{child.log_tail()}")
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_KIB / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tcp_sockets(state: str, local_port: int | None = None, remote_port: int | None = None) -> int:
+    """Loopback TCP sockets in `state` (hex code from /proc/net/tcp) with the given ports."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                parts = line.split()
+                if parts[3] != state:
+                    continue
+                if local_port is not None and int(parts[1].rsplit(":", 1)[1], 16) != local_port:
+                    continue
+                if remote_port is not None and int(parts[2].rsplit(":", 1)[1], 16) != remote_port:
+                    continue
+                count += 1
+    return count
+
+
+def established_connections(port: int) -> int:
+    """ESTABLISHED TCP connections on the server side of `port`."""
+    return _tcp_sockets("01", local_port=port)
+
+
+def closed_client_connections(port: int) -> int:
+    """TIME_WAIT sockets of clients that connected to `port` and closed first (kept ~60 s)."""
+    return _tcp_sockets("06", remote_port=port)
+
+
+@dataclass
+class Stack:
+    """The downstream echo server and the gateway in front of it."""
+
+    work: Path
+    echo: Child | None = None
+    gateway: Child | None = None
+    echo_url: str = ""
+    gateway_base: str = ""
+    gateway_port: int = 0
+    echo_port: int = 0
+
+    @property
+    def gateway_url(self) -> str:
+        return f"{self.gateway_base}/mcp"
+
+    def worker_pid(self) -> int:
+        """The Granian worker (a child of `python -m app`), which serves the requests."""
+        assert self.gateway is not None
+        kids = children_of(self.gateway.process.pid)
+        if not kids:
+            raise BenchError("cannot find the gateway's Granian worker process")
+        return kids[0]
+
+    def start(self, log_level: str) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+        self.echo_port = free_port()
+        self.echo_url = f"http://127.0.0.1:{self.echo_port}/mcp"
+        self.echo = spawn(
+            "echo", [sys.executable, str(ECHO_SERVER), "--http", str(self.echo_port)], env, self.work, self.work
+        )
+        wait_http(self.echo, self.echo_url, 60)
+
+        mcp_config = self.work / ".mcp.json"
+        rules = self.work / ".mcp-gateway-rules.json"
+        mcp_config.write_text(
+            json.dumps({"mcpServers": {"echo": {"description": "echo fixture over HTTP", "url": self.echo_url}}})
+        )
+        rules.write_text(json.dumps({"agents": {AGENT: {"allow": {"servers": ["*"]}}}}))
+        self.gateway_port = free_port()
+        self.gateway_base = f"http://127.0.0.1:{self.gateway_port}"
+        gateway_env = {
+            **env,
+            "GATEWAY_TRANSPORT": "http",
+            "GATEWAY_HTTP_PORT": str(self.gateway_port),
+            "GATEWAY_MCP_CONFIG": str(mcp_config),
+            "GATEWAY_RULES": str(rules),
+            "GATEWAY_AUDIT_LOG": str(self.work / "audit.jsonl"),
+            "GATEWAY_RATE_LIMIT": "1000000/minute",
+            "GATEWAY_LOG_LEVEL": log_level,
+        }
+        self.gateway = spawn("gateway", [sys.executable, "-m", "app"], gateway_env, self.work, self.work)
+        wait_http(self.gateway, f"{self.gateway_base}/ready", 90, ok=(200,))
+        ready = httpx2.get(f"{self.gateway_base}/ready", trust_env=False).json()
+        if ready.get("servers", {}).get("echo", {}).get("state") != "up":
+            raise BenchError(f"the gateway is ready but its echo server is not up: {ready}")
+
+    def check_alive(self) -> None:
+        for child in (self.echo, self.gateway):
+            if child is not None and not child.alive():
+                raise BenchError(f"{child.name} died during the run:\n{child.log_tail()}")
+
+    def stop(self) -> None:
+        for child in (self.gateway, self.echo):
+            if child is not None:
+                child.stop()
+
+
+# --- load generator ----------------------------------------------------------------------------
+
+
+def jsonrpc_response(response: httpx2.Response, request_id: int) -> dict[str, Any]:
+    """The JSON-RPC response to `request_id` in a JSON or SSE answer."""
+    if response.status_code != 200:
+        raise BenchError(f"HTTP {response.status_code}: {response.text[:300]}")
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        text = response.text.replace("\r\n", "\n").replace("\r", "\n")
+        for event in text.split("\n\n"):
+            data = "\n".join(line[5:].lstrip(" ") for line in event.split("\n") if line.startswith("data:"))
+            if not data:
+                continue
+            message = json.loads(data)
+            if isinstance(message, dict) and message.get("id") == request_id:
+                return message
+        raise BenchError(f"no response to request {request_id} in the SSE stream: {text[:300]!r}")
+    message = response.json()
+    if not isinstance(message, dict) or message.get("id") != request_id:
+        raise BenchError(f"unexpected JSON-RPC answer: {response.text[:300]}")
+    return message
+
+
+class Session:
+    """One MCP session over its own HTTP connection."""
+
+    def __init__(self, url: str, gateway: bool, timeout: float = 60.0) -> None:
+        self.url = url
+        self.gateway = gateway
+        self.client = httpx2.AsyncClient(
+            timeout=timeout, trust_env=False, limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1)
+        )
+        self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        self.next_id = 0
+        self.session_id: str | None = None
+
+    def _body(self, method: str, params: dict[str, Any] | None, notify: bool = False) -> tuple[int, bytes]:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        if notify:
+            return -1, json.dumps(message).encode()
+        self.next_id += 1
+        message["id"] = self.next_id
+        return self.next_id, json.dumps(message).encode()
+
+    async def open(self) -> None:
+        request_id, body = self._body(
+            "initialize",
+            {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}},
+        )
+        response = await self.client.post(self.url, content=body, headers=self.headers)
+        message = jsonrpc_response(response, request_id)
+        if "result" not in message:
+            raise BenchError(f"initialize failed: {message}")
+        self.session_id = response.headers.get("mcp-session-id")
+        if not self.session_id:
+            raise BenchError("initialize returned no Mcp-Session-Id")
+        self.headers.update({"Mcp-Session-Id": self.session_id, "MCP-Protocol-Version": PROTOCOL})
+        _, body = self._body("notifications/initialized", None, notify=True)
+        response = await self.client.post(self.url, content=body, headers=self.headers)
+        if response.status_code not in (200, 202, 204):
+            raise BenchError(f"notifications/initialized: HTTP {response.status_code}")
+
+    async def echo(self, text: str) -> float:
+        """One echo call (direct, or execute_tool through the gateway); seconds it took."""
+        if self.gateway:
+            params = {
+                "name": "execute_tool",
+                "arguments": {"agent_id": AGENT, "server": "echo", "tool": "echo", "args": {"text": text}},
+            }
+        else:
+            params = {"name": "echo", "arguments": {"text": text}}
+        request_id, body = self._body("tools/call", params)
+        started = time.perf_counter()
+        response = await self.client.post(self.url, content=body, headers=self.headers)
+        elapsed = time.perf_counter() - started
+        message = jsonrpc_response(response, request_id)
+        result = message.get("result")
+        if not isinstance(result, dict) or result.get("isError"):
+            raise BenchError(f"tools/call failed: {json.dumps(message)[:300]}")
+        content = result.get("content") or [{}]
+        if content[0].get("text") != text:
+            raise BenchError(f"echo answered {content[0].get('text')!r} instead of {text!r}")
+        return elapsed
+
+    async def close(self) -> None:
+        try:
+            if self.session_id:
+                await self.client.delete(self.url, headers=self.headers)
+        except httpx2.HTTPError:
+            pass
+        finally:
+            await self.client.aclose()
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of unsorted values."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+def summarize_ms(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {
+        "count": len(ms),
+        "p50": round(percentile(ms, 0.50), 3),
+        "p95": round(percentile(ms, 0.95), 3),
+        "p99": round(percentile(ms, 0.99), 3),
+        "max": round(max(ms), 3) if ms else float("nan"),
+        "mean": round(statistics.fmean(ms), 3) if ms else float("nan"),
+    }
+
+
+@dataclass
+class Results:
+    config: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    concurrency: dict[str, Any] = field(default_factory=dict)
+    sessions: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+_STARTED = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - _STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+# --- phases ---------------------------------------------------------------------------------
+
+
+async def phase_latency(stack: Stack, calls: int, warmup: int, results: Results) -> None:
+    """Sequential calls, one session per path, the two paths alternated in random order."""
+    log(f"latency: {warmup} warm-up + {calls} calls per path, alternated")
+    direct, gateway = Session(stack.echo_url, False), Session(stack.gateway_url, True)
+    worker = stack.worker_pid()
+    try:
+        await direct.open()
+        await gateway.open()
+        for n in range(warmup):
+            await direct.echo(f"warm-{n}")
+            await gateway.echo(f"warm-{n}")
+        rng = random.Random(7)
+        timings: dict[str, list[float]] = {"direct": [], "gateway": []}
+        cpu_before = {"worker": cpu_seconds(worker), "echo": cpu_seconds(stack.echo.process.pid)}
+        closed_before = closed_client_connections(stack.echo_port)
+        wall = time.perf_counter()
+        for n in range(calls):
+            order = [(direct, "direct"), (gateway, "gateway")]
+            rng.shuffle(order)
+            for session, name in order:
+                timings[name].append(await session.echo(f"call-{n}"))
+        wall = time.perf_counter() - wall
+        # This load generator keeps its connections; TIME_WAIT sockets towards the echo server
+        # that appear meanwhile are connections the gateway opened and closed.
+        closed = closed_client_connections(stack.echo_port) - closed_before
+        worker_cpu = cpu_seconds(worker) - cpu_before["worker"]
+        echo_cpu = cpu_seconds(stack.echo.process.pid) - cpu_before["echo"]
+    finally:
+        await direct.close()
+        await gateway.close()
+    d, g = summarize_ms(timings["direct"]), summarize_ms(timings["gateway"])
+    results.latency = {
+        "direct": d,
+        "gateway": g,
+        "ratio_p50": round(g["p50"] / d["p50"], 2),
+        "ratio_p95": round(g["p95"] / d["p95"], 2),
+        "overhead_p50_ms": round(g["p50"] - d["p50"], 3),
+        "overhead_p95_ms": round(g["p95"] - d["p95"], 3),
+        "wall_seconds": round(wall, 1),
+        # CPU the gateway worker spent per gateway call, and the echo server per call it served
+        # (one direct call plus the gateway's downstream call for each pair).
+        "gateway_worker_cpu_ms_per_call": round(worker_cpu * 1000 / calls, 2),
+        "echo_cpu_ms_per_call": round(echo_cpu * 1000 / (2 * calls), 2),
+        "downstream_connections_closed": closed,
+        "downstream_connections_per_call": round(closed / calls, 2),
+        "slowest_gateway_calls_ms": sorted(round(t * 1000, 1) for t in timings["gateway"])[-5:],
+        "slowest_direct_calls_ms": sorted(round(t * 1000, 1) for t in timings["direct"])[-5:],
+    }
+
+
+async def open_sessions(url: str, gateway: bool, count: int) -> tuple[list[Session], list[Session], list[str], float]:
+    """Open `count` sessions at once: (all, the ones that opened, errors, seconds it took)."""
+    sessions = [Session(url, gateway, timeout=120) for _ in range(count)]
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(*(s.open() for s in sessions), return_exceptions=True)
+    seconds = time.perf_counter() - started
+    errors = [f"open: {o!r}"[:300] for o in outcomes if isinstance(o, BaseException)]
+    live = [s for s, o in zip(sessions, outcomes, strict=True) if not isinstance(o, BaseException)]
+    return sessions, live, errors, seconds
+
+
+async def run_concurrent(
+    url: str, gateway: bool, sessions: int, calls: int, stack: Stack, port: int, rate: float | None = None,
+    duration: float = 0.0,
+) -> dict[str, Any]:
+    """`sessions` sessions opened and held at once, then all calling at the same time.
+
+    Without `rate`, every session makes `calls` calls back to back (closed loop, no pause: the
+    server is saturated and the figures are its capacity). With `rate`, each session pauses a
+    random (exponential) time between calls so that all together make about `rate` calls per
+    second for `duration` seconds: latency with 100+ sessions held, below saturation.
+    """
+    opened, live, errors, open_seconds = await open_sessions(url, gateway, sessions)
+    timings: list[float] = []
+    held = established_connections(port)
+    active_metric = await active_sessions_metric(stack) if gateway else None
+    start = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def one(index: int, session: Session) -> None:
+        rng = random.Random(index)
+        await start.wait()
+        end = loop.time() + duration
+        n = 0
+        while rate is not None or n < calls:
+            if rate is not None:
+                pause = rng.expovariate(rate / max(1, len(live)))
+                if loop.time() + pause >= end:
+                    break  # the next call would start after the run's end
+                await asyncio.sleep(pause)
+            try:
+                timings.append(await session.echo(f"s{index}-c{n}"))
+            except Exception as exc:  # counted, never fatal to the others
+                errors.append(f"call: {exc!r}"[:300])
+            n += 1
+
+    tasks = [asyncio.create_task(one(i, s)) for i, s in enumerate(live)]
+    await asyncio.sleep(0.05)
+    worker = stack.worker_pid()
+    cpu_before = own_cpu_seconds(), cpu_seconds(worker), cpu_seconds(stack.echo.process.pid)
+    wall = time.perf_counter()
+    start.set()
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - wall
+    cpu_after = own_cpu_seconds(), cpu_seconds(worker), cpu_seconds(stack.echo.process.pid)
+    await asyncio.gather(*(s.close() for s in opened))
+    stats = summarize_ms(timings)
+    return {
+        "sessions_opened": len(live),
+        "sessions_requested": sessions,
+        "connections_held": held,
+        "active_sessions_metric": active_metric,
+        "open_seconds": round(open_seconds, 2),
+        "calls": len(timings),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "wall_seconds": round(wall, 2),
+        "throughput_per_s": round(len(timings) / wall, 1) if wall else 0.0,
+        "p50": stats["p50"],
+        "p95": stats["p95"],
+        "p99": stats["p99"],
+        "max": stats["max"],
+        "cpu_seconds": {
+            "load_generator": round(cpu_after[0] - cpu_before[0], 2),
+            "gateway_worker": round(cpu_after[1] - cpu_before[1], 2),
+            "echo_server": round(cpu_after[2] - cpu_before[2], 2),
+        },
+    }
+
+
+async def active_sessions_metric(stack: Stack) -> float | None:
+    """The gateway's active-sessions gauge, read from /metrics?format=json."""
+    async with httpx2.AsyncClient(timeout=10, trust_env=False) as client:
+        summary = (await client.get(f"{stack.gateway_base}/metrics?format=json")).json()
+    for name, family in summary.items():
+        if isinstance(family, dict) and "session" in name and family.get("type") == "gauge":
+            samples = family.get("samples") or []
+            if samples:
+                return sum(sample["value"] for sample in samples)
+    return None
+
+
+async def phase_concurrency(
+    stack: Stack, sessions: int, calls: int, paced_rate: float | None, paced_seconds: float, results: Results
+) -> None:
+    log(f"concurrency: {sessions} sessions held at once x {calls} calls each, no pause (gateway, then direct)")
+    saturated = {
+        "gateway": await run_concurrent(stack.gateway_url, True, sessions, calls, stack, stack.gateway_port),
+    }
+    stack.check_alive()
+    saturated["direct"] = await run_concurrent(stack.echo_url, False, sessions, calls, stack, stack.echo_port)
+    stack.check_alive()
+    # Paced: the same number of sessions held, at a rate the gateway can serve (by default 40 % of
+    # the throughput it just reached), so the latency is not queueing behind saturation.
+    rate = paced_rate or max(5.0, round(0.4 * saturated["gateway"]["throughput_per_s"], 1))
+    log(f"concurrency: {sessions} sessions held at once, paced at {rate} calls/s for {paced_seconds:.0f} s each "
+        "(gateway, then direct)")
+    paced = {
+        "gateway": await run_concurrent(
+            stack.gateway_url, True, sessions, 0, stack, stack.gateway_port, rate=rate, duration=paced_seconds
+        )
+    }
+    stack.check_alive()
+    paced["direct"] = await run_concurrent(
+        stack.echo_url, False, sessions, 0, stack, stack.echo_port, rate=rate, duration=paced_seconds
+    )
+    stack.check_alive()
+
+    def compare(pair: dict[str, Any]) -> dict[str, Any]:
+        g, d = pair["gateway"], pair["direct"]
+        return {
+            **pair,
+            "ratio_p95": round(g["p95"] / d["p95"], 2) if d["p95"] else None,
+            "overhead_p50_ms": round(g["p50"] - d["p50"], 3),
+            "overhead_p95_ms": round(g["p95"] - d["p95"], 3),
+            "throughput_ratio": round(g["throughput_per_s"] / d["throughput_per_s"], 2)
+            if d["throughput_per_s"]
+            else None,
+        }
+
+    results.concurrency = {
+        "sessions": sessions,
+        "calls_per_session": calls,
+        "paced_rate_per_s": rate,
+        "paced_seconds": paced_seconds,
+        "saturated": compare(saturated),
+        "paced": compare(paced),
+    }
+    for kind, pair in (("saturated", saturated), ("paced", paced)):
+        for name, outcome in pair.items():
+            if outcome["errors"] or outcome["sessions_opened"] < sessions:
+                results.errors.append(
+                    f"concurrency/{kind}/{name}: {outcome['sessions_opened']}/{sessions} sessions opened, "
+                    f"{outcome['errors']} errors, e.g. {outcome['error_samples'][:2]}"
+                )
+
+
+async def _drain(session: Session, queue: Iterator[int], label: str, timings: list[float], errors: list[str]) -> None:
+    """Open `session`, make calls while `queue` (shared with other sessions) lasts, delete it."""
+    try:
+        await session.open()
+        for n in queue:
+            try:
+                timings.append(await session.echo(f"{label}-{n}"))
+            except Exception as exc:  # counted, never fatal to the others
+                errors.append(f"call: {exc!r}"[:300])
+    except Exception as exc:
+        errors.append(f"open: {exc!r}"[:300])
+    finally:
+        await session.close()
+
+
+async def phase_memory(stack: Stack, rounds: int, calls: int, concurrency: int, results: Results) -> None:
+    """Rounds of load through fresh sessions (opened, used, deleted); RSS after each round."""
+    log(f"memory: {rounds} rounds x {calls} gateway calls, {concurrency} sessions per round")
+    worker = stack.worker_pid()
+    baseline = rss_mib(worker)
+    per_round: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for number in range(1, rounds + 1):
+        sessions = [Session(stack.gateway_url, True) for _ in range(concurrency)]
+        timings: list[float] = []
+        queue = iter(range(calls))
+        started = time.perf_counter()
+        await asyncio.gather(*(_drain(s, queue, f"r{number}", timings, errors) for s in sessions))
+        wall = time.perf_counter() - started
+        stack.check_alive()
+        await asyncio.sleep(0.5)  # let the DELETEs and their cleanup settle before sampling
+        rss = rss_mib(worker)
+        stats = summarize_ms(timings)
+        per_round.append(
+            {
+                "round": number,
+                "calls": len(timings),
+                "throughput_per_s": round(len(timings) / wall, 1),
+                "p50": stats["p50"],
+                "p95": stats["p95"],
+                "rss_mib": round(rss, 1),
+                "active_sessions": await active_sessions_metric(stack),
+            }
+        )
+        log(f"  round {number}: {len(timings)} calls, {per_round[-1]['throughput_per_s']}/s, "
+            f"p95 {stats['p95']} ms, worker RSS {rss:.1f} MiB")
+    growth = per_round[-1]["rss_mib"] - per_round[min(1, len(per_round) - 1)]["rss_mib"]
+    reference = per_round[min(1, len(per_round) - 1)]["rss_mib"]
+    results.memory = {
+        "rounds": rounds,
+        "calls_per_round": calls,
+        "sessions_per_round": concurrency,
+        "rss_before_mib": round(baseline, 1),
+        "per_round": per_round,
+        "growth_round2_to_last_mib": round(growth, 1),
+        "growth_round2_to_last_pct": round(100 * growth / reference, 1) if reference else None,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "audit_log_bytes": sum(p.stat().st_size for p in stack.work.glob("audit.jsonl*")),
+    }
+    if errors:
+        results.errors.append(f"memory: {len(errors)} errors, e.g. {errors[:2]}")
+
+
+def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
+    """SessionRegistry.get and resolve_agent with `count` sessions, timed call by call."""
+    log(f"session lookup: {count} sessions, {lookups} lookups")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+    from app.config import RulesConfig
+    from app.identity import resolve_agent
+    from app.policy import PolicyEngine
+    from app.sessions import SessionRegistry
+
+    registry = SessionRegistry(ttl_seconds=3600)
+    ids = [secrets.token_hex(16) for _ in range(count)]
+    for sid in ids:
+        registry.open(sid).agent_id = AGENT
+    engine = PolicyEngine(RulesConfig.model_validate({"agents": {AGENT: {"allow": {"servers": ["*"]}}}}))
+    rng = random.Random(11)
+    picks = [rng.choice(ids) for _ in range(lookups)]
+    clock = time.perf_counter_ns
+    overhead = statistics.median(_clock_samples())
+
+    def timed(call: Any) -> list[float]:
+        out = []
+        gc.disable()
+        try:
+            for sid in picks:
+                start = clock()
+                call(sid)
+                out.append(max(0, clock() - start - overhead) / 1000)
+        finally:
+            gc.enable()
+        return out
+
+    get = registry.get
+    touch = registry.touch
+    cases = {
+        "SessionRegistry.get": timed(get),
+        "SessionRegistry.touch": timed(touch),
+        "resolve_agent(session, no agent_id)": timed(lambda sid: resolve_agent(engine, None, None, sid, registry)),
+        "resolve_agent(session, agent_id)": timed(lambda sid: resolve_agent(engine, AGENT, None, sid, registry)),
+    }
+    for sid in picks[:100]:
+        if resolve_agent(engine, None, None, sid, registry) != AGENT:
+            raise BenchError("resolve_agent did not return the session's agent")
+    results.sessions = {
+        "sessions": len(registry),
+        "lookups": lookups,
+        "timer_overhead_ns": overhead,
+        "cases": {
+            name: {
+                "median_us": round(percentile(values, 0.5), 3),
+                "p99_us": round(percentile(values, 0.99), 3),
+                "max_us": round(max(values), 1),
+            }
+            for name, values in cases.items()
+        },
+    }
+
+
+def _clock_samples() -> list[int]:
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(10_000):
+        start = clock()
+        samples.append(clock() - start)
+    return samples
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def judge(results: Results) -> None:
+    lat, conc, mem, ses = results.latency, results.concurrency, results.memory, results.sessions
+    sat, paced, n = conc["saturated"], conc["paced"], conc["sessions"]
+    worst_lookup_us = max(c["p99_us"] for c in ses["cases"].values())
+    all_runs = [sat["gateway"], sat["direct"], paced["gateway"], paced["direct"]]
+    opened = min(r["sessions_opened"] for r in all_runs)
+    errors = sum(r["errors"] for r in all_runs)
+    rows = [
+        ("end-to-end P95, sequential", f"{lat['gateway']['p95']:.1f} ms", "< 100 ms",
+         lat["gateway"]["p95"] < TARGET_E2E_P95_MS),
+        ("overhead P95, sequential", f"{lat['overhead_p95_ms']:.1f} ms", "< 30 ms",
+         lat["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS),
+        (f"end-to-end P95, {n} sessions, {conc['paced_rate_per_s']:g}/s", f"{paced['gateway']['p95']:.1f} ms",
+         "< 100 ms", paced["gateway"]["p95"] < TARGET_E2E_P95_MS),
+        (f"overhead P95, {n} sessions, {conc['paced_rate_per_s']:g}/s", f"{paced['overhead_p95_ms']:.1f} ms",
+         "< 30 ms", paced["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS),
+        (f"end-to-end P95, {n} sessions, saturated", f"{sat['gateway']['p95']:.1f} ms", "< 100 ms",
+         sat["gateway"]["p95"] < TARGET_E2E_P95_MS),
+        (f"overhead P95, {n} sessions, saturated", f"{sat['overhead_p95_ms']:.1f} ms", "< 30 ms",
+         sat["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS),
+        (f"{n} sessions held at once", f"{opened} open, {errors} errors", "100+, 0 errors",
+         opened >= 100 and errors == 0),
+        ("session lookup p99 (slowest case)", f"{worst_lookup_us:.2f} us", "< 1 ms",
+         worst_lookup_us / 1000 < TARGET_LOOKUP_MS),
+        ("worker RSS growth, round 2 -> last",
+         f"{mem['growth_round2_to_last_mib']:+.1f} MiB ({mem['growth_round2_to_last_pct']:+.1f} %)",
+         f"< {TARGET_MEMORY_GROWTH_PCT:.0f} %", (mem["growth_round2_to_last_pct"] or 0) < TARGET_MEMORY_GROWTH_PCT),
+    ]
+    results.targets = [{"metric": m, "value": v, "target": t, "met": bool(ok)} for m, v, t, ok in rows]
+
+
+def render(results: Results) -> str:
+    lat, conc, ses, mem = results.latency, results.concurrency, results.sessions, results.memory
+    out: list[str] = []
+    line = out.append
+    cfg = results.config
+    line(f"agent-mcp-gateway benchmark ({cfg['mode']}: {cfg['cpus']} CPUs, load average {cfg['load_before']} "
+         f"before / {cfg['load_after']} after, Python {cfg['python']}, {cfg['seconds']} s)")
+    line("")
+    line("Latency: one session per path, sequential calls, paths alternated in random order (ms)")
+    line(f"  {'path':<10}{'count':>7}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'mean':>9}")
+    for name in ("direct", "gateway"):
+        s = lat[name]
+        line(f"  {name:<10}{s['count']:>7}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}"
+             f"{s['mean']:>9.2f}")
+    line(f"  gateway/direct: p50 x{lat['ratio_p50']}, p95 x{lat['ratio_p95']}; "
+         f"overhead p50 {lat['overhead_p50_ms']:.2f} ms, p95 {lat['overhead_p95_ms']:.2f} ms")
+    line(f"  CPU per call: gateway worker {lat['gateway_worker_cpu_ms_per_call']} ms, "
+         f"echo server {lat['echo_cpu_ms_per_call']} ms; downstream TCP connections the gateway opened and "
+         f"closed: {lat['downstream_connections_closed']} ({lat['downstream_connections_per_call']} per call)")
+    for kind, title in (
+        ("saturated", (f"{conc['sessions']} sessions held open, then {conc['calls_per_session']} calls each "
+                       "back to back, all at once (capacity)")),
+        ("paced", (f"{conc['sessions']} sessions held open, calling at random times, about "
+                   f"{conc['paced_rate_per_s']:g} calls/s in all for {conc['paced_seconds']:g} s")),
+    ):
+        pair = conc[kind]
+        line("")
+        line(f"Concurrency, {kind}: {title} (ms)")
+        line(f"  {'path':<10}{'open':>6}{'conns':>7}{'calls':>7}{'errors':>8}{'calls/s':>9}"
+             f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")
+        for name in ("direct", "gateway"):
+            s = pair[name]
+            line(f"  {name:<10}{s['sessions_opened']:>6}{s['connections_held']:>7}{s['calls']:>7}{s['errors']:>8}"
+                 f"{s['throughput_per_s']:>9.1f}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}")
+        line(f"  gateway/direct: p95 x{pair['ratio_p95']}, throughput x{pair['throughput_ratio']}; overhead "
+             f"p50 {pair['overhead_p50_ms']:.1f} ms, p95 {pair['overhead_p95_ms']:.1f} ms; gateway "
+             f"active-sessions gauge while held: {pair['gateway']['active_sessions_metric']}")
+        g, d = pair["gateway"]["cpu_seconds"], pair["direct"]["cpu_seconds"]
+        line(f"  CPU s, load generator / gateway worker / echo server: gateway run {g['load_generator']} / "
+             f"{g['gateway_worker']} / {g['echo_server']}, direct run {d['load_generator']} / "
+             f"{d['gateway_worker']} / {d['echo_server']}")
+    line("  (conns: server-side ESTABLISHED TCP connections while the sessions were held; the direct "
+         "count includes the gateway's own)")
+    line("")
+    line(f"Session lookup, in process, {ses['sessions']} sessions, {ses['lookups']} random lookups (us)")
+    for name, c in ses["cases"].items():
+        line(f"  {name:<38} median {c['median_us']:>7.3f}   p99 {c['p99_us']:>7.3f}   max {c['max_us']:>8.1f}")
+    line("")
+    line(f"Memory: gateway worker RSS over {mem['rounds']} rounds of {mem['calls_per_round']} calls "
+         f"({mem['sessions_per_round']} new sessions per round, deleted after it)")
+    line(f"  before:  RSS {mem['rss_before_mib']:>7.1f} MiB")
+    for r in mem["per_round"]:
+        line(f"  round {r['round']}: RSS {r['rss_mib']:>7.1f} MiB   {r['throughput_per_s']:>6.1f} calls/s   "
+             f"p50 {r['p50']:>7.2f} ms   p95 {r['p95']:>7.2f} ms   active sessions after {r['active_sessions']}")
+    line(f"  growth round 2 -> {mem['rounds']}: {mem['growth_round2_to_last_mib']:+.1f} MiB "
+         f"({mem['growth_round2_to_last_pct']:+.1f} %); audit log written: {mem['audit_log_bytes'] / 2**20:.1f} MiB")
+    line("")
+    line("Targets")
+    for t in results.targets:
+        line(f"  {'PASS' if t['met'] else 'MISS'}  {t['metric']:<42} {t['value']:<26} target {t['target']}")
+    if results.errors:
+        line("")
+        line("ERRORS (the run is not valid):")
+        for error in results.errors:
+            line(f"  {error}")
+    return "\n".join(out)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--latency-calls", type=int, help="sequential calls per path (default 1000; quick 150)")
+    parser.add_argument("--sessions", type=int, default=120, help="sessions held at once (default 120)")
+    parser.add_argument("--calls-per-session", type=int, help="back-to-back calls per session (default 10; quick 2)")
+    parser.add_argument("--paced-rate", type=float, help="calls/s of the paced run (default: 40 %% of the "
+                        "gateway's saturated throughput)")
+    parser.add_argument("--paced-seconds", type=float, help="length of each paced run (default 10; quick 3)")
+    parser.add_argument("--rounds", type=int, help="sustained-load rounds (default 5; quick 3)")
+    parser.add_argument("--round-calls", type=int, help="gateway calls per round (default 1500; quick 200)")
+    parser.add_argument("--round-sessions", type=int, default=16, help="concurrent sessions per round (default 16)")
+    parser.add_argument("--lookup-sessions", type=int, default=10_000, help="sessions for the lookup timing")
+    parser.add_argument("--log-level", default="INFO", help="the gateway's GATEWAY_LOG_LEVEL (default INFO)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, audit)")
+    options = parser.parse_args(argv)
+    quick = options.quick
+    defaults = {
+        "latency_calls": (1000, 150),
+        "calls_per_session": (10, 2),
+        "paced_seconds": (10.0, 3.0),
+        "rounds": (5, 3),
+        "round_calls": (1500, 200),
+    }
+    for name, (full, short) in defaults.items():
+        if getattr(options, name) is None:
+            setattr(options, name, short if quick else full)
+    if options.rounds < 2:
+        parser.error("--rounds must be at least 2 (round 1 is warm-up)")
+    return options
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the subprocesses are stopped either way."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
+
+async def run_phases(stack: Stack, options: argparse.Namespace, results: Results) -> None:
+    await phase_latency(stack, options.latency_calls, warmup=min(50, options.latency_calls), results=results)
+    stack.check_alive()
+    await phase_concurrency(
+        stack, options.sessions, options.calls_per_session, options.paced_rate, options.paced_seconds, results
+    )
+    await phase_memory(stack, options.rounds, options.round_calls, options.round_sessions, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    results = Results()
+    results.config = {
+        "mode": "quick" if options.quick else "full",
+        "cpus": os.cpu_count(),
+        "load_before": round(os.getloadavg()[0], 2),
+        "python": sys.version.split()[0],
+        "options": {k: v for k, v in vars(options).items() if k not in ("json", "keep")},
+    }
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    stack = Stack(work)
+    status = 0
+    with terminate_as_interrupt():
+        try:
+            log(f"starting the echo server and the gateway (working directory {work})")
+            stack.start(options.log_level)
+            asyncio.run(run_phases(stack, options, results))
+            phase_session_lookup(options.lookup_sessions, 20_000 if options.quick else 100_000, results)
+            log("done")
+        except KeyboardInterrupt:
+            log("interrupted; stopping the subprocesses")
+            status = 130
+        except BenchError as exc:
+            log(f"benchmark failed: {exc}")
+            status = 1
+        except Exception:
+            log(f"benchmark failed:\n{traceback.format_exc()}")
+            status = 1
+        finally:
+            stack.stop()
+    if status:
+        log(f"the subprocesses' logs are kept in {work}")
+        return status
+    results.config["load_after"] = round(os.getloadavg()[0], 2)
+    results.config["seconds"] = round(time.monotonic() - started, 1)
+    judge(results)
+    print(json.dumps(results.__dict__, indent=2) if options.json else render(results))
+    if options.keep:
+        log(f"working directory kept: {work}")
+    else:
+        for path in sorted(work.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        work.rmdir()
+    return 1 if results.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
