@@ -23,7 +23,7 @@ async def watch_config(gateway: Gateway, stop: asyncio.Event) -> None:
         return {path.resolve() for path in gateway.config_paths}
 
     directories = {path.parent for path in targets()}
-    async for changes in awatch(*directories, stop_event=stop, debounce=100, step=20):
+    async for changes in awatch(*directories, stop_event=stop, debounce=100, step=50):
         wanted = targets()
         if any(Path(changed).resolve() in wanted for _, changed in changes):
             await gateway.reload("file-change")
