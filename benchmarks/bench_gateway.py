@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from timing import clock_overhead_ns
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_SERVER = ROOT / "tests" / "servers" / "echo.py"
@@ -676,7 +677,7 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     rng = random.Random(11)
     picks = [rng.choice(ids) for _ in range(lookups)]
     clock = time.perf_counter_ns
-    overhead = statistics.median(_clock_samples())
+    overhead = clock_overhead_ns()
 
     def timed(call: Any) -> list[float]:
         out = []
@@ -715,14 +716,6 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
         },
     }
 
-
-def _clock_samples() -> list[int]:
-    clock = time.perf_counter_ns
-    samples = []
-    for _ in range(10_000):
-        start = clock()
-        samples.append(clock() - start)
-    return samples
 
 
 # --- report ------------------------------------------------------------------------------------

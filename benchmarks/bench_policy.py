@@ -17,6 +17,7 @@ from typing import Any
 
 from app.config import RulesConfig
 from app.policy import PolicyEngine
+from timing import clock_overhead_ns
 
 AGENTS = 100
 RULES_PER_AGENT = 50
@@ -97,7 +98,7 @@ def main() -> None:
     for agent, server, tool in requests[:10_000]:  # warm the cache as a running gateway has
         engine.decide(agent, server, tool)
 
-    overhead = statistics.median(_clock_overhead())
+    overhead = clock_overhead_ns()
     print(f"rules: {AGENTS} agents x {RULES_PER_AGENT} patterns = {AGENTS * RULES_PER_AGENT}")
     print(f"build PolicyEngine: median {statistics.median(builds) / 1e6:.1f} ms (of 5 builds)")
     for label, batch in (("known servers", requests), ("unseen server names", unseen)):
@@ -126,14 +127,6 @@ def _time_decisions(
     timings.sort()
     return [(t - overhead) / 1000 for t in timings], allowed / len(requests)
 
-
-def _clock_overhead() -> list[int]:
-    clock = time.perf_counter_ns
-    samples = []
-    for _ in range(10_000):
-        start = clock()
-        samples.append(clock() - start)
-    return samples
 
 
 if __name__ == "__main__":

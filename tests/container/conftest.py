@@ -161,26 +161,26 @@ def _run_script(script: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session")
-def gateway_image(engine: docker.DockerClient) -> str:
-    """The image under test: GATEWAY_TEST_IMAGE if set (already built), else built now."""
-    name = os.environ.get("GATEWAY_TEST_IMAGE") or _run_script("build-image.sh")
+def _image(engine: docker.DockerClient, variable: str, script: str) -> str:
+    """The image named by `variable` (already built), else the one `script` builds now."""
+    name = os.environ.get(variable) or _run_script(script)
     try:
         engine.images.get(name)
     except docker.errors.ImageNotFound:
-        pytest.fail(f"image {name} does not exist (build it with ops/build-image.sh)")
+        pytest.fail(f"image {name} does not exist (build it with ops/{script})")
     return name
+
+
+@pytest.fixture(scope="session")
+def gateway_image(engine: docker.DockerClient) -> str:
+    """The image under test: GATEWAY_TEST_IMAGE if set, else built from this tree now."""
+    return _image(engine, "GATEWAY_TEST_IMAGE", "build-image.sh")
 
 
 @pytest.fixture(scope="session")
 def prometheus_image(engine: docker.DockerClient) -> str:
     """The local Prometheus image (built from Debian's package once, then reused)."""
-    name = os.environ.get("PROMETHEUS_TEST_IMAGE") or _run_script("build-prometheus-image.sh")
-    try:
-        engine.images.get(name)
-    except docker.errors.ImageNotFound:
-        pytest.fail(f"image {name} does not exist (build it with ops/build-prometheus-image.sh)")
-    return name
+    return _image(engine, "PROMETHEUS_TEST_IMAGE", "build-prometheus-image.sh")
 
 
 def _write_readable(directory: Path, files: dict[str, str]) -> Path:
