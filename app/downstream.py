@@ -330,12 +330,6 @@ class DownstreamPool:
             else:
                 self.servers[name].schedule_tool_refresh()
 
-    async def wait_tried(self, timeout: float) -> None:
-        """Wait until every server has had its first connection attempt (or time runs out)."""
-        waits = [server.tried.wait() for server in self.servers.values()]
-        if waits:
-            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=timeout)
-
     @property
     def all_tried(self) -> bool:
         return all(server.tried.is_set() for server in self.servers.values())

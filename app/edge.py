@@ -31,7 +31,6 @@ from .sessions import SessionRegistry
 
 log = logging.getLogger("agent_mcp_gateway.http")
 
-MCP_ROUTES = ("/mcp", "/")
 KNOWN_ROUTES = {"/mcp", "/mcp/", "/", "/health", "/ready", "/metrics"}
 KNOWN_METHODS = {"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"}  # bounded labels
 SESSION_HEADER = "mcp-session-id"

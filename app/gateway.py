@@ -98,9 +98,6 @@ class Gateway:
         await self.pool.apply(self.config.servers)
         self.reloads.append(ReloadEvent(time.time(), "startup", True, None, self.config.warnings))
 
-    async def wait_ready(self) -> None:
-        await self.pool.wait_tried(self.settings.connect_timeout + 1)
-
     @property
     def ready(self) -> bool:
         return self.pool.all_tried

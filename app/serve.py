@@ -32,7 +32,10 @@ def run() -> int:
     transport = os.environ.get("GATEWAY_TRANSPORT", "stdio").lower()
     if transport == "stdio":
         server = build_server(load_gateway(), exit_on_signal=True)
-        server.run(transport="stdio", show_banner=False)
+        try:
+            server.run(transport="stdio", show_banner=False)
+        except* BrokenPipeError:  # the client closed its end first; nobody is left to answer
+            pass
         return 0
     if transport == "http":
         from .http import run_http

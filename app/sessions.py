@@ -28,6 +28,10 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._records)
 
+    def records(self) -> list[SessionRecord]:
+        """Most recently used first."""
+        return sorted(self._records.values(), key=lambda record: record.last_used, reverse=True)
+
     def open(self, session_id: str) -> SessionRecord:
         record = self._records.get(session_id)
         if record is None:

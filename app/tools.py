@@ -203,7 +203,14 @@ def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
                     {"at": e.at, "source": e.source, "ok": e.ok, "error": e.error}
                     for e in gateway.reloads
                 ],
-                "sessions": len(gateway.sessions),
+                "sessions": [
+                    {
+                        "agent_id": record.agent_id,
+                        "created_at": record.created_at,
+                        "last_used": record.last_used,
+                    }
+                    for record in gateway.sessions.records()[:100]
+                ],
             }
 
 

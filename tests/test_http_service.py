@@ -442,3 +442,14 @@ def test_unknown_method_and_hostile_headers(gateway: HttpGateway) -> None:
         huge_header = client.get("/health", headers={"X-Padding": "a" * 7000})
         assert huge_header.status_code in (200, 431)
         assert client.get("/health").status_code == 200
+
+
+async def test_session_records_in_debug_status(configured: GatewayFiles, http_gateway_factory: Any) -> None:
+    gateway = http_gateway_factory(GATEWAY_DEBUG="1")
+    async with Client(StreamableHttpTransport(gateway.mcp_url), mode="legacy") as client:
+        await client.call_tool_mcp("list_servers", {"agent_id": "researcher"})
+        status = (await client.call_tool_mcp("get_gateway_status", {})).structured_content
+    records = status["sessions"]
+    assert len(records) == 1 and records[0]["agent_id"] == "researcher"
+    assert records[0]["created_at"] <= records[0]["last_used"]
+    assert status["servers"]["echo"]["state"] == "up"
