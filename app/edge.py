@@ -108,10 +108,6 @@ class RequestContext:
                 status = message["status"]
                 out = MutableHeaders(scope=message)
                 out["x-request-id"] = request_id
-                if status != 429 and "retry-after" in out:
-                    # slowapi adds Retry-After to every response once headers are enabled; it
-                    # only means something on a refusal.
-                    del out["retry-after"]
                 if route == "/mcp":
                     self._track_session(method, session_id, out.get(SESSION_HEADER), status)
             await send(message)

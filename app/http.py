@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -106,12 +107,7 @@ def _limiter(gateway: Gateway) -> Limiter:
         rules = gateway.config.rules.agents.get(agent) if agent else None
         return (rules.rate_limit if rules and rules.rate_limit else None) or default
 
-    return Limiter(
-        key_func=subject,
-        default_limits=[limit_for_caller],
-        headers_enabled=True,
-        storage_uri="memory://",
-    )
+    return Limiter(key_func=subject, default_limits=[limit_for_caller], storage_uri="memory://")
 
 
 def _caller_agent(gateway: Gateway) -> str | None:
@@ -143,12 +139,25 @@ def _rate_limited(gateway: Gateway) -> Callable[[Request, RateLimitExceeded], Re
                 request_id=logs.request_id.get(),
             )
         )
+        retry_after = _seconds_until_reset(request)
         response = error_response(
-            429, f"Rate limit exceeded ({exc.detail}); retry later.", "RATE_LIMITED", code=RATE_LIMITED_CODE
+            429,
+            f"Rate limit exceeded ({exc.detail}); retry in {retry_after} s.",
+            "RATE_LIMITED",
+            code=RATE_LIMITED_CODE,
+            retry_after=retry_after,
         )
-        return request.app.state.limiter._inject_headers(response, request.state.view_rate_limit)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
 
     return handler
+
+
+def _seconds_until_reset(request: Request) -> int:
+    """When the window of the limit just hit resets (slowapi records which limit it was)."""
+    item, identifiers = request.state.view_rate_limit
+    stats = request.app.state.limiter.limiter.get_window_stats(item, *identifiers)
+    return max(1, math.ceil(stats.reset_time - time.time()))
 
 
 def _routes(gateway: Gateway, limiter: Limiter) -> list[Route]:
