@@ -47,6 +47,7 @@ def configured(gateway_files: GatewayFiles) -> GatewayFiles:
             "echo": fixture_server("echo"),
             "slow": fixture_server("slow"),
             "time": time_server(),
+            "progress": fixture_server("progress"),
         }
     )
     rules = json.loads(json.dumps(STANDARD_RULES))
@@ -139,7 +140,7 @@ async def test_mcp_client_full_flow(gateway: HttpGateway, mode: str) -> None:
 
     async with Client(StreamableHttpTransport(gateway.mcp_url), mode=mode, timeout=30) as client:
         servers = (await client.call_tool_mcp("list_servers", {"agent_id": "builder"})).structured_content
-        assert {s["name"] for s in servers["servers"]} == {"echo", "slow", "time"}
+        assert {s["name"] for s in servers["servers"]} == {"echo", "slow", "time", "progress"}
         tools = (
             await client.call_tool_mcp("get_server_tools", {"agent_id": "builder", "server": "time"})
         ).structured_content
@@ -312,7 +313,7 @@ async def test_metrics_show_the_calls_just_made(gateway: HttpGateway) -> None:
     buckets = [s for s in families["gateway_operation_duration_seconds"].samples if s.name.endswith("_bucket")]
     assert {s.labels["le"] for s in buckets} >= {"0.001", "10.0", "+Inf"}
     up = {s.labels["server"]: s.value for s in families["gateway_downstream_up"].samples}
-    assert up == {"echo": 1.0, "slow": 1.0, "time": 1.0}
+    assert up == {"echo": 1.0, "slow": 1.0, "time": 1.0, "progress": 1.0}
     sample_names = {s.name for family in families.values() for s in family.samples}
     assert {"gateway_build_info", "gateway_active_sessions"} <= sample_names
     summary = httpx.get(f"{gateway.base_url}/metrics?format=json").json()
@@ -454,3 +455,26 @@ async def test_session_records_in_debug_status(configured: GatewayFiles, http_ga
     assert len(records) == 1 and records[0]["agent_id"] == "researcher"
     assert records[0]["created_at"] <= records[0]["last_used"]
     assert status["servers"]["echo"]["state"] == "up"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_progress_and_logs_over_http(gateway: HttpGateway, mode: str) -> None:
+    progress: list[float] = []
+    logs: list[object] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async def on_log(message: Any) -> None:
+        logs.append(message.data)
+
+    transport = StreamableHttpTransport(gateway.mcp_url)
+    async with Client(transport, mode=mode, timeout=30, log_handler=on_log) as client:
+        result = await client.call_tool_mcp(
+            "execute_tool",
+            {"agent_id": "builder", "server": "progress", "tool": "count", "args": {"n": 3, "delay": 0.02}},
+            progress_handler=on_progress,
+        )
+    assert not result.is_error
+    assert progress == sorted(progress) and len(progress) == 3
+    assert len(logs) == 3
