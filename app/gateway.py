@@ -79,8 +79,7 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         SESSION_LIMIT.set(SESSION_CAP)
         CONFIG_LAST_RELOAD_OK.set(1)
-        for warning in config.warnings:
-            log.warning("configuration warning", extra={"warning": warning})
+        _log_warnings(config)
 
     @property
     def config(self) -> GatewayConfig:
@@ -120,10 +119,14 @@ class Gateway:
             CONFIG_LAST_RELOAD_OK.set(1)
             self.reloads.append(ReloadEvent(time.time(), source, True, None, new.warnings))
             log.info("configuration reloaded", extra={"source": source, "servers": len(new.servers)})
-            for warning in new.warnings:
-                log.warning("configuration warning", extra={"warning": warning})
+            _log_warnings(new)
             return True
 
     async def close(self) -> None:
         await self.pool.close()
         self.audit.close()
+
+
+def _log_warnings(config: GatewayConfig) -> None:
+    for warning in config.warnings:
+        log.warning("configuration warning", extra={"warning": warning})

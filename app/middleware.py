@@ -32,6 +32,7 @@ log = logging.getLogger("agent_mcp_gateway")
 
 AGENT_TOOLS = frozenset({"list_servers", "get_server_tools", "execute_tool"})
 DEBUG_TOOLS = frozenset({"get_gateway_status"})
+GATEWAY_TOOLS = AGENT_TOOLS | DEBUG_TOOLS
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
@@ -46,7 +47,7 @@ class GatewayMiddleware(Middleware):
         call_next: CallNext[mt.CallToolRequestParams, Any],
     ) -> Any:
         name = context.message.name
-        if name not in AGENT_TOOLS | DEBUG_TOOLS:
+        if name not in GATEWAY_TOOLS:
             return await call_next(context)
         arguments = context.message.arguments or {}
         header_agent, session_id = _http_identity()
@@ -59,18 +60,18 @@ class GatewayMiddleware(Middleware):
         started = time.perf_counter()
         try:
             if name in AGENT_TOOLS:
-                op.agent_id = self._identify(arguments, header_agent, session_id)
+                op.agent_id = resolve_agent(
+                    self.gateway.engine,
+                    arguments.get("agent_id"),
+                    header_agent,
+                    session_id,
+                    self.gateway.sessions,
+                )
             return await call_next(context)
         except Exception as exc:
             raise self._fail(op, _unwrap(exc)) from None
         finally:
             self._record(op, time.perf_counter() - started)
-
-    def _identify(self, arguments: dict[str, Any], header: str | None, session: str | None) -> str:
-        return resolve_agent(
-                self.gateway.engine,
-            arguments.get("agent_id"), header, session, self.gateway.sessions
-        )
 
     def _fail(self, op: Operation, exc: BaseException) -> MCPError:
         if isinstance(exc, GatewayError):
