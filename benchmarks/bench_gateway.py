@@ -201,7 +201,7 @@ class Stack:
         return f"{self.gateway_base}/mcp"
 
     def worker_pid(self) -> int:
-        """The Granian worker (a child of `python -m app`), which serves the requests."""
+        """The Granian worker (a child of `python -m agent_mcp_gateway`), which serves the requests."""
         assert self.gateway is not None
         kids = children_of(self.gateway.process.pid)
         if not kids:
@@ -240,7 +240,7 @@ class Stack:
             "GATEWAY_RATE_LIMIT": "1000000/minute",
             "GATEWAY_LOG_LEVEL": log_level,
         }
-        self.gateway = spawn("gateway", [sys.executable, "-m", "app"], gateway_env, self.work, self.work)
+        self.gateway = spawn("gateway", [sys.executable, "-m", "agent_mcp_gateway"], gateway_env, self.work, self.work)
         wait_http(self.gateway, f"{self.gateway_base}/ready", 90, ok=(200,))
         ready = httpx2.get(f"{self.gateway_base}/ready", trust_env=False).json()
         if ready.get("servers", {}).get("echo", {}).get("state") != "up":
@@ -664,9 +664,9 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     log(f"session lookup: {count} sessions, {lookups} lookups")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
-    from app.config import RulesConfig
+    from agent_mcp_gateway.config import RulesConfig
     from app.identity import resolve_agent
-    from app.policy import PolicyEngine
+    from agent_mcp_gateway.policy import PolicyEngine
     from app.sessions import SessionRegistry
 
     registry = SessionRegistry(ttl_seconds=3600)

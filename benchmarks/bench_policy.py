@@ -15,8 +15,8 @@ import statistics
 import time
 from typing import Any
 
-from app.config import RulesConfig
-from app.policy import PolicyEngine
+from agent_mcp_gateway.config import RulesConfig
+from agent_mcp_gateway.policy import PolicyEngine
 from timing import clock_overhead_ns
 
 AGENTS = 100

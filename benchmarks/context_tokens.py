@@ -3,14 +3,14 @@
 An agent connected to MCP servers loads every tool definition they list before it does
 anything. Through the gateway it loads the gateway's few tools instead and discovers
 downstream tools on demand. This script measures both for a configuration directory
-(by default the bundled demo, app/demo/config):
+(by default the bundled demo, app/agent_mcp_gateway/demo/config):
 
-  1. the gateway, started over stdio as a local client launches it (`python -m app` in the
+  1. the gateway, started over stdio as a local client launches it (`python -m agent_mcp_gateway` in the
      configuration directory) and asked for tools/list by a real fastmcp Client;
   2. each downstream server of the same .mcp.json, connected directly the way the gateway
      connects to it, asked for tools/list.
 
-Tokens are estimated as in app.tools.estimate_tokens (compact JSON characters / 4) over the
+Tokens are estimated as in agent_mcp_gateway.tools.estimate_tokens (compact JSON characters / 4) over the
 tool definitions as a client sees them: name, description, inputSchema and outputSchema
 (annotations and title too when a server sets them). The full tools/list JSON, with `_meta`,
 is shown beside it. Also shown: what on-demand discovery through the gateway costs when an
@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 from fastmcp import Client  # noqa: E402
 from fastmcp.client.transports import ClientTransport, StdioTransport, StreamableHttpTransport  # noqa: E402
 
-from app.config import MCP_CONFIG_NAME, RULES_NAME, ServerConfig, load_mcp_config  # noqa: E402
-from app.tools import estimate_tokens  # noqa: E402
+from agent_mcp_gateway.config import MCP_CONFIG_NAME, RULES_NAME, ServerConfig, load_mcp_config  # noqa: E402
+from agent_mcp_gateway.tools import estimate_tokens  # noqa: E402
 
 DEMO_CONFIG = ROOT / "app" / "demo" / "config"
 DEFINITION_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
@@ -82,7 +82,7 @@ def downstream_transport(config: ServerConfig, config_dir: Path) -> ClientTransp
 
 
 async def gateway_side(config_dir: Path, env: dict[str, str], agent: str | None) -> dict[str, Any]:
-    transport = StdioTransport(sys.executable, ["-m", "app"], env=env, cwd=str(config_dir), keep_alive=False)
+    transport = StdioTransport(sys.executable, ["-m", "agent_mcp_gateway"], env=env, cwd=str(config_dir), keep_alive=False)
     async with Client(transport, init_timeout=TIMEOUT, timeout=TIMEOUT) as client:
         tools = await client.list_tools()
         result: dict[str, Any] = {"tools_list": measure(tools), "on_demand": None}

@@ -13,8 +13,8 @@ if [ ! -x "$venv/bin/agent-mcp-gateway" ]; then
   "$venv/bin/pip" install -q -r requirements-test.lock
   "$venv/bin/pip" install -q --no-deps -e .
 fi
-export GATEWAY_MCP_CONFIG="$PWD/app/demo/config/.mcp.json"
-export GATEWAY_RULES="$PWD/app/demo/config/.mcp-gateway-rules.json"
+export GATEWAY_MCP_CONFIG="$PWD/app/agent_mcp_gateway/demo/config/.mcp.json"
+export GATEWAY_RULES="$PWD/app/agent_mcp_gateway/demo/config/.mcp-gateway-rules.json"
 export GATEWAY_PYTHON="$PWD/$venv/bin/python"
 export GATEWAY_TRANSPORT=${GATEWAY_TRANSPORT:-http}
 export GATEWAY_LOG_FORMAT=${GATEWAY_LOG_FORMAT:-text}

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from app.audit import AUDIT_LOG_ENV, AuditLog, AuditRecord
-from app.metrics import REGISTRY
+from agent_mcp_gateway.audit import AUDIT_LOG_ENV, AuditLog, AuditRecord
+from agent_mcp_gateway.metrics import REGISTRY
 
 SPEC_FIELDS = {
     "timestamp", "agent_id", "operation", "server", "tool", "decision", "rule",

@@ -30,7 +30,7 @@ RULES: dict[str, Any] = {
 
 
 class Cli:
-    """Runs `python -m app` in an empty working directory with an empty home."""
+    """Runs `python -m agent_mcp_gateway` in an empty working directory with an empty home."""
 
     def __init__(self, root: Path) -> None:
         self.home = root / "home"
@@ -46,7 +46,7 @@ class Cli:
 
     def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "app", *args],
+            [sys.executable, "-m", "agent_mcp_gateway", *args],
             cwd=self.cwd,
             env={**self.env, **env},
             capture_output=True,
@@ -220,7 +220,7 @@ def test_init_default_dir_is_found_by_validate(cli: Cli) -> None:
 def test_examples_explain_every_object() -> None:
     from importlib import resources
 
-    examples = resources.files("app") / "examples"
+    examples = resources.files("agent_mcp_gateway") / "examples"
 
     def objects(value: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
         if not isinstance(value, dict):

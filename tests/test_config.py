@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from app import config
-from app.config import ConfigError, cross_check, discover, load, load_mcp_config, load_rules
+from agent_mcp_gateway import config
+from agent_mcp_gateway.config import ConfigError, cross_check, discover, load, load_mcp_config, load_rules
 
 GOOD_SERVERS: dict[str, Any] = {
     "mcpServers": {

@@ -259,7 +259,7 @@ async def test_fixture_over_streamable_http(http_server: Any) -> None:
 
 
 async def test_demo_notes_server() -> None:
-    transport = StdioTransport(sys.executable, ["-m", "app.demo.notes_server"], cwd=str(ROOT), keep_alive=False)
+    transport = StdioTransport(sys.executable, ["-m", "agent_mcp_gateway.demo.notes_server"], cwd=str(ROOT), keep_alive=False)
     async with connect(transport) as client:
         tools = {tool.name: tool for tool in await client.list_tools()}
         assert set(tools) == {"add_note", "list_notes", "get_note", "search_notes", "delete_note"}
@@ -280,7 +280,7 @@ async def test_demo_notes_server() -> None:
 
 
 def test_demo_notes_persist(tmp_path: Path) -> None:
-    from app.demo.notes_server import NoteStore
+    from agent_mcp_gateway.demo.notes_server import NoteStore
 
     path = tmp_path / "notes.json"
     NoteStore(path).add("kept", "across runs", ["a"])
@@ -290,8 +290,8 @@ def test_demo_notes_persist(tmp_path: Path) -> None:
 
 
 def test_demo_configuration_loads_and_decides(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.config import load
-    from app.policy import PolicyEngine
+    from agent_mcp_gateway.config import load
+    from agent_mcp_gateway.policy import PolicyEngine
 
     monkeypatch.setenv("GATEWAY_PYTHON", sys.executable)
     config = load(DEMO_CONFIG / ".mcp.json", DEMO_CONFIG / ".mcp-gateway-rules.json")
@@ -310,7 +310,7 @@ def test_demo_configuration_loads_and_decides(monkeypatch: pytest.MonkeyPatch) -
 
 
 async def test_demo_time_server_starts_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.config import load_mcp_config
+    from agent_mcp_gateway.config import load_mcp_config
 
     monkeypatch.setenv("GATEWAY_PYTHON", sys.executable)
     server = load_mcp_config(DEMO_CONFIG / ".mcp.json").mcpServers["time"]

@@ -325,7 +325,7 @@ async def test_sighup_reloads(standard: GatewayFiles) -> None:
 def test_sigterm_over_stdio_closes_servers_and_exits_0(standard: GatewayFiles) -> None:
     env = {**os.environ, **standard.env()}
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=standard.directory, env=env,
+        [sys.executable, "-m", "agent_mcp_gateway"], cwd=standard.directory, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
     try:

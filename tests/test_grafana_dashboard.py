@@ -2,7 +2,7 @@
 
 Every PromQL expression is parsed by Prometheus's own `promtool` (Debian package `prometheus`),
 wrapped as a recording rule, with Grafana's template variables substituted. Metric names are
-checked against app/metrics.py the same way tests/test_prometheus_rules.py checks the alerts.
+checked against app/agent_mcp_gateway/metrics.py the same way tests/test_prometheus_rules.py checks the alerts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app import metrics
+from agent_mcp_gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "ops" / "grafana" / "agent-mcp-gateway.json"
@@ -129,7 +129,7 @@ def exported_metrics() -> set[str]:
 
 
 def gateway_label_names() -> dict[str, set[str]]:
-    """Sample name -> label names, for the gateway's own metrics in app/metrics.py."""
+    """Sample name -> label names, for the gateway's own metrics in app/agent_mcp_gateway/metrics.py."""
     labels: dict[str, set[str]] = {}
     for value in vars(metrics).values():
         name, kind = getattr(value, "_name", None), getattr(value, "_type", None)
@@ -196,7 +196,7 @@ def test_metric_name_extraction() -> None:
 
 
 def test_dashboard_only_uses_metrics_the_gateway_exports() -> None:
-    """A renamed metric in app/metrics.py must not silently turn a panel into "No data"."""
+    """A renamed metric in app/agent_mcp_gateway/metrics.py must not silently turn a panel into "No data"."""
     exported = exported_metrics()
     used: dict[str, str] = {}
     for where, expr in expressions():
@@ -211,7 +211,7 @@ def test_dashboard_only_uses_metrics_the_gateway_exports() -> None:
         and name not in SCRAPE_SERIES
         and not (name.startswith("process_") and name in PROCESS_METRICS)
     }
-    assert unknown == {}, "metrics not defined in app/metrics.py"
+    assert unknown == {}, "metrics not defined in app/agent_mcp_gateway/metrics.py"
     assert REQUIRED_METRICS - set(used) == set(), "metrics the dashboard should chart"
 
 

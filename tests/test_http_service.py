@@ -394,7 +394,7 @@ def test_bad_config_stops_startup_with_a_clear_message(gateway_files: GatewayFil
     gateway_files.write_rules(STANDARD_RULES)
     port = free_port()
     done = subprocess.run(
-        [sys.executable, "-m", "app"],
+        [sys.executable, "-m", "agent_mcp_gateway"],
         env={**gateway_files.env(GATEWAY_TRANSPORT="http", GATEWAY_HTTP_PORT=str(port)), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

@@ -2,7 +2,7 @@
 
 Runs Prometheus's own `promtool` (Debian package `prometheus`). The alert tests live in
 prometheus/tests/alerts_test.yml; these tests also check that they cover every alert and every
-metric name the rules use exists in app/metrics.py.
+metric name the rules use exists in app/agent_mcp_gateway/metrics.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app import metrics
+from agent_mcp_gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "prometheus"
@@ -94,7 +94,7 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
 
 
 def test_rules_only_use_metrics_the_gateway_exports() -> None:
-    """A renamed metric in app/metrics.py must not silently turn an alert into a no-op."""
+    """A renamed metric in app/agent_mcp_gateway/metrics.py must not silently turn an alert into a no-op."""
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
     exported = {
         family.name + suffix

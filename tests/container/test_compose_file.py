@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app import config
+from agent_mcp_gateway import config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())

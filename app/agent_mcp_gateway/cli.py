@@ -166,7 +166,7 @@ def _check_policy(args: argparse.Namespace) -> int:
 
 def _init(args: argparse.Namespace) -> int:
     directory: Path = (args.dir or config.user_config_dir()).absolute()
-    examples = resources.files("app") / "examples"
+    examples = resources.files("agent_mcp_gateway") / "examples"
     written = 0
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Demo downstream MCP server: a small notes store.
 
-    python -m app.demo.notes_server               # stdio (how the gateway starts it)
-    python -m app.demo.notes_server --http 8765   # Streamable HTTP at http://127.0.0.1:8765/mcp
+    python -m agent_mcp_gateway.demo.notes_server               # stdio (how the gateway starts it)
+    python -m agent_mcp_gateway.demo.notes_server --http 8765   # Streamable HTTP at http://127.0.0.1:8765/mcp
 
 Notes live in memory; set NOTES_FILE to a JSON file to keep them between runs. Reading tools
 carry the readOnlyHint annotation, so a policy can allow them and nothing else.
@@ -167,7 +167,7 @@ def build_server(store: NoteStore | None = None) -> FastMCP:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.demo.notes_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agent_mcp_gateway.demo.notes_server", description=__doc__.splitlines()[0])
     parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on --host:PORT at /mcp")
     parser.add_argument("--host", default="127.0.0.1", help="address for --http (default 127.0.0.1)")
     args = parser.parse_args(argv)

@@ -240,7 +240,7 @@ def run_http() -> int:
     load_config()  # fail fast, in this process, on a bad configuration
     log.info("serving", extra={"url": f"http://{host}:{port}/mcp"})
     server = Granian(
-        "app.http:create_app",
+        "agent_mcp_gateway.http:create_app",
         factory=True,
         address=host,
         port=port,
