@@ -218,14 +218,20 @@ class Stack:
         self.echo_port = free_port()
         self.echo_url = f"http://127.0.0.1:{self.echo_port}/mcp"
         self.echo = spawn(
-            "echo", [sys.executable, str(ECHO_SERVER), "--http", str(self.echo_port)], env, self.work, self.work
+            "echo",
+            [sys.executable, str(ECHO_SERVER), "--http", str(self.echo_port)],
+            env,
+            self.work,
+            self.work,
         )
         wait_http(self.echo, self.echo_url, 60)
 
         mcp_config = self.work / ".mcp.json"
         rules = self.work / ".mcp-gateway-rules.json"
         mcp_config.write_text(
-            json.dumps({"mcpServers": {"echo": {"description": "echo fixture over HTTP", "url": self.echo_url}}})
+            json.dumps(
+                {"mcpServers": {"echo": {"description": "echo fixture over HTTP", "url": self.echo_url}}}
+            )
         )
         rules.write_text(json.dumps({"agents": {AGENT: {"allow": {"servers": ["*"]}}}}))
         self.gateway_port = free_port()
@@ -240,7 +246,9 @@ class Stack:
             "GATEWAY_RATE_LIMIT": "1000000/minute",
             "GATEWAY_LOG_LEVEL": log_level,
         }
-        self.gateway = spawn("gateway", [sys.executable, "-m", "agent_mcp_gateway"], gateway_env, self.work, self.work)
+        self.gateway = spawn(
+            "gateway", [sys.executable, "-m", "agent_mcp_gateway"], gateway_env, self.work, self.work
+        )
         wait_http(self.gateway, f"{self.gateway_base}/ready", 90, ok=(200,))
         ready = httpx2.get(f"{self.gateway_base}/ready", trust_env=False).json()
         if ready.get("servers", {}).get("echo", {}).get("state") != "up":
@@ -287,7 +295,9 @@ class Session:
         self.url = url
         self.gateway = gateway
         self.client = httpx2.AsyncClient(
-            timeout=timeout, trust_env=False, limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1)
+            timeout=timeout,
+            trust_env=False,
+            limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1),
         )
         self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
         self.next_id = 0
@@ -306,7 +316,11 @@ class Session:
     async def open(self) -> None:
         request_id, body = self._body(
             "initialize",
-            {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}},
+            {
+                "protocolVersion": PROTOCOL,
+                "capabilities": {},
+                "clientInfo": {"name": "bench", "version": "1"},
+            },
         )
         response = await self.client.post(self.url, content=body, headers=self.headers)
         message = jsonrpc_response(response, request_id)
@@ -448,7 +462,9 @@ async def phase_latency(stack: Stack, calls: int, warmup: int, results: Results)
     }
 
 
-async def open_sessions(url: str, gateway: bool, count: int) -> tuple[list[Session], list[Session], list[str], float]:
+async def open_sessions(
+    url: str, gateway: bool, count: int
+) -> tuple[list[Session], list[Session], list[str], float]:
     """Open `count` sessions at once: (all, the ones that opened, errors, seconds it took)."""
     sessions = [Session(url, gateway, timeout=120) for _ in range(count)]
     started = time.perf_counter()
@@ -460,7 +476,13 @@ async def open_sessions(url: str, gateway: bool, count: int) -> tuple[list[Sessi
 
 
 async def run_concurrent(
-    url: str, gateway: bool, sessions: int, calls: int, stack: Stack, port: int, rate: float | None = None,
+    url: str,
+    gateway: bool,
+    sessions: int,
+    calls: int,
+    stack: Stack,
+    port: int,
+    rate: float | None = None,
     duration: float = 0.0,
 ) -> dict[str, Any]:
     """`sessions` sessions opened and held at once, then all calling at the same time.
@@ -543,7 +565,9 @@ async def active_sessions_metric(stack: Stack) -> float | None:
 async def phase_concurrency(
     stack: Stack, sessions: int, calls: int, paced_rate: float | None, paced_seconds: float, results: Results
 ) -> None:
-    log(f"concurrency: {sessions} sessions held at once x {calls} calls each, no pause (gateway, then direct)")
+    log(
+        f"concurrency: {sessions} sessions held at once x {calls} calls each, no pause (gateway, then direct)"
+    )
     saturated = {
         "gateway": await run_concurrent(stack.gateway_url, True, sessions, calls, stack, stack.gateway_port),
     }
@@ -553,8 +577,10 @@ async def phase_concurrency(
     # Paced: the same number of sessions held, at a rate the gateway can serve (by default 40 % of
     # the throughput it just reached), so the latency is not queueing behind saturation.
     rate = paced_rate or max(5.0, round(0.4 * saturated["gateway"]["throughput_per_s"], 1))
-    log(f"concurrency: {sessions} sessions held at once, paced at {rate} calls/s for {paced_seconds:.0f} s each "
-        "(gateway, then direct)")
+    log(
+        f"concurrency: {sessions} sessions held at once, paced at {rate} calls/s for {paced_seconds:.0f} s each "
+        "(gateway, then direct)"
+    )
     paced = {
         "gateway": await run_concurrent(
             stack.gateway_url, True, sessions, 0, stack, stack.gateway_port, rate=rate, duration=paced_seconds
@@ -595,7 +621,9 @@ async def phase_concurrency(
                 )
 
 
-async def _drain(session: Session, queue: Iterator[int], label: str, timings: list[float], errors: list[str]) -> None:
+async def _drain(
+    session: Session, queue: Iterator[int], label: str, timings: list[float], errors: list[str]
+) -> None:
     """Open `session`, make calls while `queue` (shared with other sessions) lasts, delete it."""
     try:
         await session.open()
@@ -639,8 +667,10 @@ async def phase_memory(stack: Stack, rounds: int, calls: int, concurrency: int, 
                 "active_sessions": await active_sessions_metric(stack),
             }
         )
-        log(f"  round {number}: {len(timings)} calls, {per_round[-1]['throughput_per_s']}/s, "
-            f"p95 {stats['p95']} ms, worker RSS {rss:.1f} MiB")
+        log(
+            f"  round {number}: {len(timings)} calls, {per_round[-1]['throughput_per_s']}/s, "
+            f"p95 {stats['p95']} ms, worker RSS {rss:.1f} MiB"
+        )
     growth = per_round[-1]["rss_mib"] - per_round[min(1, len(per_round) - 1)]["rss_mib"]
     reference = per_round[min(1, len(per_round) - 1)]["rss_mib"]
     results.memory = {
@@ -665,8 +695,8 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
     from agent_mcp_gateway.config import RulesConfig
-    from app.identity import resolve_agent
     from agent_mcp_gateway.policy import PolicyEngine
+    from app.identity import resolve_agent
     from app.sessions import SessionRegistry
 
     registry = SessionRegistry(ttl_seconds=3600)
@@ -696,8 +726,12 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     cases = {
         "SessionRegistry.get": timed(get),
         "SessionRegistry.touch": timed(touch),
-        "resolve_agent(session, no agent_id)": timed(lambda sid: resolve_agent(engine, None, None, sid, registry)),
-        "resolve_agent(session, agent_id)": timed(lambda sid: resolve_agent(engine, AGENT, None, sid, registry)),
+        "resolve_agent(session, no agent_id)": timed(
+            lambda sid: resolve_agent(engine, None, None, sid, registry)
+        ),
+        "resolve_agent(session, agent_id)": timed(
+            lambda sid: resolve_agent(engine, AGENT, None, sid, registry)
+        ),
     }
     for sid in picks[:100]:
         if resolve_agent(engine, None, None, sid, registry) != AGENT:
@@ -717,7 +751,6 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     }
 
 
-
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -729,25 +762,60 @@ def judge(results: Results) -> None:
     opened = min(r["sessions_opened"] for r in all_runs)
     errors = sum(r["errors"] for r in all_runs)
     rows = [
-        ("end-to-end P95, sequential", f"{lat['gateway']['p95']:.1f} ms", "< 100 ms",
-         lat["gateway"]["p95"] < TARGET_E2E_P95_MS),
-        ("overhead P95, sequential", f"{lat['overhead_p95_ms']:.1f} ms", "< 30 ms",
-         lat["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS),
-        (f"end-to-end P95, {n} sessions, {conc['paced_rate_per_s']:g}/s", f"{paced['gateway']['p95']:.1f} ms",
-         "< 100 ms", paced["gateway"]["p95"] < TARGET_E2E_P95_MS),
-        (f"overhead P95, {n} sessions, {conc['paced_rate_per_s']:g}/s", f"{paced['overhead_p95_ms']:.1f} ms",
-         "< 30 ms", paced["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS),
-        (f"end-to-end P95, {n} sessions, saturated", f"{sat['gateway']['p95']:.1f} ms", "< 100 ms",
-         sat["gateway"]["p95"] < TARGET_E2E_P95_MS),
-        (f"overhead P95, {n} sessions, saturated", f"{sat['overhead_p95_ms']:.1f} ms", "< 30 ms",
-         sat["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS),
-        (f"{n} sessions held at once", f"{opened} open, {errors} errors", "100+, 0 errors",
-         opened >= 100 and errors == 0),
-        ("session lookup p99 (slowest case)", f"{worst_lookup_us:.2f} us", "< 1 ms",
-         worst_lookup_us / 1000 < TARGET_LOOKUP_MS),
-        ("worker RSS growth, round 2 -> last",
-         f"{mem['growth_round2_to_last_mib']:+.1f} MiB ({mem['growth_round2_to_last_pct']:+.1f} %)",
-         f"< {TARGET_MEMORY_GROWTH_PCT:.0f} %", (mem["growth_round2_to_last_pct"] or 0) < TARGET_MEMORY_GROWTH_PCT),
+        (
+            "end-to-end P95, sequential",
+            f"{lat['gateway']['p95']:.1f} ms",
+            "< 100 ms",
+            lat["gateway"]["p95"] < TARGET_E2E_P95_MS,
+        ),
+        (
+            "overhead P95, sequential",
+            f"{lat['overhead_p95_ms']:.1f} ms",
+            "< 30 ms",
+            lat["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS,
+        ),
+        (
+            f"end-to-end P95, {n} sessions, {conc['paced_rate_per_s']:g}/s",
+            f"{paced['gateway']['p95']:.1f} ms",
+            "< 100 ms",
+            paced["gateway"]["p95"] < TARGET_E2E_P95_MS,
+        ),
+        (
+            f"overhead P95, {n} sessions, {conc['paced_rate_per_s']:g}/s",
+            f"{paced['overhead_p95_ms']:.1f} ms",
+            "< 30 ms",
+            paced["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS,
+        ),
+        (
+            f"end-to-end P95, {n} sessions, saturated",
+            f"{sat['gateway']['p95']:.1f} ms",
+            "< 100 ms",
+            sat["gateway"]["p95"] < TARGET_E2E_P95_MS,
+        ),
+        (
+            f"overhead P95, {n} sessions, saturated",
+            f"{sat['overhead_p95_ms']:.1f} ms",
+            "< 30 ms",
+            sat["overhead_p95_ms"] < TARGET_OVERHEAD_P95_MS,
+        ),
+        (
+            f"{n} sessions held at once",
+            f"{opened} open, {errors} errors",
+            "100+, 0 errors",
+            opened >= 100 and errors == 0,
+        ),
+        (
+            "session lookup p99 (slowest case)",
+            f"{worst_lookup_us:.2f} us",
+            "< 1 ms",
+            worst_lookup_us / 1000 < TARGET_LOOKUP_MS,
+        ),
+        (
+            "worker RSS growth, round 2 -> last",
+            f"{mem['growth_round2_to_last_mib']:+.1f} MiB ({mem['growth_round2_to_last_pct']:+.1f} %)",
+            f"< {TARGET_MEMORY_GROWTH_PCT:.0f} %",
+            (mem["growth_round2_to_last_pct"] or 0) < TARGET_MEMORY_GROWTH_PCT,
+        ),
     ]
     results.targets = [{"metric": m, "value": v, "target": t, "met": bool(ok)} for m, v, t, ok in rows]
 
@@ -757,57 +825,93 @@ def render(results: Results) -> str:
     out: list[str] = []
     line = out.append
     cfg = results.config
-    line(f"agent-mcp-gateway benchmark ({cfg['mode']}: {cfg['cpus']} CPUs, load average {cfg['load_before']} "
-         f"before / {cfg['load_after']} after, Python {cfg['python']}, {cfg['seconds']} s)")
+    line(
+        f"agent-mcp-gateway benchmark ({cfg['mode']}: {cfg['cpus']} CPUs, load average {cfg['load_before']} "
+        f"before / {cfg['load_after']} after, Python {cfg['python']}, {cfg['seconds']} s)"
+    )
     line("")
     line("Latency: one session per path, sequential calls, paths alternated in random order (ms)")
     line(f"  {'path':<10}{'count':>7}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'mean':>9}")
     for name in ("direct", "gateway"):
         s = lat[name]
-        line(f"  {name:<10}{s['count']:>7}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}"
-             f"{s['mean']:>9.2f}")
-    line(f"  gateway/direct: p50 x{lat['ratio_p50']}, p95 x{lat['ratio_p95']}; "
-         f"overhead p50 {lat['overhead_p50_ms']:.2f} ms, p95 {lat['overhead_p95_ms']:.2f} ms")
-    line(f"  CPU per call: gateway worker {lat['gateway_worker_cpu_ms_per_call']} ms, "
-         f"echo server {lat['echo_cpu_ms_per_call']} ms; downstream TCP connections the gateway opened and "
-         f"closed: {lat['downstream_connections_closed']} ({lat['downstream_connections_per_call']} per call)")
+        line(
+            f"  {name:<10}{s['count']:>7}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}"
+            f"{s['mean']:>9.2f}"
+        )
+    line(
+        f"  gateway/direct: p50 x{lat['ratio_p50']}, p95 x{lat['ratio_p95']}; "
+        f"overhead p50 {lat['overhead_p50_ms']:.2f} ms, p95 {lat['overhead_p95_ms']:.2f} ms"
+    )
+    line(
+        f"  CPU per call: gateway worker {lat['gateway_worker_cpu_ms_per_call']} ms, "
+        f"echo server {lat['echo_cpu_ms_per_call']} ms; downstream TCP connections the gateway opened and "
+        f"closed: {lat['downstream_connections_closed']} ({lat['downstream_connections_per_call']} per call)"
+    )
     for kind, title in (
-        ("saturated", (f"{conc['sessions']} sessions held open, then {conc['calls_per_session']} calls each "
-                       "back to back, all at once (capacity)")),
-        ("paced", (f"{conc['sessions']} sessions held open, calling at random times, about "
-                   f"{conc['paced_rate_per_s']:g} calls/s in all for {conc['paced_seconds']:g} s")),
+        (
+            "saturated",
+            (
+                f"{conc['sessions']} sessions held open, then {conc['calls_per_session']} calls each "
+                "back to back, all at once (capacity)"
+            ),
+        ),
+        (
+            "paced",
+            (
+                f"{conc['sessions']} sessions held open, calling at random times, about "
+                f"{conc['paced_rate_per_s']:g} calls/s in all for {conc['paced_seconds']:g} s"
+            ),
+        ),
     ):
         pair = conc[kind]
         line("")
         line(f"Concurrency, {kind}: {title} (ms)")
-        line(f"  {'path':<10}{'open':>6}{'conns':>7}{'calls':>7}{'errors':>8}{'calls/s':>9}"
-             f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")
+        line(
+            f"  {'path':<10}{'open':>6}{'conns':>7}{'calls':>7}{'errors':>8}{'calls/s':>9}"
+            f"{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}"
+        )
         for name in ("direct", "gateway"):
             s = pair[name]
-            line(f"  {name:<10}{s['sessions_opened']:>6}{s['connections_held']:>7}{s['calls']:>7}{s['errors']:>8}"
-                 f"{s['throughput_per_s']:>9.1f}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}")
-        line(f"  gateway/direct: p95 x{pair['ratio_p95']}, throughput x{pair['throughput_ratio']}; overhead "
-             f"p50 {pair['overhead_p50_ms']:.1f} ms, p95 {pair['overhead_p95_ms']:.1f} ms; gateway "
-             f"active-sessions gauge while held: {pair['gateway']['active_sessions_metric']}")
+            line(
+                f"  {name:<10}{s['sessions_opened']:>6}{s['connections_held']:>7}{s['calls']:>7}{s['errors']:>8}"
+                f"{s['throughput_per_s']:>9.1f}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}"
+            )
+        line(
+            f"  gateway/direct: p95 x{pair['ratio_p95']}, throughput x{pair['throughput_ratio']}; overhead "
+            f"p50 {pair['overhead_p50_ms']:.1f} ms, p95 {pair['overhead_p95_ms']:.1f} ms; gateway "
+            f"active-sessions gauge while held: {pair['gateway']['active_sessions_metric']}"
+        )
         g, d = pair["gateway"]["cpu_seconds"], pair["direct"]["cpu_seconds"]
-        line(f"  CPU s, load generator / gateway worker / echo server: gateway run {g['load_generator']} / "
-             f"{g['gateway_worker']} / {g['echo_server']}, direct run {d['load_generator']} / "
-             f"{d['gateway_worker']} / {d['echo_server']}")
-    line("  (conns: server-side ESTABLISHED TCP connections while the sessions were held; the direct "
-         "count includes the gateway's own)")
+        line(
+            f"  CPU s, load generator / gateway worker / echo server: gateway run {g['load_generator']} / "
+            f"{g['gateway_worker']} / {g['echo_server']}, direct run {d['load_generator']} / "
+            f"{d['gateway_worker']} / {d['echo_server']}"
+        )
+    line(
+        "  (conns: server-side ESTABLISHED TCP connections while the sessions were held; the direct "
+        "count includes the gateway's own)"
+    )
     line("")
     line(f"Session lookup, in process, {ses['sessions']} sessions, {ses['lookups']} random lookups (us)")
     for name, c in ses["cases"].items():
-        line(f"  {name:<38} median {c['median_us']:>7.3f}   p99 {c['p99_us']:>7.3f}   max {c['max_us']:>8.1f}")
+        line(
+            f"  {name:<38} median {c['median_us']:>7.3f}   p99 {c['p99_us']:>7.3f}   max {c['max_us']:>8.1f}"
+        )
     line("")
-    line(f"Memory: gateway worker RSS over {mem['rounds']} rounds of {mem['calls_per_round']} calls "
-         f"({mem['sessions_per_round']} new sessions per round, deleted after it)")
+    line(
+        f"Memory: gateway worker RSS over {mem['rounds']} rounds of {mem['calls_per_round']} calls "
+        f"({mem['sessions_per_round']} new sessions per round, deleted after it)"
+    )
     line(f"  before:  RSS {mem['rss_before_mib']:>7.1f} MiB")
     for r in mem["per_round"]:
-        line(f"  round {r['round']}: RSS {r['rss_mib']:>7.1f} MiB   {r['throughput_per_s']:>6.1f} calls/s   "
-             f"p50 {r['p50']:>7.2f} ms   p95 {r['p95']:>7.2f} ms   active sessions after {r['active_sessions']}")
-    line(f"  growth round 2 -> {mem['rounds']}: {mem['growth_round2_to_last_mib']:+.1f} MiB "
-         f"({mem['growth_round2_to_last_pct']:+.1f} %); audit log written: {mem['audit_log_bytes'] / 2**20:.1f} MiB")
+        line(
+            f"  round {r['round']}: RSS {r['rss_mib']:>7.1f} MiB   {r['throughput_per_s']:>6.1f} calls/s   "
+            f"p50 {r['p50']:>7.2f} ms   p95 {r['p95']:>7.2f} ms   active sessions after {r['active_sessions']}"
+        )
+    line(
+        f"  growth round 2 -> {mem['rounds']}: {mem['growth_round2_to_last_mib']:+.1f} MiB "
+        f"({mem['growth_round2_to_last_pct']:+.1f} %); audit log written: {mem['audit_log_bytes'] / 2**20:.1f} MiB"
+    )
     line("")
     line("Targets")
     for t in results.targets:
@@ -827,15 +931,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--latency-calls", type=int, help="sequential calls per path (default 1000; quick 150)")
+    parser.add_argument(
+        "--latency-calls", type=int, help="sequential calls per path (default 1000; quick 150)"
+    )
     parser.add_argument("--sessions", type=int, default=120, help="sessions held at once (default 120)")
-    parser.add_argument("--calls-per-session", type=int, help="back-to-back calls per session (default 10; quick 2)")
-    parser.add_argument("--paced-rate", type=float, help="calls/s of the paced run (default: 40 %% of the "
-                        "gateway's saturated throughput)")
+    parser.add_argument(
+        "--calls-per-session", type=int, help="back-to-back calls per session (default 10; quick 2)"
+    )
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        help="calls/s of the paced run (default: 40 %% of the gateway's saturated throughput)",
+    )
     parser.add_argument("--paced-seconds", type=float, help="length of each paced run (default 10; quick 3)")
     parser.add_argument("--rounds", type=int, help="sustained-load rounds (default 5; quick 3)")
     parser.add_argument("--round-calls", type=int, help="gateway calls per round (default 1500; quick 200)")
-    parser.add_argument("--round-sessions", type=int, default=16, help="concurrent sessions per round (default 16)")
+    parser.add_argument(
+        "--round-sessions", type=int, default=16, help="concurrent sessions per round (default 16)"
+    )
     parser.add_argument("--lookup-sessions", type=int, default=10_000, help="sessions for the lookup timing")
     parser.add_argument("--log-level", default="INFO", help="the gateway's GATEWAY_LOG_LEVEL (default INFO)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, audit)")

@@ -22,8 +22,11 @@ from timing import clock_overhead_ns
 AGENTS = 100
 RULES_PER_AGENT = 50
 SERVERS = [f"server{n:02d}" for n in range(40)] + [f"browser_{n}" for n in range(10)]
-TOOLS = [f"{verb}_{noun}" for verb in ("get", "list", "drop", "delete", "write", "read")
-         for noun in ("user", "table", "file", "page", "all_items")]
+TOOLS = [
+    f"{verb}_{noun}"
+    for verb in ("get", "list", "drop", "delete", "write", "read")
+    for noun in ("user", "table", "file", "page", "all_items")
+]
 
 
 def glob_of(name: str, rng: random.Random) -> str:
@@ -36,7 +39,7 @@ def glob_of(name: str, rng: random.Random) -> str:
         return name[:index] + "?" + name[index + 1 :]
     if kind == 2:
         return name[:-1] + f"[{name[-1]}x]"
-    return "*" + name[rng.randint(1, len(name) - 1):]
+    return "*" + name[rng.randint(1, len(name) - 1) :]
 
 
 def pattern(names: list[str], rng: random.Random) -> str:
@@ -46,8 +49,9 @@ def pattern(names: list[str], rng: random.Random) -> str:
 
 def agent_rules(rng: random.Random) -> dict[str, Any]:
     """50 patterns split across deny.servers, deny.tools, allow.servers and allow.tools."""
-    counts = dict(zip(("deny_servers", "deny_tools", "allow_servers", "allow_tools"),
-                      (5, 15, 15, 15), strict=True))
+    counts = dict(
+        zip(("deny_servers", "deny_tools", "allow_servers", "allow_tools"), (5, 15, 15, 15), strict=True)
+    )
     assert sum(counts.values()) == RULES_PER_AGENT
 
     def tool_map(total: int) -> dict[str, list[str]]:
@@ -79,9 +83,7 @@ def main() -> None:
     options = parser.parse_args()
     rng = random.Random(options.seed)
 
-    rules = RulesConfig.model_validate(
-        {"agents": {f"agent{n:03d}": agent_rules(rng) for n in range(AGENTS)}}
-    )
+    rules = RulesConfig.model_validate({"agents": {f"agent{n:03d}": agent_rules(rng) for n in range(AGENTS)}})
     builds = []
     for _ in range(5):
         start = time.perf_counter_ns()
@@ -90,8 +92,7 @@ def main() -> None:
 
     agents = engine.agent_ids
     requests = [
-        (rng.choice(agents), rng.choice(SERVERS), rng.choice([None, *TOOLS]))
-        for _ in range(options.calls)
+        (rng.choice(agents), rng.choice(SERVERS), rng.choice([None, *TOOLS])) for _ in range(options.calls)
     ]
     # Server names never seen before miss the engine's per-server cache: the worst case.
     unseen = [(agent, f"{server}-{n}", tool) for n, (agent, server, tool) in enumerate(requests)]
@@ -105,9 +106,11 @@ def main() -> None:
         micro, allowed = _time_decisions(engine, batch, overhead)
         median = percentile(micro, 0.50)
         print(f"decide(), {label}: {len(micro)} calls, {allowed:.0%} allowed")
-        print(f"  median {median:.2f} us   p95 {percentile(micro, 0.95):.2f} us   "
-              f"p99 {percentile(micro, 0.99):.2f} us   "
-              f"(target median < 5 us: {'met' if median < 5 else 'MISSED'})")
+        print(
+            f"  median {median:.2f} us   p95 {percentile(micro, 0.95):.2f} us   "
+            f"p99 {percentile(micro, 0.99):.2f} us   "
+            f"(target median < 5 us: {'met' if median < 5 else 'MISSED'})"
+        )
     print(f"(timer overhead of {overhead:.0f} ns per call removed)")
 
 
@@ -126,7 +129,6 @@ def _time_decisions(
         allowed += decision.allowed
     timings.sort()
     return [(t - overhead) / 1000 for t in timings], allowed / len(requests)
-
 
 
 if __name__ == "__main__":

@@ -36,11 +36,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
-from fastmcp import Client  # noqa: E402
-from fastmcp.client.transports import ClientTransport, StdioTransport, StreamableHttpTransport  # noqa: E402
-
 from agent_mcp_gateway.config import MCP_CONFIG_NAME, RULES_NAME, ServerConfig, load_mcp_config  # noqa: E402
 from agent_mcp_gateway.tools import estimate_tokens  # noqa: E402
+from fastmcp import Client  # noqa: E402
+from fastmcp.client.transports import ClientTransport, StdioTransport, StreamableHttpTransport  # noqa: E402
 
 DEMO_CONFIG = ROOT / "app" / "demo" / "config"
 DEFINITION_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
@@ -82,7 +81,9 @@ def downstream_transport(config: ServerConfig, config_dir: Path) -> ClientTransp
 
 
 async def gateway_side(config_dir: Path, env: dict[str, str], agent: str | None) -> dict[str, Any]:
-    transport = StdioTransport(sys.executable, ["-m", "agent_mcp_gateway"], env=env, cwd=str(config_dir), keep_alive=False)
+    transport = StdioTransport(
+        sys.executable, ["-m", "agent_mcp_gateway"], env=env, cwd=str(config_dir), keep_alive=False
+    )
     async with Client(transport, init_timeout=TIMEOUT, timeout=TIMEOUT) as client:
         tools = await client.list_tools()
         result: dict[str, Any] = {"tools_list": measure(tools), "on_demand": None}
@@ -144,7 +145,10 @@ def _row(label: str, figures: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"Context loaded up front (tokens = compact JSON chars / 4), configuration {report['config']}", ""]
+    lines = [
+        f"Context loaded up front (tokens = compact JSON chars / 4), configuration {report['config']}",
+        "",
+    ]
     lines.append(f"  {'':<28}{'tools':>7}{'tokens':>9}{'full JSON':>11}")
     gateway = report["gateway"]["tools_list"]
     lines.append(_row("gateway tools/list", gateway) + f"   ({', '.join(gateway['names'])})")
@@ -158,14 +162,18 @@ def render(report: dict[str, Any]) -> str:
     lines.append(_row("direct: all servers", total))
     lines.append("")
     if total["tokens"]:
-        lines.append(f"  gateway / all servers directly: {report['ratio']:.2f} "
-                     f"({gateway['tokens']} vs {total['tokens']} tokens; {report['saved_tokens']:+d} tokens saved "
-                     "up front)")
+        lines.append(
+            f"  gateway / all servers directly: {report['ratio']:.2f} "
+            f"({gateway['tokens']} vs {total['tokens']} tokens; {report['saved_tokens']:+d} tokens saved "
+            "up front)"
+        )
     demand = report["gateway"].get("on_demand")
     if demand and "error" not in demand:
         lines.append("")
         lines.append(f"  On demand through the gateway, as agent '{demand['agent']}':")
-        lines.append(f"    list_servers: {demand['list_servers_tokens']} tokens ({len(demand['servers'])} servers)")
+        lines.append(
+            f"    list_servers: {demand['list_servers_tokens']} tokens ({len(demand['servers'])} servers)"
+        )
         for name, cost in demand["get_server_tools"].items():
             if "error" in cost:
                 lines.append(f"    get_server_tools({name}): error: {cost['error']}")
@@ -181,10 +189,17 @@ def render(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=DEMO_CONFIG,
-                        help=f"a directory with {MCP_CONFIG_NAME} and {RULES_NAME} (default: the bundled demo)")
-    parser.add_argument("--agent", default="admin",
-                        help="agent for the on-demand discovery figures (default: admin; '' to skip)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEMO_CONFIG,
+        help=f"a directory with {MCP_CONFIG_NAME} and {RULES_NAME} (default: the bundled demo)",
+    )
+    parser.add_argument(
+        "--agent",
+        default="admin",
+        help="agent for the on-demand discovery figures (default: admin; '' to skip)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     options = parser.parse_args(argv)
     config_dir = options.config.resolve()
@@ -208,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         env.update({key: value for key, value in os.environ.items() if key.startswith(("DEMO_", "NOTES_"))})
 
         async def both() -> tuple[dict[str, Any], dict[str, Any]]:
-            return await gateway_side(config_dir, env, options.agent or None), await direct_side(config_dir, servers)
+            return await gateway_side(config_dir, env, options.agent or None), await direct_side(
+                config_dir, servers
+            )
 
         gateway, direct = asyncio.run(both())
 

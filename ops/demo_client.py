@@ -20,13 +20,23 @@ async def main(url: str) -> None:
         print("get_server_tools:", [tool["name"] for tool in tools.structured_content["tools"]])
         now = await client.call_tool_mcp(
             "execute_tool",
-            {"agent_id": "researcher", "server": "time", "tool": "get_current_time", "args": {"timezone": "UTC"}},
+            {
+                "agent_id": "researcher",
+                "server": "time",
+                "tool": "get_current_time",
+                "args": {"timezone": "UTC"},
+            },
         )
         print("execute_tool:", now.content[0].text)
         try:
             await client.call_tool_mcp(
                 "execute_tool",
-                {"agent_id": "researcher", "server": "notes", "tool": "add_note", "args": {"title": "x", "body": "y"}},
+                {
+                    "agent_id": "researcher",
+                    "server": "notes",
+                    "tool": "add_note",
+                    "args": {"title": "x", "body": "y"},
+                },
             )
         except Exception as denied:  # the demo policy lets researchers read notes, not write them
             print("denied as expected:", denied)

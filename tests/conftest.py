@@ -95,7 +95,9 @@ def _atomic_write(path: Path, data: dict[str, Any]) -> None:
 def gateway_files(tmp_path: Path) -> GatewayFiles:
     config = tmp_path / "config"
     config.mkdir()
-    return GatewayFiles(config, config / ".mcp.json", config / ".mcp-gateway-rules.json", tmp_path / "audit.jsonl")
+    return GatewayFiles(
+        config, config / ".mcp.json", config / ".mcp-gateway-rules.json", tmp_path / "audit.jsonl"
+    )
 
 
 @asynccontextmanager
@@ -103,7 +105,9 @@ async def stdio_gateway(
     files: GatewayFiles, mode: str = "legacy", log_handler: Any = None, **env: str
 ) -> AsyncIterator[Client]:
     """A gateway subprocess over stdio, as a local MCP client launches it."""
-    transport = StdioTransport(PY, ["-m", "agent_mcp_gateway"], env=files.env(**env), cwd=str(files.directory), keep_alive=False)
+    transport = StdioTransport(
+        PY, ["-m", "agent_mcp_gateway"], env=files.env(**env), cwd=str(files.directory), keep_alive=False
+    )
     async with Client(transport, mode=mode, init_timeout=60, timeout=60, log_handler=log_handler) as client:
         yield client
 
@@ -175,7 +179,11 @@ def start_http_gateway(files: GatewayFiles, wait_ready: bool = True, **env: str)
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [PY, "-m", "agent_mcp_gateway"], env=full_env, cwd=files.directory, stdout=log_file, stderr=subprocess.STDOUT
+            [PY, "-m", "agent_mcp_gateway"],
+            env=full_env,
+            cwd=files.directory,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     gateway = HttpGateway(process, f"http://127.0.0.1:{port}", files, log_path)
     deadline = time.monotonic() + 60

@@ -11,13 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from agent_mcp_gateway.audit import AUDIT_LOG_ENV, AuditLog, AuditRecord
 from agent_mcp_gateway.metrics import REGISTRY
 
 SPEC_FIELDS = {
-    "timestamp", "agent_id", "operation", "server", "tool", "decision", "rule",
-    "error_code", "latency_ms", "session_id", "request_id",
+    "timestamp",
+    "agent_id",
+    "operation",
+    "server",
+    "tool",
+    "decision",
+    "rule",
+    "error_code",
+    "latency_ms",
+    "session_id",
+    "request_id",
 }
 
 
@@ -99,11 +107,7 @@ def test_rotation_by_size(tmp_path: Path) -> None:
         assert 0 < file.stat().st_size <= 1000
         kept += [line["request_id"] for line in lines(file)]
     # The newest lines survive, in order from the oldest backup to the live file.
-    newest_first = [
-        line["request_id"]
-        for file in [path, *files[1:]]
-        for line in reversed(lines(file))
-    ]
+    newest_first = [line["request_id"] for file in [path, *files[1:]] for line in reversed(lines(file))]
     assert newest_first == [f"r-{index}" for index in range(59, 59 - len(kept), -1)]
 
 

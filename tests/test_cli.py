@@ -111,7 +111,9 @@ def test_validate_error(configured: Cli) -> None:
 
 
 def test_validate_unset_variable(configured: Cli) -> None:
-    servers = {"mcpServers": {"s": {"url": "https://h/mcp", "headers": {"Authorization": "Bearer ${SEARCH_TOKEN}"}}}}
+    servers = {
+        "mcpServers": {"s": {"url": "https://h/mcp", "headers": {"Authorization": "Bearer ${SEARCH_TOKEN}"}}}
+    }
     path = configured.write("servers.json", servers)
     result = configured("validate", "--mcp-config", str(path))
     assert result.returncode == 1

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from agent_mcp_gateway import config
 from agent_mcp_gateway.config import ConfigError, cross_check, discover, load, load_mcp_config, load_rules
 
@@ -55,13 +54,33 @@ BROKEN = [
     # (file name, content, JSON path, reason)
     ("args.json", server(command="x", args="-y"), "mcpServers.s.args", "must be a list"),
     ("arg.json", server(command="x", args=["-y", 3]), "mcpServers.s.args[1]", "must be a string"),
-    ("timeout-str.json", server(command="x", timeout_ms="5000"), "mcpServers.s.timeout_ms", "must be an integer"),
+    (
+        "timeout-str.json",
+        server(command="x", timeout_ms="5000"),
+        "mcpServers.s.timeout_ms",
+        "must be an integer",
+    ),
     ("timeout-neg.json", server(command="x", timeout_ms=-1), "mcpServers.s.timeout_ms", "greater than 0"),
     ("timeout-zero.json", server(command="x", timeout_ms=0), "mcpServers.s.timeout_ms", "greater than 0"),
     ("both.json", server(command="x", url="https://h/mcp"), "mcpServers.s", "both 'command' and 'url'"),
-    ("neither.json", server(description="nothing to run"), "mcpServers.s", "needs 'command' (stdio) or 'url'"),
-    ("headers.json", server(command="x", headers={"A": "b"}), "mcpServers.s", "'headers' are for 'url' servers"),
-    ("args-on-url.json", server(url="https://h/mcp", args=["x"]), "mcpServers.s", "'args', 'env' and 'cwd' are for stdio"),
+    (
+        "neither.json",
+        server(description="nothing to run"),
+        "mcpServers.s",
+        "needs 'command' (stdio) or 'url'",
+    ),
+    (
+        "headers.json",
+        server(command="x", headers={"A": "b"}),
+        "mcpServers.s",
+        "'headers' are for 'url' servers",
+    ),
+    (
+        "args-on-url.json",
+        server(url="https://h/mcp", args=["x"]),
+        "mcpServers.s",
+        "'args', 'env' and 'cwd' are for stdio",
+    ),
     ("scheme.json", server(url="ftp://h/mcp"), "mcpServers.s", "must start with http:// or https://"),
     ("env.json", server(command="x", env={"LEVEL": 3}), "mcpServers.s.env.LEVEL", "must be a string"),
     ("unknown.json", server(command="x", argz=[]), "mcpServers.s.argz", "unknown field"),
@@ -71,10 +90,18 @@ BROKEN = [
     ("top-list.json", [], "(top level)", "must be an object"),
     ("name.json", {"mcpServers": {"my server": {"command": "x"}}}, "mcpServers", "server name 'my server'"),
     ("comment.json", server(command="x", **{"$comment": 5}), "mcpServers.s.$comment", "must be a string"),
-    ("unset.json", server(url="https://h/mcp", headers={"Authorization": "Bearer ${UNSET_VAR}"}),
-     "mcpServers.s.headers.Authorization", "environment variable UNSET_VAR is not set and has no default (server 's')"),
-    ("unset-arg.json", server(command="x", args=["--token", "${UNSET_VAR}"]),
-     "mcpServers.s.args[1]", "UNSET_VAR is not set"),
+    (
+        "unset.json",
+        server(url="https://h/mcp", headers={"Authorization": "Bearer ${UNSET_VAR}"}),
+        "mcpServers.s.headers.Authorization",
+        "environment variable UNSET_VAR is not set and has no default (server 's')",
+    ),
+    (
+        "unset-arg.json",
+        server(command="x", args=["--token", "${UNSET_VAR}"]),
+        "mcpServers.s.args[1]",
+        "UNSET_VAR is not set",
+    ),
 ]
 
 BROKEN_RULES = [
@@ -86,9 +113,18 @@ BROKEN_RULES = [
     ("pattern.json", agent(deny={"servers": [""]}), "agents.a.deny.servers[0]", "at least 1 character"),
     ("tools.json", agent(allow={"tools": {"db": "select"}}), "agents.a.allow.tools.db", "must be a list"),
     ("field.json", agent(alow={"servers": ["db"]}), "agents.a.alow", "unknown field"),
-    ("defaults.json", {"agents": {}, "defaults": {"deny_on_missing_agent": "no"}},
-     "defaults.deny_on_missing_agent", "must be true or false"),
-    ("unset.json", agent(allow={"servers": ["${UNSET_VAR}"]}), "agents.a.allow.servers[0]", "UNSET_VAR is not set"),
+    (
+        "defaults.json",
+        {"agents": {}, "defaults": {"deny_on_missing_agent": "no"}},
+        "defaults.deny_on_missing_agent",
+        "must be true or false",
+    ),
+    (
+        "unset.json",
+        agent(allow={"servers": ["${UNSET_VAR}"]}),
+        "agents.a.allow.servers[0]",
+        "UNSET_VAR is not set",
+    ),
 ]
 
 
@@ -134,9 +170,7 @@ def test_missing_file(tmp_path: Path) -> None:
 # --- substitution -------------------------------------------------------------------------------
 
 
-def test_substitution_in_args_env_headers_and_url(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_substitution_in_args_env_headers_and_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATA", "/srv/data")
     monkeypatch.setenv("SEARCH_TOKEN", "s3cret")
     monkeypatch.setenv("EMPTY", "")
@@ -178,7 +212,12 @@ def test_comments_accepted_in_every_object(tmp_path: Path) -> None:
             "mcpServers": {
                 **note,
                 "files": {**note, "command": "x", "env": {**note, "A": "1"}},
-                "search": {**note, "url": "https://h/mcp", "headers": {**note, "A": "1"}, "transport": "http"},
+                "search": {
+                    **note,
+                    "url": "https://h/mcp",
+                    "headers": {**note, "A": "1"},
+                    "transport": "http",
+                },
             },
         },
     )

@@ -10,9 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from mcp import MCPError
-
 from conftest import PY, SERVERS, GatewayFiles, free_port, gateway_call, stdio_gateway
+from mcp import MCPError
 
 RULES = {"agents": {"dev": {"allow": {"servers": ["*"]}}}}
 

@@ -77,8 +77,10 @@ def http_server() -> Iterator[Any]:
         port = free_port()
         args = [*command, "--http", str(port)] if port_flag else command
         process = subprocess.Popen(
-            args, env={**os.environ, "PORT": str(port), **(env or {})},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            args,
+            env={**os.environ, "PORT": str(port), **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         started.append(process)
         wait_for_port(process, port)
@@ -100,8 +102,18 @@ def http_server() -> Iterator[Any]:
 async def test_echo_server_tools() -> None:
     async with connect(fixture("echo", env={"ECHO_PREFIX": "pre:", "FIXTURE_VALUE": "42"})) as client:
         assert await tool_names(client) == {
-            "echo", "add", "fail", "structured", "env", "request_headers",
-            "get_user_all", "get_user_one", "drop_table", "delete_row", "web_search", "web_fetch",
+            "echo",
+            "add",
+            "fail",
+            "structured",
+            "env",
+            "request_headers",
+            "get_user_all",
+            "get_user_one",
+            "drop_table",
+            "delete_row",
+            "web_search",
+            "web_fetch",
         }
         echoed = await client.call_tool("echo", {"text": "hi"})
         assert echoed.data == "pre:hi" and echoed.content[0].text == "pre:hi"
@@ -259,17 +271,28 @@ async def test_fixture_over_streamable_http(http_server: Any) -> None:
 
 
 async def test_demo_notes_server() -> None:
-    transport = StdioTransport(sys.executable, ["-m", "agent_mcp_gateway.demo.notes_server"], cwd=str(ROOT), keep_alive=False)
+    transport = StdioTransport(
+        sys.executable, ["-m", "agent_mcp_gateway.demo.notes_server"], cwd=str(ROOT), keep_alive=False
+    )
     async with connect(transport) as client:
         tools = {tool.name: tool for tool in await client.list_tools()}
         assert set(tools) == {"add_note", "list_notes", "get_note", "search_notes", "delete_note"}
-        read_only = {name for name, tool in tools.items() if tool.annotations and tool.annotations.readOnlyHint}
+        read_only = {
+            name for name, tool in tools.items() if tool.annotations and tool.annotations.readOnlyHint
+        }
         assert read_only == {"list_notes", "get_note", "search_notes"}
 
-        first = (await client.call_tool("add_note", {"title": "Gateway", "body": "policy per agent", "tags": ["MCP"]})).data
+        first = (
+            await client.call_tool(
+                "add_note", {"title": "Gateway", "body": "policy per agent", "tags": ["MCP"]}
+            )
+        ).data
         await client.call_tool("add_note", {"title": "Groceries", "body": "milk, eggs"})
         assert first["id"] == 1 and first["tags"] == ["mcp"]
-        assert [n["title"] for n in (await client.call_tool("list_notes", {})).data] == ["Gateway", "Groceries"]
+        assert [n["title"] for n in (await client.call_tool("list_notes", {})).data] == [
+            "Gateway",
+            "Groceries",
+        ]
         assert [n["id"] for n in (await client.call_tool("list_notes", {"tag": "mcp"})).data] == [1]
         hits = (await client.call_tool("search_notes", {"query": "agent policy"})).data
         assert [h["id"] for h in hits] == [1]
@@ -327,7 +350,9 @@ async def test_demo_time_server_starts_as_configured(monkeypatch: pytest.MonkeyP
 @needs_node_servers
 @pytest.mark.parametrize("mode", MODES)
 async def test_server_everything_over_stdio(mode: str) -> None:
-    async with connect(StdioTransport("node", [str(EVERYTHING), "stdio"], keep_alive=False), mode=mode) as client:
+    async with connect(
+        StdioTransport("node", [str(EVERYTHING), "stdio"], keep_alive=False), mode=mode
+    ) as client:
         assert {"echo", "get-sum", "trigger-long-running-operation"} <= await tool_names(client)
         echoed = await client.call_tool_mcp("echo", {"message": "ref"})
         assert not echoed.is_error and echoed.content[0].text == "Echo: ref"

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from mcp import MCPError
-
 from conftest import (
     STANDARD_RULES,
     GatewayFiles,
@@ -24,6 +22,7 @@ from conftest import (
     time_server,
     wait_until,
 )
+from mcp import MCPError
 
 
 @pytest.fixture
@@ -42,7 +41,7 @@ def standard(gateway_files: GatewayFiles) -> GatewayFiles:
     return gateway_files
 
 
-async def error_of(client, gateway_tool: str, /, **arguments) -> MCPError:  # noqa: ANN001
+async def error_of(client, gateway_tool: str, /, **arguments) -> MCPError:
     with pytest.raises(MCPError) as caught:
         await client.call_tool_mcp(gateway_tool, arguments)
     return caught.value
@@ -56,7 +55,12 @@ async def test_discovery_is_filtered_per_agent(standard: GatewayFiles, mode: str
 
         builder = await gateway_call(client, "list_servers", agent_id="builder")
         assert {s["name"] for s in builder["servers"]} == {
-            "echo", "slow", "crashing", "progress", "time", "everything",
+            "echo",
+            "slow",
+            "crashing",
+            "progress",
+            "time",
+            "everything",
         }
         researcher = await gateway_call(client, "list_servers", agent_id="researcher", include_metadata=True)
         assert {s["name"] for s in researcher["servers"]} == {"echo", "time"}
@@ -77,9 +81,15 @@ async def test_discovery_is_filtered_per_agent(standard: GatewayFiles, mode: str
 
 async def test_get_server_tools_filters_and_budget(standard: GatewayFiles) -> None:
     async with stdio_gateway(standard) as client:
-        only = await gateway_call(client, "get_server_tools", agent_id="builder", server="echo", names="echo, add")
-        assert [t["name"] for t in only["tools"]] == ["echo", "add"] or {t["name"] for t in only["tools"]} == {"echo", "add"}
-        pattern = await gateway_call(client, "get_server_tools", agent_id="builder", server="echo", pattern="web_*")
+        only = await gateway_call(
+            client, "get_server_tools", agent_id="builder", server="echo", names="echo, add"
+        )
+        assert [t["name"] for t in only["tools"]] == ["echo", "add"] or {
+            t["name"] for t in only["tools"]
+        } == {"echo", "add"}
+        pattern = await gateway_call(
+            client, "get_server_tools", agent_id="builder", server="echo", pattern="web_*"
+        )
         assert {t["name"] for t in pattern["tools"]} == {"web_search", "web_fetch"}
         full = await gateway_call(client, "get_server_tools", agent_id="builder", server="everything")
         assert full["returned"] == full["total_available"] > 5
@@ -112,9 +122,13 @@ async def test_policy_errors_carry_codes_and_rules(standard: GatewayFiles) -> No
         missing = await error_of(client, "list_servers")
         assert missing.code == -32003
 
-        no_tool = await error_of(client, "execute_tool", agent_id="builder", server="echo", tool="no_such_tool")
+        no_tool = await error_of(
+            client, "execute_tool", agent_id="builder", server="echo", tool="no_such_tool"
+        )
         assert no_tool.code == -32002 and no_tool.data == {
-            "code": "TOOL_NOT_FOUND", "server": "echo", "tool": "no_such_tool",
+            "code": "TOOL_NOT_FOUND",
+            "server": "echo",
+            "tool": "no_such_tool",
         }
         bad_args = await error_of(client, "execute_tool", agent_id="builder", tool="echo")
         assert bad_args.code == -32602
@@ -127,8 +141,17 @@ async def test_policy_errors_carry_codes_and_rules(standard: GatewayFiles) -> No
     line = next(line for line in standard.audit_lines() if line["tool"] == "drop_table")
     assert line["rule"] == "agents.builder.deny.tools.echo[0]" and line["agent_id"] == "builder"
     assert set(line) >= {
-        "timestamp", "agent_id", "operation", "server", "tool", "decision", "rule",
-        "error_code", "latency_ms", "session_id", "request_id",
+        "timestamp",
+        "agent_id",
+        "operation",
+        "server",
+        "tool",
+        "decision",
+        "rule",
+        "error_code",
+        "latency_ms",
+        "session_id",
+        "request_id",
     }
 
 
@@ -144,7 +167,12 @@ async def test_results_pass_through_unchanged(standard: GatewayFiles) -> None:
         assert isinstance(structured.structured_content, dict) and structured.structured_content
         failed = await client.call_tool_mcp(
             "execute_tool",
-            {"agent_id": "builder", "server": "echo", "tool": "fail", "args": {"message": "broken on purpose"}},
+            {
+                "agent_id": "builder",
+                "server": "echo",
+                "tool": "fail",
+                "args": {"message": "broken on purpose"},
+            },
         )
         assert failed.is_error is True
         assert "broken on purpose" in failed.content[0].text
@@ -154,7 +182,12 @@ async def test_results_pass_through_unchanged(standard: GatewayFiles) -> None:
         assert "from-config:hi" in echoed.content[0].text  # ${VAR:-default} reached the process
         now = await client.call_tool_mcp(
             "execute_tool",
-            {"agent_id": "builder", "server": "time", "tool": "get_current_time", "args": {"timezone": "UTC"}},
+            {
+                "agent_id": "builder",
+                "server": "time",
+                "tool": "get_current_time",
+                "args": {"timezone": "UTC"},
+            },
         )
         assert not now.is_error and "UTC" in now.content[0].text
         everything = await client.call_tool_mcp(
@@ -172,7 +205,7 @@ async def test_progress_and_logs_reach_the_client(standard: GatewayFiles, mode: 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append((value, total, message))
 
-    async def on_log(message) -> None:  # noqa: ANN001
+    async def on_log(message) -> None:
         logs.append(message.data)
 
     async with stdio_gateway(standard, mode=mode, log_handler=on_log) as client:
@@ -190,14 +223,20 @@ async def test_timeout_gives_timeout_error_and_gateway_stays_healthy(standard: G
     async with stdio_gateway(standard) as client:
         started = time.monotonic()
         timed_out = await error_of(
-            client, "execute_tool", agent_id="builder", server="slow", tool="sleep",
-            args={"seconds": 5}, timeout_ms=300,
+            client,
+            "execute_tool",
+            agent_id="builder",
+            server="slow",
+            tool="sleep",
+            args={"seconds": 5},
+            timeout_ms=300,
         )
         assert time.monotonic() - started < 4
         assert timed_out.code == -32004
         assert timed_out.data == {"code": "TIMEOUT", "operation": "execute_tool", "timeout_ms": 300}
         quick = await client.call_tool_mcp(
-            "execute_tool", {"agent_id": "builder", "server": "slow", "tool": "sleep", "args": {"seconds": 0.01}}
+            "execute_tool",
+            {"agent_id": "builder", "server": "slow", "tool": "sleep", "args": {"seconds": 0.01}},
         )
         assert not quick.is_error
 
@@ -220,7 +259,7 @@ async def test_killed_stdio_server_is_unavailable_then_restarted(standard: Gatew
         assert not process_alive(first)
 
 
-async def gateway_call_tool(client, server: str, tool: str, **args):  # noqa: ANN001, ANN201
+async def gateway_call_tool(client, server: str, tool: str, **args):
     result = await client.call_tool_mcp(
         "execute_tool", {"agent_id": "builder", "server": server, "tool": tool, "args": args}
     )
@@ -277,7 +316,8 @@ async def test_tool_list_changes_are_picked_up(gateway_files: GatewayFiles) -> N
         before = await gateway_call(client, "get_server_tools", agent_id="dev", server="changing")
         assert "fresh_tool" not in {t["name"] for t in before["tools"]}
         await client.call_tool_mcp(
-            "execute_tool", {"agent_id": "dev", "server": "changing", "tool": "add_tool", "args": {"name": "fresh_tool"}}
+            "execute_tool",
+            {"agent_id": "dev", "server": "changing", "tool": "add_tool", "args": {"name": "fresh_tool"}},
         )
         deadline = time.monotonic() + 5
         names: set[str] = set()
@@ -325,8 +365,12 @@ async def test_sighup_reloads(standard: GatewayFiles) -> None:
 def test_sigterm_over_stdio_closes_servers_and_exits_0(standard: GatewayFiles) -> None:
     env = {**os.environ, **standard.env()}
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "agent_mcp_gateway"], cwd=standard.directory, env=env,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "agent_mcp_gateway"],
+        cwd=standard.directory,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert wait_until(lambda: len(child_pids(gateway.pid)) >= 6, timeout=30)

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from agent_mcp_gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,7 +250,9 @@ def test_every_expression_parses(tmp_path: Path) -> None:
         timeout=120,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output + "\n" + "\n".join(
-        f"{index}: {where}: {expr}" for index, (where, expr) in enumerate(expressions())
+    assert result.returncode == 0, (
+        output
+        + "\n"
+        + "\n".join(f"{index}: {where}: {expr}" for index, (where, expr) in enumerate(expressions()))
     )
     assert f"SUCCESS: {len(rules)} rules found" in output

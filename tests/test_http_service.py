@@ -10,11 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastmcp import Client
-from fastmcp.client.transports import StreamableHttpTransport
-from mcp import MCPError
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import (
     STANDARD_RULES,
     GatewayFiles,
@@ -26,6 +21,10 @@ from conftest import (
     time_server,
     wait_until,
 )
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+from mcp import MCPError
+from prometheus_client.parser import text_string_to_metric_families
 
 INIT = {
     "jsonrpc": "2.0",
@@ -147,7 +146,12 @@ async def test_mcp_client_full_flow(gateway: HttpGateway, mode: str) -> None:
         assert {t["name"] for t in tools["tools"]} == {"get_current_time", "convert_time"}
         now = await client.call_tool_mcp(
             "execute_tool",
-            {"agent_id": "builder", "server": "time", "tool": "get_current_time", "args": {"timezone": "UTC"}},
+            {
+                "agent_id": "builder",
+                "server": "time",
+                "tool": "get_current_time",
+                "args": {"timezone": "UTC"},
+            },
             progress_handler=on_progress,
         )
         assert not now.is_error and "UTC" in now.content[0].text
@@ -156,8 +160,12 @@ async def test_mcp_client_full_flow(gateway: HttpGateway, mode: str) -> None:
         )
         assert added.structured_content == {"result": 3}
         with pytest.raises(MCPError) as denied:
-            await client.call_tool_mcp("execute_tool", {"agent_id": "builder", "server": "echo", "tool": "drop_table"})
-        assert denied.value.code == -32000 and denied.value.data["rule"] == "agents.builder.deny.tools.echo[0]"
+            await client.call_tool_mcp(
+                "execute_tool", {"agent_id": "builder", "server": "echo", "tool": "drop_table"}
+            )
+        assert (
+            denied.value.code == -32000 and denied.value.data["rule"] == "agents.builder.deny.tools.echo[0]"
+        )
 
 
 def test_session_errors_delete_and_expiry(gateway: HttpGateway) -> None:
@@ -186,7 +194,9 @@ def test_session_is_bound_to_one_agent(gateway: HttpGateway) -> None:
 
         def list_servers(agent: str) -> dict[str, Any]:
             body = {
-                "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
                 "params": {"name": "list_servers", "arguments": {"agent_id": agent}},
             }
             return rpc_result(client.post("/mcp", json=body, headers=session_headers(session_id)))
@@ -204,11 +214,19 @@ def test_origin_cors_body_limit_and_malformed_json(gateway: HttpGateway) -> None
         local = client.post("/mcp", json=INIT, headers={**BOTH, "Origin": "http://localhost:3000"})
         assert local.status_code == 200
 
-        huge = client.post("/mcp", content=b"{" + b" " * (5 * 2**20) + b"}", headers={**BOTH, "content-type": "application/json"})
+        huge = client.post(
+            "/mcp",
+            content=b"{" + b" " * (5 * 2**20) + b"}",
+            headers={**BOTH, "content-type": "application/json"},
+        )
         assert huge.status_code == 413
         assert "Traceback" not in huge.text
 
-        broken = client.post("/mcp", content=b'{"jsonrpc": "2.0", "id": 1, "method": ', headers={**BOTH, "content-type": "application/json"})
+        broken = client.post(
+            "/mcp",
+            content=b'{"jsonrpc": "2.0", "id": 1, "method": ',
+            headers={**BOTH, "content-type": "application/json"},
+        )
         assert broken.status_code == 400
         assert broken.json()["error"]["code"] == -32700
         assert client.get("/health").status_code == 200  # still serving
@@ -240,7 +258,9 @@ def test_rate_limit_per_agent(gateway: HttpGateway) -> None:
     with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
         session_id = initialize(client, "/mcp")
         body = {
-            "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "jsonrpc": "2.0",
+            "id": 9,
+            "method": "tools/call",
             "params": {"name": "list_servers", "arguments": {"agent_id": "limited"}},
         }
         allowed = [client.post("/mcp", json=body, headers=session_headers(session_id)) for _ in range(5)]
@@ -300,17 +320,24 @@ async def test_metrics_show_the_calls_just_made(gateway: HttpGateway) -> None:
     async with Client(StreamableHttpTransport(gateway.mcp_url), mode="legacy") as client:
         for _ in range(3):
             await client.call_tool_mcp(
-                "execute_tool", {"agent_id": "builder", "server": "echo", "tool": "echo", "args": {"text": "x"}}
+                "execute_tool",
+                {"agent_id": "builder", "server": "echo", "tool": "echo", "args": {"text": "x"}},
             )
     text = httpx.get(f"{gateway.base_url}/metrics").text
     families = {family.name: family for family in text_string_to_metric_families(text)}
     calls = [
-        s for s in families["gateway_operations"].samples
-        if s.name == "gateway_operations_total" and s.labels["operation"] == "execute_tool"
-        and s.labels["agent"] == "builder" and s.labels["server"] == "echo" and s.labels["outcome"] == "ALLOW"
+        s
+        for s in families["gateway_operations"].samples
+        if s.name == "gateway_operations_total"
+        and s.labels["operation"] == "execute_tool"
+        and s.labels["agent"] == "builder"
+        and s.labels["server"] == "echo"
+        and s.labels["outcome"] == "ALLOW"
     ]
     assert calls and calls[0].value == 3
-    buckets = [s for s in families["gateway_operation_duration_seconds"].samples if s.name.endswith("_bucket")]
+    buckets = [
+        s for s in families["gateway_operation_duration_seconds"].samples if s.name.endswith("_bucket")
+    ]
     assert {s.labels["le"] for s in buckets} >= {"0.001", "10.0", "+Inf"}
     up = {s.labels["server"]: s.value for s in families["gateway_downstream_up"].samples}
     assert up == {"echo": 1.0, "slow": 1.0, "time": 1.0, "progress": 1.0}
@@ -344,7 +371,12 @@ async def test_hundred_concurrent_sessions(gateway: HttpGateway) -> None:
             for call in range(3):
                 result = await client.call_tool_mcp(
                     "execute_tool",
-                    {"agent_id": "builder", "server": "echo", "tool": "echo", "args": {"text": f"{index}-{call}"}},
+                    {
+                        "agent_id": "builder",
+                        "server": "echo",
+                        "tool": "echo",
+                        "args": {"text": f"{index}-{call}"},
+                    },
                 )
                 results.append(not result.is_error and f"{index}-{call}" in result.content[0].text)
             return results
@@ -395,7 +427,10 @@ def test_bad_config_stops_startup_with_a_clear_message(gateway_files: GatewayFil
     port = free_port()
     done = subprocess.run(
         [sys.executable, "-m", "agent_mcp_gateway"],
-        env={**gateway_files.env(GATEWAY_TRANSPORT="http", GATEWAY_HTTP_PORT=str(port)), "PATH": "/usr/bin:/bin"},
+        env={
+            **gateway_files.env(GATEWAY_TRANSPORT="http", GATEWAY_HTTP_PORT=str(port)),
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -431,7 +466,9 @@ def test_unknown_method_and_hostile_headers(gateway: HttpGateway) -> None:
     with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
         session_id = initialize(client, "/mcp")
         unknown = client.post(
-            "/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "no/such/method"}, headers=session_headers(session_id)
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 4, "method": "no/such/method"},
+            headers=session_headers(session_id),
         )
         assert rpc_result(unknown)["error"]["code"] == -32601
         traversal = client.post(

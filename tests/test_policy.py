@@ -6,12 +6,11 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.errors import DeniedByPolicy, InvalidAgentId
 from agent_mcp_gateway.policy import DEFAULT_AGENT_ENV, DEFAULT_DENY, Decision, PolicyEngine
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 RULES: dict[str, Any] = {
     "agents": {
@@ -199,9 +198,7 @@ def oracle(rules: dict[str, Any], server: str, tool: str | None) -> Decision:
     allow, deny = rules["allow"], rules["deny"]
 
     def first(patterns: list[str], name: str, path: str) -> str | None:
-        return next(
-            (f"{path}[{i}]" for i, p in enumerate(patterns) if fnmatchcase(name, p)), None
-        )
+        return next((f"{path}[{i}]" for i, p in enumerate(patterns) if fnmatchcase(name, p)), None)
 
     def tool_rule(kind: str, tools: dict[str, list[str]]) -> str | None:
         for key, patterns in tools.items():
@@ -230,9 +227,7 @@ def oracle(rules: dict[str, Any], server: str, tool: str | None) -> Decision:
 
 @settings(max_examples=400, deadline=None)
 @given(allow=rule_set, deny=rule_set, server=name, tool=st.none() | name)
-def test_policy_property(
-    allow: dict[str, Any], deny: dict[str, Any], server: str, tool: str | None
-) -> None:
+def test_policy_property(allow: dict[str, Any], deny: dict[str, Any], server: str, tool: str | None) -> None:
     agent = {"allow": allow, "deny": deny}
     decision = engine({"agents": {"a": agent}}).decide("a", server, tool)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from agent_mcp_gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +40,7 @@ REQUIRED_ALERTS = {
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
-    return subprocess.run(
-        [PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
+    return subprocess.run([PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def alert_rules() -> list[dict]:
@@ -75,7 +72,7 @@ def test_alert_unit_tests_pass() -> None:
 def test_required_alerts_exist_and_are_labelled() -> None:
     rules = alert_rules()
     names = {rule["alert"] for rule in rules}
-    assert REQUIRED_ALERTS <= names
+    assert names >= REQUIRED_ALERTS
     for rule in rules:
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
@@ -101,11 +98,7 @@ def test_rules_only_use_metrics_the_gateway_exports() -> None:
         for family in metrics.REGISTRY.collect()
         for suffix in suffixes.get(family.type, [""])
     }
-    used = {
-        name
-        for rule in alert_rules()
-        for name in re.findall(r"\b(gateway_[a-z_]+)\b", rule["expr"])
-    }
+    used = {name for rule in alert_rules() for name in re.findall(r"\b(gateway_[a-z_]+)\b", rule["expr"])}
     assert used, "no gateway metrics found in the rules"
     assert used - exported == set()
 

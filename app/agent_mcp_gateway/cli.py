@@ -60,8 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rules",
         type=_path,
         metavar="PATH",
-        help=f"rules file (default: ${config.RULES_ENV}, ./{config.RULES_NAME}, "
-        f"then ~/.config/{PROG}/)",
+        help=f"rules file (default: ${config.RULES_ENV}, ./{config.RULES_NAME}, then ~/.config/{PROG}/)",
     )
 
     parser = argparse.ArgumentParser(
@@ -73,9 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(run=_serve)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = commands.add_parser(
-        "serve", parents=[serve_options], help="run the gateway (the default)"
-    )
+    serve = commands.add_parser("serve", parents=[serve_options], help="run the gateway (the default)")
     serve.set_defaults(run=_serve)
 
     validate = commands.add_parser(
@@ -95,9 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("tool", metavar="TOOL", nargs="?")
     check.set_defaults(run=_check_policy)
 
-    init = commands.add_parser(
-        "init", help="write commented example configuration files (never overwrites)"
-    )
+    init = commands.add_parser("init", help="write commented example configuration files (never overwrites)")
     init.add_argument(
         "--dir",
         type=_path,

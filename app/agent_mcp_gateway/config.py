@@ -199,8 +199,7 @@ def discover(env_var: str, filename: str) -> Path:
     raise ConfigError(
         filename,
         "",
-        f"not found; set {env_var}, or create it in the current directory or "
-        f"{user_config_dir()}",
+        f"not found; set {env_var}, or create it in the current directory or {user_config_dir()}",
     )
 
 
@@ -241,8 +240,7 @@ def cross_check(mcp: McpConfig, rules: RulesConfig) -> list[str]:
             for where, pattern in entries:
                 if not any(fnmatchcase(name, pattern) for name in names):
                     warnings.append(
-                        f"agents.{agent_id}.{kind}.{where}: {pattern!r} matches no "
-                        "server in the servers file"
+                        f"agents.{agent_id}.{kind}.{where}: {pattern!r} matches no server in the servers file"
                     )
     return warnings
 
@@ -257,9 +255,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            path, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}"
-        ) from None
+        raise ConfigError(path, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}") from None
 
 
 def _uncomment(value: dict[str, Any], file: Path, path: str) -> dict[str, Any]:
@@ -288,15 +284,12 @@ def _substitute(value: Any, file: Path, path: str, server: str | None) -> Any:
             if found is not None:
                 return found
             owner = f" (server {server!r})" if server else ""
-            raise ConfigError(
-                file, path, f"environment variable {name} is not set and has no default{owner}"
-            )
+            raise ConfigError(file, path, f"environment variable {name} is not set and has no default{owner}")
 
         return _VARIABLE.sub(replace, value)
     if isinstance(value, dict):
         return {
-            k: _substitute(v, file, _join(path, k), server)
-            for k, v in _uncomment(value, file, path).items()
+            k: _substitute(v, file, _join(path, k), server) for k, v in _uncomment(value, file, path).items()
         }
     if isinstance(value, list):
         return [_substitute(v, file, f"{path}[{i}]", server) for i, v in enumerate(value)]

@@ -322,9 +322,7 @@ class DownstreamPool:
         await asyncio.gather(*(server.close() for server in stale))
         for name, config in configs.items():
             if name not in self.servers:
-                server = Downstream(
-                    name, config, self.connect_timeout, self.ping_interval, self.ping_timeout
-                )
+                server = Downstream(name, config, self.connect_timeout, self.ping_interval, self.ping_timeout)
                 self.servers[name] = server
                 server.start()
             else:

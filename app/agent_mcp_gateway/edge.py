@@ -187,9 +187,7 @@ class OriginGuard:
             origin = Headers(scope=scope).get("origin")
             if origin is not None and not self.allows(origin):
                 log.warning("origin refused", extra={"origin": origin[:200]})
-                await error_response(403, "Origin not allowed.", "ORIGIN_NOT_ALLOWED")(
-                    scope, receive, send
-                )
+                await error_response(403, "Origin not allowed.", "ORIGIN_NOT_ALLOWED")(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -232,9 +230,7 @@ class RequestBody:
         body = b"".join(chunks)
         problem = self._inspect(body, headers)
         if problem is not None:
-            await error_response(400, f"Invalid Request: {problem}.", "INVALID_REQUEST")(
-                scope, receive, send
-            )
+            await error_response(400, f"Invalid Request: {problem}.", "INVALID_REQUEST")(scope, receive, send)
             return
         replayed = False
 
@@ -301,9 +297,9 @@ class JsonOnly:
             await self.app(scope, receive, send)
             return
         scope = dict(scope)
-        scope["headers"] = [
-            (k, v) for k, v in scope["headers"] if k != b"accept"
-        ] + [(b"accept", b"application/json, text/event-stream")]
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"accept"] + [
+            (b"accept", b"application/json, text/event-stream")
+        ]
         start: Message | None = None
         body = bytearray()
 
@@ -321,7 +317,13 @@ class JsonOnly:
         payload = bytes(body)
         if headers.get("content-type", "").startswith("text/event-stream"):
             payload = _last_sse_response(payload)
-            for name in ("content-type", "cache-control", "connection", "transfer-encoding", "x-accel-buffering"):
+            for name in (
+                "content-type",
+                "cache-control",
+                "connection",
+                "transfer-encoding",
+                "x-accel-buffering",
+            ):
                 del headers[name]
             headers["content-type"] = "application/json"
         headers["content-length"] = str(len(payload))
@@ -339,9 +341,7 @@ def _last_sse_response(stream: bytes) -> bytes:
     """The JSON-RPC response (a message with an id and a result or error) in an SSE stream."""
     found = b""
     for event in stream.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"\n".join(
-            line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
-        )
+        data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
         if not data:
             continue
         try:

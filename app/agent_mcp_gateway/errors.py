@@ -32,9 +32,7 @@ class DeniedByPolicy(GatewayError):
     code = -32000
     name = "DENIED_BY_POLICY"
 
-    def __init__(
-        self, agent_id: str, operation: str, server: str, tool: str | None, rule: str
-    ) -> None:
+    def __init__(self, agent_id: str, operation: str, server: str, tool: str | None, rule: str) -> None:
         target = f"tool '{tool}' on server '{server}'" if tool else f"server '{server}'"
         super().__init__(
             f"Agent '{agent_id}' may not use {target} (rule {rule}).",
@@ -51,9 +49,7 @@ class ServerUnavailable(GatewayError):
     name = "SERVER_UNAVAILABLE"
 
     def __init__(self, server: str, reason: str) -> None:
-        super().__init__(
-            f"Server '{server}' is unavailable: {reason}.", server=server, reason=reason
-        )
+        super().__init__(f"Server '{server}' is unavailable: {reason}.", server=server, reason=reason)
 
 
 class ToolNotFound(GatewayError):

@@ -91,8 +91,7 @@ class GatewayMiddleware(Middleware):
         log.exception("gateway operation failed", extra={"operation": op.name})
         return MCPError(
             INTERNAL_ERROR,
-            f"The gateway hit an internal error; its log has details under request id "
-            f"{op.request_id}.",
+            f"The gateway hit an internal error; its log has details under request id {op.request_id}.",
         )
 
     def _record(self, op: Operation, seconds: float) -> None:

@@ -182,4 +182,3 @@ class PolicyEngine:
 
     def visible_servers(self, agent_id: str, servers: Sequence[str]) -> list[str]:
         return [name for name in servers if self.decide(agent_id, name).allowed]
-

@@ -32,8 +32,6 @@ async def watch_config(gateway: Gateway, stop: asyncio.Event) -> None:
 def install_sighup(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: loop.create_task(gateway.reload("SIGHUP"))
-        )
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload("SIGHUP")))
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no signals
         log.debug("SIGHUP reload unavailable in this process")

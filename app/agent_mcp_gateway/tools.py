@@ -113,12 +113,8 @@ def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
     async def get_server_tools(
         server: Annotated[str, Field(description="A server name from list_servers.")],
         agent_id: AgentId = None,
-        names: Annotated[
-            str | None, Field(description="Comma-separated tool names to return.")
-        ] = None,
-        pattern: Annotated[
-            str | None, Field(description="Glob on tool names, e.g. 'get_*'.")
-        ] = None,
+        names: Annotated[str | None, Field(description="Comma-separated tool names to return.")] = None,
+        pattern: Annotated[str | None, Field(description="Glob on tool names, e.g. 'get_*'.")] = None,
         max_schema_tokens: Annotated[
             int | None, Field(ge=1, description="Stop adding tools past this many tokens.")
         ] = None,
@@ -162,9 +158,7 @@ def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
         tool: Annotated[str, Field(description="A tool name from get_server_tools.")],
         ctx: Context,
         agent_id: AgentId = None,
-        args: Annotated[
-            dict[str, Any] | None, Field(description="The tool's arguments.")
-        ] = None,
+        args: Annotated[dict[str, Any] | None, Field(description="The tool's arguments.")] = None,
         timeout_ms: Annotated[
             int | None, Field(ge=1, description="Give up after this many milliseconds.")
         ] = None,
@@ -200,8 +194,7 @@ def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
                 "agents": snapshot.engine.agent_ids,
                 "servers": {d.name: d.status() for d in gateway.pool},
                 "reloads": [
-                    {"at": e.at, "source": e.source, "ok": e.ok, "error": e.error}
-                    for e in gateway.reloads
+                    {"at": e.at, "source": e.source, "ok": e.ok, "error": e.error} for e in gateway.reloads
                 ],
                 "sessions": [
                     {

@@ -54,8 +54,8 @@ import yaml
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
 
-from testcontainers.core.container import DockerContainer  # noqa: E402
-from testcontainers.core.network import Network  # noqa: E402
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = "/var/lib/agent-mcp-gateway"
@@ -285,7 +285,8 @@ def stack(
         {".mcp.json": json.dumps(SERVERS, indent=2), ".mcp-gateway-rules.json": json.dumps(RULES, indent=2)},
     )
     demo_dir = _write_readable(
-        tmp_path_factory.mktemp("demo-server"), {"demo_server.py": (ROOT / "ops/compose/demo_server.py").read_text()}
+        tmp_path_factory.mktemp("demo-server"),
+        {"demo_server.py": (ROOT / "ops/compose/demo_server.py").read_text()},
     )
 
     with ExitStack() as cleanup:
@@ -296,8 +297,13 @@ def stack(
         cleanup.callback(lambda: engine.volumes.get(volume).remove(force=True))
 
         demo = (
-            DockerContainer(gateway_image, name=f"amg-test-demo-{suffix}", user=f"{GATEWAY_UID}:{GATEWAY_UID}",
-                            entrypoint=["python3"], **HARDENING)
+            DockerContainer(
+                gateway_image,
+                name=f"amg-test-demo-{suffix}",
+                user=f"{GATEWAY_UID}:{GATEWAY_UID}",
+                entrypoint=["python3"],
+                **HARDENING,
+            )
             .with_command(["/demo/demo_server.py"])
             .with_envs(DEMO_HOST="0.0.0.0", DEMO_PORT=str(DEMO_PORT))
             .with_volume_mapping(demo_dir, "/demo", "ro")
@@ -310,8 +316,12 @@ def stack(
         _wait("demo server /health", lambda: exec_in(demo, "python3", "-c", probe)[0] == 0, demo, 60)
 
         gateway = (
-            DockerContainer(gateway_image, name=f"amg-test-gateway-{suffix}", user=f"{GATEWAY_UID}:{GATEWAY_UID}",
-                            **HARDENING)
+            DockerContainer(
+                gateway_image,
+                name=f"amg-test-gateway-{suffix}",
+                user=f"{GATEWAY_UID}:{GATEWAY_UID}",
+                **HARDENING,
+            )
             .with_envs(GATEWAY_ALLOWED_ORIGINS=ALLOWED_ORIGIN, TZ="UTC")
             .with_volume_mapping(config_dir, "/config", "ro")
             .with_volume_mapping(volume, STATE_DIR, "rw")
@@ -326,11 +336,15 @@ def stack(
         _wait("gateway /ready", _http_ok(f"{base_url}/ready"), gateway, READY_TIMEOUT)
         ready_seconds = time.monotonic() - started
         ready_body = httpx.get(f"{base_url}/ready", timeout=5).json()
-        yield Stack(engine, gateway_image, network, demo, gateway, volume, base_url, ready_seconds, ready_body)
+        yield Stack(
+            engine, gateway_image, network, demo, gateway, volume, base_url, ready_seconds, ready_body
+        )
 
 
 @pytest.fixture(scope="session")
-def prometheus(stack: Stack, prometheus_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prometheus(
+    stack: Stack, prometheus_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A real Prometheus on the stack's network, scraping the gateway every second; its base URL.
 
     Its configuration is the repository's prometheus/prometheus.yml with shorter intervals, and
@@ -346,7 +360,10 @@ def prometheus(stack: Stack, prometheus_image: str, tmp_path_factory: pytest.Tem
     gateway_job["static_configs"] = [{"targets": [f"{GATEWAY_ALIAS}:8000"]}]
     config_dir = _write_readable(
         tmp_path_factory.mktemp("prometheus-config"),
-        {"prometheus.yml": yaml.safe_dump(config), "alerts.yml": (ROOT / "prometheus/alerts.yml").read_text()},
+        {
+            "prometheus.yml": yaml.safe_dump(config),
+            "alerts.yml": (ROOT / "prometheus/alerts.yml").read_text(),
+        },
     )
     suffix = uuid.uuid4().hex[:8]
     volume = f"amg-test-prometheus-{suffix}"  # as compose.yaml: a named volume, owned by its uid 65534

@@ -81,7 +81,9 @@ async def test_discovery_and_calls_through_the_mapped_port(stack: Stack) -> None
         names = {tool.name for tool in await c.list_tools()}
         assert {"list_servers", "get_server_tools", "execute_tool"} <= names
 
-        servers = (await call(c, "list_servers", agent_id="backend", include_metadata=True)).structured_content
+        servers = (
+            await call(c, "list_servers", agent_id="backend", include_metadata=True)
+        ).structured_content
         by_name = {server["name"]: server for server in servers["servers"]}
         assert set(by_name) == {"demo", "time"}
         assert by_name["demo"]["transport"] == "http" and by_name["time"]["transport"] == "stdio"
@@ -98,15 +100,27 @@ async def test_discovery_and_calls_through_the_mapped_port(stack: Stack) -> None
 
         # Streamable HTTP downstream in its own container.
         echoed = await call(
-            c, "execute_tool", agent_id="researcher", server="demo", tool="echo", args={"message": "through podman"}
+            c,
+            "execute_tool",
+            agent_id="researcher",
+            server="demo",
+            tool="echo",
+            args={"message": "through podman"},
         )
         assert echoed.content[0].text == "through podman"
-        added = await call(c, "execute_tool", agent_id="backend", server="demo", tool="add", args={"a": 2, "b": 3})
+        added = await call(
+            c, "execute_tool", agent_id="backend", server="demo", tool="add", args={"a": 2, "b": 3}
+        )
         assert added.structured_content == {"result": 5.0}
 
         # stdio downstream: mcp-server-time, a child process inside the read-only gateway container.
         now = await call(
-            c, "execute_tool", agent_id="backend", server="time", tool="get_current_time", args={"timezone": "UTC"}
+            c,
+            "execute_tool",
+            agent_id="backend",
+            server="time",
+            tool="get_current_time",
+            args={"timezone": "UTC"},
         )
         assert json.loads(now.content[0].text)["timezone"] == "UTC"
 
@@ -115,7 +129,8 @@ async def test_policy_denial_names_the_rule(stack: Stack) -> None:
     async with client(stack) as c:
         with pytest.raises(MCPError) as denied:
             await c.call_tool_mcp(
-                "execute_tool", {"agent_id": "backend", "server": "demo", "tool": "delete_everything", "args": {}}
+                "execute_tool",
+                {"agent_id": "backend", "server": "demo", "tool": "delete_everything", "args": {}},
             )
     assert denied.value.code == -32000
     data = denied.value.data
@@ -124,18 +139,28 @@ async def test_policy_denial_names_the_rule(stack: Stack) -> None:
     assert (data["agent_id"], data["server"], data["tool"]) == ("backend", "demo", "delete_everything")
 
     lines = [line for line in stack.audit_lines() if line["tool"] == "delete_everything"]
-    assert lines and lines[-1]["decision"] == "DENY" and lines[-1]["rule"] == "agents.backend.deny.tools.demo[0]"
+    assert (
+        lines and lines[-1]["decision"] == "DENY" and lines[-1]["rule"] == "agents.backend.deny.tools.demo[0]"
+    )
 
 
 def test_origin_check(stack: Stack) -> None:
     init = {
-        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
     }
     headers = {"Accept": "application/json, text/event-stream"}
     allowed = httpx.post(stack.mcp_url, json=init, headers={**headers, "Origin": ALLOWED_ORIGIN}, timeout=10)
     assert allowed.status_code == 200
-    foreign = httpx.post(stack.mcp_url, json=init, headers={**headers, "Origin": "https://evil.example"}, timeout=10)
+    foreign = httpx.post(
+        stack.mcp_url, json=init, headers={**headers, "Origin": "https://evil.example"}, timeout=10
+    )
     assert foreign.status_code == 403
 
 
@@ -143,11 +168,21 @@ async def test_metrics_show_the_calls(stack: Stack) -> None:
     before = metric_samples(httpx.get(f"{stack.base_url}/metrics", timeout=5).text)
     async with client(stack) as c:
         for _ in range(2):
-            await call(c, "execute_tool", agent_id="researcher", server="demo", tool="echo", args={"message": "m"})
-        await call(c, "execute_tool", agent_id="researcher", server="time", tool="get_current_time",
-                   args={"timezone": "Europe/Paris"})
+            await call(
+                c, "execute_tool", agent_id="researcher", server="demo", tool="echo", args={"message": "m"}
+            )
+        await call(
+            c,
+            "execute_tool",
+            agent_id="researcher",
+            server="time",
+            tool="get_current_time",
+            args={"timezone": "Europe/Paris"},
+        )
         with pytest.raises(MCPError):
-            await c.call_tool_mcp("execute_tool", {"agent_id": "researcher", "server": "demo", "tool": "sleep"})
+            await c.call_tool_mcp(
+                "execute_tool", {"agent_id": "researcher", "server": "demo", "tool": "sleep"}
+            )
 
     response = httpx.get(f"{stack.base_url}/metrics", timeout=5)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
@@ -208,11 +243,21 @@ async def test_read_only_root_filesystem_and_still_working(stack: Stack) -> None
 
     async with client(stack) as c:
         now = await call(
-            c, "execute_tool", agent_id="researcher", server="time", tool="get_current_time", args={"timezone": "UTC"}
+            c,
+            "execute_tool",
+            agent_id="researcher",
+            server="time",
+            tool="get_current_time",
+            args={"timezone": "UTC"},
         )
         assert "UTC" in now.content[0].text
         echoed = await call(
-            c, "execute_tool", agent_id="researcher", server="demo", tool="echo", args={"message": "still here"}
+            c,
+            "execute_tool",
+            agent_id="researcher",
+            server="demo",
+            tool="echo",
+            args={"message": "still here"},
         )
         assert echoed.content[0].text == "still here"
     assert httpx.get(f"{stack.base_url}/ready", timeout=5).status_code == 200
@@ -228,15 +273,28 @@ def test_image_healthcheck_passes(stack: Stack) -> None:
 
 async def test_audit_log_is_written_to_the_state_volume(stack: Stack) -> None:
     async with client(stack) as c:
-        await call(c, "execute_tool", agent_id="backend", server="demo", tool="echo", args={"message": "audited"})
+        await call(
+            c, "execute_tool", agent_id="backend", server="demo", tool="echo", args={"message": "audited"}
+        )
 
     mounts = {m["Destination"]: m for m in stack.gateway.get_wrapped_container().attrs["Mounts"]}
     assert mounts[STATE_DIR]["Type"] == "volume" and mounts[STATE_DIR]["Name"] == stack.volume
     assert mounts["/config"]["RW"] is False
 
     lines = stack.audit_lines()
-    fields = {"timestamp", "agent_id", "operation", "server", "tool", "decision", "rule", "error_code",
-              "latency_ms", "session_id", "request_id"}
+    fields = {
+        "timestamp",
+        "agent_id",
+        "operation",
+        "server",
+        "tool",
+        "decision",
+        "rule",
+        "error_code",
+        "latency_ms",
+        "session_id",
+        "request_id",
+    }
     assert all(fields <= set(line) for line in lines)
     echo = [line for line in lines if line["tool"] == "echo" and line["agent_id"] == "backend"]
     assert echo and echo[-1]["decision"] == "ALLOW" and echo[-1]["rule"] == "agents.backend.allow.servers[0]"
@@ -248,8 +306,14 @@ async def test_audit_log_is_written_to_the_state_volume(stack: Stack) -> None:
 
 async def test_prometheus_scrapes_the_gateway(stack: Stack, prometheus: str) -> None:
     async with client(stack) as c:
-        await call(c, "execute_tool", agent_id="backend", server="time", tool="get_current_time",
-                   args={"timezone": "UTC"})
+        await call(
+            c,
+            "execute_tool",
+            agent_id="backend",
+            server="time",
+            tool="get_current_time",
+            args={"timezone": "UTC"},
+        )
 
     started = time.monotonic()
     target: dict[str, Any] = {}
@@ -270,16 +334,22 @@ async def test_prometheus_scrapes_the_gateway(stack: Stack, prometheus: str) -> 
         assert value > 0
         report(f"Prometheus: target up and gateway_operations_total > 0 after {elapsed:.1f} s")
 
-        up = api.get("/api/v1/query", params={"query": 'up{job="agent-mcp-gateway"}'}).json()["data"]["result"]
+        up = api.get("/api/v1/query", params={"query": 'up{job="agent-mcp-gateway"}'}).json()["data"][
+            "result"
+        ]
         assert up and up[0]["value"][1] == "1"
         requests = api.get("/api/v1/query", params={"query": "sum(gateway_http_requests_total)"}).json()
         assert float(requests["data"]["result"][0]["value"][1]) > 0
-        downstream = api.get("/api/v1/query", params={"query": "gateway_downstream_up"}).json()["data"]["result"]
+        downstream = api.get("/api/v1/query", params={"query": "gateway_downstream_up"}).json()["data"][
+            "result"
+        ]
         assert {r["metric"]["server"]: r["value"][1] for r in downstream} == {"demo": "1", "time": "1"}
 
         # The repository's alert rules loaded into a real Prometheus; none firing on a healthy stack.
         groups = api.get("/api/v1/rules").json()["data"]["groups"]
-        alerts = {rule["name"]: rule for group in groups for rule in group["rules"] if rule["type"] == "alerting"}
+        alerts = {
+            rule["name"]: rule for group in groups for rule in group["rules"] if rule["type"] == "alerting"
+        }
         assert {"GatewayDown", "DownstreamServerDown", "ConfigReloadFailed"} <= set(alerts)
         assert all(rule["state"] != "firing" for rule in alerts.values()), {
             name: rule["state"] for name, rule in alerts.items()

@@ -16,8 +16,8 @@ os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
 os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
 os.environ.setdefault("FASTMCP_LOG_LEVEL", "WARNING")
 
-from fastmcp import FastMCP  # noqa: E402
-from mcp import MCPDeprecationWarning  # noqa: E402
+from fastmcp import FastMCP
+from mcp import MCPDeprecationWarning
 
 # ctx.info() on a 2026-07-28 connection warns that the logging capability is deprecated; the
 # message is still delivered, and the fixtures send it on purpose.
@@ -26,7 +26,9 @@ warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
 
 def run(mcp: FastMCP) -> None:
     parser = argparse.ArgumentParser(description=f"{mcp.name} test server")
-    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT at /mcp")
+    parser.add_argument(
+        "--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT at /mcp"
+    )
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     if args.http:

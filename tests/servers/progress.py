@@ -8,6 +8,7 @@ from fastmcp import Context, FastMCP
 
 mcp = FastMCP("progress")
 
+
 @mcp.tool
 async def count(n: int, ctx: Context, delay: float = 0.05) -> str:
     """Count to n, sending a progress notification and a log message at every step."""

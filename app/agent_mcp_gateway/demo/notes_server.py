@@ -26,10 +26,10 @@ os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
 os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
 os.environ.setdefault("FASTMCP_LOG_LEVEL", "WARNING")
 
-from fastmcp import FastMCP  # noqa: E402
-from fastmcp.exceptions import ToolError  # noqa: E402
-from mcp_types import ToolAnnotations  # noqa: E402
-from pydantic import Field  # noqa: E402
+from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
+from mcp_types import ToolAnnotations
+from pydantic import Field
 
 log = logging.getLogger("notes_server")
 
@@ -167,8 +167,12 @@ def build_server(store: NoteStore | None = None) -> FastMCP:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m agent_mcp_gateway.demo.notes_server", description=__doc__.splitlines()[0])
-    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on --host:PORT at /mcp")
+    parser = argparse.ArgumentParser(
+        prog="python -m agent_mcp_gateway.demo.notes_server", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--http", type=int, metavar="PORT", help="serve Streamable HTTP on --host:PORT at /mcp"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address for --http (default 127.0.0.1)")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
