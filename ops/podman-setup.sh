@@ -8,8 +8,10 @@
 #   eval "$(ops/podman-setup.sh env)"     # same, without starting the API service
 #   ops/podman-setup.sh stop              # stop the API service started by `start` (by its pid)
 #   ops/podman-setup.sh status            # say whether the API service is running
+#   ops/podman-setup.sh packages          # list the Debian packages still missing (nothing
+#                                         # is installed; ops/test.sh installs them in one go)
 #
-# Everything this script prints on stdout is `export ...` lines (safe to eval); progress and
+# Everything `start` and `env` print on stdout is `export ...` lines (safe to eval); progress and
 # errors go to stderr. Every step is idempotent: running `start` twice reuses the running service.
 #
 # Environment:
@@ -19,7 +21,8 @@
 #   PODMAN_SKIP_INSTALL=1  never call apt-get (fail if podman is missing)
 #
 # Why a containers.conf of our own: crun refused this kind of host's cgroup layout (runc works),
-# and podman's default ulimits are above what the host allows, so every container start failed.
+# podman's default ulimits are above what the host allows, so every container start failed, and
+# the network backend is named so that container DNS (netavark + aardvark-dns) is what runs.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,26 +34,70 @@ log_file="$setup_dir/service.log"
 
 log() { printf '[podman-setup] %s\n' "$*" >&2; }
 
+# Debian packages podman needs here, beyond the podman package itself:
+#   runc                      the runtime (crun fails on this kind of host's cgroup v1 layout)
+#   catatonit                 podman's init binary: `--init` / compose `init: true` fail without it
+#   netavark, aardvark-dns    the network backend, with DNS so containers reach each other by name
+#   iptables                  netavark sets up NAT and port forwarding with it
+#   podman-compose            compose.yaml (ops/stack.sh)
+#   debootstrap               the local base image (ops/build-base-image.sh); no registry needed
+#   uidmap, slirp4netns, fuse-overlayfs   rootless podman for developers
+# Installed with --no-install-recommends: Recommends would pull buildah, dbus and more.
+PACKAGES=(podman runc catatonit netavark aardvark-dns iptables podman-compose debootstrap
+          uidmap slirp4netns fuse-overlayfs)
+
+missing_packages() {  # the packages of PACKAGES that are not installed, one a line
+    local package
+    for package in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null | grep -qx installed \
+            || printf '%s\n' "$package"
+    done
+}
+
 install_packages() {
-    local missing=()
-    command -v podman >/dev/null || missing+=(podman)
-    command -v runc >/dev/null || missing+=(runc)
-    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    local missing
+    mapfile -t missing < <(missing_packages)
     ((${#missing[@]})) || return 0
     if [[ "${PODMAN_SKIP_INSTALL:-0}" == 1 ]]; then
         log "missing: ${missing[*]} (PODMAN_SKIP_INSTALL=1, not installing)"
         return 1
     fi
     if [[ $(id -u) != 0 ]]; then
-        log "missing: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}"
+        log "missing: ${missing[*]}; run as root or: sudo apt-get install -y --no-install-recommends ${missing[*]}"
         return 1
     fi
-    log "installing ${missing[*]}"
+    log "apt-get install ${missing[*]}"
+    local apt_log
+    apt_log="$(mktemp)"
     # Another shell may be installing packages right now: wait for dpkg's lock (up to 10 min).
-    apt-get -o DPkg::Lock::Timeout=600 update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
-        install -y -q --no-install-recommends "${missing[@]}" \
-        uidmap slirp4netns fuse-overlayfs containernetworking-plugins >&2
+    if ! { apt-get -o DPkg::Lock::Timeout=600 update -q &&
+           DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+               install -y -q --no-install-recommends "${missing[@]}"; } >"$apt_log" 2>&1; then
+        tail -n 40 "$apt_log" >&2
+        rm -f "$apt_log"
+        log "apt-get failed"
+        return 1
+    fi
+    rm -f "$apt_log"
+}
+
+# What a fresh machine lacked before these packages were listed: say so plainly instead of
+# letting the first container fail with a message about /dev/init or an unknown host.
+check_install() {
+    local problems=() dns=""
+    # podman's default init_path; Debian's catatonit package links it to /usr/bin/catatonit.
+    [[ -x /usr/libexec/podman/catatonit ]] \
+        || problems+=("no /usr/libexec/podman/catatonit (package catatonit): --init / init: true fail")
+    for candidate in /usr/lib/podman/aardvark-dns /usr/libexec/podman/aardvark-dns; do
+        [[ -x "$candidate" ]] && { dns="$candidate"; break; }
+    done
+    [[ -n "$dns" ]] || problems+=("no aardvark-dns: containers cannot reach each other by name")
+    command -v runc >/dev/null || problems+=("no runc")
+    if ((${#problems[@]})); then
+        local problem
+        for problem in "${problems[@]}"; do log "$problem"; done
+        return 1
+    fi
 }
 
 write_conf() {
@@ -68,6 +115,11 @@ log_driver = "k8s-file"
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+
+[network]
+# netavark with aardvark-dns: containers on a network reach each other by name. (Debian's CNI
+# plugins have no DNS unless golang-github-containernetworking-plugin-dnsname is installed.)
+network_backend = "netavark"
 EOF
 )
     if [[ ! -f "$conf" ]] || [[ "$(cat "$conf")" != "$want" ]]; then
@@ -159,17 +211,22 @@ print_env() {
 case "${1:-start}" in
     start)
         install_packages
+        check_install
         write_conf
         start_service
         print_env with-service
         ;;
     env)
         install_packages
+        check_install
         write_conf
         print_env
         ;;
     stop)
         stop_service
+        ;;
+    packages)
+        missing_packages
         ;;
     status)
         if service_running; then
@@ -180,7 +237,7 @@ case "${1:-start}" in
         fi
         ;;
     *)
-        echo "usage: $0 [start|env|stop|status]" >&2
+        echo "usage: $0 [start|env|stop|status|packages]" >&2
         exit 2
         ;;
 esac

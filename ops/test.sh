@@ -1,39 +1,68 @@
 #!/usr/bin/env bash
-# Set up everything the test suite needs on a fresh Debian machine, then run all of it:
-# Python deps (locked), the third-party MCP servers from npm, promtool, and podman for the
-# container suite. Extra arguments go to pytest (e.g. ops/test.sh -k http).
+# Set up everything the test suite needs on a fresh Debian 12 machine (base system, python3 and
+# git are enough), then run all of it: Python deps (locked), the third-party MCP servers from npm,
+# promtool, and podman with what the container suite needs. Extra arguments go to pytest
+# (e.g. ops/test.sh -k http).
+#
+# Debian packages, installed only when missing, with one `apt-get update` before (root only):
+#   prometheus                  promtool, for the alert rules and dashboard tests
+#   nodejs npm                  only when node or npm is missing (the npm reference servers)
+#   python3-venv                only when the virtualenv does not exist yet
+#   podman and its helpers      listed by `ops/podman-setup.sh packages` (catatonit, netavark,
+#                               aardvark-dns, runc, iptables, podman-compose, debootstrap, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[test] %s\n' "$*" >&2; }
 
-apt_install() {  # apt_install PACKAGE... : install what is missing (root only)
-  local missing=()
-  for package in "$@"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
-  ((${#missing[@]})) || return 0
-  if [ "$(id -u)" != 0 ]; then log "missing packages (need root): ${missing[*]}"; return 1; fi
-  log "apt-get install ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-}
+venv=${VENV:-.venv}
 
-apt_install prometheus
-# Node.js (for the npm reference servers) usually comes with the machine; Debian's otherwise.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+installed() { dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed; }
+
+# Everything missing, in one apt transaction.
+wanted=()
+installed prometheus || command -v promtool >/dev/null || wanted+=(prometheus)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  # Debian's own Node.js (18) and npm; a machine that already has Node keeps it.
+  command -v node >/dev/null || wanted+=(nodejs)
+  command -v npm >/dev/null || wanted+=(npm)
+fi
+if [ ! -x "$venv/bin/python" ] && ! installed python3-venv; then wanted+=(python3-venv); fi
+podman_missing=()
+mapfile -t podman_missing < <(ops/podman-setup.sh packages)
+
+if ((${#wanted[@]} + ${#podman_missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    log "missing Debian packages (need root): ${wanted[*]} ${podman_missing[*]}"
+    # Without podman the container suite skips and says why; the rest is required.
+    ((${#wanted[@]} == 0)) || exit 1
+  else
+    log "apt-get install ${wanted[*]} ${podman_missing[*]}"
+    apt_log="$(mktemp)"
+    if ! { apt-get -o DPkg::Lock::Timeout=600 update -q &&
+           DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+             install -y -q --no-install-recommends "${wanted[@]}" "${podman_missing[@]}"; } \
+         >"$apt_log" 2>&1; then
+      tail -n 40 "$apt_log" >&2
+      log "apt-get failed (full log: $apt_log)"
+      exit 1
+    fi
+    rm -f "$apt_log"
+  fi
+fi
 command -v promtool >/dev/null || { log "promtool is missing"; exit 1; }
 
-venv=${VENV:-.venv}
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
-"$venv/bin/pip" install -q --upgrade pip
+"$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip
 "$venv/bin/pip" install -q -r requirements-test.lock
 "$venv/bin/pip" install -q --no-deps -e .
 export PATH="$PWD/$venv/bin:$PATH"
 
-ops/install-test-servers.sh
+ops/install-test-servers.sh >/dev/null
 
 # The container suite needs podman's API; without an engine it skips and says why.
 if podman_env="$(ops/podman-setup.sh start)"; then
   eval "$podman_env"
-  trap 'ops/podman-setup.sh stop || true' EXIT
+  trap 'ops/podman-setup.sh stop 2>/dev/null || true' EXIT
   export CONTAINER_TESTS_REQUIRED=1   # an engine is up, so the container suite must not skip
 else
   log "podman could not be set up: the container tests will be skipped"
