@@ -41,7 +41,7 @@ from agent_mcp_gateway.tools import estimate_tokens  # noqa: E402
 from fastmcp import Client  # noqa: E402
 from fastmcp.client.transports import ClientTransport, StdioTransport, StreamableHttpTransport  # noqa: E402
 
-DEMO_CONFIG = ROOT / "app" / "demo" / "config"
+DEMO_CONFIG = ROOT / "app" / "agent_mcp_gateway" / "demo" / "config"
 DEFINITION_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
 TIMEOUT = 60
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_mcp_gateway.audit import AUDIT_LOG_ENV, AuditLog, AuditRecord
+from agent_mcp_gateway.audit import AuditLog, AuditRecord
+from agent_mcp_gateway.settings import load_settings
 from agent_mcp_gateway.metrics import REGISTRY
 
 SPEC_FIELDS = {
@@ -82,10 +83,9 @@ def test_line_has_every_spec_field(tmp_path: Path) -> None:
     assert "café" in (tmp_path / "audit.jsonl").read_text(encoding="utf-8")
 
 
-def test_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_path_from_settings_creates_directories(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "nested" / "audit.jsonl"
-    monkeypatch.setenv(AUDIT_LOG_ENV, str(path))
-    audit = AuditLog()
+    audit = AuditLog(load_settings({"GATEWAY_AUDIT_LOG": str(path)}).audit_log)
     audit.write(record())
     audit.close()
     audit.close()  # closing twice is harmless

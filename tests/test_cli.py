@@ -87,7 +87,95 @@ def test_validate_ok(configured: Cli) -> None:
     assert lines[0] == "OK: 2 servers, 2 agents"
     assert f"servers file: {configured.cwd / '.mcp.json'}" in result.stdout
     assert f"rules file:   {configured.cwd / '.mcp-gateway-rules.json'}" in result.stdout
-    assert "warning" not in result.stdout
+    warnings = [line for line in lines if line.startswith("warning")]
+    # npx is on PATH here (Node.js is part of the test set-up); db-server is not.
+    assert warnings == ["warning: mcpServers.db.command: 'db-server' is not found on PATH"]
+
+
+def test_validate_warns_about_agents_that_reach_nothing(configured: Cli) -> None:
+    rules = {"agents": {"lost": {"allow": {"servers": ["nowhere"]}}, "ok": {"allow": {"servers": ["db"]}}}}
+    path = configured.write("lost.json", rules)
+    result = configured("validate", "--rules", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "warning: agents.lost: this agent can reach none of the configured servers" in result.stdout
+    assert "agents.ok:" not in result.stdout
+    empty = configured.write("empty.json", {"agents": {}})
+    result = configured("validate", "--rules", str(empty))
+    assert "warning: agents: the rules file defines no agent" in result.stdout
+
+
+def test_validate_prints_effective_settings(configured: Cli) -> None:
+    result = configured("validate", "--settings", GATEWAY_HTTP_PORT="9100", GATEWAY_LOG_FORMAT="TEXT")
+    assert result.returncode == 0, result.stderr
+    assert "  GATEWAY_HTTP_PORT=9100" in result.stdout
+    assert "  GATEWAY_LOG_FORMAT=text" in result.stdout
+    assert "  GATEWAY_RATE_LIMIT=600/minute" in result.stdout
+    assert "  GATEWAY_AGENT=(unset)" in result.stdout
+
+
+BAD_SETTINGS = [
+    ("GATEWAY_RATE_LIMIT", "lots", "a rate limit such as '600/minute'"),
+    ("GATEWAY_HTTP_PORT", "abc", "an integer from 1 to 65535"),
+    ("GATEWAY_HTTP_PORT", "70000", "an integer from 1 to 65535"),
+    ("GATEWAY_LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ("GATEWAY_LOG_FORMAT", "xml", "'json' or 'text'"),
+    ("GATEWAY_MAX_BODY_BYTES", "-1", "a positive integer (bytes)"),
+    ("GATEWAY_SESSION_TTL", "nan", "a positive number (seconds)"),
+    ("GATEWAY_TRANSPORT", "carrier-pigeon", "'stdio' or 'http'"),
+    ("GATEWAY_HTTP_HOST", "not a host!", "an IP address or a host name"),
+    ("GATEWAY_CORS_ORIGINS", "app.example", "comma-separated origins"),
+    ("GATEWAY_AUTH", "maybe", "'none'"),
+    ("GATEWAY_DEBUG", "sometimes", "a boolean"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), BAD_SETTINGS)
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_bad_setting_is_one_line_and_exit_2(
+    configured: Cli, transport: str, variable: str, value: str, expected: str
+) -> None:
+    env = {"GATEWAY_TRANSPORT": transport, variable: value}
+    result = configured("serve", **env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"agent-mcp-gateway: {variable}={value!r} is not valid: expected ")
+    assert expected in lines[0]
+
+
+def test_validate_reports_a_bad_setting(configured: Cli) -> None:
+    result = configured("validate", GATEWAY_SESSION_TTL="-5")
+    assert result.returncode == 1
+    assert "GATEWAY_SESSION_TTL='-5' is not valid" in result.stderr
+
+
+def test_token_prints_once_and_writes_the_hash(configured: Cli) -> None:
+    import hashlib
+
+    before = json.loads((configured.cwd / ".mcp-gateway-rules.json").read_text())
+    result = configured("token", "researcher")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert len(token) >= 43  # 32 random bytes in URL-safe base64
+    line = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+    assert f'"{line}"' in result.stderr
+    assert json.loads((configured.cwd / ".mcp-gateway-rules.json").read_text()) == before
+
+    written = configured("token", "researcher", "--write")
+    assert written.returncode == 0, written.stderr
+    second = written.stdout.strip()
+    assert second != token
+    after = json.loads((configured.cwd / ".mcp-gateway-rules.json").read_text())
+    assert after["agents"]["researcher"]["tokens"] == ["sha256:" + hashlib.sha256(second.encode()).hexdigest()]
+    after["agents"]["researcher"].pop("tokens")
+    assert after == before  # nothing else changed
+    assert [p.name for p in configured.cwd.iterdir() if p.name.endswith(".tmp")] == []
+    assert configured("validate").returncode == 0
+
+    unknown = configured("token", "ghost")
+    assert unknown.returncode == 1
+    assert "agent 'ghost' is not in" in unknown.stderr
 
 
 def test_validate_prints_warnings(configured: Cli) -> None:

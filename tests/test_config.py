@@ -257,20 +257,19 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert config.user_config_dir() == user_dir
 
     with pytest.raises(ConfigError) as raised:
-        discover(config.MCP_CONFIG_ENV, ".mcp.json")
+        discover(None, config.MCP_CONFIG_ENV, ".mcp.json")
     assert raised.value.file == ".mcp.json"
     assert config.MCP_CONFIG_ENV in raised.value.reason
 
     user_dir.mkdir(parents=True)
     write(user_dir / ".mcp.json", GOOD_SERVERS)
-    assert discover(config.MCP_CONFIG_ENV, ".mcp.json") == user_dir / ".mcp.json"
+    assert discover(None, config.MCP_CONFIG_ENV, ".mcp.json") == user_dir / ".mcp.json"
 
     write(cwd / ".mcp.json", GOOD_SERVERS)
-    assert discover(config.MCP_CONFIG_ENV, ".mcp.json") == cwd / ".mcp.json"
+    assert discover(None, config.MCP_CONFIG_ENV, ".mcp.json") == cwd / ".mcp.json"
 
     explicit = write(tmp_path / "elsewhere.json", GOOD_SERVERS)
-    monkeypatch.setenv(config.MCP_CONFIG_ENV, str(explicit))
-    assert discover(config.MCP_CONFIG_ENV, ".mcp.json") == explicit
+    assert discover(explicit, config.MCP_CONFIG_ENV, ".mcp.json") == explicit
 
 
 def test_load_discovers_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,17 +277,15 @@ def test_load_discovers_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     user_dir.mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     write(user_dir / ".mcp-gateway-rules.json", GOOD_RULES)
-    monkeypatch.setenv(config.MCP_CONFIG_ENV, str(write(tmp_path / "servers.json", GOOD_SERVERS)))
-    loaded = load()
+    loaded = load(write(tmp_path / "servers.json", GOOD_SERVERS))
     assert loaded.mcp_path == tmp_path / "servers.json"
     assert loaded.rules_path == user_dir / ".mcp-gateway-rules.json"
     assert set(loaded.servers) == {"db", "files", "search"}
 
 
-def test_explicit_env_path_that_does_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(config.RULES_ENV, str(tmp_path / "gone.json"))
-    with pytest.raises(ConfigError, match="gone.json: file does not exist"):
-        load(write(tmp_path / "s.json", GOOD_SERVERS))
+def test_explicit_path_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"gone\.json: file does not exist"):
+        load(write(tmp_path / "s.json", GOOD_SERVERS), tmp_path / "gone.json")
 
 
 # --- cross-check --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ SERVERS = ROOT / "tests" / "servers"
 NODE_MODULES = ROOT / "tests" / ".servers" / "node_modules" / "@modelcontextprotocol"
 EVERYTHING = NODE_MODULES / "server-everything" / "dist" / "index.js"
 FILESYSTEM = NODE_MODULES / "server-filesystem" / "dist" / "index.js"
-DEMO_CONFIG = ROOT / "app" / "demo" / "config"
+DEMO_CONFIG = ROOT / "app" / "agent_mcp_gateway" / "demo" / "config"
 MODES = ["legacy", "auto"]  # 2025-11-25 sessions, and the sessionless 2026-07-28 protocol
 
 needs_node_servers = pytest.mark.skipif(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.errors import DeniedByPolicy, InvalidAgentId
-from agent_mcp_gateway.policy import DEFAULT_AGENT_ENV, DEFAULT_DENY, Decision, PolicyEngine
+from agent_mcp_gateway.policy import DEFAULT_DENY, Decision, PolicyEngine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,11 +32,6 @@ RULES: dict[str, Any] = {
         "nothing": {},
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_default_agent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DEFAULT_AGENT_ENV, raising=False)
 
 
 def engine(rules: dict[str, Any] = RULES) -> PolicyEngine:
@@ -164,16 +159,13 @@ def rules_with(deny_on_missing_agent: bool | None, *agents: str) -> dict[str, An
     ],
 )
 def test_missing_agent(
-    monkeypatch: pytest.MonkeyPatch,
     missing: str | None,
     deny_on_missing_agent: bool | None,
     agents: tuple[str, ...],
     env: str | None,
     expected: str | None,
 ) -> None:
-    if env is not None:
-        monkeypatch.setenv(DEFAULT_AGENT_ENV, env)
-    policy = engine(rules_with(deny_on_missing_agent, *agents))
+    policy = PolicyEngine(RulesConfig.model_validate(rules_with(deny_on_missing_agent, *agents)), env)
     if expected is None:
         with pytest.raises(InvalidAgentId):
             policy.resolve_agent(missing)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import os
 import queue
 import sys
 from dataclasses import asdict, dataclass
@@ -22,7 +21,6 @@ from pythonjsonlogger.json import JsonFormatter
 
 from .metrics import AUDIT_WRITE_FAILURES
 
-AUDIT_LOG_ENV = "GATEWAY_AUDIT_LOG"
 log = logging.getLogger("agent_mcp_gateway")
 
 Decision = Literal["ALLOW", "DENY", "ERROR"]
@@ -40,6 +38,9 @@ class AuditRecord:
     latency_ms: float
     session_id: str | None
     request_id: str | None
+    auth: str | None = None
+    credential: str | None = None
+    claimed_agent_id: str | None = None
 
 
 def default_path() -> Path:
@@ -57,13 +58,8 @@ class _CountingFileHandler(logging.handlers.RotatingFileHandler):
 
 
 class AuditLog:
-    def __init__(
-        self,
-        path: Path | None = None,
-        max_bytes: int | None = None,
-        backups: int | None = None,
-    ) -> None:
-        self.path = path or Path(os.environ.get(AUDIT_LOG_ENV) or default_path())
+    def __init__(self, path: Path | None = None, max_bytes: int = 10 * 2**20, backups: int = 5) -> None:
+        self.path = path or default_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -72,8 +68,6 @@ class AuditLog:
                 "audit log directory could not be created",
                 extra={"audit_path": str(self.path), "error": type(exc).__name__},
             )
-        max_bytes = max_bytes or int(os.environ.get("GATEWAY_AUDIT_MAX_BYTES", 10 * 2**20))
-        backups = backups or int(os.environ.get("GATEWAY_AUDIT_BACKUPS", 5))
         self._handler = handler = _CountingFileHandler(
             self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
         )

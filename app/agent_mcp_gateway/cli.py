@@ -7,13 +7,21 @@ gateway; the other commands print to the terminal and never show a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, config
+from .settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from .policy import PolicyEngine
 
 PROG = "agent-mcp-gateway"
 # Packaged example -> the name it gets when written (package data globs skip dotfiles).
@@ -76,9 +84,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     validate = commands.add_parser(
-        "validate", parents=[files], help="check both configuration files and show warnings"
+        "validate",
+        parents=[files],
+        help="check both configuration files and the GATEWAY_* environment, and show warnings",
     )
+    validate.add_argument("--settings", action="store_true", help="also print the effective settings")
     validate.set_defaults(run=_validate)
+
+    token = commands.add_parser(
+        "token",
+        parents=[files],
+        help="make an API token for an agent and print the hash for the rules file",
+        description="Prints the new token once on stdout (store it where the client reads its "
+        "secrets) and the sha256: line for agents.AGENT.tokens on stderr.",
+    )
+    token.add_argument("agent", metavar="AGENT")
+    token.add_argument(
+        "--write",
+        action="store_true",
+        help="add the hash to the rules file (atomically, keeping its other content)",
+    )
+    token.set_defaults(run=_token)
 
     check = commands.add_parser(
         "check-policy",
@@ -105,35 +131,142 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The flags are the environment variables' equivalents; set there, a Granian worker sees
+    # them too when it builds its settings.
     if getattr(args, "debug", False):
         os.environ["GATEWAY_DEBUG"] = "1"
     transport = getattr(args, "transport", None)
     if transport:
         os.environ["GATEWAY_TRANSPORT"] = transport
+    settings = _settings()
+    if settings is None:
+        return 2
     # Imported here so the other commands start fast and work without the server stack.
     from .serve import run
 
-    return run()
+    return run(settings)
 
 
-def _load(args: argparse.Namespace) -> config.GatewayConfig | None:
+def _settings() -> Settings | None:
     try:
-        return config.load(args.mcp_config, args.rules)
+        return load_settings()
+    except SettingsError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return None
+
+
+def _load(args: argparse.Namespace, settings: Settings | None = None) -> config.GatewayConfig | None:
+    settings = settings or _settings()
+    if settings is None:
+        return None
+    try:
+        return config.load(args.mcp_config or settings.mcp_config, args.rules or settings.rules)
     except config.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
 
 
 def _validate(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+    from .identity import identity_problem
+    from .policy import PolicyEngine
+
+    settings = _settings()
+    if settings is None:
+        return 1
+    loaded = _load(args, settings)
     if loaded is None:
+        return 1
+    problem = identity_problem(settings, loaded.rules)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     print(f"OK: {_count(len(loaded.servers), 'server')}, {_count(len(loaded.rules.agents), 'agent')}")
     print(f"  servers file: {loaded.mcp_path}")
     print(f"  rules file:   {loaded.rules_path}")
-    for warning in loaded.warnings:
+    if args.settings:
+        print("settings:")
+        for name, value in settings.model_dump(mode="json").items():
+            print(f"  GATEWAY_{name.upper()}={_shown(value)}")
+    engine = PolicyEngine(loaded.rules, settings.default_agent)
+    for warning in [*loaded.warnings, *_reachability_warnings(loaded, engine)]:
         print(f"warning: {warning}")
     return 0
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _reachability_warnings(loaded: config.GatewayConfig, engine: PolicyEngine) -> list[str]:
+    """Set-ups that load but cannot work: a command not on PATH, no agents, an agent with
+    access to nothing."""
+    warnings = [
+        f"mcpServers.{name}.command: {server.command!r} is not found on PATH"
+        for name, server in loaded.servers.items()
+        if server.command and shutil.which(server.command) is None
+    ]
+    if not loaded.rules.agents:
+        warnings.append("agents: the rules file defines no agent, so every request is refused")
+    # An agent with no allow rules is locked out on purpose (a deny-all default, say).
+    warnings += [
+        f"agents.{agent}: this agent can reach none of the configured servers"
+        for agent, rules in loaded.rules.agents.items()
+        if rules.allow.servers and not engine.visible_servers(agent, list(loaded.servers))
+    ]
+    return warnings
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .auth import new_token, token_hash
+
+    loaded = _load(args)
+    if loaded is None:
+        return 2
+    if args.agent not in loaded.rules.agents:
+        print(f"error: agent '{args.agent}' is not in {loaded.rules_path}", file=sys.stderr)
+        return 1
+    token = new_token()
+    line = token_hash(token)
+    if args.write:
+        try:
+            _add_token_hash(loaded.rules_path, args.agent, line)
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot update {loaded.rules_path}: {exc}", file=sys.stderr)
+            return 1
+        print(f"added to agents.{args.agent}.tokens in {loaded.rules_path}", file=sys.stderr)
+    else:
+        print(f'add to agents.{args.agent}.tokens in {loaded.rules_path}: "{line}"', file=sys.stderr)
+    print(
+        "the token below is shown once; give it to the client as 'Authorization: Bearer <token>'",
+        file=sys.stderr,
+    )
+    print(token)
+    return 0
+
+
+def _add_token_hash(path: Path, agent: str, line: str) -> None:
+    """Append `line` to the agent's tokens, rewriting the file atomically (a temporary file in
+    the same folder, then a rename) so a watching gateway never reads half a file."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    tokens = document["agents"][agent].setdefault("tokens", [])
+    if not isinstance(tokens, list):
+        raise ValueError(f"agents.{agent}.tokens is not a list")
+    tokens.append(line)
+    mode = path.stat().st_mode & 0o777
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(document, out, indent=2, ensure_ascii=False)
+            out.write("\n")
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _check_policy(args: argparse.Namespace) -> int:
@@ -141,10 +274,11 @@ def _check_policy(args: argparse.Namespace) -> int:
     from .errors import InvalidAgentId
     from .policy import PolicyEngine
 
-    loaded = _load(args)
-    if loaded is None:
+    settings = _settings()
+    loaded = _load(args, settings) if settings else None
+    if settings is None or loaded is None:
         return 2
-    engine = PolicyEngine(loaded.rules)
+    engine = PolicyEngine(loaded.rules, settings.default_agent)
     try:
         agent = engine.resolve_agent(args.agent)
     except InvalidAgentId as exc:

@@ -121,6 +121,10 @@ class RuleSet(BaseModel):
     tools: dict[str, tuple[Pattern, ...]] = Field(default_factory=dict)
 
 
+TOKEN_HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"
+TokenHash = Annotated[str, StringConstraints(pattern=TOKEN_HASH_PATTERN)]
+
+
 class AgentRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,6 +132,8 @@ class AgentRules(BaseModel):
     allow: RuleSet = RuleSet()
     deny: RuleSet = RuleSet()
     rate_limit: str | None = None
+    # Hashes of the agent's bearer tokens ("sha256:<64 hex>"), never the tokens themselves.
+    tokens: tuple[TokenHash, ...] = ()
 
     @field_validator("rate_limit")
     @classmethod
@@ -143,11 +149,42 @@ class Defaults(BaseModel):
     deny_on_missing_agent: StrictBool = True
 
 
+class JwtConfig(BaseModel):
+    """An OAuth 2.1 / JWT issuer whose access tokens name the agent in one claim."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: Annotated[str, StringConstraints(min_length=1)]
+    audience: Annotated[str, StringConstraints(min_length=1)] | tuple[str, ...]
+    public_key: str | None = None
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = ("RS256",)
+    agent_claim: Annotated[str, StringConstraints(min_length=1)] = "sub"
+    authorization_servers: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtConfig:
+        if bool(self.public_key) == bool(self.jwks_uri):
+            raise ValueError("needs exactly one of 'public_key' (PEM) or 'jwks_uri'")
+        if self.jwks_uri and not re.match(r"^https?://", self.jwks_uri):
+            raise ValueError("'jwks_uri' must start with http:// or https://")
+        if not self.algorithms:
+            raise ValueError("'algorithms' must name at least one algorithm")
+        return self
+
+
+class AuthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    jwt: JwtConfig | None = None
+
+
 class RulesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     agents: dict[str, AgentRules]
     defaults: Defaults = Defaults()
+    auth: AuthConfig = AuthConfig()
 
     @field_validator("agents")
     @classmethod
@@ -155,7 +192,21 @@ class RulesConfig(BaseModel):
         for agent_id in agents:
             if not re.match(AGENT_ID_PATTERN, agent_id):
                 raise ValueError(f"agent id {agent_id!r} must match {AGENT_ID_PATTERN}")
+        owners: dict[str, str] = {}
+        for agent_id, agent in agents.items():
+            for index, digest in enumerate(agent.tokens):
+                other = owners.setdefault(digest, agent_id)
+                if other != agent_id:
+                    raise ValueError(
+                        f"agents.{agent_id}.tokens[{index}] is also a token of agent {other!r}; "
+                        "a token names exactly one agent"
+                    )
         return agents
+
+    @property
+    def credentials_configured(self) -> bool:
+        """Whether HTTP callers must authenticate (any token hash or a JWT issuer)."""
+        return self.auth.jwt is not None or any(agent.tokens for agent in self.agents.values())
 
 
 def validate_rate_limit(value: str) -> None:
@@ -188,11 +239,11 @@ class GatewayConfig:
         return self.mcp.mcpServers
 
 
-def discover(env_var: str, filename: str) -> Path:
-    """Find a config file: the env var, then the current directory, then the user config dir."""
-    explicit = os.environ.get(env_var)
-    if explicit:
-        return Path(explicit).expanduser()
+def discover(explicit: Path | None, env_var: str, filename: str) -> Path:
+    """Find a config file: the path from the settings (`env_var`), then the current directory,
+    then the user config dir."""
+    if explicit is not None:
+        return explicit.expanduser()
     for candidate in (Path.cwd() / filename, user_config_dir() / filename):
         if candidate.is_file():
             return candidate
@@ -204,8 +255,9 @@ def discover(env_var: str, filename: str) -> Path:
 
 
 def load(mcp_path: Path | None = None, rules_path: Path | None = None) -> GatewayConfig:
-    mcp_path = mcp_path or discover(MCP_CONFIG_ENV, MCP_CONFIG_NAME)
-    rules_path = rules_path or discover(RULES_ENV, RULES_NAME)
+    """Both files; a path left out is discovered in the current and the user config directory."""
+    mcp_path = discover(mcp_path, MCP_CONFIG_ENV, MCP_CONFIG_NAME)
+    rules_path = discover(rules_path, RULES_ENV, RULES_NAME)
     mcp = load_mcp_config(mcp_path)
     rules = load_rules(rules_path)
     return GatewayConfig(mcp, rules, mcp_path, rules_path, tuple(cross_check(mcp, rules)))

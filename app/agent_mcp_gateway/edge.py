@@ -9,7 +9,6 @@ Starlette's and slowapi's middleware, wired in `http.py`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -25,13 +24,24 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import logs
+from .auth import Principal
 from .identity import AGENT_HEADER
 from .metrics import HTTP_REQUESTS, HTTP_SECONDS
 from .sessions import SessionRegistry
+from .settings import is_loopback_host
 
 log = logging.getLogger("agent_mcp_gateway.http")
 
-KNOWN_ROUTES = {"/mcp", "/mcp/", "/", "/health", "/ready", "/metrics"}
+KNOWN_ROUTES = {
+    "/mcp",
+    "/mcp/",
+    "/",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/.well-known/oauth-protected-resource",
+    "/.well-known/oauth-protected-resource/mcp",
+}
 KNOWN_METHODS = {"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"}  # bounded labels
 SESSION_HEADER = "mcp-session-id"
 INVALID_REQUEST = -32600
@@ -48,6 +58,7 @@ class Caller:
     client: str = "unknown"
     rpc_id: Any = None
     method: str | None = None
+    principal: Principal | None = None  # set by the bearer check when credentials are required
 
 
 caller: ContextVar[Caller | None] = ContextVar("caller", default=None)
@@ -89,10 +100,10 @@ class RequestContext:
         headers = Headers(scope=scope)
         supplied = headers.get("x-request-id", "")
         request_id = supplied if _REQUEST_ID.match(supplied) else logs.new_request_id()
-        logs.request_id.set(request_id)
+        request_token = logs.request_id.set(request_id)
         session_id = headers.get(SESSION_HEADER)
         client = scope.get("client")
-        caller.set(Caller(session_id=session_id, client=client[0] if client else "unknown"))
+        caller_token = caller.set(Caller(session_id=session_id, client=client[0] if client else "unknown"))
         path = scope["path"]
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         route = path if path in KNOWN_ROUTES else "other"
@@ -140,24 +151,30 @@ class RequestContext:
                         "session_id": session_id,
                     },
                 )
+            caller.reset(caller_token)
+            logs.request_id.reset(request_token)
 
     def _track_session(self, method: str, sent: str | None, issued: str | None, status: int) -> None:
         if sent is None:
             if issued is not None and status < 400:
-                self.sessions.open(issued)
+                principal = current_caller().principal
+                self.sessions.open(issued, principal.agent_id if principal else None)
         elif status == 404 or (method == "DELETE" and status < 300):
             self.sessions.close(sent)
         else:
             self.sessions.touch(sent)
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+class RootAlias:
+    """Serve MCP at `/` as well as `/mcp`: the milestone document's clients post to the root."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/":
+            scope = {**scope, "path": "/mcp", "raw_path": b"/mcp"}
+        await self.app(scope, receive, send)
 
 
 class OriginGuard:

@@ -1,4 +1,4 @@
-"""The five gateway failures, each a JSON-RPC error code with a name and context fields.
+"""The gateway failures, each a JSON-RPC error code with a name and context fields.
 
 Messages are one sentence meant for an agent to act on; they never carry a traceback, a file
 path or a secret. `data.code` holds the name so clients can branch without parsing text.
@@ -82,4 +82,17 @@ class GatewayTimeout(GatewayError):
             f"Operation '{operation}' timed out after {timeout_ms} ms.",
             operation=operation,
             timeout_ms=timeout_ms,
+        )
+
+
+class RateLimited(GatewayError):
+    code = -32005
+    name = "RATE_LIMITED"
+
+    def __init__(self, agent_id: str, limit: str, retry_after: int) -> None:
+        super().__init__(
+            f"Agent '{agent_id}' is over its rate limit ({limit}); retry in {retry_after} s.",
+            agent_id=agent_id,
+            limit=limit,
+            retry_after=retry_after,
         )

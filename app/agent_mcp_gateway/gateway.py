@@ -6,32 +6,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import config as config_module
 from .audit import AuditLog
+from .auth import Authenticator
 from .config import ConfigError, GatewayConfig
 from .downstream import DownstreamPool
+from .identity import claims_warning, identity_problem
 from .metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
 from .policy import PolicyEngine
 from .sessions import SessionRegistry
+from .settings import Settings
 
 log = logging.getLogger("agent_mcp_gateway")
 
-DEFAULT_TIMEOUT_MS = 60_000
 SESSION_CAP = 10_000  # the SDK session manager's own limit
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A configuration and the engine compiled from it, swapped as one reference."""
+    """A configuration and what is compiled from it, swapped as one reference."""
 
     config: GatewayConfig
     engine: PolicyEngine
+    authenticator: Authenticator
+
+    @classmethod
+    def build(cls, config: GatewayConfig, settings: Settings) -> Snapshot:
+        return cls(config, PolicyEngine(config.rules, settings.default_agent), Authenticator(config.rules))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,40 +51,19 @@ class ReloadEvent:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-@dataclass(slots=True)
-class Settings:
-    debug: bool = False
-    default_timeout_ms: int = DEFAULT_TIMEOUT_MS
-    connect_timeout: float = 15.0
-    ping_interval: float = 10.0
-    ping_timeout: float = 10.0
-    session_ttl: float = 3600.0
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
-        return cls(
-            debug=env.get("GATEWAY_DEBUG", "").lower() in ("1", "true", "yes", "on"),
-            default_timeout_ms=int(env.get("GATEWAY_DEFAULT_TIMEOUT_MS", DEFAULT_TIMEOUT_MS)),
-            connect_timeout=float(env.get("GATEWAY_CONNECT_TIMEOUT", 15.0)),
-            ping_interval=float(env.get("GATEWAY_PING_INTERVAL", 10.0)),
-            ping_timeout=float(env.get("GATEWAY_PING_TIMEOUT", 10.0)),
-            session_ttl=float(env.get("GATEWAY_SESSION_TTL", 3600.0)),
-        )
-
-
 class Gateway:
-    def __init__(self, config: GatewayConfig, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
-        self.snapshot = Snapshot(config, PolicyEngine(config.rules))
+    def __init__(self, config: GatewayConfig, settings: Settings) -> None:
+        self.settings = settings
+        self.snapshot = Snapshot.build(config, settings)
         self.pool = DownstreamPool(
             self.settings.connect_timeout, self.settings.ping_interval, self.settings.ping_timeout
         )
-        self.audit = AuditLog()
+        self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
         self.sessions = SessionRegistry(self.settings.session_ttl)
         self.reloads: deque[ReloadEvent] = deque(maxlen=50)
         self.started_at = time.time()
         self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
         SESSION_LIMIT.set(SESSION_CAP)
         CONFIG_LAST_RELOAD_OK.set(1)
         _log_warnings(config)
@@ -94,8 +81,15 @@ class Gateway:
         return self.config.mcp_path, self.config.rules_path
 
     async def start(self) -> None:
+        warning = self.claims_warning
+        if warning is not None:
+            log.warning("agents are not authenticated", extra={"warning": warning})
         await self.pool.apply(self.config.servers)
         self.reloads.append(ReloadEvent(time.time(), "startup", True, None, self.config.warnings))
+
+    @property
+    def claims_warning(self) -> str | None:
+        return claims_warning(self.settings, self.config.rules)
 
     @property
     def ready(self) -> bool:
@@ -107,14 +101,26 @@ class Gateway:
             mcp_path, rules_path = self.config_paths
             try:
                 new = await asyncio.to_thread(config_module.load, mcp_path, rules_path)
+                problem = identity_problem(self.settings, new.rules)
+                if problem is not None:
+                    raise ConfigError(rules_path, "", problem)
             except ConfigError as exc:
                 CONFIG_RELOADS.labels("failure").inc()
                 CONFIG_LAST_RELOAD_OK.set(0)
                 self.reloads.append(ReloadEvent(time.time(), source, False, str(exc)))
                 log.error("configuration reload rejected", extra={"source": source, "error": str(exc)})
                 return False
-            self.snapshot = Snapshot(new, PolicyEngine(new.rules))
-            await self.pool.apply(new.servers)
+            snapshot = Snapshot.build(new, self.settings)
+            try:
+                await self.pool.apply(new.servers)
+            except Exception:
+                CONFIG_RELOADS.labels("failure").inc()
+                CONFIG_LAST_RELOAD_OK.set(0)
+                self.reloads.append(ReloadEvent(time.time(), source, False, "applying the servers failed"))
+                log.exception("configuration reload failed to apply; keeping the last good one")
+                await self.pool.apply(self.config.servers)
+                return False
+            self.snapshot = snapshot
             CONFIG_RELOADS.labels("success").inc()
             CONFIG_LAST_RELOAD_OK.set(1)
             self.reloads.append(ReloadEvent(time.time(), source, True, None, new.warnings))
@@ -122,7 +128,16 @@ class Gateway:
             _log_warnings(new)
             return True
 
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` in the background, referenced until done and cancelled by `close`."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.pool.close()
         self.audit.close()
 

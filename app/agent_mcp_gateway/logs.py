@@ -54,12 +54,11 @@ def _drop_expected_failures(record: logging.LogRecord) -> bool:
     return error is None
 
 
-def setup_logging() -> None:
+def setup_logging(level: str = "INFO", log_format: str = "json") -> None:
     """Route the gateway's, fastmcp's and Granian's records to one stderr handler."""
     os.environ.setdefault("FASTMCP_LOG_ENABLED", "false")
-    level = os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("GATEWAY_LOG_FORMAT", "json").lower() == "text":
+    if log_format == "text":
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     else:
         handler.setFormatter(
@@ -72,7 +71,7 @@ def setup_logging() -> None:
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    root.setLevel(level)
     # fastmcp configures its own rich handler at import; send its records through ours.
     fastmcp_logger = logging.getLogger("fastmcp")
     fastmcp_logger.handlers[:] = []

@@ -22,11 +22,13 @@ from pydantic import ValidationError
 
 from . import logs
 from .audit import AuditRecord
-from .errors import DeniedByPolicy, GatewayError, InvalidAgentId
+from .auth import PRINCIPAL_SCOPE_KEY, Principal
+from .errors import DeniedByPolicy, GatewayError, InvalidAgentId, RateLimited
 from .gateway import Gateway
-from .identity import AGENT_HEADER, resolve_agent
-from .metrics import ERRORS, OPERATION_SECONDS, OPERATIONS, POLICY_DECISIONS, bounded
-from .operation import Operation, begin
+from .identity import AGENT_HEADER, checked_claim, resolve_agent
+from .metrics import ERRORS, OPERATION_SECONDS, OPERATIONS, POLICY_DECISIONS, RATE_LIMITED, bounded
+from .operation import Operation, begin, end
+from .ratelimit import RateLimits
 
 log = logging.getLogger("agent_mcp_gateway")
 
@@ -40,6 +42,9 @@ INTERNAL_ERROR = -32603
 class GatewayMiddleware(Middleware):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.rate_limits = RateLimits(gateway.settings.rate_limit)
+        # stdio with GATEWAY_AGENT: the process acts as that agent and nothing else.
+        self.pinned = Principal(gateway.settings.agent, "pinned") if gateway.settings.agent else None
 
     async def on_call_tool(
         self,
@@ -50,35 +55,48 @@ class GatewayMiddleware(Middleware):
         if name not in GATEWAY_TOOLS:
             return await call_next(context)
         arguments = context.message.arguments or {}
-        header_agent, session_id = _http_identity()
+        header_agent, session_id, credential = _http_identity()
         request_id = logs.request_id.get() or logs.new_request_id()
         logs.request_id.set(request_id)
         op = Operation(name, request_id, session_id)
         op.server = _text(arguments.get("server"))
         op.tool = _text(arguments.get("tool"))
-        begin(op)
+        token = begin(op)
         started = time.perf_counter()
         try:
             if name in AGENT_TOOLS:
-                op.agent_id = resolve_agent(
-                    self.gateway.engine,
-                    arguments.get("agent_id"),
-                    header_agent,
-                    session_id,
-                    self.gateway.sessions,
-                )
+                self._identify(op, arguments.get("agent_id"), header_agent, credential or self.pinned)
             return await call_next(context)
         except Exception as exc:
             raise self._fail(op, _unwrap(exc)) from None
         finally:
             self._record(op, time.perf_counter() - started)
+            end(token)
+
+    def _identify(
+        self, op: Operation, agent_id: object, header_agent: str | None, credential: Principal | None
+    ) -> None:
+        """Settle who the operation acts as, then charge it to that agent's rate limit."""
+        if isinstance(header_agent, str) or isinstance(agent_id, str):
+            op.claimed_agent_id = _text(agent_id) or _text(header_agent)
+        claimed = checked_claim(agent_id, header_agent)
+        session = self.gateway.sessions.get(op.session_id) if op.session_id else None
+        snapshot = self.gateway.snapshot
+        principal = resolve_agent(snapshot.engine, claimed, credential, session)
+        op.agent_id, op.auth, op.credential = principal.agent_id, principal.method, principal.fingerprint
+        rules = snapshot.config.rules.agents.get(principal.agent_id)
+        self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)
 
     def _fail(self, op: Operation, exc: BaseException) -> MCPError:
         if isinstance(exc, GatewayError):
-            op.decision = "DENY" if isinstance(exc, DeniedByPolicy | InvalidAgentId) else "ERROR"
+            denied = isinstance(exc, DeniedByPolicy | InvalidAgentId | RateLimited)
+            op.decision = "DENY" if denied else "ERROR"
             op.error_code = exc.name
             if isinstance(exc, DeniedByPolicy):
                 op.rule = exc.fields["rule"]
+            elif isinstance(exc, RateLimited):
+                op.rule = "rate_limit"
+                RATE_LIMITED.labels(bounded(op.agent_id, self.gateway.config.rules.agents)).inc()
             return exc.to_mcp_error()
         op.decision = "ERROR"
         if isinstance(exc, ValidationError | ArgumentsError):
@@ -116,6 +134,9 @@ class GatewayMiddleware(Middleware):
                 latency_ms=round(seconds * 1000, 3),
                 session_id=op.session_id,
                 request_id=op.request_id,
+                auth=op.auth,
+                credential=op.credential,
+                claimed_agent_id=op.claimed_agent_id if op.claimed_agent_id != op.agent_id else None,
             )
         )
 
@@ -127,12 +148,17 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _http_identity() -> tuple[str | None, str | None]:
+def _http_identity() -> tuple[str | None, str | None, Principal | None]:
+    """The claimed agent, the session id and the verified credential of an HTTP request."""
     try:
         request = get_http_request()
     except RuntimeError:  # stdio: no HTTP request, no session binding
-        return None, None
-    return request.headers.get(AGENT_HEADER), request.headers.get("mcp-session-id")
+        return None, None, None
+    return (
+        request.headers.get(AGENT_HEADER),
+        request.headers.get("mcp-session-id"),
+        request.scope.get(PRINCIPAL_SCOPE_KEY),
+    )
 
 
 def _text(value: object) -> str | None:

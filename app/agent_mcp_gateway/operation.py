@@ -6,7 +6,7 @@ and it becomes the audit line and the metric samples when the call ends.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 from .audit import Decision
@@ -23,6 +23,9 @@ class Operation:
     rule: str | None = None
     decision: Decision = "ALLOW"
     error_code: str | None = None
+    auth: str | None = None  # how the agent was established: token, jwt, claim or pinned
+    credential: str | None = None  # the credential's fingerprint, never the credential
+    claimed_agent_id: str | None = None  # what the caller said it was, kept when refused
 
 
 _current: ContextVar[Operation] = ContextVar("gateway_operation")
@@ -32,5 +35,9 @@ def current_operation() -> Operation:
     return _current.get()
 
 
-def begin(operation: Operation) -> None:
-    _current.set(operation)
+def begin(operation: Operation) -> Token[Operation]:
+    return _current.set(operation)
+
+
+def end(token: Token[Operation]) -> None:
+    _current.reset(token)

@@ -6,7 +6,6 @@ a reload builds a new one and the gateway swaps the reference, so the hot path t
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from functools import lru_cache
 from .config import AgentRules, RulesConfig
 from .errors import DeniedByPolicy, InvalidAgentId
 
-DEFAULT_AGENT_ENV = "GATEWAY_DEFAULT_AGENT"
 DEFAULT_DENY = "default-deny"
 SERVER_CACHE_SIZE = 1024
 
@@ -126,9 +124,8 @@ class PolicyEngine:
     def _fallback_agent(rules: RulesConfig, default_agent: str | None) -> str | None:
         if rules.defaults.deny_on_missing_agent:
             return None
-        chosen = default_agent if default_agent is not None else os.environ.get(DEFAULT_AGENT_ENV)
-        if chosen:
-            return chosen if chosen in rules.agents else None
+        if default_agent:
+            return default_agent if default_agent in rules.agents else None
         return "default" if "default" in rules.agents else None
 
     @property

@@ -1,37 +1,85 @@
 """Hot reload: watch both configuration files, and reload on SIGHUP.
 
-The parent directories are watched rather than the files, so an editor's save by atomic
-rename (write a temp file, rename over the original) is seen like an in-place write.
+The directories are watched rather than the files, and a change is recognised by the files'
+identity and content stamp (inode, size, mtime of what the path resolves to now), not by the
+name in the event. That covers an editor's atomic rename, an in-place write, and Kubernetes'
+ConfigMap mounts, where the file is a symlink through `..data`, itself a symlink swapped to a
+new directory on every update (the event names `..data`, never the file).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
 from watchfiles import awatch
 
 from .gateway import Gateway
+from .metrics import CONFIG_RELOADS
 
 log = logging.getLogger("agent_mcp_gateway")
 
+Stamp = tuple[tuple[str, int, int, int] | None, ...]
+RETRY_SECONDS = 1.0
+
+
+def _stamp(paths: tuple[Path, ...]) -> Stamp:
+    stamps: list[tuple[str, int, int, int] | None] = []
+    for path in paths:
+        try:
+            resolved = path.resolve()
+            info = resolved.stat()
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append((str(resolved), info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(stamps)
+
+
+def _directories(paths: tuple[Path, ...]) -> set[Path]:
+    """The folders whose changes can change what the paths read: where each path is, and where
+    it resolves to (through any symlinks)."""
+    found = set()
+    for path in paths:
+        absolute = Path(os.path.abspath(path))
+        found.add(absolute.parent)
+        found.add(absolute.resolve().parent)
+    return {directory for directory in found if directory.is_dir()}
+
 
 async def watch_config(gateway: Gateway, stop: asyncio.Event) -> None:
-    def targets() -> set[Path]:
-        return {path.resolve() for path in gateway.config_paths}
+    """Reload whenever either file changes, until `stop`; an unexpected failure is logged,
+    counted and followed by a fresh watch, never the end of watching."""
+    while not stop.is_set():
+        try:
+            await _watch(gateway, stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            CONFIG_RELOADS.labels("failure").inc()
+            log.exception("configuration watcher failed; watching again")
+            await asyncio.sleep(RETRY_SECONDS)
 
-    directories = {path.parent for path in targets()}
-    async for changes in awatch(*directories, stop_event=stop, debounce=100, step=50):
-        wanted = targets()
-        if any(Path(changed).resolve() in wanted for _, changed in changes):
+
+async def _watch(gateway: Gateway, stop: asyncio.Event) -> None:
+    paths = gateway.config_paths
+    directories = await asyncio.to_thread(_directories, paths)
+    last = await asyncio.to_thread(_stamp, paths)
+    async for _ in awatch(*directories, stop_event=stop, debounce=100, step=50):
+        now = await asyncio.to_thread(_stamp, paths)
+        if now != last:
+            last = now
             await gateway.reload("file-change")
+        if await asyncio.to_thread(_directories, gateway.config_paths) != directories:
+            return  # a symlink now points elsewhere: watch the new folders
 
 
 def install_sighup(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGHUP, lambda: gateway.spawn(gateway.reload("SIGHUP")))
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no signals
         log.debug("SIGHUP reload unavailable in this process")

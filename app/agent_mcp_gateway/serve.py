@@ -3,43 +3,45 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from . import config
 from .gateway import Gateway
+from .identity import identity_problem
 from .logs import setup_logging
 from .server import build_server
+from .settings import Settings
 
 log = logging.getLogger("agent_mcp_gateway")
 
 
-def load_config() -> config.GatewayConfig:
-    """Load and validate configuration; a bad file stops start-up with a clear message."""
+def fail(message: str) -> SystemExit:
+    """A start-up problem: one line on stderr, exit status 2, no traceback."""
+    print(f"agent-mcp-gateway: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def load_config(settings: Settings) -> config.GatewayConfig:
+    """Load and validate configuration; a bad file or an unsafe identity set-up stops start-up."""
     try:
-        return config.load()
+        loaded = config.load(settings.mcp_config, settings.rules)
     except config.ConfigError as exc:
-        print(f"agent-mcp-gateway: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise fail(f"configuration error: {exc}") from None
+    problem = identity_problem(settings, loaded.rules)
+    if problem is not None:
+        raise fail(problem)
+    return loaded
 
 
-def load_gateway() -> Gateway:
-    return Gateway(load_config())
-
-
-def run() -> int:
-    setup_logging()
-    transport = os.environ.get("GATEWAY_TRANSPORT", "stdio").lower()
-    if transport == "stdio":
-        server = build_server(load_gateway(), exit_on_signal=True)
-        try:
-            server.run(transport="stdio", show_banner=False)
-        except* BrokenPipeError:  # the client closed its end first; nobody is left to answer
-            pass
-        return 0
-    if transport == "http":
+def run(settings: Settings) -> int:
+    setup_logging(settings.log_level, settings.log_format)
+    if settings.transport == "http":
         from .http import run_http
 
-        return run_http()
-    print(f"agent-mcp-gateway: GATEWAY_TRANSPORT must be stdio or http, not {transport!r}", file=sys.stderr)
-    return 2
+        return run_http(settings)
+    server = build_server(Gateway(load_config(settings), settings), exit_on_signal=True)
+    try:
+        server.run(transport="stdio", show_banner=False)
+    except* BrokenPipeError:  # the client closed its end first; nobody is left to answer
+        pass
+    return 0

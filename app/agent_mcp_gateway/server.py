@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastmcp import FastMCP
@@ -14,7 +14,7 @@ from . import __version__
 from .gateway import Gateway
 from .middleware import GatewayMiddleware
 from .reload import install_sighup, watch_config
-from .tools import register_tools
+from .tools import GatewayTools, register_tools
 
 INSTRUCTIONS = (
     "This gateway fronts several MCP servers. Discover before you call: list_servers, then "
@@ -22,9 +22,13 @@ INSTRUCTIONS = (
 )
 
 
-def build_server(gateway: Gateway, exit_on_signal: bool = False) -> FastMCP:
+def build_server(
+    gateway: Gateway,
+    exit_on_signal: bool = False,
+    on_start: Callable[[], None] | None = None,
+) -> FastMCP:
     """The gateway's MCP server. `exit_on_signal` is for stdio, where nothing else handles
-    SIGTERM/SIGINT (under Granian, Granian does)."""
+    SIGTERM/SIGINT (under Granian, Granian does); `on_start` runs once the server is up."""
 
     @asynccontextmanager
     async def lifespan(_: FastMCP) -> AsyncIterator[dict[str, object]]:
@@ -33,13 +37,19 @@ def build_server(gateway: Gateway, exit_on_signal: bool = False) -> FastMCP:
         install_sighup(gateway)
         if exit_on_signal:
             install_exit_signals(gateway)
-        watcher = asyncio.create_task(watch_config(gateway, stop), name="config-watcher")
+        if on_start is not None:
+            on_start()
+        tasks = [
+            asyncio.create_task(watch_config(gateway, stop), name="config-watcher"),
+            asyncio.create_task(sweep_sessions(gateway), name="session-sweeper"),
+        ]
         try:
             yield {}
         finally:
             stop.set()
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await gateway.close()
 
     mcp = FastMCP(
@@ -50,8 +60,16 @@ def build_server(gateway: Gateway, exit_on_signal: bool = False) -> FastMCP:
         mask_error_details=True,
     )
     mcp.add_middleware(GatewayMiddleware(gateway))
-    register_tools(mcp, gateway)
+    register_tools(mcp, GatewayTools(gateway))
     return mcp
+
+
+async def sweep_sessions(gateway: Gateway) -> None:
+    """Drop the records of sessions idle past the TTL (the SDK ends the sessions themselves)."""
+    interval = max(1.0, min(60.0, gateway.settings.session_ttl / 4))
+    while True:
+        await asyncio.sleep(interval)
+        gateway.sessions.expire()
 
 
 def install_exit_signals(gateway: Gateway) -> None:

@@ -32,10 +32,10 @@ class SessionRegistry:
         """Most recently used first."""
         return sorted(self._records.values(), key=lambda record: record.last_used, reverse=True)
 
-    def open(self, session_id: str) -> SessionRecord:
+    def open(self, session_id: str, agent_id: str | None = None) -> SessionRecord:
         record = self._records.get(session_id)
         if record is None:
-            record = self._records[session_id] = SessionRecord(session_id)
+            record = self._records[session_id] = SessionRecord(session_id, agent_id)
             ACTIVE_SESSIONS.set(len(self._records))
         return record
 

@@ -11,16 +11,18 @@ import os
 import time
 from fnmatch import fnmatchcase
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mcp_types as mt
 from fastmcp import Context, FastMCP
 from fastmcp.tools.base import ToolResult
 from pydantic import Field
 
+from .config import ServerConfig
 from .downstream import Downstream
 from .errors import ServerUnavailable
 from .gateway import Gateway
-from .operation import current_operation
+from .operation import Operation, current_operation
 
 AgentId = Annotated[
     str | None,
@@ -40,6 +42,7 @@ EXECUTE_TOOL = (
     "Step 3 of 3. Call one tool on a server with its arguments and get its result as the "
     "server returned it. Discover names and argument schemas with get_server_tools first."
 )
+MAX_TIMEOUT_MS = 24 * 3600 * 1000  # a day: longer is a mistake, and huge numbers are refused
 GATEWAY_STATUS = "Debug only: the gateway's configuration, reload history and server health."
 
 
@@ -83,47 +86,42 @@ class _Forwarder:
         )
 
 
-def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
-    @mcp.tool(description=LIST_SERVERS)
-    async def list_servers(
-        agent_id: AgentId = None,
-        include_metadata: Annotated[
-            bool, Field(description="Also return transport, command or url, and health.")
-        ] = False,
-    ) -> dict[str, Any]:
-        op = current_operation()
-        snapshot = gateway.snapshot
+class GatewayTools:
+    """What the gateway tools do, for an operation whose agent is already settled.
+
+    Plain methods on the gateway's state, so they can be exercised without the MCP layer;
+    each records the rule that decided on `op` for the audit line.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def list_servers(self, op: Operation, include_metadata: bool = False) -> dict[str, Any]:
+        snapshot = self.gateway.snapshot
         names = snapshot.engine.visible_servers(op.agent_id, list(snapshot.config.servers))
         servers = []
         for name in names:
             config = snapshot.config.servers[name]
             entry: dict[str, Any] = {"name": name, "description": config.description}
             if include_metadata:
-                downstream = gateway.pool.get(name)
-                entry["transport"] = config.kind
-                if config.command:
-                    entry["command"] = config.command
-                else:
-                    entry["url"] = config.url
+                entry.update(_metadata(config))
+                downstream = self.gateway.pool.get(name)
                 entry["health"] = downstream.state if downstream else "unknown"
             servers.append(entry)
         return {"servers": servers}
 
-    @mcp.tool(description=GET_SERVER_TOOLS)
     async def get_server_tools(
-        server: Annotated[str, Field(description="A server name from list_servers.")],
-        agent_id: AgentId = None,
-        names: Annotated[str | None, Field(description="Comma-separated tool names to return.")] = None,
-        pattern: Annotated[str | None, Field(description="Glob on tool names, e.g. 'get_*'.")] = None,
-        max_schema_tokens: Annotated[
-            int | None, Field(ge=1, description="Stop adding tools past this many tokens.")
-        ] = None,
+        self,
+        op: Operation,
+        server: str,
+        names: str | None = None,
+        pattern: str | None = None,
+        max_schema_tokens: int | None = None,
     ) -> dict[str, Any]:
-        op = current_operation()
         op.server = server
-        engine = gateway.engine
+        engine = self.gateway.engine
         op.rule = engine.check(op.agent_id, "get_server_tools", server).rule
-        downstream = _downstream(gateway, server)
+        downstream = _downstream(self.gateway, server)
         allowed = [
             tool
             for tool in await downstream.list_tools()
@@ -152,25 +150,25 @@ def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
             "tokens_used": used,
         }
 
-    @mcp.tool(description=EXECUTE_TOOL)
     async def execute_tool(
-        server: Annotated[str, Field(description="A server name from list_servers.")],
-        tool: Annotated[str, Field(description="A tool name from get_server_tools.")],
-        ctx: Context,
-        agent_id: AgentId = None,
-        args: Annotated[dict[str, Any] | None, Field(description="The tool's arguments.")] = None,
-        timeout_ms: Annotated[
-            int | None, Field(ge=1, description="Give up after this many milliseconds.")
-        ] = None,
+        self,
+        op: Operation,
+        server: str,
+        tool: str,
+        args: dict[str, Any] | None = None,
+        timeout_ms: int | None = None,
+        relay: _Forwarder | None = None,
     ) -> ToolResult:
-        op = current_operation()
         op.server, op.tool = server, tool
-        op.rule = gateway.engine.check(op.agent_id, "execute_tool", server, tool).rule
-        downstream = _downstream(gateway, server)
-        limit = timeout_ms or downstream.config.timeout_ms or gateway.settings.default_timeout_ms
-        forwarder = _Forwarder(ctx)
+        op.rule = self.gateway.engine.check(op.agent_id, "execute_tool", server, tool).rule
+        downstream = _downstream(self.gateway, server)
+        limit = timeout_ms or downstream.config.timeout_ms or self.gateway.settings.default_timeout_ms
         result = await downstream.call_tool(
-            tool, args or {}, limit, progress=forwarder.progress, forward_log=forwarder.log
+            tool,
+            args or {},
+            limit,
+            progress=relay.progress if relay else None,
+            forward_log=relay.log if relay else None,
         )
         return ToolResult(
             content=result.content,
@@ -179,32 +177,85 @@ def register_tools(mcp: FastMCP, gateway: Gateway) -> None:
             is_error=result.is_error,
         )
 
-    if gateway.settings.debug:
+    def gateway_status(self) -> dict[str, Any]:
+        gateway = self.gateway
+        snapshot = gateway.snapshot
+        return {
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - gateway.started_at, 3),
+            "config_paths": {"mcp": str(snapshot.config.mcp_path), "rules": str(snapshot.config.rules_path)},
+            "agents": snapshot.engine.agent_ids,
+            "servers": {d.name: d.status() for d in gateway.pool},
+            "reloads": [
+                {"at": e.at, "source": e.source, "ok": e.ok, "error": e.error} for e in gateway.reloads
+            ],
+            "sessions": [
+                {"agent_id": record.agent_id, "created_at": record.created_at, "last_used": record.last_used}
+                for record in gateway.sessions.records()[:100]
+            ],
+        }
+
+
+def register_tools(mcp: FastMCP, tools: GatewayTools) -> None:
+    """The MCP face of `GatewayTools`: schemas and descriptions agents see."""
+
+    @mcp.tool(description=LIST_SERVERS)
+    async def list_servers(
+        agent_id: AgentId = None,
+        include_metadata: Annotated[
+            bool, Field(description="Also return transport, command or url, and health.")
+        ] = False,
+    ) -> dict[str, Any]:
+        return tools.list_servers(current_operation(), include_metadata)
+
+    @mcp.tool(description=GET_SERVER_TOOLS)
+    async def get_server_tools(
+        server: Annotated[str, Field(description="A server name from list_servers.")],
+        agent_id: AgentId = None,
+        names: Annotated[str | None, Field(description="Comma-separated tool names to return.")] = None,
+        pattern: Annotated[str | None, Field(description="Glob on tool names, e.g. 'get_*'.")] = None,
+        max_schema_tokens: Annotated[
+            int | None, Field(ge=1, description="Stop adding tools past this many tokens.")
+        ] = None,
+    ) -> dict[str, Any]:
+        return await tools.get_server_tools(current_operation(), server, names, pattern, max_schema_tokens)
+
+    @mcp.tool(description=EXECUTE_TOOL)
+    async def execute_tool(
+        server: Annotated[str, Field(description="A server name from list_servers.")],
+        tool: Annotated[str, Field(description="A tool name from get_server_tools.")],
+        ctx: Context,
+        agent_id: AgentId = None,
+        args: Annotated[dict[str, Any] | None, Field(description="The tool's arguments.")] = None,
+        timeout_ms: Annotated[
+            int | None, Field(ge=1, le=MAX_TIMEOUT_MS, description="Give up after this many milliseconds.")
+        ] = None,
+    ) -> ToolResult:
+        return await tools.execute_tool(current_operation(), server, tool, args, timeout_ms, _Forwarder(ctx))
+
+    if tools.gateway.settings.debug:
 
         @mcp.tool(description=GATEWAY_STATUS)
         async def get_gateway_status() -> dict[str, Any]:
-            snapshot = gateway.snapshot
-            return {
-                "pid": os.getpid(),
-                "uptime_seconds": round(time.time() - gateway.started_at, 3),
-                "config_paths": {
-                    "mcp": str(snapshot.config.mcp_path),
-                    "rules": str(snapshot.config.rules_path),
-                },
-                "agents": snapshot.engine.agent_ids,
-                "servers": {d.name: d.status() for d in gateway.pool},
-                "reloads": [
-                    {"at": e.at, "source": e.source, "ok": e.ok, "error": e.error} for e in gateway.reloads
-                ],
-                "sessions": [
-                    {
-                        "agent_id": record.agent_id,
-                        "created_at": record.created_at,
-                        "last_used": record.last_used,
-                    }
-                    for record in gateway.sessions.records()[:100]
-                ],
-            }
+            return tools.gateway_status()
+
+
+def _metadata(config: ServerConfig) -> dict[str, Any]:
+    """How a server is reached, with nothing secret: no args or env of a command, no userinfo
+    or query of a URL, and headers by name only."""
+    if config.command:
+        return {"transport": config.kind, "command": config.command}
+    assert config.url is not None
+    parts = urlsplit(config.url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return {
+        "transport": config.kind,
+        "url": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+        "headers": sorted(config.headers),
+    }
 
 
 def _downstream(gateway: Gateway, server: str) -> Downstream:

@@ -1,0 +1,179 @@
+"""Settings: every `GATEWAY_*` environment variable as one typed, validated object.
+
+Built once at start-up (`load_settings`) and passed down; no other module reads the environment
+for its own setting. A bad value becomes one `SettingsError` line that names the variable, the
+value and what is expected, so the operator fixes it without reading a traceback.
+
+Under Granian the worker process builds the same object again from the same environment; the
+main process has already validated it, so the worker cannot fail where the parent did not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "GATEWAY_"
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+DEFAULT_MAX_BODY = 4 * 2**20
+
+
+class SettingsError(Exception):
+    """One environment variable with a value the gateway cannot use."""
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _rate_limit(value: str) -> str:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError("bad rate limit") from None
+    return value
+
+
+def _host(value: str) -> str:
+    bare = value.strip("[]")
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        labels = bare.split(".")
+        if not bare or not all(
+            label and len(label) < 64 and label.replace("-", "").isalnum() for label in labels
+        ):
+            raise ValueError("bad host") from None
+    return value
+
+
+def _origin(values: list[str]) -> list[str]:
+    for origin in values:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError("bad origin")
+    return values
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+Origins = Annotated[CommaList, AfterValidator(_origin)]
+AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
+
+# What each variable expects, in the words of the one-line error.
+EXPECTED: dict[str, str] = {
+    "transport": "'stdio' or 'http'",
+    "http_host": "an IP address or a host name",
+    "http_port": "an integer from 1 to 65535",
+    "cors_origins": "comma-separated origins such as https://app.example",
+    "allowed_origins": "comma-separated origins such as https://app.example",
+    "max_body_bytes": "a positive integer (bytes)",
+    "rate_limit": "a rate limit such as '600/minute' or '10/second'",
+    "log_level": "one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    "log_format": "'json' or 'text'",
+    "debug": "a boolean (1/0, true/false, yes/no, on/off)",
+    "default_timeout_ms": "a positive integer (milliseconds)",
+    "connect_timeout": "a positive number (seconds)",
+    "ping_interval": "a positive number (seconds)",
+    "ping_timeout": "a positive number (seconds)",
+    "session_ttl": "a positive number (seconds)",
+    "shutdown_grace": "a positive integer (seconds)",
+    "audit_log": "a file path",
+    "audit_max_bytes": "a positive integer (bytes)",
+    "audit_backups": "an integer of 0 or more",
+    "default_agent": f"an agent id matching {AGENT_ID_PATTERN}",
+    "agent": f"an agent id matching {AGENT_ID_PATTERN}",
+    "auth": "'none' (serve without credentials on a non-loopback bind) or unset",
+    "public_url": "the gateway's external base URL, e.g. https://gateway.example",
+    "mcp_config": "a file path",
+    "rules": "a file path",
+}
+
+
+class Settings(BaseSettings):
+    """The gateway's process-level settings (the two config files hold servers and rules)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    transport: Annotated[Literal["stdio", "http"], BeforeValidator(_lower)] = "stdio"
+    http_host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
+    http_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    cors_origins: Origins = Field(default_factory=list)
+    allowed_origins: Origins = Field(default_factory=list)
+    max_body_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BODY
+    rate_limit: Annotated[str, AfterValidator(_rate_limit)] = "600/minute"
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+    ] = "INFO"
+    log_format: Annotated[Literal["json", "text"], BeforeValidator(_lower)] = "json"
+    debug: bool = False
+    default_timeout_ms: Annotated[int, Field(gt=0)] = 60_000
+    connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 15.0
+    ping_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    ping_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    session_ttl: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3600.0
+    shutdown_grace: Annotated[int, Field(gt=0)] = 30
+    audit_log: Path | None = None
+    audit_max_bytes: Annotated[int, Field(gt=0)] = 10 * 2**20
+    audit_backups: Annotated[int, Field(ge=0)] = 5
+    default_agent: AgentId | None = None
+    agent: AgentId | None = None
+    auth: Annotated[Literal["none"] | None, BeforeValidator(_lower)] = None
+    public_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    mcp_config: Path | None = None
+    rules: Path | None = None
+
+    @property
+    def loopback_bind(self) -> bool:
+        return is_loopback_host(self.http_host)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings from `environ` (default: the process environment); empty values are unset."""
+    try:
+        if environ is None:
+            return Settings()
+        values: dict[str, Any] = {
+            key[len(ENV_PREFIX) :].lower(): value
+            for key, value in environ.items()
+            if value
+            and key.upper().startswith(ENV_PREFIX)
+            and key[len(ENV_PREFIX) :].lower() in Settings.model_fields
+        }
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    value = error.get("input")
+    shown = value if isinstance(value, str) else ", ".join(value) if isinstance(value, list) else value
+    return f"{ENV_PREFIX}{field.upper()}={shown!r} is not valid: expected {EXPECTED.get(field, error['msg'])}"
