@@ -71,6 +71,7 @@ class BearerAuth:
             current_caller().principal = principal
         session_id = headers.get(SESSION_HEADER)
         if session_id is not None and not self._may_use_session(session_id, principal):
+            current_caller().session_refused = True
             await error_response(404, "Session not found; initialize a new session.", "SESSION_NOT_FOUND")(
                 scope, receive, send
             )

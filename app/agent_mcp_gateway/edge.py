@@ -59,6 +59,7 @@ class Caller:
     rpc_id: Any = None
     method: str | None = None
     principal: Principal | None = None  # set by the bearer check when credentials are required
+    session_refused: bool = False  # the edge refused the session: it stays as it was
 
 
 caller: ContextVar[Caller | None] = ContextVar("caller", default=None)
@@ -159,6 +160,8 @@ class RequestContext:
             if issued is not None and status < 400:
                 principal = current_caller().principal
                 self.sessions.open(issued, principal.agent_id if principal else None)
+        elif current_caller().session_refused:
+            return  # a caller refused a session it does not own must not end it for its owner
         elif status == 404 or (method == "DELETE" and status < 300):
             self.sessions.close(sent)
         else:
