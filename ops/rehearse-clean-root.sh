@@ -19,7 +19,8 @@
 #      environment variables (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, PIP_CERT, ...) are passed on
 #      when they point at that bundle;
 #   3. clones this repository's HEAD into the root (commit first: the working tree is not used);
-#   4. in new mount, PID and (by default) network namespaces, mounts /proc, /sys (with the host's
+#   4. in new mount, PID and (by default) network namespaces, bind-mounts the root onto itself (so
+#      that / is a mount point, as on a real machine), mounts /proc, /sys (with the host's
 #      /sys/fs/cgroup), /dev (with its own /dev/shm), a /run tmpfs, chroots and runs
 #      `CI=true bash .ci/run </dev/null` with a clean environment, logging everything;
 #   5. prints the pytest summary, whether container tests ran or skipped, and the time taken.
@@ -60,6 +61,9 @@ if [[ "${1:-}" == __inside ]]; then
         for _ in $(seq 1 300); do [[ -e "$dir/net-ready" ]] && break; sleep 0.1; done
         [[ -e "$dir/net-ready" ]] || die "the network namespace was not set up"
     fi
+    # The root must be a mount point, as / is on a real machine: podman's layer extraction
+    # remounts / private (EINVAL on a plain directory).
+    mount --bind "$root" "$root"
     mount -t proc proc "$root/proc"
     if [[ "$net_mode" == private ]]; then
         mount -t sysfs sysfs "$root/sys"            # shows this network namespace's devices

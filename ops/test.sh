@@ -6,7 +6,8 @@
 #
 # Debian packages, installed only when missing, with one `apt-get update` before (root only):
 #   prometheus                  promtool, for the alert rules and dashboard tests
-#   nodejs npm                  only when node or npm is missing (the npm reference servers)
+#   nodejs npm                  only when node or npm is missing (the npm reference servers;
+#                               Debian's Node 18 runs them with --experimental-global-webcrypto)
 #   python3-venv                only when the virtualenv does not exist yet
 #   podman and its helpers      listed by `ops/podman-setup.sh packages` (catatonit, netavark,
 #                               aardvark-dns, runc, iptables, podman-compose, debootstrap, ...)
@@ -50,6 +51,12 @@ if ((${#wanted[@]} + ${#podman_missing[@]})); then
   fi
 fi
 command -v promtool >/dev/null || { log "promtool is missing"; exit 1; }
+
+# Debian 12's Node.js is 18, whose global `crypto` (Web Crypto) is still behind a flag; the npm
+# reference servers call crypto.randomUUID() for Streamable HTTP sessions.
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 19 ]; then
+  export NODE_OPTIONS="--experimental-global-webcrypto${NODE_OPTIONS:+ $NODE_OPTIONS}"
+fi
 
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip

@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# The compose stack (compose.yaml: gateway, demo-server, Prometheus) with podman-compose and no
+# container registry.
+#
+#   ops/stack.sh up       # build the images locally, start the stack, wait until every service
+#                         # is healthy; exits non-zero (naming the service) when one is not
+#   ops/stack.sh status   # each service's state and health; non-zero unless all are healthy
+#   ops/stack.sh down     # remove the containers, the network and the volumes (named and
+#                         # anonymous); non-zero if any of them is left
+#
+# Why a wrapper: Debian bookworm's podman-compose 1.0.3 exits 0 when a container fails to start,
+# does not wait for `depends_on: condition: service_healthy`, and its `down` leaves the network
+# and anonymous volumes behind. And without systemd podman runs no healthcheck timers, so this
+# script runs each service's own healthcheck (`podman healthcheck run`) until it passes.
+#
+# What `up` needs (ops/podman-setup.sh installs the Debian packages when run as root):
+#   - podman with catatonit (`init: true`), netavark + aardvark-dns (services reach each other by
+#     name), podman-compose, debootstrap;
+#   - the images, built here unless given: ops/build-image.sh (the local Debian base image by
+#     debootstrap, about a minute the first time, then wheels built on the host from PyPI and an
+#     offline `podman build`) and ops/build-prometheus-image.sh (Debian's prometheus package);
+#     so the host needs Debian's mirror and PyPI, never a container registry;
+#   - Python 3.11 with pip for the wheels: .venv (ops/demo.sh or ops/test.sh make it), else a
+#     build venv made here (python3-venv).
+#
+# Environment:
+#   STACK_PROJECT     compose project name (default agent-mcp-gateway); containers are named
+#                     <project>_<service>_1, the network <project>_default
+#   STACK_TIMEOUT     seconds every service gets to become healthy (default 180)
+#   GATEWAY_IMAGE     an existing gateway image to run instead of building one
+#   PROMETHEUS_IMAGE  an existing Prometheus image to run instead of building one
+#   GATEWAY_PORT / PROMETHEUS_PORT   host ports on 127.0.0.1 (compose.yaml: 8000 / 9090)
+#   CI_WORK_DIR       scratch folder (default <repo>/.ci-work): podman-compose's output is kept
+#                     in <CI_WORK_DIR>/stack/<project>.log
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+project="${STACK_PROJECT:-agent-mcp-gateway}"
+timeout="${STACK_TIMEOUT:-180}"
+work_dir="${CI_WORK_DIR:-$repo_root/.ci-work}"
+compose_log="$work_dir/stack/$project.log"
+label="io.podman.compose.project=$project"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+[[ "$project" =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "STACK_PROJECT must match [a-z0-9][a-z0-9_-]*"
+
+podman_env() {
+    local env
+    env="$("$repo_root/ops/podman-setup.sh" env)" || die "podman is not usable (see above)"
+    eval "$env"
+    command -v podman-compose >/dev/null || die "podman-compose is missing (apt-get install podman-compose)"
+}
+
+# Without systemd, podman cannot create healthcheck timers and says so on every start; the
+# checks are run by this script instead.
+[[ -d /run/systemd/system ]] || export DISABLE_HC_SYSTEMD=true
+
+services() {  # the service names of compose.yaml, one a line (PyYAML: a podman-compose dependency)
+    local names
+    names="$(/usr/bin/python3 -c 'import sys, yaml; print("\n".join(yaml.safe_load(open(sys.argv[1]))["services"]))' \
+        compose.yaml)" && [[ -n "$names" ]] || die "cannot read the services of compose.yaml"
+    printf '%s\n' "$names"
+}
+
+container_of() {  # container_of SERVICE -> its container's name, or nothing
+    podman ps -a --filter "label=$label" --filter "label=com.docker.compose.service=$1" \
+        --format '{{.Names}}' | head -n 1
+}
+
+build_python() {  # a Python 3.11 with pip for ops/build-image.sh's wheels
+    if [[ -n "${PYTHON:-}" ]]; then echo "$PYTHON"; return; fi
+    if [[ -x "$repo_root/.venv/bin/python" ]]; then echo "$repo_root/.venv/bin/python"; return; fi
+    local venv="$work_dir/build-venv"
+    if [[ ! -x "$venv/bin/pip" ]]; then
+        python3 -m venv "$venv" >&2 || die "python3 -m venv failed: install python3-venv"
+    fi
+    echo "$venv/bin/python"
+}
+
+images() {
+    if [[ -n "${GATEWAY_IMAGE:-}" ]]; then
+        podman image exists "$GATEWAY_IMAGE" || die "GATEWAY_IMAGE $GATEWAY_IMAGE does not exist"
+    else
+        log "building the gateway image (ops/build-image.sh)"
+        GATEWAY_IMAGE="$(PYTHON="$(build_python)" "$repo_root/ops/build-image.sh")"
+    fi
+    if [[ -n "${PROMETHEUS_IMAGE:-}" ]]; then
+        podman image exists "$PROMETHEUS_IMAGE" || die "PROMETHEUS_IMAGE $PROMETHEUS_IMAGE does not exist"
+    else
+        PROMETHEUS_IMAGE="$("$repo_root/ops/build-prometheus-image.sh")"
+    fi
+    export GATEWAY_IMAGE PROMETHEUS_IMAGE
+    log "images: gateway $GATEWAY_IMAGE, prometheus $PROMETHEUS_IMAGE"
+}
+
+# health SERVICE -> prints "state health": health is healthy, unhealthy, or none (no healthcheck).
+health() {
+    local name state
+    name="$(container_of "$1")"
+    if [[ -z "$name" ]]; then
+        echo "missing -"
+        return
+    fi
+    state="$(podman inspect --format '{{.State.Status}}' "$name" 2>/dev/null || echo missing)"
+    if [[ "$state" != running ]]; then
+        echo "$state -"
+        return
+    fi
+    # 0: healthy; 1: unhealthy (or still starting); 125: no healthcheck defined, or an error.
+    local code=0
+    podman healthcheck run "$name" >/dev/null 2>&1 || code=$?
+    case "$code" in
+        0) echo "running healthy" ;;
+        1) echo "running unhealthy" ;;
+        *) if [[ "$(podman inspect --format '{{.Config.Healthcheck}}' "$name" 2>/dev/null)" == "<nil>" ]]; then
+               echo "running none"
+           else
+               echo "running unhealthy"
+           fi ;;
+    esac
+}
+
+show_failure() {  # show_failure SERVICE
+    local name
+    name="$(container_of "$1")"
+    if [[ -n "$name" ]]; then
+        log "last log lines of $name:"
+        podman logs --tail 30 "$name" 2>&1 | sed 's/^/    /' >&2 || true
+    fi
+    if [[ -f "$compose_log" ]]; then
+        log "podman-compose said (full output: $compose_log):"
+        grep -iE 'error|denied|refused|not found|no such' "$compose_log" | tail -n 15 | sed 's/^/    /' >&2 || true
+    fi
+    log "the stack is left as it is for inspection; remove it with: ops/stack.sh down"
+}
+
+up() {
+    podman_env
+    images
+    mkdir -p "$(dirname "$compose_log")"
+    log "podman-compose up -d (project $project)"
+    # Its exit status says nothing (1.0.3 returns 0 when a container fails); checked below.
+    podman-compose -p "$project" -f compose.yaml up -d --no-build >"$compose_log" 2>&1 || true
+
+    local service deadline start line state status pending all
+    all="$(services)"
+    mapfile -t pending <<<"$all"
+    start=$(date +%s)
+    deadline=$((start + timeout))
+    while ((${#pending[@]})); do
+        local still=()
+        for service in "${pending[@]}"; do
+            line="$(health "$service")"
+            state="${line% *}"
+            status="${line#* }"
+            case "$state $status" in
+                "running healthy" | "running none")
+                    log "$service: healthy after $(($(date +%s) - start)) s" ;;
+                "running unhealthy")
+                    still+=("$service") ;;
+                *)
+                    log "$service: container is $state, not running"
+                    show_failure "$service"
+                    exit 1 ;;
+            esac
+        done
+        pending=("${still[@]}")
+        ((${#pending[@]})) || break
+        if (($(date +%s) >= deadline)); then
+            for service in "${pending[@]}"; do
+                log "$service: not healthy within $timeout s"
+                show_failure "$service"
+            done
+            exit 1
+        fi
+        sleep 2
+    done
+    log "up: gateway http://127.0.0.1:${GATEWAY_PORT:-8000}/mcp (/ready, /metrics)," \
+        "Prometheus http://127.0.0.1:${PROMETHEUS_PORT:-9090}"
+}
+
+status() {
+    podman_env
+    local service line ok=0 all
+    all="$(services)"
+    while read -r service; do
+        line="$(health "$service")"
+        printf '%-12s %-10s %s\n' "$service" "${line% *}" "${line#* }"
+        case "$line" in "running healthy" | "running none") ;; *) ok=1 ;; esac
+    done <<<"$all"
+    return "$ok"
+}
+
+down() {
+    podman_env
+    local containers volumes networks
+    mapfile -t containers < <(podman ps -a -q --filter "label=$label")
+    if ((${#containers[@]})); then
+        # Graceful first (compose.yaml's stop_grace_period: the gateway drains in-flight calls),
+        # then removed with their anonymous volumes, which podman-compose's `down` would leave.
+        podman stop -t 35 "${containers[@]}" >/dev/null 2>&1 || true
+        podman rm -f -v "${containers[@]}" >/dev/null
+    fi
+    mapfile -t networks < <(podman network ls -q --filter "label=$label")
+    ((${#networks[@]} == 0)) || podman network rm -f "${networks[@]}" >/dev/null
+    mapfile -t volumes < <(podman volume ls -q --filter "label=$label")
+    ((${#volumes[@]} == 0)) || podman volume rm -f "${volumes[@]}" >/dev/null
+
+    local left
+    left="$( { podman ps -a -q --filter "label=$label"; podman network ls -q --filter "label=$label"
+               podman volume ls -q --filter "label=$label"; } | tr '\n' ' ')"
+    [[ -z "${left// /}" ]] || die "left behind: $left"
+    log "down: ${#containers[@]} containers, ${#networks[@]} networks, ${#volumes[@]} volumes removed"
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
