@@ -47,6 +47,12 @@ SESSION_HEADER = "mcp-session-id"
 INVALID_REQUEST = -32600
 INTERNAL_ERROR = -32603
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Bounds on what a message may carry, well below the body limit where the protocol allows it:
+# an `initialize` or a `ping` is a few KB, so only tool calls and answers to the gateway's own
+# requests may use the whole body limit. Far deeper than any real schema or argument.
+MAX_JSON_DEPTH = 64
+SMALL_MESSAGE_BYTES = 64 * 1024
+LARGE_METHODS = frozenset({"tools/call"})
 
 
 @dataclass(slots=True)
@@ -213,8 +219,8 @@ class OriginGuard:
 
 
 class RequestBody:
-    """Refuse bodies over the limit (413) and messages that are not one JSON-RPC 2.0 object
-    (-32600), and note the caller's agent id for rate limits.
+    """Refuse bodies over the limit (413) and messages that are not one bounded JSON-RPC 2.0
+    object (-32600), and note the caller's claimed agent id for the audit of refusals.
 
     The body is read once here (it is bounded) and replayed to the app unchanged. Invalid
     JSON is left to the SDK, which answers -32700; a well-formed body of the wrong shape is
@@ -273,11 +279,13 @@ class RequestBody:
 
     @staticmethod
     def _inspect(body: bytes, headers: Headers) -> str | None:
-        """Note who is calling; return what is wrong with the message's shape, if anything."""
+        """Note who is calling; return what is wrong with the message, if anything."""
         current = current_caller()
         current.agent_id = headers.get(AGENT_HEADER)
         try:
             message = json.loads(body)
+        except RecursionError:
+            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
         except (ValueError, UnicodeDecodeError):
             return None
         if not isinstance(message, dict):
@@ -293,12 +301,31 @@ class RequestBody:
             return "a message needs a 'method' (or a 'result' or 'error')"
         if method is not None and not isinstance(method, str):
             return "'method' must be a string"
-        current.method = method
+        current.method = method[:64] if method else None
+        if _too_deep(message):
+            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        if method is not None and method not in LARGE_METHODS and len(body) > SMALL_MESSAGE_BYTES:
+            return f"a '{method[:64]}' message carries at most {SMALL_MESSAGE_BYTES} bytes"
         params = message.get("params")
         arguments = params.get("arguments") if isinstance(params, dict) else None
         if isinstance(arguments, dict) and isinstance(arguments.get("agent_id"), str):
-            current.agent_id = arguments["agent_id"]
+            current.agent_id = arguments["agent_id"][:200]
         return None
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether any container in `value` sits deeper than MAX_JSON_DEPTH (iterative: no
+    recursion for a hostile input to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict | list))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return False
 
 
 class JsonOnly:
