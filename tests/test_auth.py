@@ -18,16 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import (
-    PY,
-    GatewayFiles,
-    HttpGateway,
-    fixture_server,
-    free_port,
-    start_http_gateway,
-    stdio_gateway,
-    wait_until,
-)
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.server.auth.providers.jwt import RSAKeyPair
@@ -41,6 +31,17 @@ from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.errors import InvalidAgentId
 from agent_mcp_gateway.identity import checked_claim, resolve_agent
 from agent_mcp_gateway.policy import PolicyEngine
+
+from conftest import (
+    PY,
+    GatewayFiles,
+    HttpGateway,
+    fixture_server,
+    free_port,
+    start_http_gateway,
+    stdio_gateway,
+    wait_until,
+)
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "agent-mcp-gateway"
@@ -212,6 +213,7 @@ def test_every_bad_credential_gets_401(secured: HttpGateway, creds: Credentials)
         # liveness, readiness and metrics stay open for probes and scrapers
         assert client.get("/health").status_code == 200
         assert client.get("/ready").json()["auth"] == {"credentials_required": True}
+
     def refused() -> list[dict[str, Any]]:
         return [line for line in secured.files.audit_lines() if line["error_code"] == "UNAUTHENTICATED"]
 
@@ -304,6 +306,7 @@ def test_audit_and_metrics_use_the_authenticated_agent(secured: HttpGateway, cre
         )
         assert "result" in result
         metrics = client.get("/metrics").text
+
     def lines() -> list[dict[str, Any]]:
         return [entry for entry in secured.files.audit_lines() if entry["session_id"] == session_id]
 

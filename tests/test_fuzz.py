@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PY, fixture_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,8 @@ from agent_mcp_gateway.config import load
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.http import create_app
 from agent_mcp_gateway.settings import load_settings
+
+from conftest import PY, fixture_server
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2600"))  # x4 requests each
 BOTH = "application/json, text/event-stream"

@@ -98,7 +98,7 @@ class ServerConfig(BaseModel):
 class McpConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mcpServers: dict[str, ServerConfig]
+    mcpServers: dict[str, ServerConfig]  # noqa: N815 (the key Claude's format uses)
 
     @field_validator("mcpServers")
     @classmethod
@@ -121,7 +121,7 @@ class RuleSet(BaseModel):
     tools: dict[str, tuple[Pattern, ...]] = Field(default_factory=dict)
 
 
-TOKEN_HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"
+TOKEN_HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"  # noqa: S105 (a pattern, not a secret)
 TokenHash = Annotated[str, StringConstraints(pattern=TOKEN_HASH_PATTERN)]
 
 
