@@ -35,9 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run one command; the return value is the exit status."""
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        status: int = args.run(args)
     except KeyboardInterrupt:
         return 130
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ a reload builds a new one and the gateway swaps the reference, so the hot path t
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
 from functools import lru_cache
@@ -50,7 +50,7 @@ class _ToolPatterns:
 
     __slots__ = ("_any", "_by_server")
 
-    def __init__(self, tools: dict[str, Sequence[str]], path: str) -> None:
+    def __init__(self, tools: Mapping[str, Sequence[str]], path: str) -> None:
         self._by_server = [
             (re.compile(translate(server)), _Patterns(patterns, f"{path}.{server}"))
             for server, patterns in tools.items()

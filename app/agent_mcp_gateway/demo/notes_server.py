@@ -20,7 +20,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
 os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
@@ -33,9 +33,11 @@ from pydantic import Field
 
 log = logging.getLogger("notes_server")
 
-READ_ONLY = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
-WRITES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, openWorldHint=False)
-DELETES = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False)
+READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+DELETES = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+)
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Note:
     tags: list[str] = field(default_factory=list)
     created: str = ""
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {"id": self.id, "title": self.title, "tags": self.tags, "created": self.created}
 
 
@@ -138,22 +140,22 @@ def build_server(store: NoteStore | None = None) -> FastMCP:
         title: Annotated[str, Field(min_length=1, max_length=200)],
         body: Annotated[str, Field(max_length=20_000)] = "",
         tags: list[str] | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Save a note; returns its id and summary."""
         return store.add(title.strip(), body, tags or []).summary()
 
     @mcp.tool(annotations=READ_ONLY)
-    def list_notes(tag: str | None = None) -> list[dict]:
+    def list_notes(tag: str | None = None) -> list[dict[str, Any]]:
         """Summaries of all notes, oldest first; only those with `tag` when given."""
         return [n.summary() for n in store.all(tag)]
 
     @mcp.tool(annotations=READ_ONLY)
-    def get_note(note_id: int) -> dict:
+    def get_note(note_id: int) -> dict[str, Any]:
         """One note in full."""
         return asdict(store.get(note_id))
 
     @mcp.tool(annotations=READ_ONLY)
-    def search_notes(query: str, limit: Annotated[int, Field(ge=1, le=100)] = 10) -> list[dict]:
+    def search_notes(query: str, limit: Annotated[int, Field(ge=1, le=100)] = 10) -> list[dict[str, Any]]:
         """Notes whose title, body or tags contain every word of `query`, best match first."""
         return [{**note.summary(), "score": score} for score, note in store.search(query)[:limit]]
 
