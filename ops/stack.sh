@@ -140,6 +140,7 @@ show_failure() {  # show_failure SERVICE
 up() {
     podman_env
     images
+    "$repo_root/ops/compose-env.sh"  # the API tokens, made once (the gateway binds 0.0.0.0)
     mkdir -p "$(dirname "$compose_log")"
     log "podman-compose up -d (project $project)"
     # Its exit status says nothing (1.0.3 returns 0 when a container fails); checked below.

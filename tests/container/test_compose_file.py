@@ -70,9 +70,14 @@ def test_prometheus_service_reads_the_shipped_rules() -> None:
 
 def test_compose_gateway_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TZ", raising=False)
+    # ops/compose-env.sh writes these into ops/compose/gateway.env, which the service reads.
+    monkeypatch.setenv("RESEARCHER_TOKEN_SHA256", "sha256:" + "a" * 64)
+    monkeypatch.setenv("BACKEND_TOKEN_SHA256", "sha256:" + "b" * 64)
+    assert SERVICES["gateway"]["env_file"] == ["ops/compose/gateway.env"]
     cfg = config.load(
         ROOT / "ops/compose/config/.mcp.json", ROOT / "ops/compose/config/.mcp-gateway-rules.json"
     )
     assert set(cfg.servers) == {"demo", "time"}
+    assert cfg.rules.credentials_configured  # the stack binds 0.0.0.0 inside its network
     demo_url = cfg.servers["demo"].url
     assert demo_url == "http://demo-server:9000/mcp"
