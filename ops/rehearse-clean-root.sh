@@ -21,7 +21,8 @@
 #   3. clones this repository's HEAD into the root (commit first: the working tree is not used);
 #   4. in new mount, PID and (by default) network namespaces, bind-mounts the root onto itself (so
 #      that / is a mount point, as on a real machine), mounts /proc, /sys (with the host's
-#      /sys/fs/cgroup), /dev (with its own /dev/shm), a /run tmpfs, chroots and runs
+#      /sys/fs/cgroup), /dev (with its own /dev/shm), a /run tmpfs, makes it the namespace's root
+#      with pivot_root (a plain chroot breaks `podman exec`, see below) and runs
 #      `CI=true bash .ci/run </dev/null` with a clean environment, logging everything;
 #   5. prints the pytest summary, whether container tests ran or skipped, and the time taken.
 #
@@ -37,7 +38,7 @@
 #   REHEARSAL_REFRESH  1 to debootstrap the base tarball again
 #   DEBIAN_MIRROR      debootstrap mirror (default http://deb.debian.org/debian)
 # Host tools (installed with apt-get when missing): debootstrap, slirp4netns (private network),
-# util-linux's unshare and nsenter, iproute2's ip.
+# util-linux's unshare, nsenter and pivot_root, iproute2's ip.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -88,11 +89,21 @@ if [[ "${1:-}" == __inside ]]; then
         esac
     done
 
+    # pivot_root, not chroot: the namespace's root must be the new root. After a plain chroot
+    # the mount namespace's root is still the host's /, and `podman exec` (so every healthcheck)
+    # lands there: runc's exec joins the container's mount namespace, whose root it inherited.
+    cd "$root"
+    mkdir -p .old-root
+    pivot_root . .old-root
+    cd /
+    umount -l /.old-root
+    rmdir /.old-root
+
     if [[ "$mode" == shell ]]; then
-        exec chroot "$root" /usr/bin/env -i "${env_args[@]}" /bin/bash -l
+        exec /usr/bin/env -i "${env_args[@]}" /bin/bash -l
     fi
     # shellcheck disable=SC2016  # expanded inside the root
-    exec chroot "$root" /usr/bin/env -i "${env_args[@]}" /bin/bash -c '
+    exec /usr/bin/env -i "${env_args[@]}" /bin/bash -c '
         set -euo pipefail
         rm -rf "$1"
         git clone -q "$2" "$1"

@@ -67,7 +67,7 @@ services() {  # the service names of compose.yaml, one a line (PyYAML: a podman-
 
 container_of() {  # container_of SERVICE -> its container's name, or nothing
     podman ps -a --filter "label=$label" --filter "label=com.docker.compose.service=$1" \
-        --format '{{.Names}}' | head -n 1
+        --format '{{.Names}}' </dev/null | head -n 1
 }
 
 build_python() {  # a Python 3.11 with pip for ops/build-image.sh's wheels
@@ -97,25 +97,33 @@ images() {
 }
 
 # health SERVICE -> prints "state health": health is healthy, unhealthy, or none (no healthcheck).
+# A container that has restarted (restart: unless-stopped) is "restarting": it crashed.
 health() {
-    local name state
+    local name state restarts
     name="$(container_of "$1")"
     if [[ -z "$name" ]]; then
         echo "missing -"
         return
     fi
-    state="$(podman inspect --format '{{.State.Status}}' "$name" 2>/dev/null || echo missing)"
+    state="$(podman inspect --format '{{.State.Status}} {{.RestartCount}}' "$name" 2>/dev/null </dev/null \
+             || echo "missing 0")"
+    restarts="${state#* }"
+    state="${state% *}"
     if [[ "$state" != running ]]; then
         echo "$state -"
         return
     fi
+    if [[ "$restarts" != 0 ]]; then
+        echo "restarting -"
+        return
+    fi
     # 0: healthy; 1: unhealthy (or still starting); 125: no healthcheck defined, or an error.
     local code=0
-    podman healthcheck run "$name" >/dev/null 2>&1 || code=$?
+    podman healthcheck run "$name" >/dev/null 2>&1 </dev/null || code=$?
     case "$code" in
         0) echo "running healthy" ;;
         1) echo "running unhealthy" ;;
-        *) if [[ "$(podman inspect --format '{{.Config.Healthcheck}}' "$name" 2>/dev/null)" == "<nil>" ]]; then
+        *) if [[ "$(podman inspect --format '{{.Config.Healthcheck}}' "$name" 2>/dev/null </dev/null)" == "<nil>" ]]; then
                echo "running none"
            else
                echo "running unhealthy"
@@ -128,11 +136,14 @@ show_failure() {  # show_failure SERVICE
     name="$(container_of "$1")"
     if [[ -n "$name" ]]; then
         log "last log lines of $name:"
-        podman logs --tail 30 "$name" 2>&1 | sed 's/^/    /' >&2 || true
+        podman logs --tail 40 "$name" 2>&1 </dev/null | grep -v '^\s*$' | uniq | tail -n 8 \
+            | cut -c1-400 | sed 's/^/    /' >&2 || true
     fi
     if [[ -f "$compose_log" ]]; then
         log "podman-compose said (full output: $compose_log):"
-        grep -iE 'error|denied|refused|not found|no such' "$compose_log" | tail -n 15 | sed 's/^/    /' >&2 || true
+        # (It probes each volume before creating it: those "no such volume" lines are expected.)
+        grep -iE 'error|denied|refused|not found|no such' "$compose_log" | grep -v 'no such volume' \
+            | tail -n 15 | cut -c1-400 | sed 's/^/    /' >&2 || true
     fi
     log "the stack is left as it is for inspection; remove it with: ops/stack.sh down"
 }
@@ -162,6 +173,10 @@ up() {
                     log "$service: healthy after $(($(date +%s) - start)) s" ;;
                 "running unhealthy")
                     still+=("$service") ;;
+                "restarting -")
+                    log "$service: container exited and was restarted (it crashes)"
+                    show_failure "$service"
+                    exit 1 ;;
                 *)
                     log "$service: container is $state, not running"
                     show_failure "$service"
@@ -185,13 +200,14 @@ up() {
 
 status() {
     podman_env
-    local service line ok=0 all
+    local service line ok=0 all services
     all="$(services)"
-    while read -r service; do
+    mapfile -t services <<<"$all"
+    for service in "${services[@]}"; do
         line="$(health "$service")"
         printf '%-12s %-10s %s\n' "$service" "${line% *}" "${line#* }"
         case "$line" in "running healthy" | "running none") ;; *) ok=1 ;; esac
-    done <<<"$all"
+    done
     return "$ok"
 }
 
