@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import hashlib
 import json
 import os
 import random
@@ -53,6 +54,9 @@ from timing import clock_overhead_ns
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_SERVER = ROOT / "tests" / "servers" / "echo.py"
 AGENT = "bench"
+# The gateway path authenticates like a production client: a bearer token whose hash is in the
+# rules (so the figures include the credential check).
+TOKEN = secrets.token_urlsafe(32)
 PROTOCOL = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"
 TARGET_E2E_P95_MS = 100.0
@@ -233,7 +237,10 @@ class Stack:
                 {"mcpServers": {"echo": {"description": "echo fixture over HTTP", "url": self.echo_url}}}
             )
         )
-        rules.write_text(json.dumps({"agents": {AGENT: {"allow": {"servers": ["*"]}}}}))
+        token_hash = "sha256:" + hashlib.sha256(TOKEN.encode()).hexdigest()
+        rules.write_text(
+            json.dumps({"agents": {AGENT: {"allow": {"servers": ["*"]}, "tokens": [token_hash]}}})
+        )
         self.gateway_port = free_port()
         self.gateway_base = f"http://127.0.0.1:{self.gateway_port}"
         gateway_env = {
@@ -300,6 +307,8 @@ class Session:
             limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1),
         )
         self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        if gateway:
+            self.headers["Authorization"] = f"Bearer {TOKEN}"
         self.next_id = 0
         self.session_id: str | None = None
 
@@ -340,7 +349,7 @@ class Session:
         if self.gateway:
             params = {
                 "name": "execute_tool",
-                "arguments": {"agent_id": AGENT, "server": "echo", "tool": "echo", "args": {"text": text}},
+                "arguments": {"server": "echo", "tool": "echo", "args": {"text": text}},
             }
         else:
             params = {"name": "echo", "arguments": {"text": text}}
@@ -696,14 +705,16 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
         sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
     from agent_mcp_gateway.config import RulesConfig
     from agent_mcp_gateway.policy import PolicyEngine
-    from app.identity import resolve_agent
-    from app.sessions import SessionRegistry
+    from agent_mcp_gateway.auth import Principal
+    from agent_mcp_gateway.identity import resolve_agent
+    from agent_mcp_gateway.sessions import SessionRegistry
 
     registry = SessionRegistry(ttl_seconds=3600)
     ids = [secrets.token_hex(16) for _ in range(count)]
     for sid in ids:
         registry.open(sid).agent_id = AGENT
     engine = PolicyEngine(RulesConfig.model_validate({"agents": {AGENT: {"allow": {"servers": ["*"]}}}}))
+    token = Principal(AGENT, "token", "0123456789ab")
     rng = random.Random(11)
     picks = [rng.choice(ids) for _ in range(lookups)]
     clock = time.perf_counter_ns
@@ -727,14 +738,17 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
         "SessionRegistry.get": timed(get),
         "SessionRegistry.touch": timed(touch),
         "resolve_agent(session, no agent_id)": timed(
-            lambda sid: resolve_agent(engine, None, None, sid, registry)
+            lambda sid: resolve_agent(engine, None, None, registry.get(sid))
         ),
         "resolve_agent(session, agent_id)": timed(
-            lambda sid: resolve_agent(engine, AGENT, None, sid, registry)
+            lambda sid: resolve_agent(engine, AGENT, None, registry.get(sid))
+        ),
+        "resolve_agent(session, token)": timed(
+            lambda sid: resolve_agent(engine, None, token, registry.get(sid))
         ),
     }
     for sid in picks[:100]:
-        if resolve_agent(engine, None, None, sid, registry) != AGENT:
+        if resolve_agent(engine, None, None, registry.get(sid)).agent_id != AGENT:
             raise BenchError("resolve_agent did not return the session's agent")
     results.sessions = {
         "sessions": len(registry),
