@@ -592,3 +592,42 @@ def test_a_token_hash_names_one_agent(creds: Credentials) -> None:
     rules["agents"]["builder"]["tokens"].append(token_hash(creds.researcher))
     with pytest.raises(ValueError, match="also a token of agent 'researcher'"):
         RulesConfig.model_validate(rules)
+
+
+def test_jwt_verified_against_a_jwks_endpoint(creds: Credentials) -> None:
+    """`jwks_uri` instead of a PEM: the key comes from a JWKS document served over HTTP."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from jwt.algorithms import RSAAlgorithm
+
+    jwk = json.loads(RSAAlgorithm.to_jwk(RSAAlgorithm(RSAAlgorithm.SHA256).prepare_key(creds.key.public_key)))
+    document = json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}).encode()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rules = creds.rules()
+        jwt_config = rules["auth"]["jwt"]
+        jwt_config.pop("public_key")
+        jwt_config["jwks_uri"] = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        authenticator = Authenticator(RulesConfig.model_validate(rules))
+        signed = creds.key.create_token(subject="builder", issuer=ISSUER, audience=AUDIENCE, kid="k1")
+        principal = asyncio.run(authenticator.authenticate(signed))
+        assert principal is not None and (principal.agent_id, principal.method) == ("builder", "jwt")
+        foreign = creds.foreign_key.create_token(
+            subject="builder", issuer=ISSUER, audience=AUDIENCE, kid="k1"
+        )
+        assert asyncio.run(authenticator.authenticate(foreign)) is None
+    finally:
+        server.shutdown()
