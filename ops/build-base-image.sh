@@ -11,7 +11,8 @@
 # included so npm-based stdio servers can run in the image; set BASE_WITH_NODE=0 to leave it out.
 #
 # Idempotent: does nothing when the image already exists (BASE_IMAGE_REBUILD=1 forces a rebuild).
-# Prints the image name on stdout; progress goes to stderr.
+# Prints the image name on stdout; progress goes to stderr, debootstrap's output to
+# <CI_WORK_DIR>/build-base-image.log (its tail on stderr when it fails).
 #
 # Environment:
 #   BASE_IMAGE          image name to create   (default localhost/agent-mcp-gateway-base:bookworm)
@@ -38,7 +39,7 @@ fi
 
 if ! command -v debootstrap >/dev/null; then
     log "installing debootstrap"
-    apt-get install -y -q debootstrap >&2 || { apt-get update -q >&2 && apt-get install -y -q debootstrap >&2; }
+    { apt-get install -y -q debootstrap || { apt-get update -q && apt-get install -y -q debootstrap; }; } >/dev/null
 fi
 
 # What the runtime image needs: Python with venv (pip comes from python3-pip-whl through
@@ -54,8 +55,13 @@ rootfs="$(mktemp -d "$work_dir/base-rootfs.XXXXXX")"
 trap 'rm -rf "$rootfs"' EXIT
 
 start=$(date +%s)
-log "debootstrap bookworm ($packages) into $rootfs"
-debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "$mirror" >&2
+build_log="$work_dir/build-base-image.log"
+log "debootstrap bookworm ($packages) into $rootfs (log: $build_log)"
+if ! debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "$mirror" >"$build_log" 2>&1; then
+    tail -n 30 "$build_log" >&2
+    log "debootstrap failed"
+    exit 1
+fi
 
 # Trim what an image never uses: downloaded .debs, package lists, docs, man pages.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
@@ -69,11 +75,15 @@ deb http://deb.debian.org/debian-security bookworm-security main
 EOF
 
 log "importing into podman as $image"
-tar -C "$rootfs" -c . | podman import \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'ENV LANG=C.UTF-8' \
-    --change 'CMD ["/bin/bash"]' \
-    - "$image" >&2
+if ! tar -C "$rootfs" -c . | podman import --quiet \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'CMD ["/bin/bash"]' \
+        - "$image" >>"$build_log" 2>&1; then
+    tail -n 10 "$build_log" >&2
+    log "podman import failed"
+    exit 1
+fi
 
 log "done in $(( $(date +%s) - start )) s: $(podman image inspect --format '{{.Size}}' "$image") bytes"
 echo "$image"

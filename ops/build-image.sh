@@ -12,7 +12,8 @@
 # between builds while the lock file is unchanged, and keeps the build itself offline.
 #
 # Usage:  eval "$(ops/podman-setup.sh env)" && ops/build-image.sh
-# Prints the image name on stdout; progress goes to stderr.
+# Prints the image name on stdout; progress goes to stderr, podman build's output to
+# <CI_WORK_DIR>/build-image.log (its tail on stderr when it fails).
 #
 # Environment:
 #   IMAGE                    tag to build            (default localhost/agent-mcp-gateway:dev)
@@ -94,7 +95,8 @@ vcs_ref="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 log "podman build $image on $BASE_IMAGE"
 previous_id="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 build_start=$(date +%s)
-podman build --format docker \
+build_log="$work_dir/build-image.log"
+if ! podman build --format docker \
     --build-arg BASE_IMAGE="$BASE_IMAGE" \
     --build-arg WHEELHOUSE="$wheelhouse_rel" \
     --build-arg REQUIREMENTS="$wheelhouse_rel/requirements.lock" \
@@ -102,7 +104,11 @@ podman build --format docker \
     --build-arg VERSION="$version" \
     --build-arg VCS_REF="$vcs_ref" \
     --build-arg BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    -f Containerfile -t "$image" . >&2
+    -f Containerfile -t "$image" . >"$build_log" 2>&1; then
+    tail -n 40 "$build_log" >&2
+    log "podman build failed (full output: $build_log)"
+    exit 1
+fi
 build_s=$(( $(date +%s) - build_start ))
 
 # Leftovers of earlier builds: their build stages and the image this tag pointed at before.

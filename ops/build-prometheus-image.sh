@@ -10,7 +10,8 @@
 #   PROMETHEUS_IMAGE="$(ops/build-prometheus-image.sh)" GATEWAY_BASE_IMAGE=... podman-compose up -d
 #
 # Idempotent: skips the build when the image exists (PROMETHEUS_IMAGE_REBUILD=1 rebuilds).
-# Prints the image name on stdout; progress goes to stderr.
+# Prints the image name on stdout; progress goes to stderr, the build's output to
+# <CI_WORK_DIR>/build-prometheus-image.log (its tail on stderr when it fails).
 #
 # Environment:
 #   PROMETHEUS_IMAGE  tag to build  (default localhost/prometheus:debian)
@@ -38,10 +39,11 @@ mkdir -p "$ctx/debs" "$ctx/root"
 # apt-get download fetches the .deb files only (nothing is installed on the host); `_apt` must
 # be able to write into the target folder.
 chmod 0777 "$ctx/debs"
-(cd "$ctx/debs" && apt-get download prometheus busybox-static >&2) || {
-    apt-get update -q >&2
-    (cd "$ctx/debs" && apt-get download prometheus busybox-static >&2)
-}
+build_log="$work_dir/build-prometheus-image.log"
+(cd "$ctx/debs" && apt-get download -q prometheus busybox-static >"$build_log" 2>&1) || {
+    apt-get update -q >>"$build_log" 2>&1
+    (cd "$ctx/debs" && apt-get download -q prometheus busybox-static >>"$build_log" 2>&1)
+} || { tail -n 20 "$build_log" >&2; log "apt-get download failed"; exit 1; }
 for deb in "$ctx"/debs/*.deb; do
     dpkg-deb -x "$deb" "$ctx/root"
 done
@@ -64,6 +66,10 @@ CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prome
 EOF
 
 log "podman build $image on $base"
-podman build --format docker --build-arg BASE_IMAGE="$base" -t "$image" "$ctx" >&2
+if ! podman build --format docker --build-arg BASE_IMAGE="$base" -t "$image" "$ctx" >>"$build_log" 2>&1; then
+    tail -n 30 "$build_log" >&2
+    log "podman build failed (full output: $build_log)"
+    exit 1
+fi
 rm -rf "$ctx"
 echo "$image"

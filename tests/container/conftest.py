@@ -322,7 +322,10 @@ def stack(
                 user=f"{GATEWAY_UID}:{GATEWAY_UID}",
                 **HARDENING,
             )
-            .with_envs(GATEWAY_ALLOWED_ORIGINS=ALLOWED_ORIGIN, TZ="UTC")
+            # The image binds 0.0.0.0, where the gateway refuses to serve agent claims without
+            # credentials unless told so; these tests act as several agents by claim. (The
+            # compose stack runs with API tokens instead: test_compose_stack.py.)
+            .with_envs(GATEWAY_ALLOWED_ORIGINS=ALLOWED_ORIGIN, TZ="UTC", GATEWAY_AUTH="none")
             .with_volume_mapping(config_dir, "/config", "ro")
             .with_volume_mapping(volume, STATE_DIR, "rw")
             .with_tmpfs_mount("/tmp", "size=64m")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -33,8 +34,6 @@ SERVICES = ("demo-server", "gateway", "prometheus")
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -122,17 +121,33 @@ async def test_stack_up_is_healthy_answers_and_down_leaves_nothing(
         time.sleep(1)
     assert {name: s["state"] for name, s in body["servers"].items()} == {"demo": "up", "time": "up"}, body
 
-    async with Client(StreamableHttpTransport(f"{gateway}/mcp"), timeout=30) as c:
+    # The stack runs with API tokens (ops/compose-env.sh, run by `up`): each agent has its own.
+    tokens = dict(
+        line.split("=", 1) for line in (ROOT / "ops/compose/client.env").read_text().split() if "=" in line
+    )
+
+    def as_agent(agent: str) -> Client:
+        headers = {"Authorization": f"Bearer {tokens[f'{agent.upper()}_TOKEN']}"}
+        return Client(StreamableHttpTransport(f"{gateway}/mcp", headers=headers), timeout=30)
+
+    async with as_agent("researcher") as c:
         echoed = await c.call_tool_mcp(
             "execute_tool",
             {"agent_id": "researcher", "server": "demo", "tool": "echo", "args": {"message": "compose"}},
         )
         assert not echoed.is_error and echoed.content[0].text == "compose"
+    async with as_agent("backend") as c:
         now = await c.call_tool_mcp(
             "execute_tool",
-            {"agent_id": "backend", "server": "time", "tool": "get_current_time", "args": {"timezone": "UTC"}},
+            {
+                "agent_id": "backend",
+                "server": "time",
+                "tool": "get_current_time",
+                "args": {"timezone": "UTC"},
+            },
         )
         assert not now.is_error and json.loads(now.content[0].text)["timezone"] == "UTC"
+    assert httpx.post(f"{gateway}/mcp", json={}, timeout=5).status_code == 401  # no token, no entry
 
     # Prometheus answers and scrapes the gateway by its service name.
     assert httpx.get(f"{prometheus}/-/ready", timeout=5).status_code == 200
@@ -165,7 +180,8 @@ def test_stack_up_fails_when_a_service_cannot_run(
     up = stack_sh("up", broken)
     assert up.returncode != 0, up.stderr
     assert "prometheus:" in up.stderr and "ops/stack.sh down" in up.stderr, up.stderr
-    report(f"ops/stack.sh up with a broken service: exit {up.returncode} after {time.monotonic() - started:.1f} s")
+    elapsed = time.monotonic() - started
+    report(f"ops/stack.sh up with a broken service: exit {up.returncode} after {elapsed:.1f} s")
 
     down = stack_sh("down", broken, timeout=300)
     assert down.returncode == 0, down.stderr
