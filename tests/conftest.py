@@ -1,7 +1,18 @@
-"""Shared harness: real gateway processes (stdio and HTTP) in front of real downstream servers."""
+"""Shared harness for the two tiers of gateway tests, both in front of real downstream servers.
+
+In process, for behaviour: the gateway's ASGI app driven by httpx and by fastmcp's client over
+in-process transports (`asgi_gateway`), or its MCP server reached in memory (`memory_gateway`).
+Nothing listens on a port and no gateway process starts, so a test costs what its downstream
+servers cost, and a module can share one gateway.
+
+Process level, for what needs a process (stdio, signals, Granian, start-up failures): real
+gateway processes started as a client or an operator starts them (`stdio_gateway`,
+`start_http_gateway`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -9,16 +20,27 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import httpx2
 import pytest
-from fastmcp import Client
-from fastmcp.client.transports import StdioTransport
+from fastmcp import Client, FastMCP
+from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
+from fastmcp.utilities.asgi_transport import StreamingASGITransport
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.http import create_app
+from agent_mcp_gateway.metrics import REGISTRY
+from agent_mcp_gateway.serve import load_config
+from agent_mcp_gateway.server import build_server
+from agent_mcp_gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ROOT / "tests" / "servers"
@@ -91,13 +113,18 @@ def _atomic_write(path: Path, data: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def new_gateway_files(root: Path) -> GatewayFiles:
+    """The two configuration files in `root/config`, the audit log beside that folder."""
+    config = root / "config"
+    config.mkdir(parents=True)
+    return GatewayFiles(
+        config, config / ".mcp.json", config / ".mcp-gateway-rules.json", root / "audit.jsonl"
+    )
+
+
 @pytest.fixture
 def gateway_files(tmp_path: Path) -> GatewayFiles:
-    config = tmp_path / "config"
-    config.mkdir()
-    return GatewayFiles(
-        config, config / ".mcp.json", config / ".mcp-gateway-rules.json", tmp_path / "audit.jsonl"
-    )
+    return new_gateway_files(tmp_path)
 
 
 @asynccontextmanager
@@ -214,3 +241,139 @@ def http_gateway_factory(gateway_files: GatewayFiles) -> Iterator[Any]:
     for gateway in started:
         if gateway.process.poll() is None:
             gateway.stop()
+
+
+# --- in process ---------------------------------------------------------------------------------
+
+BASE_URL = "http://127.0.0.1:8000"  # the address in-process requests name; nothing listens there
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def held_open(context: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """Enter and leave `context` in a task of its own.
+
+    anyio's cancel scopes (a lifespan's, a client's) must be left by the task that entered them,
+    and pytest-asyncio sets a fixture up and tears it down in different tasks; holding the
+    context in its own task lets a module-scoped fixture keep it open across tests.
+    """
+    entered: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with context as value:
+                entered.set_result(value)
+                await release.wait()
+        except BaseException as exc:
+            if entered.done():
+                raise
+            entered.set_exception(exc)
+
+    task = asyncio.create_task(hold())
+    try:
+        yield await entered
+    finally:
+        release.set()
+        await task
+
+
+def gateway_settings(files: GatewayFiles, **env: str) -> Settings:
+    """The settings a gateway process would read from `files.env(**env)`."""
+    return load_settings(files.env(**env))
+
+
+@dataclass
+class AsgiGateway:
+    """The HTTP service in this process with its lifespan running (downstreams connected)."""
+
+    app: Starlette
+    gateway: Gateway
+    files: GatewayFiles
+    base_url: str = BASE_URL
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    def http(self, **options: Any) -> httpx.AsyncClient:
+        """Raw HTTP to the app. httpx's ASGI transport buffers each response, which suits
+        JSON answers and POSTs whose SSE stream ends with the answer; use `client` for MCP."""
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url=self.base_url, **options
+        )
+
+    def client(self, mode: str = "legacy", headers: dict[str, str] | None = None, **options: Any) -> Client:
+        """An MCP client over Streamable HTTP, streamed in process by fastmcp's ASGI bridge
+        (its long-lived GET stream and SSE answers arrive as they are sent)."""
+
+        def streaming(**client_options: Any) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(transport=StreamingASGITransport(self.app), **client_options)
+
+        transport = StreamableHttpTransport(self.mcp_url, headers=headers, httpx_client_factory=streaming)
+        options.setdefault("timeout", 30)
+        return Client(transport, mode=mode, **options)
+
+
+@asynccontextmanager
+async def asgi_gateway(files: GatewayFiles, **env: str) -> AsyncIterator[AsgiGateway]:
+    """`create_app(Gateway(...))` configured as `GATEWAY_*` variables would configure it, with the
+    app's lifespan held open (httpx's ASGI transport does not run it)."""
+    settings = gateway_settings(files, GATEWAY_TRANSPORT="http", **env)
+    gateway = Gateway(load_config(settings), settings)
+    app = create_app(gateway)
+    async with held_open(app.router.lifespan_context(app)):
+        yield AsgiGateway(app, gateway, files)
+
+
+@dataclass
+class MemoryGateway:
+    """The gateway's MCP server in this process, reached in memory as stdio clients reach it."""
+
+    server: FastMCP
+    gateway: Gateway
+    files: GatewayFiles
+
+    def client(self, mode: str = "legacy", **options: Any) -> Client:
+        options.setdefault("timeout", 30)
+        return Client(self.server, mode=mode, **options)
+
+
+@asynccontextmanager
+async def memory_gateway(files: GatewayFiles, **env: str) -> AsyncIterator[MemoryGateway]:
+    """The MCP layer without a transport process. One client is held connected for the whole
+    context: fastmcp counts lifespan users, so clients that come and go meanwhile share one
+    gateway (and its downstream processes) instead of starting and closing it each time."""
+    settings = gateway_settings(files, **env)
+    gateway = Gateway(load_config(settings), settings)
+    server = build_server(gateway)
+    async with held_open(Client(server)):
+        yield MemoryGateway(server, gateway, files)
+
+
+async def eventually(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:
+    """`wait_until` for async tests: polls without blocking the loop an in-process gateway runs
+    on, and returns the predicate's last result (audit lines reach the file from a thread)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result or time.monotonic() >= deadline:
+            return result
+        await asyncio.sleep(interval)
+
+
+def metric(name: str, **labels: str) -> float:
+    """A sample's value in the process-wide Prometheus registry (0 when absent).
+
+    Every in-process gateway of the test session counts into this one registry: compare a value
+    before and after what a test does, never the value itself."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def scraped(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A /metrics body as {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
