@@ -1,19 +1,29 @@
-"""The audit log: complete JSON lines, size rotation, and write failures that are never silent."""
+"""The audit log: complete JSON lines, size rotation, a hash chain that `audit verify` checks,
+no tool arguments, and write failures that are never silent."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_mcp_gateway.audit import AuditLog, AuditRecord
-from agent_mcp_gateway.settings import load_settings
+from mcp import MCPError
+
+from agent_mcp_gateway.audit import GENESIS, AuditLog, AuditRecord, ChainCheck, verify
 from agent_mcp_gateway.metrics import REGISTRY
+from agent_mcp_gateway.settings import load_settings
+
+from conftest import GatewayFiles, fixture_server, stdio_gateway, wait_until
 
 SPEC_FIELDS = {
     "timestamp",
@@ -28,6 +38,8 @@ SPEC_FIELDS = {
     "session_id",
     "request_id",
 }
+# How the line was authenticated, and the chain.
+EXTRA_FIELDS = {"auth", "credential", "claimed_agent_id", "prev_hash"}
 
 
 def record(**changes: Any) -> AuditRecord:
@@ -48,6 +60,17 @@ def record(**changes: Any) -> AuditRecord:
 
 def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def digest(line: bytes) -> str:
+    return sha256(line).hexdigest()
+
+
+def write_lines(path: Path, count: int, **options: Any) -> None:
+    audit = AuditLog(path, **options)
+    for index in range(count):
+        audit.write(record(request_id=f"r-{index}"))
+    audit.close()
 
 
 def failures() -> float:
@@ -73,11 +96,11 @@ def test_line_has_every_spec_field(tmp_path: Path) -> None:
     audit.close()
 
     first, second = lines(tmp_path / "audit.jsonl")
-    assert set(first) == SPEC_FIELDS
-    assert first == {"timestamp": first["timestamp"], **asdict(record())}
+    assert set(first) == SPEC_FIELDS | EXTRA_FIELDS
+    assert first == {"timestamp": first["timestamp"], **asdict(record()), "prev_hash": GENESIS}
     assert first["timestamp"].endswith("Z")
     assert datetime.fromisoformat(first["timestamp"]).utcoffset().total_seconds() == 0
-    assert set(second) == SPEC_FIELDS
+    assert set(second) == SPEC_FIELDS | EXTRA_FIELDS
     assert (second["agent_id"], second["tool"], second["rule"]) == (None, None, None)
     assert second["server"] == "café"
     assert "café" in (tmp_path / "audit.jsonl").read_text(encoding="utf-8")
@@ -110,6 +133,16 @@ def test_rotation_by_size(tmp_path: Path) -> None:
     newest_first = [line["request_id"] for file in [path, *files[1:]] for line in reversed(lines(file))]
     assert newest_first == [f"r-{index}" for index in range(59, 59 - len(kept), -1)]
 
+    # The chain runs across the rotations; the oldest kept line follows one rotated away.
+    oldest_first = [*reversed(files[1:]), path]
+    check = verify(oldest_first)
+    assert (check.problem, check.lines) == (None, len(kept))
+    for older, newer in itertools.pairwise(oldest_first):
+        last = older.read_bytes().splitlines()[-1]
+        assert lines(newer)[0]["prev_hash"] == digest(last)
+    assert check.first_prev_hash == lines(oldest_first[0])[0]["prev_hash"] != GENESIS
+    assert check.last_hash == digest(path.read_bytes().splitlines()[-1])
+
 
 @pytest.mark.parametrize("broken", ["directory in place of the file", "parent is a file"])
 def test_write_failure_is_counted_and_logged(
@@ -141,3 +174,242 @@ def test_write_failure_is_counted_and_logged(
     healthy.close()
     assert len(lines(tmp_path / "healthy.jsonl")) == 1
     assert failures() == before + 2
+
+
+def test_each_line_carries_the_hash_of_the_line_before(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, 5)
+
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n") and b"\r" not in raw
+    raw_lines = raw.split(b"\n")[:-1]
+    assert [json.loads(line)["prev_hash"] for line in raw_lines] == [
+        GENESIS,
+        *(digest(line) for line in raw_lines[:-1]),
+    ]
+    assert verify([path]) == ChainCheck(5, None, GENESIS, digest(raw_lines[-1]))
+
+
+def test_a_restarted_gateway_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, 2)
+    write_lines(path, 2)
+    check = verify([path])
+    assert (check.problem, check.lines, check.first_prev_hash) == (None, 4, GENESIS)
+
+    # A line cut short by a crash is ended, so the next line does not run into it; the chain
+    # covers its bytes, and `verify` reports it.
+    with path.open("ab") as file:
+        file.write(b'{"timestamp": "2026-')
+    write_lines(path, 1)
+    raw_lines = path.read_bytes().split(b"\n")[:-1]
+    assert raw_lines[4] == b'{"timestamp": "2026-'
+    assert json.loads(raw_lines[5])["prev_hash"] == digest(raw_lines[4])
+    check = verify([path])
+    assert check.lines == 4
+    assert check.problem is not None and check.problem.startswith(f"{path}:5: not JSON")
+
+
+def tampered(path: Path, change: str) -> None:
+    raw = path.read_bytes().split(b"\n")[:-1]
+    if change == "edit":
+        raw[1] = raw[1].replace(b'"DENY"', b'"ALLOW"')
+    elif change == "edit and rehash the next line only":
+        raw[1] = raw[1].replace(b'"DENY"', b'"ALLOW"')
+        raw[2] = raw[2].replace(json.loads(raw[2])["prev_hash"].encode(), digest(raw[1]).encode())
+    elif change == "remove":
+        del raw[1]
+    elif change == "insert":
+        raw.insert(2, raw[1])
+    elif change == "reorder":
+        raw[1], raw[2] = raw[2], raw[1]
+    elif change == "blank line":
+        raw.insert(2, b"")
+    elif change == "not an object":
+        raw[2] = b"[1, 2]"
+    elif change == "no prev_hash":
+        raw[2] = json.dumps({**json.loads(raw[2]), "prev_hash": None}).encode()
+    elif change == "not UTF-8":
+        raw[2] = raw[2].replace(b"backend", b"back\xffend")
+    elif change == "restart at genesis":
+        raw[2] = raw[2].replace(json.loads(raw[2])["prev_hash"].encode(), GENESIS.encode())
+    text = b"".join(line + b"\n" for line in raw)
+    path.write_bytes(text[:-20] if change == "cut mid-line" else text)
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "reason"),
+    [
+        ("edit", 3, "prev_hash is not the hash of the line before"),
+        ("edit and rehash the next line only", 4, "prev_hash is not the hash of the line before"),
+        ("remove", 2, "prev_hash is not the hash of the line before"),
+        ("insert", 3, "prev_hash is not the hash of the line before"),
+        ("reorder", 2, "prev_hash is not the hash of the line before"),
+        ("blank line", 3, "not JSON"),
+        ("not an object", 3, "not a JSON object"),
+        ("no prev_hash", 3, "no prev_hash"),
+        ("not UTF-8", 3, "not UTF-8"),
+        ("restart at genesis", 3, "the chain starts again here"),
+        ("cut mid-line", 5, "unfinished line"),
+    ],
+)
+def test_verify_reports_the_first_broken_line(tmp_path: Path, change: str, line: int, reason: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, 5)
+    tampered(path, change)
+    check = verify([path])
+    assert check.problem is not None and check.problem.startswith(f"{path}:{line}: {reason}")
+    assert check.lines == line - 1
+
+
+def test_cutting_lines_off_the_end_shows_only_in_the_last_hash(tmp_path: Path) -> None:
+    """Without a key, the chain cannot show lines removed from the end: comparing the last hash
+    with a copy kept elsewhere does."""
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, 5)
+    before = verify([path])
+    path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().split(b"\n")[:-2]))
+    after = verify([path])
+    assert (after.problem, after.lines) == (None, 4)
+    assert after.last_hash != before.last_hash
+
+
+def test_line_separators_in_values_stay_inside_one_line(tmp_path: Path) -> None:
+    # What str.splitlines and other readers take as line ends, and a lone surrogate, which UTF-8
+    # cannot encode: a caller can put any of them in a server or tool name.
+    odd = ["\u2028", "\u2029", "\x85", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\ud800"]
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    for index, text in enumerate(odd):
+        audit.write(record(server=f"a{text}b", tool=text, request_id=f"r-{index}"))
+    audit.close()
+
+    text = path.read_text(encoding="utf-8")
+    assert not {"\u2028", "\u2029", "\x85"} & set(text)
+    assert "\\u2028" in text
+    assert len(text.splitlines()) == len(odd)  # one record per line
+    written = [json.loads(line) for line in text.splitlines()]
+    assert [(line["server"], line["tool"]) for line in written] == [(f"a{t}b", t) for t in odd]
+    assert verify([path]).problem is None
+
+
+def test_a_line_that_could_not_be_written_leaves_a_gap_in_the_chain(
+    tmp_path: Path, gateway_errors: list[logging.LogRecord]
+) -> None:
+    (tmp_path / "logs").write_text("")  # a file where the directory should be
+    path = tmp_path / "logs" / "audit.jsonl"
+    before = failures()
+    audit = AuditLog(path)
+    audit.write(record(request_id="lost"))
+    assert wait_until(lambda: failures() == before + 1, 5)
+    (tmp_path / "logs").unlink()
+    (tmp_path / "logs").mkdir()
+    audit.write(record(request_id="kept"))
+    audit.close()
+
+    (kept,) = lines(path)
+    assert kept["request_id"] == "kept"
+    # The file should start at genesis: it starts after a line that is not there.
+    assert kept["prev_hash"] != GENESIS
+    assert verify([path]).first_prev_hash == kept["prev_hash"]
+    messages = [entry.getMessage() for entry in gateway_errors]
+    assert messages.count("audit line could not be written") == 1
+
+
+SECRET = "s3cr3t-argument-5f0e"
+
+
+async def test_tool_call_arguments_never_reach_the_audit_log(gateway_files: GatewayFiles) -> None:
+    gateway_files.write_servers({"echo": fixture_server("echo")})
+    gateway_files.write_rules(
+        {"agents": {"builder": {"allow": {"servers": ["echo"]}, "deny": {"tools": {"echo": ["drop_*"]}}}}}
+    )
+    calls = [
+        ("echo", {"text": SECRET}),  # allowed
+        ("drop_table", {"table": SECRET}),  # denied by policy
+        ("fail", {"message": SECRET}),  # the downstream tool fails with the argument in its error
+        ("add", {"a": SECRET, "b": 1}),  # the downstream server rejects the arguments
+        ("no_such_tool", {"anything": SECRET}),
+    ]
+    async with stdio_gateway(gateway_files) as client:
+        for tool, args in calls:
+            arguments = {"agent_id": "builder", "server": "echo", "tool": tool, "args": args}
+            try:
+                await client.call_tool_mcp("execute_tool", arguments)
+            except MCPError:
+                pass
+
+    raw = gateway_files.audit.read_bytes()
+    assert SECRET.encode() not in raw
+    executed = [line for line in gateway_files.audit_lines() if line["operation"] == "execute_tool"]
+    assert [line["tool"] for line in executed] == [tool for tool, _ in calls]
+    assert {line["decision"] for line in executed} == {"ALLOW", "DENY", "ERROR"}
+    assert all(set(line) == SPEC_FIELDS | EXTRA_FIELDS for line in executed)
+    assert verify([gateway_files.audit]).problem is None
+
+
+def run_verify(*files: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent_mcp_gateway", "audit", "verify", *map(str, files)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    return result
+
+
+def test_audit_verify_command(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, 40, max_bytes=2500, backups=2)
+    files = [path.with_name("audit.jsonl.2"), path.with_name("audit.jsonl.1"), path]
+    count = sum(len(lines(file)) for file in files)
+
+    result = run_verify(*files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first_prev_hash = lines(files[0])[0]["prev_hash"]
+    assert result.stdout.splitlines() == [
+        f"OK: {count} lines",
+        f"chain starts at: {first_prev_hash} (an earlier file)",
+        f"last line hash:  {digest(path.read_bytes().splitlines()[-1])}",
+    ]
+
+    result = run_verify(files[1], files[0], path)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"BROKEN: {files[0]}:1: prev_hash is not the hash of the last line of")
+
+    tampered(files[1], "edit")
+    result = run_verify(*files)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"BROKEN: {files[1]}:3: prev_hash is not the hash of the line before "
+        "(a line was changed, removed or inserted)",
+        f"intact lines before it: {len(lines(files[0])) + 2}",
+    ]
+
+
+def test_audit_verify_command_on_new_and_unreadable_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, 1)
+    result = run_verify(path)
+    assert (result.returncode, result.stdout.splitlines()[:2]) == (
+        0,
+        ["OK: 1 line", "chain starts at: genesis"],
+    )
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    result = run_verify(empty)
+    assert (result.returncode, result.stdout) == (0, "OK: 0 lines\n")
+
+    binary = tmp_path / "binary"
+    binary.write_bytes(bytes(range(256)) * 4)
+    result = run_verify(binary)
+    assert result.returncode == 1 and result.stdout.startswith(f"BROKEN: {binary}:1: ")
+
+    for unreadable in (tmp_path / "missing.jsonl", tmp_path):
+        result = run_verify(path, unreadable)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.startswith(f"error: cannot read {unreadable}: ")

@@ -1,29 +1,48 @@
-"""The audit log: one JSON line per gateway operation, rotated by size.
+"""The audit log: one JSON line per gateway operation, rotated by size, hash-chained.
 
 Lines are handed to a background thread (the stdlib's QueueHandler/QueueListener), so a slow
 disk never stalls a tool call. A line that cannot be written is counted and reported on the
 gateway's own log; it is never dropped silently.
+
+Each line's `prev_hash` is the hex SHA-256 of the previous line's exact bytes (UTF-8, without
+its newline); a file's first line has GENESIS, except that the first line after a rotation
+chains to the last line of the rotated file, and a restarted gateway continues its file. So a
+line changed, removed or inserted in `audit.jsonl.N ... audit.jsonl.1 audit.jsonl` breaks the
+chain that `verify` checks. The chain is computed on the writer thread, in write order.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
+import os
 import queue
+import re
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from hashlib import sha256
 from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_cache_dir
-from pythonjsonlogger.json import JsonFormatter
 
 from .metrics import AUDIT_WRITE_FAILURES
 
 log = logging.getLogger("agent_mcp_gateway")
 
 Decision = Literal["ALLOW", "DENY", "ERROR"]
+
+GENESIS = "0" * 64
+"""The `prev_hash` of the first line of a new audit file."""
+
+# Characters that json.dumps(ensure_ascii=False) leaves raw but that split a line for some
+# readers (str.splitlines, JavaScript, many log shippers), plus lone surrogates, which UTF-8
+# cannot encode. Inside JSON they only occur in strings, where the \uXXXX escape is equivalent.
+_UNSAFE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +62,48 @@ class AuditRecord:
     claimed_agent_id: str | None = None
 
 
+# The line's fields, in order; copied by name because dataclasses.asdict (a deep copy) would
+# double the writer thread's time per line.
+_FIELDS = tuple(field.name for field in fields(AuditRecord))
+
+
 def default_path() -> Path:
     return Path(user_cache_dir("agent-mcp-gateway")) / "audit.jsonl"
 
 
-class _CountingFileHandler(logging.handlers.RotatingFileHandler):
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+class _AuditFileHandler(logging.handlers.RotatingFileHandler):
+    """Writes each queued record as its chained line, on the writer thread, in queue order.
+
+    The chain advances before the write is tried, so a line that could not be written shows as
+    a break in the chain as well as in the failure count.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
+        self._prev_hash = _chain_head(path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The line becomes the record's message, which the default formatter writes as is; the
+        # size check formats the record a second time, so the chain cannot live in a formatter.
+        try:
+            entry = vars(record)
+            audit = entry["audit"]
+            values = {
+                "timestamp": entry["timestamp"],
+                **{name: getattr(audit, name) for name in _FIELDS},
+                "prev_hash": self._prev_hash,
+            }
+            record.msg = line = _UNSAFE.sub(_escape, json.dumps(values, ensure_ascii=False))
+            self._prev_hash = sha256(line.encode()).hexdigest()
+        except Exception:
+            self.handleError(record)
+        else:
+            super().emit(record)
+
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)
         AUDIT_WRITE_FAILURES.inc()
         error = sys.exc_info()[1]
@@ -68,22 +124,18 @@ class AuditLog:
                 "audit log directory could not be created",
                 extra={"audit_path": str(self.path), "error": type(exc).__name__},
             )
-        self._handler = handler = _CountingFileHandler(
-            self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
-        )
-        handler.setFormatter(
-            JsonFormatter("{timestamp}", style="{", reserved_attrs=_RESERVED, json_ensure_ascii=False)
-        )
+        self._handler = _AuditFileHandler(self.path, max_bytes, backups)
         self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self._listener = logging.handlers.QueueListener(self._queue, handler)
+        self._listener = logging.handlers.QueueListener(self._queue, self._handler)
         self._logger = logging.Logger("agent_mcp_gateway.audit")
         self._logger.addHandler(logging.handlers.QueueHandler(self._queue))
         self._listener.start()
         self._closed = False
 
     def write(self, record: AuditRecord) -> None:
+        """Queue the line; it is formatted, chained and written on the writer thread."""
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self._logger.info("", extra={"timestamp": now, **asdict(record)})
+        self._logger.info("", extra={"timestamp": now, "audit": record})
 
     def close(self) -> None:
         """Flush every queued line to disk and close the file; safe to call twice."""
@@ -93,6 +145,96 @@ class AuditLog:
             self._handler.close()
 
 
-# Every standard LogRecord attribute, plus `message`, is left out of the line: an audit line
-# carries only the audit fields.
-_RESERVED = [*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "taskName"]
+def _chain_head(path: Path) -> str:
+    """The hash the next line chains to: that of the file's last line, so a restarted gateway
+    continues its chain, or GENESIS for a new file. An unfinished last line (a crash mid-write)
+    is ended with a newline first, so the next line does not run into it."""
+    try:
+        with path.open("rb") as file:
+            position = file.seek(0, os.SEEK_END)
+            tail = b""
+            while position and b"\n" not in tail[:-1]:
+                step = min(position, 1 << 16)
+                position -= step
+                file.seek(position)
+                tail = file.read(step) + tail
+        if not tail:
+            return GENESIS
+        if not tail.endswith(b"\n"):
+            with path.open("ab") as file:
+                file.write(b"\n")
+            tail += b"\n"
+        return sha256(tail[:-1].rpartition(b"\n")[2]).hexdigest()
+    except FileNotFoundError:
+        return GENESIS
+    except OSError as exc:
+        # Keep serving; the chain restarts at GENESIS, which `verify` reports as a break.
+        log.error(
+            "audit chain could not be continued",
+            extra={"audit_path": str(path), "error": type(exc).__name__},
+        )
+        return GENESIS
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCheck:
+    """What `verify` found: the lines checked, the first problem if any, and the chain's ends
+    (the first line's prev_hash, the last line's hash) to compare with a copy kept elsewhere."""
+
+    lines: int
+    problem: str | None
+    first_prev_hash: str | None
+    last_hash: str | None
+
+
+class _Broken(Exception):
+    pass
+
+
+_HEX_DIGEST = re.compile("[0-9a-f]{64}")
+
+
+def verify(paths: Sequence[Path]) -> ChainCheck:
+    """Check audit files given oldest first: every line one JSON object, every prev_hash the hash
+    of the line before it, across files. Stops at the first problem; OSError if a file cannot be
+    read. The first line's prev_hash is taken as given: older files may have been rotated away."""
+    count = 0
+    first: str | None = None
+    last: str | None = None
+    last_path: Path | None = None
+    with ExitStack() as stack:
+        files = [(path, stack.enter_context(path.open("rb"))) for path in paths]
+        for path, file in files:
+            before = (f"the last line of {last_path}", "are the files given oldest first?")
+            for number, raw in enumerate(file, 1):
+                try:
+                    prev_hash = _prev_hash(raw, last, *before)
+                except _Broken as exc:
+                    return ChainCheck(count, f"{path}:{number}: {exc}", first, last)
+                first = first or prev_hash
+                last, last_path = sha256(raw[:-1]).hexdigest(), path
+                before = ("the line before", "a line was changed, removed or inserted")
+                count += 1
+    return ChainCheck(count, None, first, last)
+
+
+def _prev_hash(raw: bytes, expected: str | None, before: str, hint: str) -> str:
+    """The line's prev_hash, once the line is known to be a JSON object that continues the chain."""
+    if not raw.endswith(b"\n"):
+        raise _Broken("unfinished line (no newline at its end)")
+    try:
+        value = json.loads(raw[:-1].decode())
+    except UnicodeDecodeError as exc:
+        raise _Broken("not UTF-8") from exc
+    except (ValueError, RecursionError) as exc:
+        raise _Broken(f"not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise _Broken("not a JSON object")
+    prev_hash = value.get("prev_hash")
+    if not isinstance(prev_hash, str) or not _HEX_DIGEST.fullmatch(prev_hash):
+        raise _Broken("no prev_hash (a SHA-256 hex digest)")
+    if expected is not None and prev_hash != expected:
+        if prev_hash == GENESIS:
+            raise _Broken(f"the chain starts again here instead of following {before}")
+        raise _Broken(f"prev_hash is not the hash of {before} ({hint})")
+    return prev_hash

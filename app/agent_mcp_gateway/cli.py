@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"where to write them (default: ~/.config/{PROG}/)",
     )
     init.set_defaults(run=_init)
+    _add_audit_commands(commands)
     return parser
 
 
@@ -322,6 +323,47 @@ def _init(args: argparse.Namespace) -> int:
             f"with {config.MCP_CONFIG_ENV} and {config.RULES_ENV}."
         )
     print(f"Edit them, then check them with: {PROG} validate")
+    return 0
+
+
+def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser("audit", help="check audit log files")
+    audit_commands = audit.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="check that audit files are whole JSON lines whose hash chain is unbroken",
+        description="Give the files oldest first, e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl. "
+        "Exit status: 0 intact, 1 a broken line (the first is shown), 2 unreadable files.",
+    )
+    verify.add_argument("files", nargs="+", type=_path, metavar="FILE")
+    verify.set_defaults(run=_audit_verify)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    import io
+
+    from .audit import GENESIS, verify
+
+    # A file name may hold bytes stdout's encoding cannot show: print them escaped, no traceback.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        check = verify(args.files)
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename or 'an audit file'}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if check.problem:
+        print(f"BROKEN: {check.problem}")
+        print(f"intact lines before it: {check.lines}")
+        return 1
+    print(f"OK: {_count(check.lines, 'line')}")
+    if check.lines:
+        # The ends of the chain: kept elsewhere, they show lines cut from either end.
+        start = (
+            "genesis" if check.first_prev_hash == GENESIS else f"{check.first_prev_hash} (an earlier file)"
+        )
+        print(f"chain starts at: {start}")
+        print(f"last line hash:  {check.last_hash}")
     return 0
 
 
