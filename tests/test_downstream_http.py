@@ -1,4 +1,8 @@
-"""Streamable HTTP downstream servers: headers, start-up order, and outages."""
+"""Streamable HTTP downstream servers: headers, start-up order, and outages.
+
+The downstream server is a real process (it is started, stopped and restarted); the gateway runs
+in process, reached in memory.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PY, SERVERS, GatewayFiles, free_port, gateway_call, stdio_gateway
 from mcp import MCPError
+
+from conftest import PY, SERVERS, GatewayFiles, free_port, gateway_call, memory_gateway
 
 RULES = {"agents": {"dev": {"allow": {"servers": ["*"]}}}}
 
@@ -59,18 +64,27 @@ async def execute(client: Any, tool: str, **args: Any) -> Any:
 
 
 async def until_available(client: Any, timeout: float = 30) -> Any:
+    """The first successful echo call; every refusal before it must say the server is unavailable."""
     deadline = time.monotonic() + timeout
-    while True:
+    refusals: list[int] = []
+    while time.monotonic() < deadline:
         try:
-            return await execute(client, "echo", text="back")
+            result = await execute(client, "echo", text="back")
         except MCPError as error:
-            assert error.code == -32001, error
-            assert time.monotonic() < deadline, "server never became available"
+            refusals.append(error.code)
             await asyncio.sleep(0.2)
+            continue
+        assert set(refusals) <= {-32001}, refusals
+        return result
+    raise AssertionError(f"server never became available; refusals: {refusals}")
 
 
-async def test_all_configured_headers_are_sent(gateway_files: GatewayFiles, echo_http: EchoOverHttp) -> None:
-    echo_http.start()
+async def test_all_configured_headers_are_sent(
+    gateway_files: GatewayFiles, echo_http: EchoOverHttp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_TOKEN", "s3cret")
+    monkeypatch.delenv("TEST_TENANT", raising=False)
+    await asyncio.to_thread(echo_http.start)
     gateway_files.write_servers(
         {
             "remote": {
@@ -81,7 +95,7 @@ async def test_all_configured_headers_are_sent(gateway_files: GatewayFiles, echo
         }
     )
     gateway_files.write_rules(RULES)
-    async with stdio_gateway(gateway_files, TEST_TOKEN="s3cret") as client:
+    async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
         result = await execute(client, "request_headers")
         headers = result.structured_content
         assert headers["authorization"] == "Bearer s3cret"
@@ -96,33 +110,34 @@ async def test_server_that_starts_late_is_connected_with_backoff(
 ) -> None:
     gateway_files.write_servers({"remote": {"description": "late", "url": echo_http.url}})
     gateway_files.write_rules(RULES)
-    async with stdio_gateway(gateway_files) as client:
+    async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
         down = await gateway_call(client, "list_servers", agent_id="dev", include_metadata=True)
         assert down["servers"][0]["health"] in ("down", "connecting")
         with pytest.raises(MCPError) as unavailable:
             await execute(client, "echo", text="early")
         assert unavailable.value.code == -32001 and unavailable.value.data["server"] == "remote"
-        echo_http.start()
+        await asyncio.to_thread(echo_http.start)
         result = await until_available(client)
-        assert "back" in result.content[0].text
+        assert result.content[0].text == "back"
 
 
 async def test_server_outage_and_recovery(gateway_files: GatewayFiles, echo_http: EchoOverHttp) -> None:
-    echo_http.start()
+    await asyncio.to_thread(echo_http.start)
     gateway_files.write_servers({"remote": {"description": "flaky", "url": echo_http.url}})
     gateway_files.write_rules(RULES)
-    async with stdio_gateway(gateway_files) as client:
-        assert "hi" in (await execute(client, "echo", text="hi")).content[0].text
-        echo_http.stop()
+    async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
+        assert (await execute(client, "echo", text="hi")).content[0].text == "hi"
+        await asyncio.to_thread(echo_http.stop)
         deadline = time.monotonic() + 15
-        while True:  # the next call or the next ping notices the outage
+        outage: MCPError | None = None
+        while outage is None and time.monotonic() < deadline:  # the next call or ping notices
             try:
                 await execute(client, "echo", text="during")
             except MCPError as error:
-                assert error.code == -32001
-                break
-            assert time.monotonic() < deadline
+                outage = error
             await asyncio.sleep(0.2)
-        echo_http.start()
+        assert outage is not None and outage.code == -32001
+        assert outage.data["server"] == "remote"
+        await asyncio.to_thread(echo_http.start)
         result = await until_available(client)
-        assert "back" in result.content[0].text
+        assert result.content[0].text == "back"
