@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from agent_mcp_gateway import config
 from agent_mcp_gateway.config import ConfigError, cross_check, discover, load, load_mcp_config, load_rules
 

@@ -149,13 +149,14 @@ async def test_slow_server_sleeps_without_blocking() -> None:
         assert time.monotonic() - started < 0.95
 
 
-@pytest.mark.parametrize("tool,args", [("crash", {}), ("sleep_then_crash", {"seconds": 0.1})])
+@pytest.mark.parametrize(("tool", "args"), [("crash", {}), ("sleep_then_crash", {"seconds": 0.1})])
 async def test_crashing_server_dies_mid_call(tool: str, args: dict[str, Any]) -> None:
     async with connect(fixture("crashing")) as client:
         assert (await client.call_tool("echo", {"text": "still here"})).data == "still here"
         pid = (await client.call_tool("pid", {})).data
-        with pytest.raises(MCPError):
+        with pytest.raises(MCPError) as lost:
             await client.call_tool(tool, args)
+        assert (lost.value.code, lost.value.message) == (-32000, "Connection closed")
         assert not _alive(pid)
 
 
@@ -258,13 +259,20 @@ async def test_fixture_over_streamable_http(http_server: Any) -> None:
     url = http_server([sys.executable, str(SERVERS / "progress.py")])
     for mode in MODES:
         progress: list[float] = []
-
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
-            progress.append(value)
-
         async with connect(url, mode=mode) as client:
-            result = await client.call_tool("count", {"n": 2, "delay": 0.01}, progress_handler=on_progress)
+            result = await client.call_tool(
+                "count", {"n": 2, "delay": 0.01}, progress_handler=recorder(progress)
+            )
         assert result.data == "counted 2" and progress == [1, 2], mode
+
+
+def recorder(values: list[float]) -> Any:
+    """A progress handler that appends each progress value to `values`."""
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        values.append(value)
+
+    return on_progress
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -278,7 +286,7 @@ async def test_demo_notes_server() -> None:
         tools = {tool.name: tool for tool in await client.list_tools()}
         assert set(tools) == {"add_note", "list_notes", "get_note", "search_notes", "delete_note"}
         read_only = {
-            name for name, tool in tools.items() if tool.annotations and tool.annotations.readOnlyHint
+            name for name, tool in tools.items() if tool.annotations and tool.annotations.read_only_hint
         }
         assert read_only == {"list_notes", "get_note", "search_notes"}
 

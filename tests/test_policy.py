@@ -6,11 +6,12 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.errors import DeniedByPolicy, InvalidAgentId
 from agent_mcp_gateway.policy import DEFAULT_DENY, Decision, PolicyEngine
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 RULES: dict[str, Any] = {
     "agents": {
