@@ -103,9 +103,10 @@ async def test_stack_up_is_healthy_answers_and_down_leaves_nothing(
     }
     assert {f"{project}_gateway-data", f"{project}_prometheus-data"} <= volumes
     for c in containers:
-        host_config = c.attrs["HostConfig"]
-        assert host_config["ReadonlyRootfs"] is True, c.name
-        assert host_config.get("Init") is True, c.name
+        assert c.attrs["HostConfig"]["ReadonlyRootfs"] is True, c.name
+        # init: true -> podman's init (catatonit) is PID 1; the compat API does not report it.
+        code, pid1 = c.exec_run(["cat", "/proc/1/cmdline"])
+        assert code == 0 and pid1.split(b"\0")[0] == b"/run/podman-init", (c.name, pid1)
 
     # The gateway answers through its published port, with the demo server reached by name on
     # the compose network (container DNS) and mcp-server-time over stdio in its own container.
