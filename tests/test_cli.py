@@ -167,7 +167,9 @@ def test_token_prints_once_and_writes_the_hash(configured: Cli) -> None:
     second = written.stdout.strip()
     assert second != token
     after = json.loads((configured.cwd / ".mcp-gateway-rules.json").read_text())
-    assert after["agents"]["researcher"]["tokens"] == ["sha256:" + hashlib.sha256(second.encode()).hexdigest()]
+    assert after["agents"]["researcher"]["tokens"] == [
+        "sha256:" + hashlib.sha256(second.encode()).hexdigest()
+    ]
     after["agents"]["researcher"].pop("tokens")
     assert after == before  # nothing else changed
     assert [p.name for p in configured.cwd.iterdir() if p.name.endswith(".tmp")] == []
