@@ -4,7 +4,8 @@
 # ops/compose/config, the demo HTTP server from ops/compose/demo_server.py beside it, and
 # mcp-server-time over stdio inside the gateway container.
 #
-# Checks: /ready turns 200 with both downstream servers up, an MCP call goes through to each,
+# Checks: /ready turns 200 with both downstream servers up, an MCP call goes through to each
+# (with the API tokens of ops/compose-env.sh, as the compose stack runs),
 # a denied call is denied, the audit log is written in the state volume, the image's
 # HEALTHCHECK passes, the root FS is read-only, the process is uid 10001, and SIGTERM ends it
 # with exit code 0. Prints the measured times; exits non-zero on the first failure.
@@ -55,9 +56,14 @@ for _ in $(seq 1 150); do
     sleep 0.2
 done
 
+# The compose configuration authenticates agents by API token (hashes in gateway.env, tokens for
+# clients in client.env); made once by ops/compose-env.sh.
+"$repo_root/ops/compose-env.sh"
+
 t0=$(date +%s.%N)
 podman run -d --name "$gw" --network "$net" "${hardening[@]}" \
     -p "127.0.0.1:$port:8000" \
+    --env-file "$repo_root/ops/compose/gateway.env" \
     -v "$repo_root/ops/compose/config:/config:ro" \
     -v "$vol:/var/lib/agent-mcp-gateway" \
     "$image" >/dev/null 2>&1
@@ -84,21 +90,28 @@ t_ready=$(date +%s.%N)
 [[ -n "$ready" ]] || fail "/ready never answered 200"
 log "/ready: $ready"
 
-"$python" - "$port" "$ready" <<'EOF' || fail "MCP calls through the gateway"
+"$python" - "$port" "$ready" "$repo_root/ops/compose/client.env" <<'EOF' || fail "MCP calls through the gateway"
 import asyncio, json, sys
 from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
 
 port, ready = sys.argv[1], json.loads(sys.argv[2])
+tokens = dict(line.split("=", 1) for line in open(sys.argv[3]).read().split() if "=" in line)
 assert ready["servers"]["demo"]["state"] == "up", ready
 assert ready["servers"]["time"]["state"] == "up", ready
 
+def as_agent(agent: str) -> Client:
+    headers = {"Authorization": f"Bearer {tokens[agent.upper() + '_TOKEN']}"}
+    return Client(StreamableHttpTransport(f"http://127.0.0.1:{port}/mcp", headers=headers))
+
 async def main() -> None:
-    async with Client(f"http://127.0.0.1:{port}/mcp") as c:
+    async with as_agent("researcher") as c:
         names = {t.name for t in await c.list_tools()}
         assert {"list_servers", "get_server_tools", "execute_tool"} <= names, names
         r = await c.call_tool("execute_tool", {"agent_id": "researcher", "server": "demo",
                                                "tool": "echo", "args": {"message": "smoke"}})
         assert r.content[0].text == "smoke", r
+    async with as_agent("backend") as c:
         r = await c.call_tool("execute_tool", {"agent_id": "backend", "server": "time",
                                                "tool": "get_current_time", "args": {"timezone": "UTC"}})
         assert "UTC" in r.content[0].text, r
