@@ -8,6 +8,8 @@
 #   ops/stack.sh down     # remove the containers, the network and the volumes (named and
 #                         # anonymous); non-zero if any of them is left
 #
+# `up` starts containers that already exist as they are; after rebuilding an image, `down` first.
+#
 # Why a wrapper: Debian bookworm's podman-compose 1.0.3 exits 0 when a container fails to start,
 # does not wait for `depends_on: condition: service_healthy`, and its `down` leaves the network
 # and anonymous volumes behind. And without systemd podman runs no healthcheck timers, so this
