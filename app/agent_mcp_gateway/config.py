@@ -69,6 +69,8 @@ class ServerConfig(BaseModel):
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_ms: Annotated[StrictInt, Field(gt=0)] | None = None
+    # The largest message (a tool result, as JSON) the gateway takes from this server: 32 MiB.
+    max_result_bytes: Annotated[StrictInt, Field(gt=0)] = 32 * 1024 * 1024
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)

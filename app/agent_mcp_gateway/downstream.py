@@ -3,8 +3,13 @@
 Each server is owned by a supervisor task that connects, keeps the session alive, notices when
 it is lost (a failed call, a failed ping, the process exiting) and reconnects with exponential
 backoff. Calls never wait for a connection: a server that is not up fails fast with
-SERVER_UNAVAILABLE. stdio servers run in their own process group (the SDK's stdio client starts
-them with a new session and ends them with killpg), so closing a server ends its whole tree.
+SERVER_UNAVAILABLE, and so does one whose circuit breaker is open after repeated failures.
+stdio servers run in their own process group (`downstream_stdio`), ended as a whole when the
+server exits, is closed or the gateway dies (`watchdog`).
+
+What a downstream says is relayed only to the call it belongs to: its JSON-RPC errors are
+retold in a clean sentence (the original goes to the gateway's log), and its log notifications
+reach the caller they were sent for, or the gateway's log when that cannot be told.
 """
 
 from __future__ import annotations
@@ -14,22 +19,29 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import mcp_types as mt
 from fastmcp import Client
 from fastmcp.client.messages import MessageHandler
-from fastmcp.client.transports import ClientTransport, StdioTransport, StreamableHttpTransport
+from fastmcp.client.transports import ClientTransport
 from mcp import MCPError
+from mcp.shared.dispatcher import ProgressFnT
 
+from . import logs
+from .circuit import CircuitBreaker, CircuitOpen
 from .config import ServerConfig
-from .errors import GatewayTimeout, ServerUnavailable, ToolNotFound
-from .metrics import DOWNSTREAM_RESTARTS, DOWNSTREAM_SECONDS, DOWNSTREAM_UP
+from .downstream_http import HttpServerTransport, over_limit
+from .downstream_stdio import StdioServerTransport, TooLarge, current_call
+from .errors import DownstreamError, GatewayTimeout, ResultTooLarge, ServerUnavailable, ToolNotFound
+from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_SECONDS, DOWNSTREAM_UP
+from .watchdog import Watchdog
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
 State = Literal["connecting", "up", "down", "closed"]
-ProgressHandler = Callable[[float, float | None, str | None], Awaitable[None]]
+ProgressHandler = ProgressFnT
 LogForwarder = Callable[[mt.LoggingMessageNotificationParams], Awaitable[None]]
 
 CONNECTION_CLOSED = -32000
@@ -44,10 +56,17 @@ class Backoff:
     def next_delay(self) -> float:
         delay = min(self.cap, self.first * 2**self.attempt)
         self.attempt += 1
-        return random.uniform(delay / 2, delay)
+        return random.uniform(delay / 2, delay)  # noqa: S311 (jitter, not a secret)
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One tool call in flight: what `current_call` holds while the call runs."""
+
+    forward_log: LogForwarder | None
 
 
 class _Notifications(MessageHandler):
@@ -68,6 +87,7 @@ class Downstream:
         self,
         name: str,
         config: ServerConfig,
+        watchdog: Watchdog,
         connect_timeout: float = 15.0,
         ping_interval: float = 10.0,
         ping_timeout: float = 10.0,
@@ -76,6 +96,8 @@ class Downstream:
         self.ping_timeout = ping_timeout
         self._last_answer = 0.0
         self.config = config
+        self.watchdog = watchdog
+        self.circuit = CircuitBreaker(on_change=self._circuit_changed)
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.state: State = "connecting"
@@ -87,10 +109,15 @@ class Downstream:
         self._client: Client[Any] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
-        self._log_forwarders: set[LogForwarder] = set()
+        self._stdio: StdioServerTransport | None = None
         DOWNSTREAM_UP.labels(name).set(0)
+        DOWNSTREAM_CIRCUIT_OPEN.labels(name).set(0)
 
     # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
 
     def start(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"downstream:{self.name}")
@@ -98,6 +125,7 @@ class Downstream:
     async def close(self) -> None:
         self.state = "closed"
         DOWNSTREAM_UP.remove(self.name)
+        DOWNSTREAM_CIRCUIT_OPEN.remove(self.name)
         for task in (self._refresh, self._supervisor):
             if task is not None:
                 task.cancel()
@@ -115,11 +143,13 @@ class Downstream:
             except Exception as exc:  # any failure to connect is retried, never fatal
                 await self._disconnect()
                 self._mark_down(_describe(exc, "connect"))
+                self.circuit.record_failure(self.last_error or "connect failed")
                 self.tried.set()
                 DOWNSTREAM_RESTARTS.labels(self.name).inc()
                 await asyncio.sleep(backoff.next_delay())
                 continue
             backoff.reset()
+            self.circuit.record_probe()
             self._lost.clear()
             self.state, self.last_error, self.connected_at = "up", None, time.time()
             DOWNSTREAM_UP.labels(self.name).set(1)
@@ -127,21 +157,21 @@ class Downstream:
             log.info("downstream connected", extra={"server": self.name, "tools": len(self.tools)})
             await self._watch()
             await self._disconnect()
-            if self.state != "closed":
+            if not self.closed:
                 DOWNSTREAM_RESTARTS.labels(self.name).inc()
 
     async def _connect(self) -> None:
         # The session-era handshake: one long-lived session that also delivers
         # list_changed notifications sent between calls, which 2026-era connections drop.
         client = Client(
-            _transport(self.config),
+            self._transport(),
             name="agent-mcp-gateway",
             message_handler=_Notifications(self),
             init_timeout=self.connect_timeout,
             mode="legacy",
         )
         self._client = client
-        await client.__aenter__()
+        await client.__aenter__()  # type: ignore[no-untyped-call]  # fastmcp leaves it unannotated
         await self._load_tools(client)
 
     async def _watch(self) -> None:
@@ -150,8 +180,7 @@ class Downstream:
             try:
                 await asyncio.wait_for(self._lost.wait(), self.ping_interval)
             except TimeoutError:
-                busy = time.monotonic() - self._last_answer < self.ping_interval
-                if busy or await self._ping():
+                if self._heard_within(self.ping_interval) or await self._ping():
                     continue
                 self._lost.set()
             self._mark_down(self.last_error or "connection lost")
@@ -165,6 +194,11 @@ class Downstream:
             return True
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            if self._heard_within(self.ping_timeout):
+                return True  # the answer is queued behind a long message still arriving
+            self.last_error = "ping timed out"
+            return False
         except MCPError as exc:
             if not _is_connection_loss(exc):
                 return True  # any answer proves the session is alive (2026-era servers lack ping)
@@ -178,7 +212,7 @@ class Downstream:
         client, self._client = self._client, None
         if client is not None:
             try:
-                await asyncio.wait_for(client.close(), 5)
+                await asyncio.wait_for(client.close(), 5)  # type: ignore[no-untyped-call]
             except Exception as exc:  # a dead server can fail to close; it is gone either way
                 log.debug("downstream close failed", extra={"server": self.name, "error": repr(exc)})
 
@@ -189,6 +223,17 @@ class Downstream:
             log.warning("downstream lost", extra={"server": self.name, "reason": reason})
         self.state, self.last_error = "down", reason
         DOWNSTREAM_UP.labels(self.name).set(0)
+
+    def _circuit_changed(self, is_open: bool) -> None:
+        if self.closed:
+            return
+        DOWNSTREAM_CIRCUIT_OPEN.labels(self.name).set(is_open)
+        if is_open:
+            log.warning(
+                "downstream circuit opened", extra={"server": self.name, "reason": self.circuit.last_failure}
+            )
+        else:
+            log.info("downstream circuit closed", extra={"server": self.name})
 
     def _lose(self, reason: str) -> None:
         self.last_error = reason
@@ -237,47 +282,94 @@ class Downstream:
         progress: ProgressHandler | None = None,
         forward_log: LogForwarder | None = None,
     ) -> mt.CallToolResult:
-        """Call a tool; the timeout covers the whole call, including waiting for start-up."""
+        """Call a tool; the timeout covers the whole call, including waiting for start-up.
+
+        The call's outcome feeds the circuit breaker: an answer (even an error) closes it, a
+        lost connection or a timeout counts towards opening it.
+        """
         started = time.perf_counter()
         outcome = "error"
-        if forward_log is not None:
-            self._log_forwarders.add(forward_log)
+        token = current_call.set(_Call(forward_log))
+        trial = sent = False
         try:
             async with asyncio.timeout(timeout_ms / 1000):
+                trial = self._admit()
                 client = await self._require_client()
                 if tool not in self.tools:
                     raise ToolNotFound(self.name, tool)
+                sent = True
                 result = await client.call_tool_mcp(tool, arguments, progress_handler=progress)
             outcome = "tool_error" if result.is_error else "ok"
-            self._last_answer = time.monotonic()
+            self._answered()
             return result
         except TimeoutError:
             outcome = "timeout"
+            if sent:
+                self.circuit.record_failure("call timed out")
             raise GatewayTimeout("execute_tool", timeout_ms) from None
         except MCPError as exc:
             if _is_connection_loss(exc):
                 self._lose("connection lost during a call")
+                self.circuit.record_failure("connection lost during a call")
                 raise ServerUnavailable(self.name, "connection lost during the call") from None
-            raise
+            self._answered()
+            if isinstance(exc.data, TooLarge):
+                raise ResultTooLarge(self.name, tool, exc.data.limit, exc.data.size) from None
+            if self.config.url and over_limit(exc):
+                raise ResultTooLarge(self.name, tool, self.config.max_result_bytes) from None
+            raise self._retold(tool, exc) from None
         except (OSError, ConnectionError, RuntimeError) as exc:
             self._lose(_describe(exc, "call"))
+            self.circuit.record_failure("connection lost during a call")
             raise ServerUnavailable(self.name, "connection lost during the call") from None
         finally:
-            if forward_log is not None:
-                self._log_forwarders.discard(forward_log)
+            self.circuit.release(trial)
+            current_call.reset(token)
             DOWNSTREAM_SECONDS.labels(self.name, outcome).observe(time.perf_counter() - started)
 
-    async def forward_log(self, params: mt.LoggingMessageNotificationParams) -> None:
-        """Send a downstream log message to the caller it belongs to.
+    def _admit(self) -> bool:
+        try:
+            return self.circuit.admit()
+        except CircuitOpen as exc:
+            raise ServerUnavailable(self.name, str(exc)) from None
 
-        Log notifications carry no request id on the client side, so a message can only be
-        attributed when exactly one call is in flight; otherwise it goes to the gateway's
-        own log rather than to a caller who may be a different agent.
+    def _answered(self) -> None:
+        self._last_answer = time.monotonic()
+        self.circuit.record_success()
+
+    def _retold(self, tool: str, exc: MCPError) -> DownstreamError:
+        """The downstream's error for the caller; its own words only in the gateway's log."""
+        request_id = logs.request_id.get()
+        log.warning(
+            "downstream answered with an error",
+            extra={
+                "server": self.name,
+                "tool": tool,
+                "code": exc.code,
+                "error": exc.message,
+                "data": exc.data,
+            },
+        )
+        return DownstreamError(self.name, tool, exc.code, request_id)
+
+    def _heard_within(self, seconds: float) -> bool:
+        """Whether the server answered a call, or sent any bytes, in the last `seconds`."""
+        heard = max(self._last_answer, self._stdio.last_received if self._stdio else 0.0)
+        return time.monotonic() - heard < seconds
+
+    async def forward_log(self, params: mt.LoggingMessageNotificationParams) -> None:
+        """Send a downstream log message to the call it belongs to, else to the gateway's log.
+
+        The SDK runs this handler in the context the message arrived in. Over Streamable HTTP
+        that is the context of the call whose response stream carried it, so `current_call`
+        names the call exactly. stdio carries nothing to tell, so the transport names a call
+        only when exactly one was waiting for its answer when the message was read. A message
+        that belongs to no call never goes to a caller, who may be a different agent.
         """
-        if len(self._log_forwarders) == 1:
-            forwarder = next(iter(self._log_forwarders))
+        call = current_call.get()
+        if isinstance(call, _Call) and call.forward_log is not None:
             try:
-                await forwarder(params)
+                await call.forward_log(params)
                 return
             except Exception as exc:
                 log.warning("log forward failed", extra={"server": self.name, "error": repr(exc)})
@@ -293,7 +385,15 @@ class Downstream:
             "tools": len(self.tools),
             "last_error": self.last_error,
             "connected_at": self.connected_at,
+            "circuit": self.circuit.status(),
         }
+
+    def _transport(self) -> ClientTransport:
+        config = self.config
+        if config.command:
+            self._stdio = StdioServerTransport(self.name, config, self.watchdog)
+            return self._stdio
+        return HttpServerTransport(config)
 
 
 class DownstreamPool:
@@ -306,6 +406,7 @@ class DownstreamPool:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.servers: dict[str, Downstream] = {}
+        self.watchdog = Watchdog()
 
     def get(self, name: str) -> Downstream | None:
         return self.servers.get(name)
@@ -322,7 +423,9 @@ class DownstreamPool:
         await asyncio.gather(*(server.close() for server in stale))
         for name, config in configs.items():
             if name not in self.servers:
-                server = Downstream(name, config, self.connect_timeout, self.ping_interval, self.ping_timeout)
+                server = Downstream(
+                    name, config, self.watchdog, self.connect_timeout, self.ping_interval, self.ping_timeout
+                )
                 self.servers[name] = server
                 server.start()
             else:
@@ -335,22 +438,10 @@ class DownstreamPool:
     async def close(self) -> None:
         servers, self.servers = list(self.servers.values()), {}
         await asyncio.gather(*(server.close() for server in servers))
+        await asyncio.to_thread(self.watchdog.close)
 
     def __iter__(self) -> Iterator[Downstream]:
         return iter(list(self.servers.values()))
-
-
-def _transport(config: ServerConfig) -> ClientTransport:
-    if config.command:
-        return StdioTransport(
-            config.command,
-            list(config.args),
-            env=dict(config.env) or None,
-            cwd=config.cwd,
-            keep_alive=False,
-        )
-    assert config.url is not None
-    return StreamableHttpTransport(config.url, headers=dict(config.headers))
 
 
 def _is_connection_loss(exc: MCPError) -> bool:

@@ -96,3 +96,50 @@ class RateLimited(GatewayError):
             limit=limit,
             retry_after=retry_after,
         )
+
+
+class ResultTooLarge(GatewayError):
+    code = -32006
+    name = "RESULT_TOO_LARGE"
+
+    def __init__(self, server: str, tool: str, limit: int, size: int | None = None) -> None:
+        super().__init__(
+            f"Tool '{tool}' on server '{server}' returned more than the server's limit of {limit} "
+            "bytes (max_result_bytes); ask for less, e.g. a page or a filter.",
+            server=server,
+            tool=tool,
+            limit=limit,
+            size=size,
+        )
+
+
+# The codes JSON-RPC 2.0 reserves; any other code a downstream sends is its own business.
+STANDARD_JSONRPC_CODES = {
+    -32700: "parse error",
+    -32600: "invalid request",
+    -32601: "method not found",
+    -32602: "invalid params",
+    -32603: "internal error",
+}
+
+
+class DownstreamError(GatewayError):
+    """A downstream's JSON-RPC error, retold in one clean sentence: its message can carry
+    tracebacks and paths, so it goes to the gateway's log and never to the caller."""
+
+    code = -32007
+    name = "DOWNSTREAM_ERROR"
+
+    def __init__(self, server: str, tool: str, downstream_code: int, request_id: str | None) -> None:
+        standard = STANDARD_JSONRPC_CODES.get(downstream_code)
+        if standard is not None:
+            self.code = downstream_code
+        kind = f" ({standard})" if standard else ""
+        where = f" under request id {request_id}" if request_id else ""
+        super().__init__(
+            f"Server '{server}' answered tool '{tool}' with an error{kind}; the gateway's log has "
+            f"its message{where}.",
+            server=server,
+            tool=tool,
+            request_id=request_id,
+        )

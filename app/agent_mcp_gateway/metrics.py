@@ -76,6 +76,18 @@ DOWNSTREAM_RESTARTS = Counter(
     ["server"],
     registry=REGISTRY,
 )
+DOWNSTREAM_CIRCUIT_OPEN = Gauge(
+    "gateway_downstream_circuit_open",
+    "1 while the downstream server's circuit breaker is open or half-open (calls fail fast), else 0.",
+    ["server"],
+    registry=REGISTRY,
+)
+DOWNSTREAM_JUNK_LINES = Counter(
+    "gateway_downstream_junk_lines_total",
+    "Lines a stdio downstream wrote to stdout that were not JSON-RPC messages (skipped).",
+    ["server"],
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "gateway_http_requests_total",
     "HTTP requests by route, method and status.",

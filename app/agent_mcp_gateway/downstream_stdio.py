@@ -1,0 +1,367 @@
+"""The stdio connection to a downstream server: its process group, and its stdout read line by line.
+
+The SDK's session, dispatcher and message types are used as they are; only the pipe handling is
+ours, because the SDK's `stdio_client` (mcp 2.3) does not hold up against real servers:
+- it re-joins and re-splits the unfinished line on every 64 KiB read, so a result of n bytes
+  costs O(n²) (5 MB took 1.2 s, 20 MB 12.6 s, and a 50 MB one stalled the session long enough
+  for its pings to fail, dropping every call on it);
+- one line that is not UTF-8 ends its reader, and with it the connection;
+- it ends the process group only when the leader outlives its grace period, so the processes
+  a crashed (or cleanly exiting) server started are left running.
+
+Here the server runs in its own process group, registered with the gateway's watchdog; lines
+are framed in linear time; junk lines are logged (rate-limited) and skipped; a line over the
+server's `max_result_bytes` is dropped unread and its request answered with an error, so other
+calls on the connection go on; and the whole group is ended when the leader exits or the
+connection closes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Unpack
+
+import anyio
+import anyio.to_thread
+import mcp_types as mt
+from anyio.abc import Process
+from fastmcp.client.transports import ClientTransport
+from fastmcp.client.transports.base import SessionKwargs, TransportOptions
+from mcp import ClientSession
+from mcp.client.stdio import get_default_environment
+from mcp.shared._context_streams import ContextReceiveStream, ContextSendStream, create_context_streams
+from mcp.shared.dispatcher import coerce_request_id
+from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
+
+from .config import ServerConfig
+from .errors import ResultTooLarge
+from .metrics import DOWNSTREAM_JUNK_LINES
+from .watchdog import Watchdog, end_groups
+
+log = logging.getLogger("agent_mcp_gateway.downstream")
+
+# The call a downstream message belongs to, as the session's handlers see it. The SDK runs each
+# notification handler in the context its transport sent the message from; this transport sets
+# the variable there when it can tell the call (see `_Connection._owner`).
+current_call: contextvars.ContextVar[object | None] = contextvars.ContextVar("current_call", default=None)
+
+STDIN_GRACE = 2.0  # seconds a server has to exit after its stdin closes
+JUNK_LOG_INTERVAL = 10.0  # at most one junk warning per server this often
+READ_SIZE = 1 << 20
+_EDGE = 4096  # bytes kept from each end of an oversize line, to find its request id
+_HEAD_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d+|"[^"\\]*")')
+_TAIL_ID = re.compile(rb'"id"\s*:\s*(-?\d+|"[^"\\]*")\s*\}\s*$')
+_NOT_AN_ANSWER = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"method"')
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """The error data of a request whose answer was over the limit (never sent by a server)."""
+
+    size: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Oversize:
+    size: int
+    head: bytes
+    tail: bytes
+
+
+class LineFramer:
+    """Splits a byte stream into lines in time linear in its size, dropping lines over `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._oversize: _Oversize | None = None
+
+    def feed(self, chunk: bytes) -> list[bytes | _Oversize]:
+        lines: list[bytes | _Oversize] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            self._add(chunk[start:end])
+            lines.append(self._finish())
+            start = end + 1
+        self._add(chunk[start:])
+        return lines
+
+    def _add(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._size += len(piece)
+        if self._oversize is not None:
+            tail = piece if len(piece) >= _EDGE else self._oversize.tail + piece
+            self._oversize = _Oversize(self._size, self._oversize.head, tail[-_EDGE:])
+        elif self._size > self.limit:
+            self._oversize = _Oversize(self._size, _prefix([*self._parts, piece]), piece[-_EDGE:])
+            self._parts = []
+        else:
+            self._parts.append(piece)
+
+    def _finish(self) -> bytes | _Oversize:
+        line: bytes | _Oversize = self._oversize or b"".join(self._parts)
+        self._parts, self._size, self._oversize = [], 0, None
+        return line
+
+
+class _JunkLog:
+    """Logs junk on a server's stdout at most once per interval, counting what it skipped."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self._last = -JUNK_LOG_INTERVAL
+        self._skipped = 0
+
+    def note(self, line: bytes, problem: str) -> None:
+        DOWNSTREAM_JUNK_LINES.labels(self.server).inc()
+        now = time.monotonic()
+        if now - self._last < JUNK_LOG_INTERVAL:
+            self._skipped += 1
+            return
+        log.warning(
+            "downstream wrote a line that is not a JSON-RPC message; skipped",
+            extra={
+                "server": self.server,
+                "problem": problem,
+                "bytes": len(line),
+                "preview": line[:80].decode("utf-8", "backslashreplace"),
+                "skipped_since_last_warning": self._skipped,
+            },
+        )
+        self._last, self._skipped = now, 0
+
+
+class StdioServerTransport(ClientTransport):
+    """A fastmcp transport that starts the server anew for every connection it is asked for."""
+
+    legacy_only = True
+
+    def __init__(self, name: str, config: ServerConfig, watchdog: Watchdog) -> None:
+        assert config.command is not None
+        self.name, self.config, self.watchdog = name, config, watchdog
+        self.last_received = 0.0  # monotonic time bytes last arrived from the server
+
+    @asynccontextmanager
+    async def connect_session(
+        self,
+        *,
+        transport_options: TransportOptions | None = None,
+        **session_kwargs: Unpack[SessionKwargs],
+    ) -> AsyncIterator[ClientSession]:
+        options = transport_options or TransportOptions()
+        async with (
+            _Connection.open(self) as (read_stream, write_stream),
+            options.session_class(read_stream, write_stream, **session_kwargs) as session,
+        ):
+            yield session
+
+
+class _Connection:
+    """One server process and the two pipe tasks between it and the session."""
+
+    def __init__(self, transport: StdioServerTransport, process: Process) -> None:
+        self.transport, self.process, self.pgid = transport, process, process.pid
+        self.server = transport.name
+        self.limit = transport.config.max_result_bytes
+        self.junk = _JunkLog(self.server)
+        # Requests sent and not yet answered: id -> (method, the call that sent it).
+        self.pending: dict[Any, tuple[str, object | None]] = {}
+        self.read_done = anyio.Event()
+        self.to_session, self.read_stream = create_context_streams[SessionMessage | Exception](0)
+        self.write_stream, self.from_session = create_context_streams[SessionMessage](0)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, transport: StdioServerTransport
+    ) -> AsyncIterator[
+        tuple[ContextReceiveStream[SessionMessage | Exception], ContextSendStream[SessionMessage]]
+    ]:
+        config = transport.config
+        assert config.command is not None
+        process = await anyio.open_process(
+            [config.command, *config.args],
+            env=get_default_environment() | dict(config.env),
+            cwd=config.cwd,
+            stderr=sys.stderr,
+            start_new_session=True,
+        )
+        transport.watchdog.watch(process.pid)  # before any await: no window to leak the group
+        connection = cls(transport, process)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(connection._read)
+            tasks.start_soon(connection._write)
+            tasks.start_soon(connection._watch_leader)
+            try:
+                yield connection.read_stream, connection.write_stream
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await connection._stop()
+                tasks.cancel_scope.cancel()
+
+    # --- server to session ----------------------------------------------------------------
+
+    async def _read(self) -> None:
+        framer = LineFramer(self.limit)
+        assert self.process.stdout is not None
+        try:
+            async with self.to_session:
+                while True:
+                    chunk = await self.process.stdout.receive(READ_SIZE)
+                    self.transport.last_received = time.monotonic()
+                    for line in framer.feed(chunk):
+                        await self._deliver(line)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            pass  # the server, the session or our shutdown closed the pipe: the connection is over
+        finally:
+            self.read_done.set()
+
+    async def _deliver(self, line: bytes | _Oversize) -> None:
+        if isinstance(line, _Oversize):
+            await self._refuse(line)
+            return
+        if not line.strip():
+            return
+        try:
+            message = mt.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        except ValidationError as exc:
+            self.junk.note(line, _problem(line, exc))
+            return
+        owner = None
+        if isinstance(message, mt.JSONRPCResponse | mt.JSONRPCError) and message.id is not None:
+            self.pending.pop(coerce_request_id(message.id), None)
+        elif isinstance(message, mt.JSONRPCNotification):
+            owner = self._owner()
+        token = current_call.set(owner)
+        try:
+            await self.to_session.send(SessionMessage(message))
+        finally:
+            current_call.reset(token)
+
+    def _owner(self) -> object | None:
+        """The call a notification belongs to: on stdio nothing names it, so only when exactly
+        one tool call is waiting for its answer at the moment the notification is read."""
+        calls = [call for method, call in self.pending.values() if method == "tools/call"]
+        return calls[0] if len(calls) == 1 else None
+
+    async def _refuse(self, line: _Oversize) -> None:
+        """Answer the request an oversize line was the answer to with an error of our own."""
+        request_id = self._oversize_id(line)
+        log.warning(
+            "downstream message over max_result_bytes dropped",
+            extra={"server": self.server, "bytes": line.size, "limit": self.limit, "rpc_id": request_id},
+        )
+        if request_id is None:
+            return
+        self.pending.pop(coerce_request_id(request_id), None)
+        too_large = TooLarge(line.size, self.limit)
+        error = mt.ErrorData(code=ResultTooLarge.code, message="result too large", data=too_large)
+        await self.to_session.send(SessionMessage(mt.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)))
+
+    def _oversize_id(self, line: _Oversize) -> Any:
+        """The pending request an oversize answer names first (Python servers) or last (Node
+        servers), else the only request pending; None when it cannot be told (or the line is a
+        notification or a request of the server's own)."""
+        if _NOT_AN_ANSWER.match(line.head):
+            return None
+        for pattern, edge in ((_HEAD_ID, line.head), (_TAIL_ID, line.tail)):
+            match = pattern.search(edge)
+            if match is not None:
+                raw = match.group(1)
+                request_id: Any = raw[1:-1].decode() if raw.startswith(b'"') else int(raw)
+                if coerce_request_id(request_id) in self.pending:
+                    return request_id
+        if len(self.pending) == 1:
+            return next(iter(self.pending))
+        return None
+
+    # --- session to server ----------------------------------------------------------------
+
+    async def _write(self) -> None:
+        assert self.process.stdin is not None
+        try:
+            async with self.from_session:
+                async for session_message in self.from_session:
+                    message = session_message.message
+                    if isinstance(message, mt.JSONRPCRequest):
+                        sender = self.from_session.last_context
+                        call = sender.get(current_call) if sender is not None else None
+                        self.pending[coerce_request_id(message.id)] = (message.method, call)
+                    elif (
+                        isinstance(message, mt.JSONRPCNotification)
+                        and message.method == "notifications/cancelled"
+                    ):
+                        cancelled = (message.params or {}).get("requestId")
+                        if cancelled is not None:
+                            self.pending.pop(coerce_request_id(cancelled), None)
+                    data = message.model_dump_json(by_alias=True, exclude_unset=True)
+                    await self.process.stdin.send(data.encode() + b"\n")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            # The server stopped reading: end the session rather than leave requests hanging.
+            await self.to_session.aclose()
+
+    # --- process lifetime -------------------------------------------------------------------
+
+    async def _watch_leader(self) -> None:
+        """When the server exits, end its group at once: what it started would otherwise outlive
+        it (and its restart), and may hold stdout open, so the session would never see the end."""
+        await self.process.wait()
+        await _end_group(self.pgid)
+        with anyio.move_on_after(1):
+            await self.read_done.wait()  # what the server wrote before it exited is delivered
+        await self.to_session.aclose()
+
+    async def _stop(self) -> None:
+        """Close stdin, give the server its grace period, then end the whole group."""
+        self.write_stream.close()
+        self.read_stream.close()
+        assert self.process.stdin is not None and self.process.stdout is not None
+        await _quietly_close(self.process.stdin)
+        with anyio.move_on_after(STDIN_GRACE):
+            await self.process.wait()
+        await _end_group(self.pgid)
+        self.transport.watchdog.forget(self.pgid)
+        with anyio.move_on_after(1):
+            await _quietly_close(self.process)
+
+
+async def _end_group(pgid: int) -> None:
+    """SIGTERM the group, then SIGKILL what is left after the grace period."""
+    await anyio.to_thread.run_sync(end_groups, [pgid])
+
+
+async def _quietly_close(resource: Any) -> None:
+    try:
+        await resource.aclose()
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+def _prefix(parts: list[bytes]) -> bytes:
+    head = b""
+    for part in parts:
+        head += part[: _EDGE - len(head)]
+        if len(head) >= _EDGE:
+            break
+    return head
+
+
+def _problem(line: bytes, exc: ValidationError) -> str:
+    if any(error["type"] == "json_invalid" for error in exc.errors()):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return "not UTF-8"
+        return "not JSON"
+    return "JSON but not a JSON-RPC message"
