@@ -8,6 +8,7 @@ Streamable HTTP transport and its sessions from the SDK via fastmcp's `http_app`
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ from starlette.responses import JSONResponse, Response
 
 from . import __version__
 from .bearer import METADATA_PATH, BearerAuth, protected_resource_metadata
+from .body_deadline import BodyDeadline
+from .drain import CLOSE_SECONDS, Drain
 from .edge import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
 from .gateway import Gateway
 from .logs import setup_logging
@@ -32,6 +35,8 @@ from .server import build_server
 from .settings import Settings, load_settings
 
 log = logging.getLogger("agent_mcp_gateway.http")
+
+RESERVED_FILES = 1024  # descriptors kept for downstream pipes, logs and the audit file (at most a quarter)
 
 
 def create_app(gateway: Gateway | None = None) -> Starlette:
@@ -67,7 +72,9 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
                 allow_headers=["*"],
                 expose_headers=["Mcp-Session-Id", "Retry-After", "X-Request-Id", "WWW-Authenticate"],
             ),
+            Middleware(BodyDeadline, seconds=settings.body_timeout),
             Middleware(RequestBody, max_bytes=settings.max_body_bytes),
+            Middleware(Drain, grace=settings.shutdown_grace),
             Middleware(BearerAuth, gateway=gateway),
             Middleware(JsonOnly),
         ],
@@ -149,7 +156,8 @@ def _metrics_summary() -> dict[str, Any]:
 def run_http(settings: Settings) -> int:
     """Serve with Granian: one worker, because session-era MCP sessions live in its memory."""
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
 
     load_config(settings)  # fail fast, in this process, before a worker is spawned
     log.info("serving", extra={"url": f"http://{settings.http_host}:{settings.http_port}/mcp"})
@@ -159,13 +167,40 @@ def run_http(settings: Settings) -> int:
         address=settings.http_host,
         port=settings.http_port,
         interface=Interfaces.ASGI,
+        # HTTP/1.1 only: in its auto mode Granian waits, with no timeout, to learn whether a new
+        # connection speaks HTTP/2, so one that sent nothing held its slot for good.
+        http=HTTPModes.http1,
         workers=1,
         log_dictconfig={
             "version": 1,
             "disable_existing_loggers": False,
             "loggers": {"_granian": {"level": "WARNING", "propagate": True}},
         },
-        workers_kill_timeout=settings.shutdown_grace,
+        backpressure=connection_limit(settings.max_connections),
+        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(settings.header_timeout * 1000))),
+        # The worker drains for up to the grace, then closes its downstream servers.
+        workers_kill_timeout=settings.shutdown_grace + CLOSE_SECONDS,
     )
     server.serve()
     return 0
+
+
+def connection_limit(wanted: int) -> int:
+    """How many connections the worker may hold: `wanted`, if the open-file limit can be raised
+    to fit them (the worker inherits it), else what fits, with a warning.
+
+    Python does not raise the soft limit by itself, and a common default of 1,024 would stop
+    the worker accepting long before Granian's own limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + RESERVED_FILES
+    if soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    fits = soft - min(RESERVED_FILES, soft // 4)
+    if fits < wanted:
+        log.warning(
+            "the open-file limit lowers the connection limit",
+            extra={"max_connections": wanted, "allowed": fits, "open_file_limit": soft},
+        )
+    return min(wanted, fits)

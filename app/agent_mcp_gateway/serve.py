@@ -11,6 +11,7 @@ from .identity import identity_problem
 from .logs import setup_logging
 from .server import build_server
 from .settings import Settings
+from .stdio_drain import StdioDrain
 
 log = logging.getLogger("agent_mcp_gateway")
 
@@ -39,9 +40,8 @@ def run(settings: Settings) -> int:
         from .http import run_http
 
         return run_http(settings)
-    server = build_server(Gateway(load_config(settings), settings), exit_on_signal=True)
-    try:
+    drain = StdioDrain(settings.shutdown_grace)
+    server = build_server(Gateway(load_config(settings), settings), on_signal=drain.stop)
+    with drain:
         server.run(transport="stdio", show_banner=False)
-    except* BrokenPipeError:  # the client closed its end first; nobody is left to answer
-        pass
     return 0

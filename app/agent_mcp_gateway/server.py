@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,19 +23,21 @@ INSTRUCTIONS = (
 
 def build_server(
     gateway: Gateway,
-    exit_on_signal: bool = False,
+    on_signal: Callable[[], None] | None = None,
     on_start: Callable[[], None] | None = None,
 ) -> FastMCP:
-    """The gateway's MCP server. `exit_on_signal` is for stdio, where nothing else handles
-    SIGTERM/SIGINT (under Granian, Granian does); `on_start` runs once the server is up."""
+    """The gateway's MCP server. `on_signal` runs on SIGTERM and SIGINT: over stdio nothing else
+    handles them (over HTTP the worker's drain takes SIGTERM); `on_start` runs once it is up."""
 
     @asynccontextmanager
     async def lifespan(_: FastMCP) -> AsyncIterator[dict[str, object]]:
         stop = asyncio.Event()
+        if on_signal is not None:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, on_signal)
         await gateway.start()
         install_sighup(gateway)
-        if exit_on_signal:
-            install_exit_signals(gateway)
         if on_start is not None:
             on_start()
         tasks = [
@@ -70,21 +71,3 @@ async def sweep_sessions(gateway: Gateway) -> None:
     while True:
         await asyncio.sleep(interval)
         gateway.sessions.expire()
-
-
-def install_exit_signals(gateway: Gateway) -> None:
-    """On SIGTERM or SIGINT: close every downstream server, flush the audit log, exit 0.
-
-    The process exits directly rather than unwinding, because the SDK's stdio server reads stdin
-    in a worker thread that cannot be cancelled: an orderly unwind would wait for EOF forever.
-    """
-    loop = asyncio.get_running_loop()
-
-    async def shut_down() -> None:
-        try:
-            await asyncio.wait_for(gateway.close(), timeout=10)
-        finally:
-            os._exit(0)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: loop.create_task(shut_down()))

@@ -93,6 +93,9 @@ EXPECTED: dict[str, str] = {
     "ping_timeout": "a positive number (seconds)",
     "session_ttl": "a positive number (seconds)",
     "shutdown_grace": "a positive integer (seconds)",
+    "header_timeout": "a positive number (seconds)",
+    "body_timeout": "a positive number (seconds)",
+    "max_connections": "a positive integer",
     "audit_log": "a file path",
     "audit_max_bytes": "a positive integer (bytes)",
     "audit_backups": "an integer of 0 or more",
@@ -130,6 +133,12 @@ class Settings(BaseSettings):
     ping_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
     session_ttl: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3600.0
     shutdown_grace: Annotated[int, Field(gt=0)] = 30
+    # Seconds to send a request's headers; also how long a keep-alive connection may sit idle.
+    header_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    body_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
+    # Above what the SDK's 10,000-session cap can hold open (one GET stream per session), so
+    # standing streams cannot lock out other requests; Granian's default is 1,024.
+    max_connections: Annotated[int, Field(gt=0)] = 12_000
     audit_log: Path | None = None
     audit_max_bytes: Annotated[int, Field(gt=0)] = 10 * 2**20
     audit_backups: Annotated[int, Field(ge=0)] = 5
