@@ -56,7 +56,7 @@ def open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def test_open_file_limit_is_raised_to_fit_theconnection_limit() -> None:
+def test_open_file_limit_is_raised_to_fit_the_connection_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 13_024:
         pytest.skip(f"the open-file hard limit ({hard}) is below 13,024")
