@@ -31,7 +31,6 @@ from conftest import (
     process_alive,
     scraped,
     start_http_gateway,
-    time_server,
     wait_until,
 )
 
@@ -40,9 +39,7 @@ from conftest import (
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
     """One Granian process for the module; the SIGTERM test, last, ends it."""
     files = new_gateway_files(tmp_path_factory.mktemp("served"))
-    files.write_servers(
-        {"echo": fixture_server("echo"), "slow": fixture_server("slow"), "time": time_server()}
-    )
+    files.write_servers({"echo": fixture_server("echo"), "slow": fixture_server("slow")})
     files.write_rules(STANDARD_RULES)
     gateway = start_http_gateway(files)
     yield gateway
@@ -53,21 +50,16 @@ async def test_granian_serves_a_full_client_session(served: HttpGateway) -> None
     async with Client(StreamableHttpTransport(served.mcp_url), mode="legacy", timeout=30) as client:
         session_id = client.transport.get_session_id()
         servers = (await client.call_tool_mcp("list_servers", {"agent_id": "builder"})).structured_content
-        assert {s["name"] for s in servers["servers"]} == {"echo", "slow", "time"}
+        assert {s["name"] for s in servers["servers"]} == {"echo", "slow"}
         tools = (
-            await client.call_tool_mcp("get_server_tools", {"agent_id": "builder", "server": "time"})
+            await client.call_tool_mcp("get_server_tools", {"agent_id": "builder", "server": "echo"})
         ).structured_content
-        assert {t["name"] for t in tools["tools"]} == {"get_current_time", "convert_time"}
-        now = await client.call_tool_mcp(
-            "execute_tool",
-            {
-                "agent_id": "builder",
-                "server": "time",
-                "tool": "get_current_time",
-                "args": {"timezone": "UTC"},
-            },
+        assert {"echo", "add"} <= {t["name"] for t in tools["tools"]}
+        assert "drop_table" not in {t["name"] for t in tools["tools"]}
+        added = await client.call_tool_mcp(
+            "execute_tool", {"agent_id": "builder", "server": "echo", "tool": "add", "args": {"a": 1, "b": 2}}
         )
-        assert not now.is_error and "UTC" in now.content[0].text
+        assert added.structured_content == {"result": 3}
         with pytest.raises(MCPError) as denied:
             await client.call_tool_mcp(
                 "execute_tool", {"agent_id": "builder", "server": "echo", "tool": "drop_table"}
@@ -77,12 +69,12 @@ async def test_granian_serves_a_full_client_session(served: HttpGateway) -> None
 
     with httpx.Client(base_url=served.base_url, timeout=10) as http:
         samples = scraped(http.get("/metrics").text)
-        assert samples[("gateway_downstream_up", (("server", "time"),))] == 1.0
+        assert samples[("gateway_downstream_up", (("server", "echo"),))] == 1.0
         allowed = (
             ("agent", "builder"),
             ("operation", "execute_tool"),
             ("outcome", "ALLOW"),
-            ("server", "time"),
+            ("server", "echo"),
         )
         assert samples[("gateway_operations_total", allowed)] == 1.0  # this process counted only this call
         # Header size is Granian's to limit (the app never sees the request): a 7 kB header is

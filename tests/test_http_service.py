@@ -59,7 +59,9 @@ async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Asg
     rules = json.loads(json.dumps(STANDARD_RULES))
     rules["agents"]["limited"] = {"allow": {"servers": ["echo"]}, "rate_limit": "5/minute"}
     files.write_rules(rules)
-    async with asgi_gateway(files) as running:
+    # The default limit (600/minute per agent) is for production; the rate-limit test uses its
+    # own agent's limit, and the other tests call as builder hundreds of times a minute.
+    async with asgi_gateway(files, GATEWAY_RATE_LIMIT="100000/minute") as running:
         await until_ready(running)
         yield running
 
@@ -438,28 +440,34 @@ async def test_unknown_agents_do_not_grow_label_sets(service: AsgiGateway) -> No
 
 
 async def test_hundred_concurrent_sessions(service: AsgiGateway) -> None:
+    """100 sessions at once, each initialized, used for three calls and deleted: every answer
+    reaches its own session, and every session is gone afterwards."""
     labels = {"operation": "execute_tool", "agent": "builder", "server": "echo", "outcome": "ALLOW"}
     before = metric("gateway_operations_total", **labels)
 
-    async def one_session(index: int) -> tuple[str | None, list[bool]]:
-        async with service.client(timeout=60) as client:
-            results = []
+    async def one_session(index: int) -> tuple[str, list[str]]:
+        async with service.http() as client:
+            session_id = await initialize(client)
+            answers = []
             for call in range(3):
-                result = await client.call_tool_mcp(
+                body = tool_call(
                     "execute_tool",
-                    {
-                        "agent_id": "builder",
-                        "server": "echo",
-                        "tool": "echo",
-                        "args": {"text": f"{index}-{call}"},
-                    },
+                    agent_id="builder",
+                    server="echo",
+                    tool="echo",
+                    args={"text": f"{index}-{call}"},
                 )
-                results.append(not result.is_error and f"{index}-{call}" in result.content[0].text)
-            return client.transport.get_session_id(), results
+                response = await client.post("/mcp", json=body, headers=session_headers(session_id))
+                answers.append(rpc_result(response)["result"]["content"][0]["text"])
+            deleted = await client.delete("/mcp", headers=session_headers(session_id))
+            assert deleted.status_code == 200
+            return session_id, answers
 
     outcomes = await asyncio.gather(*(one_session(i) for i in range(100)))
-    assert all(all(results) for _, results in outcomes)
-    assert len({session_id for session_id, _ in outcomes if session_id}) == 100
+    assert [answers for _, answers in outcomes] == [[f"{i}-{call}" for call in range(3)] for i in range(100)]
+    session_ids = {session_id for session_id, _ in outcomes}
+    assert len(session_ids) == 100
+    assert not [sid for sid in session_ids if service.gateway.sessions.get(sid) is not None]
     assert metric("gateway_operations_total", **labels) == before + 300
 
 
