@@ -15,9 +15,10 @@ import statistics
 import time
 from typing import Any
 
+from timing import clock_overhead_ns
+
 from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.policy import PolicyEngine
-from timing import clock_overhead_ns
 
 AGENTS = 100
 RULES_PER_AGENT = 50

@@ -36,10 +36,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
-from agent_mcp_gateway.config import MCP_CONFIG_NAME, RULES_NAME, ServerConfig, load_mcp_config  # noqa: E402
-from agent_mcp_gateway.tools import estimate_tokens  # noqa: E402
 from fastmcp import Client  # noqa: E402
 from fastmcp.client.transports import ClientTransport, StdioTransport, StreamableHttpTransport  # noqa: E402
+
+from agent_mcp_gateway.config import MCP_CONFIG_NAME, RULES_NAME, ServerConfig, load_mcp_config  # noqa: E402
+from agent_mcp_gateway.tools import estimate_tokens  # noqa: E402
 
 DEMO_CONFIG = ROOT / "app" / "agent_mcp_gateway" / "demo" / "config"
 DEFINITION_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")

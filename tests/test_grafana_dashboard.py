@@ -2,7 +2,8 @@
 
 Every PromQL expression is parsed by Prometheus's own `promtool` (Debian package `prometheus`),
 wrapped as a recording rule, with Grafana's template variables substituted. Metric names are
-checked against app/agent_mcp_gateway/metrics.py the same way tests/test_prometheus_rules.py checks the alerts.
+checked against app/agent_mcp_gateway/metrics.py the same way tests/test_prometheus_rules.py
+checks the alerts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from agent_mcp_gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from agent_mcp_gateway import metrics
 
 ROOT = Path(__file__).resolve().parent.parent

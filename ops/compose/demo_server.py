@@ -50,7 +50,7 @@ async def health(_: Request) -> JSONResponse:
 if __name__ == "__main__":
     mcp.run(
         transport="http",
-        host=os.environ.get("DEMO_HOST", "0.0.0.0"),
+        host=os.environ.get("DEMO_HOST", "0.0.0.0"),  # noqa: S104 (a container on its compose network)
         port=int(os.environ.get("DEMO_PORT", "9000")),
         path="/mcp",
         show_banner=False,

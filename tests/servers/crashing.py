@@ -6,8 +6,9 @@ import os
 import sys
 
 import anyio
-from _common import run
 from fastmcp import FastMCP
+
+from _common import run
 
 mcp = FastMCP("crashing")
 

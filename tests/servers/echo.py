@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
-from _common import run
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_headers
+
+from _common import run
 
 mcp = FastMCP("echo")
 

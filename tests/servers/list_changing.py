@@ -15,9 +15,10 @@ import asyncio
 
 import anyio
 import mcp_types
-from _common import run
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
+
+from _common import run
 
 mcp = FastMCP("list_changing")
 _background: set[asyncio.Task[None]] = set()  # strong references until each task ends

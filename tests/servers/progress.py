@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import anyio
-from _common import run
 from fastmcp import Context, FastMCP
+
+from _common import run
 
 mcp = FastMCP("progress")
 
