@@ -199,15 +199,19 @@ class Stack:
     gateway_base: str = ""
     gateway_port: int = 0
     echo_port: int = 0
+    baseline_source: Path | None = None  # another checkout's `app` directory, run beside
+    baseline: Child | None = None
+    baseline_url: str = ""
 
     @property
     def gateway_url(self) -> str:
         return f"{self.gateway_base}/mcp"
 
-    def worker_pid(self) -> int:
+    def worker_pid(self, child: Child | None = None) -> int:
         """The Granian worker (a child of `python -m agent_mcp_gateway`), which serves the requests."""
-        assert self.gateway is not None
-        kids = children_of(self.gateway.process.pid)
+        child = child or self.gateway
+        assert child is not None
+        kids = children_of(child.process.pid)
         if not kids:
             raise BenchError("cannot find the gateway's Granian worker process")
         return kids[0]
@@ -241,33 +245,44 @@ class Stack:
         rules.write_text(
             json.dumps({"agents": {AGENT: {"allow": {"servers": ["*"]}, "tokens": [token_hash]}}})
         )
-        self.gateway_port = free_port()
-        self.gateway_base = f"http://127.0.0.1:{self.gateway_port}"
         gateway_env = {
             **env,
             "GATEWAY_TRANSPORT": "http",
-            "GATEWAY_HTTP_PORT": str(self.gateway_port),
             "GATEWAY_MCP_CONFIG": str(mcp_config),
             "GATEWAY_RULES": str(rules),
-            "GATEWAY_AUDIT_LOG": str(self.work / "audit.jsonl"),
             "GATEWAY_RATE_LIMIT": "1000000/minute",
             "GATEWAY_LOG_LEVEL": log_level,
         }
-        self.gateway = spawn(
-            "gateway", [sys.executable, "-m", "agent_mcp_gateway"], gateway_env, self.work, self.work
-        )
-        wait_http(self.gateway, f"{self.gateway_base}/ready", 90, ok=(200,))
-        ready = httpx2.get(f"{self.gateway_base}/ready", trust_env=False).json()
+        self.gateway_port = free_port()
+        self.gateway_base = f"http://127.0.0.1:{self.gateway_port}"
+        self.gateway = self._start_gateway("gateway", self.gateway_port, gateway_env)
+        if self.baseline_source is not None:
+            port = free_port()
+            self.baseline_url = f"http://127.0.0.1:{port}/mcp"
+            baseline_env = {
+                **gateway_env,
+                "PYTHONPATH": os.pathsep.join([str(self.baseline_source), env["PYTHONPATH"]]),
+            }
+            self.baseline = self._start_gateway("baseline", port, baseline_env)
+
+    def _start_gateway(self, name: str, port: int, env: dict[str, str]) -> Child:
+        audit = "audit.jsonl" if name == "gateway" else f"{name}-audit.jsonl"
+        env = {**env, "GATEWAY_HTTP_PORT": str(port), "GATEWAY_AUDIT_LOG": str(self.work / audit)}
+        child = spawn(name, [sys.executable, "-m", "agent_mcp_gateway"], env, self.work, self.work)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(child, f"{base}/ready", 90, ok=(200,))
+        ready = httpx2.get(f"{base}/ready", trust_env=False).json()
         if ready.get("servers", {}).get("echo", {}).get("state") != "up":
-            raise BenchError(f"the gateway is ready but its echo server is not up: {ready}")
+            raise BenchError(f"{name} is ready but its echo server is not up: {ready}")
+        return child
 
     def check_alive(self) -> None:
-        for child in (self.echo, self.gateway):
+        for child in (self.echo, self.gateway, self.baseline):
             if child is not None and not child.alive():
                 raise BenchError(f"{child.name} died during the run:\n{child.log_tail()}")
 
     def stop(self) -> None:
-        for child in (self.gateway, self.echo):
+        for child in (self.baseline, self.gateway, self.echo):
             if child is not None:
                 child.stop()
 
@@ -422,35 +437,44 @@ def log(message: str) -> None:
 
 
 async def phase_latency(stack: Stack, calls: int, warmup: int, results: Results) -> None:
-    """Sequential calls, one session per path, the two paths alternated in random order."""
+    """Sequential calls, one session per path, the paths alternated in random order.
+
+    With a baseline (`--baseline`), a second gateway from another checkout is a third path, so
+    a change's before and after are measured in the same run.
+    """
     log(f"latency: {warmup} warm-up + {calls} calls per path, alternated")
-    direct, gateway = Session(stack.echo_url, False), Session(stack.gateway_url, True)
-    worker = stack.worker_pid()
+    paths = {"direct": Session(stack.echo_url, False), "gateway": Session(stack.gateway_url, True)}
+    workers = {"gateway": stack.worker_pid()}
+    if stack.baseline is not None:
+        paths["baseline"] = Session(stack.baseline_url, True)
+        workers["baseline"] = stack.worker_pid(stack.baseline)
+    assert stack.echo is not None
     try:
-        await direct.open()
-        await gateway.open()
+        for session in paths.values():
+            await session.open()
         for n in range(warmup):
-            await direct.echo(f"warm-{n}")
-            await gateway.echo(f"warm-{n}")
+            for session in paths.values():
+                await session.echo(f"warm-{n}")
         rng = random.Random(7)
-        timings: dict[str, list[float]] = {"direct": [], "gateway": []}
-        cpu_before = {"worker": cpu_seconds(worker), "echo": cpu_seconds(stack.echo.process.pid)}
+        timings: dict[str, list[float]] = {name: [] for name in paths}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in workers.items()}
+        echo_before = cpu_seconds(stack.echo.process.pid)
         closed_before = closed_client_connections(stack.echo_port)
         wall = time.perf_counter()
         for n in range(calls):
-            order = [(direct, "direct"), (gateway, "gateway")]
+            order = list(paths.items())
             rng.shuffle(order)
-            for session, name in order:
+            for name, session in order:
                 timings[name].append(await session.echo(f"call-{n}"))
         wall = time.perf_counter() - wall
         # This load generator keeps its connections; TIME_WAIT sockets towards the echo server
-        # that appear meanwhile are connections the gateway opened and closed.
+        # that appear meanwhile are connections the gateways opened and closed.
         closed = closed_client_connections(stack.echo_port) - closed_before
-        worker_cpu = cpu_seconds(worker) - cpu_before["worker"]
-        echo_cpu = cpu_seconds(stack.echo.process.pid) - cpu_before["echo"]
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in workers.items()}
+        echo_cpu = cpu_seconds(stack.echo.process.pid) - echo_before
     finally:
-        await direct.close()
-        await gateway.close()
+        for session in paths.values():
+            await session.close()
     d, g = summarize_ms(timings["direct"]), summarize_ms(timings["gateway"])
     results.latency = {
         "direct": d,
@@ -461,14 +485,22 @@ async def phase_latency(stack: Stack, calls: int, warmup: int, results: Results)
         "overhead_p95_ms": round(g["p95"] - d["p95"], 3),
         "wall_seconds": round(wall, 1),
         # CPU the gateway worker spent per gateway call, and the echo server per call it served
-        # (one direct call plus the gateway's downstream call for each pair).
-        "gateway_worker_cpu_ms_per_call": round(worker_cpu * 1000 / calls, 2),
-        "echo_cpu_ms_per_call": round(echo_cpu * 1000 / (2 * calls), 2),
+        # (one direct call plus each gateway's downstream call for each round).
+        "gateway_worker_cpu_ms_per_call": round(cpu["gateway"] * 1000 / calls, 2),
+        "echo_cpu_ms_per_call": round(echo_cpu * 1000 / (len(paths) * calls), 2),
         "downstream_connections_closed": closed,
-        "downstream_connections_per_call": round(closed / calls, 2),
+        "downstream_connections_per_call": round(closed / ((len(paths) - 1) * calls), 2),
         "slowest_gateway_calls_ms": sorted(round(t * 1000, 1) for t in timings["gateway"])[-5:],
         "slowest_direct_calls_ms": sorted(round(t * 1000, 1) for t in timings["direct"])[-5:],
     }
+    if "baseline" in paths:
+        b = summarize_ms(timings["baseline"])
+        results.latency["baseline"] = {
+            **b,
+            "overhead_p50_ms": round(b["p50"] - d["p50"], 3),
+            "overhead_p95_ms": round(b["p95"] - d["p95"], 3),
+            "worker_cpu_ms_per_call": round(cpu["baseline"] * 1000 / calls, 2),
+        }
 
 
 async def open_sessions(
@@ -846,7 +878,9 @@ def render(results: Results) -> str:
     line("")
     line("Latency: one session per path, sequential calls, paths alternated in random order (ms)")
     line(f"  {'path':<10}{'count':>7}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'mean':>9}")
-    for name in ("direct", "gateway"):
+    for name in ("direct", "baseline", "gateway"):
+        if name not in lat:
+            continue
         s = lat[name]
         line(
             f"  {name:<10}{s['count']:>7}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}"
@@ -966,6 +1000,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lookup-sessions", type=int, default=10_000, help="sessions for the lookup timing")
     parser.add_argument("--log-level", default="INFO", help="the gateway's GATEWAY_LOG_LEVEL (default INFO)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, audit)")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="run the latency phase only (e.g. to profile it)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="the `app` directory of another checkout: its gateway is a third latency path (before/after)",
+    )
     options = parser.parse_args(argv)
     quick = options.quick
     defaults = {
@@ -1002,6 +1044,8 @@ def terminate_as_interrupt() -> Iterator[None]:
 async def run_phases(stack: Stack, options: argparse.Namespace, results: Results) -> None:
     await phase_latency(stack, options.latency_calls, warmup=min(50, options.latency_calls), results=results)
     stack.check_alive()
+    if options.latency_only:
+        return
     await phase_concurrency(
         stack, options.sessions, options.calls_per_session, options.paced_rate, options.paced_seconds, results
     )
@@ -1016,18 +1060,24 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_before": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
-        "options": {k: v for k, v in vars(options).items() if k not in ("json", "keep")},
+        "options": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(options).items()
+            if k not in ("json", "keep")
+        },
     }
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     stack = Stack(work)
+    stack.baseline_source = options.baseline
     status = 0
     with terminate_as_interrupt():
         try:
             log(f"starting the echo server and the gateway (working directory {work})")
             stack.start(options.log_level)
             asyncio.run(run_phases(stack, options, results))
-            phase_session_lookup(options.lookup_sessions, 20_000 if options.quick else 100_000, results)
+            if not options.latency_only:
+                phase_session_lookup(options.lookup_sessions, 20_000 if options.quick else 100_000, results)
             log("done")
         except KeyboardInterrupt:
             log("interrupted; stopping the subprocesses")
@@ -1045,8 +1095,11 @@ def main(argv: list[str] | None = None) -> int:
         return status
     results.config["load_after"] = round(os.getloadavg()[0], 2)
     results.config["seconds"] = round(time.monotonic() - started, 1)
-    judge(results)
-    print(json.dumps(results.__dict__, indent=2) if options.json else render(results))
+    if options.latency_only:
+        print(json.dumps({"config": results.config, "latency": results.latency}, indent=2))
+    else:
+        judge(results)
+        print(json.dumps(results.__dict__, indent=2) if options.json else render(results))
     if options.keep:
         log(f"working directory kept: {work}")
     else:

@@ -2,7 +2,8 @@
 
 fastmcp's `StreamableHttpTransport` leaves the SDK's limit of 1 MiB per server-sent event in
 place, so any result over 1 MiB from an HTTP server failed. This transport sets that limit to
-the server's `max_result_bytes` instead; the rest is the SDK's own client.
+the server's `max_result_bytes` instead, and keeps its connections alive between calls (see
+`KeepAlive`); the rest is the SDK's own client.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Unpack
 
+import anyio
 import httpx2
 from fastmcp.client.transports import ClientTransport
 from fastmcp.client.transports.base import SessionKwargs, TransportOptions
@@ -21,6 +23,61 @@ from .config import ServerConfig
 
 # The SDK's defaults: a response stream may stay open for a long-running call.
 TIMEOUT = httpx2.Timeout(30.0, read=300.0)
+# How much of an answer's unread tail is read to keep its connection: the end of the stream
+# normally follows the JSON-RPC response at once, so these bounds only cap a server that
+# keeps streaming; past them the connection is closed as before.
+DRAIN_SECONDS = 0.5
+DRAIN_BYTES = 64 * 1024
+
+
+class KeepAlive(httpx2.AsyncBaseTransport):
+    """Reuse the downstream connection from call to call.
+
+    Workaround for an SDK cost: its Streamable HTTP client closes an SSE answer as soon as the
+    JSON-RPC response is in, before the stream's final chunk is read, so httpcore drops the
+    connection and every call opened a new TCP connection (on both sides). Reading that tail
+    on close lets the connection go back to the pool.
+    """
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        response.stream = _DrainOnClose(response.stream)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _DrainOnClose(httpx2.AsyncByteStream):
+    """A response body that, closed early, first reads its (bounded) rest."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream) -> None:
+        self._parts = aiter(inner)
+        self._inner = inner
+        self._done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._parts:
+            yield part
+        self._done = True
+
+    async def aclose(self) -> None:
+        try:
+            if not self._done:
+                read = 0
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    async for part in self._parts:
+                        read += len(part)
+                        if read > DRAIN_BYTES:
+                            break
+        except Exception:  # noqa: S110 (a tail that fails to read only costs the connection)
+            pass
+        finally:
+            await self._inner.aclose()
 
 
 class HttpServerTransport(ClientTransport):
@@ -37,7 +94,9 @@ class HttpServerTransport(ClientTransport):
     ) -> AsyncIterator[ClientSession]:
         options = transport_options or TransportOptions()
         async with (
-            httpx2.AsyncClient(headers=self.headers, timeout=TIMEOUT) as http_client,
+            httpx2.AsyncClient(
+                headers=self.headers, timeout=TIMEOUT, transport=KeepAlive(httpx2.AsyncHTTPTransport())
+            ) as http_client,
             streamable_http_client(self.url, http_client=http_client, max_sse_event_size=self.limit) as (
                 read_stream,
                 write_stream,
