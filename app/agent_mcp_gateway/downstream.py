@@ -35,7 +35,7 @@ from .config import ServerConfig
 from .downstream_http import HttpServerTransport, over_limit
 from .downstream_stdio import StdioServerTransport, TooLarge, current_call
 from .errors import DownstreamError, GatewayTimeout, ResultTooLarge, ServerUnavailable, ToolNotFound
-from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_SECONDS, DOWNSTREAM_UP
+from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_UP, downstream_series
 from .watchdog import Watchdog
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
@@ -325,7 +325,7 @@ class Downstream:
         finally:
             self.circuit.release(trial)
             current_call.reset(token)
-            DOWNSTREAM_SECONDS.labels(self.name, outcome).observe(time.perf_counter() - started)
+            downstream_series(self.name, outcome).observe(time.perf_counter() - started)
 
     def _admit(self) -> bool:
         try:

@@ -6,6 +6,8 @@ reported as `unknown`, so a caller inventing ids cannot grow the series count.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -140,3 +142,20 @@ def bounded(value: str | None, known: object) -> str:
     if not value:
         return NONE
     return value if value in known else UNKNOWN  # type: ignore[operator]
+
+
+# `.labels()` takes a lock and builds a key on every call; the label sets of the hot path are
+# few (bounded names), so their children are looked up once and kept.
+@lru_cache(maxsize=4096)
+def operation_series(operation: str, agent: str, server: str, outcome: str) -> tuple[Counter, Histogram]:
+    """The OPERATIONS and OPERATION_SECONDS children of one label set."""
+    return (
+        OPERATIONS.labels(operation, agent, server, outcome),
+        OPERATION_SECONDS.labels(operation, agent, server, outcome),
+    )
+
+
+@lru_cache(maxsize=1024)
+def downstream_series(server: str, outcome: str) -> Histogram:
+    """The DOWNSTREAM_SECONDS child of one label set."""
+    return DOWNSTREAM_SECONDS.labels(server, outcome)

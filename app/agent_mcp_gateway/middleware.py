@@ -26,7 +26,7 @@ from .auth import PRINCIPAL_SCOPE_KEY, Principal
 from .errors import DeniedByPolicy, GatewayError, InvalidAgentId, RateLimited
 from .gateway import Gateway
 from .identity import AGENT_HEADER, checked_claim, resolve_agent
-from .metrics import ERRORS, OPERATION_SECONDS, OPERATIONS, POLICY_DECISIONS, RATE_LIMITED, bounded
+from .metrics import ERRORS, POLICY_DECISIONS, RATE_LIMITED, bounded, operation_series
 from .operation import Operation, begin, end
 from .ratelimit import RateLimits
 
@@ -116,8 +116,9 @@ class GatewayMiddleware(Middleware):
         snapshot = self.gateway.snapshot
         agent = bounded(op.agent_id, snapshot.config.rules.agents)
         server = bounded(op.server, snapshot.config.servers)
-        OPERATIONS.labels(op.name, agent, server, op.decision).inc()
-        OPERATION_SECONDS.labels(op.name, agent, server, op.decision).observe(seconds)
+        count, duration = operation_series(op.name, agent, server, op.decision)
+        count.inc()
+        duration.observe(seconds)
         if op.rule is not None:
             POLICY_DECISIONS.labels(agent, "DENY" if op.error_code == "DENIED_BY_POLICY" else "ALLOW").inc()
         if op.error_code is not None:
