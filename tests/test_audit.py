@@ -23,7 +23,7 @@ from agent_mcp_gateway.audit import GENESIS, AuditLog, AuditRecord, ChainCheck, 
 from agent_mcp_gateway.metrics import REGISTRY
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import GatewayFiles, fixture_server, stdio_gateway, wait_until
+from conftest import GatewayFiles, fixture_server, memory_gateway, wait_until
 
 SPEC_FIELDS = {
     "timestamp",
@@ -324,26 +324,30 @@ async def test_tool_call_arguments_never_reach_the_audit_log(gateway_files: Gate
     gateway_files.write_rules(
         {"agents": {"builder": {"allow": {"servers": ["echo"]}, "deny": {"tools": {"echo": ["drop_*"]}}}}}
     )
-    calls = [
-        ("echo", {"text": SECRET}),  # allowed
-        ("drop_table", {"table": SECRET}),  # denied by policy
-        ("fail", {"message": SECRET}),  # the downstream tool fails with the argument in its error
-        ("add", {"a": SECRET, "b": 1}),  # the downstream server rejects the arguments
-        ("no_such_tool", {"anything": SECRET}),
+    calls = [  # (tool, arguments, how the call ends: a result, an error result, or an MCP error code)
+        ("echo", {"text": SECRET}, "result"),  # allowed
+        ("drop_table", {"table": SECRET}, -32000),  # denied by policy
+        ("fail", {"message": SECRET}, "error result"),  # the downstream tool fails with the argument
+        ("add", {"a": SECRET, "b": 1}, "error result"),  # the downstream server rejects the arguments
+        ("no_such_tool", {"anything": SECRET}, -32002),
     ]
-    async with stdio_gateway(gateway_files) as client:
-        for tool, args in calls:
+    outcomes: list[str | int] = []
+    async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
+        for tool, args, _ in calls:
             arguments = {"agent_id": "builder", "server": "echo", "tool": tool, "args": args}
             try:
-                await client.call_tool_mcp("execute_tool", arguments)
-            except MCPError:
-                pass
+                result = await client.call_tool_mcp("execute_tool", arguments)
+            except MCPError as error:
+                outcomes.append(error.code)
+            else:
+                outcomes.append("error result" if result.is_error else "result")
+    assert outcomes == [expected for _, _, expected in calls]
 
     raw = gateway_files.audit.read_bytes()
     assert SECRET.encode() not in raw
     executed = [line for line in gateway_files.audit_lines() if line["operation"] == "execute_tool"]
-    assert [line["tool"] for line in executed] == [tool for tool, _ in calls]
-    assert {line["decision"] for line in executed} == {"ALLOW", "DENY", "ERROR"}
+    assert [line["tool"] for line in executed] == [tool for tool, _, _ in calls]
+    assert [line["decision"] for line in executed] == ["ALLOW", "DENY", "ALLOW", "ALLOW", "ERROR"]
     assert all(set(line) == SPEC_FIELDS | EXTRA_FIELDS for line in executed)
     assert verify([gateway_files.audit]).problem is None
 
