@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import time
 import uuid
@@ -56,6 +57,8 @@ os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
 
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
+
+from agent_mcp_gateway.auth import token_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = "/var/lib/agent-mcp-gateway"
@@ -91,10 +94,19 @@ SERVERS: dict[str, Any] = {
     }
 }
 
+# The image binds 0.0.0.0, so it serves only with credentials: one API token per agent.
+TOKENS = {agent: secrets.token_urlsafe(32) for agent in ("researcher", "backend")}
 RULES: dict[str, Any] = {
     "agents": {
-        "researcher": {"allow": {"servers": ["time", "demo"], "tools": {"demo": ["echo", "add"]}}},
-        "backend": {"allow": {"servers": ["*"]}, "deny": {"tools": {"demo": ["delete_*"]}}},
+        "researcher": {
+            "allow": {"servers": ["time", "demo"], "tools": {"demo": ["echo", "add"]}},
+            "tokens": [token_hash(TOKENS["researcher"])],
+        },
+        "backend": {
+            "allow": {"servers": ["*"]},
+            "deny": {"tools": {"demo": ["delete_*"]}},
+            "tokens": [token_hash(TOKENS["backend"])],
+        },
         "default": {"deny": {"servers": ["*"]}},
     },
     "defaults": {"deny_on_missing_agent": True},
@@ -322,10 +334,7 @@ def stack(
                 user=f"{GATEWAY_UID}:{GATEWAY_UID}",
                 **HARDENING,
             )
-            # The image binds 0.0.0.0, where the gateway refuses to serve agent claims without
-            # credentials unless told so; these tests act as several agents by claim. (The
-            # compose stack runs with API tokens instead: test_compose_stack.py.)
-            .with_envs(GATEWAY_ALLOWED_ORIGINS=ALLOWED_ORIGIN, TZ="UTC", GATEWAY_AUTH="none")
+            .with_envs(GATEWAY_ALLOWED_ORIGINS=ALLOWED_ORIGIN, TZ="UTC")
             .with_volume_mapping(config_dir, "/config", "ro")
             .with_volume_mapping(volume, STATE_DIR, "rw")
             .with_tmpfs_mount("/tmp", "size=64m")

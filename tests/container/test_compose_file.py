@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from agent_mcp_gateway import config
 
 ROOT = Path(__file__).resolve().parents[2]

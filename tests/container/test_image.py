@@ -18,13 +18,18 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import ALLOWED_ORIGIN, GATEWAY_UID, STATE_DIR, Stack, exec_in, report
+from .conftest import ALLOWED_ORIGIN, GATEWAY_UID, STATE_DIR, TOKENS, Stack, exec_in, report
 
 pytestmark = pytest.mark.container
 
 
-def client(stack: Stack) -> Client:
-    return Client(StreamableHttpTransport(stack.mcp_url), timeout=30)
+def bearer(agent: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[agent]}"}
+
+
+def client(stack: Stack, agent: str) -> Client:
+    """An MCP client acting as `agent`, by its API token."""
+    return Client(StreamableHttpTransport(stack.mcp_url, headers=bearer(agent)), timeout=30)
 
 
 async def call(c: Client, gateway_tool: str, /, **arguments: Any) -> Any:
@@ -77,7 +82,7 @@ def test_health(stack: Stack) -> None:
 
 
 async def test_discovery_and_calls_through_the_mapped_port(stack: Stack) -> None:
-    async with client(stack) as c:
+    async with client(stack, "backend") as c, client(stack, "researcher") as r:
         names = {tool.name for tool in await c.list_tools()}
         assert {"list_servers", "get_server_tools", "execute_tool"} <= names
 
@@ -92,7 +97,7 @@ async def test_discovery_and_calls_through_the_mapped_port(stack: Stack) -> None
         # Denied tools are not even listed: backend's deny.tools hides delete_everything.
         assert {t["name"] for t in demo_tools["tools"]} == {"echo", "add", "sleep"}
         researcher_tools = (
-            await call(c, "get_server_tools", agent_id="researcher", server="demo")
+            await call(r, "get_server_tools", agent_id="researcher", server="demo")
         ).structured_content
         assert {t["name"] for t in researcher_tools["tools"]} == {"echo", "add"}
         time_tools = (await call(c, "get_server_tools", agent_id="backend", server="time")).structured_content
@@ -100,7 +105,7 @@ async def test_discovery_and_calls_through_the_mapped_port(stack: Stack) -> None
 
         # Streamable HTTP downstream in its own container.
         echoed = await call(
-            c,
+            r,
             "execute_tool",
             agent_id="researcher",
             server="demo",
@@ -126,7 +131,7 @@ async def test_discovery_and_calls_through_the_mapped_port(stack: Stack) -> None
 
 
 async def test_policy_denial_names_the_rule(stack: Stack) -> None:
-    async with client(stack) as c:
+    async with client(stack, "backend") as c:
         with pytest.raises(MCPError) as denied:
             await c.call_tool_mcp(
                 "execute_tool",
@@ -144,7 +149,8 @@ async def test_policy_denial_names_the_rule(stack: Stack) -> None:
     )
 
 
-def test_origin_check(stack: Stack) -> None:
+async def test_the_image_requires_a_token(stack: Stack) -> None:
+    """The image binds 0.0.0.0: no token, no service; a token acts as its own agent only."""
     init = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -156,6 +162,31 @@ def test_origin_check(stack: Stack) -> None:
         },
     }
     headers = {"Accept": "application/json, text/event-stream"}
+    for extra in ({}, {"Authorization": "Bearer not-a-token"}):
+        refused = httpx.post(stack.mcp_url, json=init, headers={**headers, **extra}, timeout=10)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer ")
+    assert stack.ready_body["auth"] == {"credentials_required": True}
+    async with client(stack, "researcher") as c:
+        with pytest.raises(MCPError) as claimed:
+            await c.call_tool_mcp("list_servers", {"agent_id": "backend"})
+        assert claimed.value.code == -32003
+        mine = await call(c, "list_servers")
+        assert {server["name"] for server in mine.structured_content["servers"]} == {"demo", "time"}
+
+
+def test_origin_check(stack: Stack) -> None:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    headers = {"Accept": "application/json, text/event-stream", **bearer("researcher")}
     allowed = httpx.post(stack.mcp_url, json=init, headers={**headers, "Origin": ALLOWED_ORIGIN}, timeout=10)
     assert allowed.status_code == 200
     foreign = httpx.post(
@@ -166,7 +197,7 @@ def test_origin_check(stack: Stack) -> None:
 
 async def test_metrics_show_the_calls(stack: Stack) -> None:
     before = metric_samples(httpx.get(f"{stack.base_url}/metrics", timeout=5).text)
-    async with client(stack) as c:
+    async with client(stack, "researcher") as c:
         for _ in range(2):
             await call(
                 c, "execute_tool", agent_id="researcher", server="demo", tool="echo", args={"message": "m"}
@@ -218,8 +249,8 @@ def test_runs_as_non_root_with_no_privileges(stack: Stack) -> None:
         "    except OSError:\n"
         "        continue\n"
         "    if any(part.endswith(b'agent-mcp-gateway') for part in cmd[:2]):\n"
-        "        status = dict(line.split(':\\t', 1) for line in open(f'/proc/{pid}/status').read().splitlines()"
-        " if ':\\t' in line)\n"
+        "        lines = open(f'/proc/{pid}/status').read().splitlines()\n"
+        "        status = dict(line.split(':\\t', 1) for line in lines if ':\\t' in line)\n"
         "        print(status['Uid'].split()[0], status['CapEff'].strip(), status['CapBnd'].strip(),"
         " status['NoNewPrivs'].strip())\n"
         "        break\n"
@@ -241,7 +272,7 @@ async def test_read_only_root_filesystem_and_still_working(stack: Stack) -> None
     assert exec_in(stack.gateway, "sh", "-c", "cd /tmp && echo x > probe && rm probe")[0] == 0
     assert exec_in(stack.gateway, "sh", "-c", f"echo x > {STATE_DIR}/probe && rm {STATE_DIR}/probe")[0] == 0
 
-    async with client(stack) as c:
+    async with client(stack, "researcher") as c:
         now = await call(
             c,
             "execute_tool",
@@ -272,7 +303,7 @@ def test_image_healthcheck_passes(stack: Stack) -> None:
 
 
 async def test_audit_log_is_written_to_the_state_volume(stack: Stack) -> None:
-    async with client(stack) as c:
+    async with client(stack, "backend") as c:
         await call(
             c, "execute_tool", agent_id="backend", server="demo", tool="echo", args={"message": "audited"}
         )
@@ -305,7 +336,7 @@ async def test_audit_log_is_written_to_the_state_volume(stack: Stack) -> None:
 
 
 async def test_prometheus_scrapes_the_gateway(stack: Stack, prometheus: str) -> None:
-    async with client(stack) as c:
+    async with client(stack, "backend") as c:
         await call(
             c,
             "execute_tool",
