@@ -65,7 +65,7 @@ class GatewayMiddleware(Middleware):
         started = time.perf_counter()
         try:
             if name in AGENT_TOOLS:
-                self._identify(op, arguments.get("agent_id"), header_agent, credential or self.pinned)
+                await self._identify(op, arguments.get("agent_id"), header_agent, credential or self.pinned)
             return await call_next(context)
         except Exception as exc:
             raise self._fail(op, _unwrap(exc)) from None
@@ -73,7 +73,7 @@ class GatewayMiddleware(Middleware):
             self._record(op, time.perf_counter() - started)
             end(token)
 
-    def _identify(
+    async def _identify(
         self, op: Operation, agent_id: object, header_agent: str | None, credential: Principal | None
     ) -> None:
         """Settle who the operation acts as, then charge it to that agent's rate limit."""
@@ -85,7 +85,7 @@ class GatewayMiddleware(Middleware):
         principal = resolve_agent(snapshot.engine, claimed, credential, session)
         op.agent_id, op.auth, op.credential = principal.agent_id, principal.method, principal.fingerprint
         rules = snapshot.config.rules.agents.get(principal.agent_id)
-        self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)
+        await self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)
 
     def _fail(self, op: Operation, exc: BaseException) -> MCPError:
         if isinstance(exc, GatewayError):
