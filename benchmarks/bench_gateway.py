@@ -735,10 +735,10 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     log(f"session lookup: {count} sessions, {lookups} lookups")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
-    from agent_mcp_gateway.config import RulesConfig
-    from agent_mcp_gateway.policy import PolicyEngine
     from agent_mcp_gateway.auth import Principal
+    from agent_mcp_gateway.config import RulesConfig
     from agent_mcp_gateway.identity import resolve_agent
+    from agent_mcp_gateway.policy import PolicyEngine
     from agent_mcp_gateway.sessions import SessionRegistry
 
     registry = SessionRegistry(ttl_seconds=3600)

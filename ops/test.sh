@@ -77,6 +77,11 @@ else
   log "podman could not be set up: the container tests will be skipped"
 fi
 
+log "lint and types (ruff, mypy; configured in pyproject.toml)"
+ruff check .
+ruff format --check .
+mypy
+
 log "running the test suite"
 status=0
 python -m pytest -p no:cacheprovider -rs "$@" || status=$?
