@@ -49,6 +49,23 @@ EVERYTHING = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dis
 PY = sys.executable
 
 
+ACCEPT_BOTH = {"Accept": "application/json, text/event-stream"}
+
+
+def initialize_message(client: str = "test", request_id: int = 1) -> dict[str, Any]:
+    """A session-era `initialize` request, as raw-protocol tests send it."""
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": client, "version": "1"},
+        },
+    }
+
+
 def fixture_server(name: str, **extra: Any) -> dict[str, Any]:
     return {"description": f"{name} fixture", "command": PY, "args": [str(SERVERS / f"{name}.py")], **extra}
 

@@ -33,11 +33,13 @@ from agent_mcp_gateway.identity import checked_claim, resolve_agent
 from agent_mcp_gateway.policy import PolicyEngine
 
 from conftest import (
+    ACCEPT_BOTH,
     PY,
     GatewayFiles,
     HttpGateway,
     fixture_server,
     free_port,
+    initialize_message,
     start_http_gateway,
     stdio_gateway,
     wait_until,
@@ -45,17 +47,8 @@ from conftest import (
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "agent-mcp-gateway"
-BOTH = {"Accept": "application/json, text/event-stream"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "auth-test", "version": "1.0.0"},
-    },
-}
+BOTH = ACCEPT_BOTH
+INIT = initialize_message("auth-test")
 SECRET_URL_PASSWORD = "url-password-" + secrets.token_hex(8)
 SECRET_URL_QUERY = "url-query-" + secrets.token_hex(8)
 SECRET_HEADER = "header-secret-" + secrets.token_hex(8)

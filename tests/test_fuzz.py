@@ -27,7 +27,7 @@ from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.http import create_app
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import PY, fixture_server
+from conftest import PY, fixture_server, initialize_message
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2600"))  # x4 requests each
 BOTH = "application/json, text/event-stream"
@@ -175,16 +175,7 @@ async def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fuzz
     try:
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as client:
-            init = {
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "fuzz", "version": "1"},
-                },
-            }
+            init = initialize_message("fuzz", request_id=0)
             response = await client.post("/mcp", json=init, headers={"accept": BOTH})
             session_id = response.headers["mcp-session-id"]
             await client.post(
@@ -330,16 +321,7 @@ def test_stdio_survives_junk_lines(tmp_path: Path) -> None:
         ('{"jsonrpc":"2.0","id":2,"method":"ping","params":{"x":' + deep(5000) + "}}").encode(),
         b'{"jsonrpc":"2.0","id":3,"method":"nope"}',
     ]
-    init = {
-        "jsonrpc": "2.0",
-        "id": 10,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "fuzz", "version": "1"},
-        },
-    }
+    init = initialize_message("fuzz", request_id=10)
     lines = [
         json.dumps(init).encode(),
         json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode(),

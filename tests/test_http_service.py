@@ -18,29 +18,22 @@ import pytest
 from mcp import MCPError
 
 from conftest import (
+    ACCEPT_BOTH,
     STANDARD_RULES,
     AsgiGateway,
     GatewayFiles,
     asgi_gateway,
     eventually,
     fixture_server,
+    initialize_message,
     metric,
     new_gateway_files,
     scraped,
     time_server,
 )
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw-test", "version": "1.0.0"},
-    },
-}
-BOTH = {"Accept": "application/json, text/event-stream"}
+INIT = initialize_message("raw-test")
+BOTH = ACCEPT_BOTH
 SERVICE_SERVERS = ("echo", "slow", "time", "progress")
 
 

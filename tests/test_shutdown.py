@@ -24,11 +24,13 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp import MCPError
 
 from conftest import (
+    ACCEPT_BOTH,
     STANDARD_RULES,
     GatewayFiles,
     HttpGateway,
     fixture_server,
     gateway_call,
+    initialize_message,
     process_alive,
     start_http_gateway,
     stdio_gateway,
@@ -37,17 +39,8 @@ from conftest import (
 
 CALLS = 5
 SECONDS = 1.5  # how long each call in flight sleeps
-BOTH = {"Accept": "application/json, text/event-stream"}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "shutdown-test", "version": "1"},
-    },
-}
+BOTH = ACCEPT_BOTH
+INITIALIZE = initialize_message("shutdown-test", request_id=0)
 
 
 @pytest.fixture

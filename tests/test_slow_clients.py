@@ -23,24 +23,20 @@ import pytest
 
 from agent_mcp_gateway.http import connection_limit
 
-from conftest import STANDARD_RULES, GatewayFiles, HttpGateway, fixture_server, start_http_gateway
+from conftest import (
+    STANDARD_RULES,
+    GatewayFiles,
+    HttpGateway,
+    fixture_server,
+    initialize_message,
+    start_http_gateway,
+)
 
 FLOOD = 1_100
 TIMEOUT = 2  # GATEWAY_HEADER_TIMEOUT and GATEWAY_BODY_TIMEOUT for this test, seconds
 # /health limits, in seconds, loose for a shared CI machine; before the fix it did not answer.
 HEALTH_MEDIAN, HEALTH_MAX = 0.5, 5.0
-INITIALIZE = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "flood", "version": "1"},
-        },
-    }
-).encode()
+INITIALIZE = json.dumps(initialize_message("flood")).encode()
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
