@@ -50,6 +50,22 @@ PY = sys.executable
 
 
 ACCEPT_BOTH = {"Accept": "application/json, text/event-stream"}
+# The audit line's fields that the specification names (the gateway adds more).
+AUDIT_SPEC_FIELDS = frozenset(
+    {
+        "timestamp",
+        "agent_id",
+        "operation",
+        "server",
+        "tool",
+        "decision",
+        "rule",
+        "error_code",
+        "latency_ms",
+        "session_id",
+        "request_id",
+    }
+)
 
 
 def initialize_message(client: str = "test", request_id: int = 1) -> dict[str, Any]:

@@ -23,21 +23,8 @@ from agent_mcp_gateway.audit import GENESIS, AuditLog, AuditRecord, ChainCheck, 
 from agent_mcp_gateway.metrics import REGISTRY
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import GatewayFiles, fixture_server, memory_gateway, wait_until
+from conftest import AUDIT_SPEC_FIELDS, GatewayFiles, fixture_server, memory_gateway, wait_until
 
-SPEC_FIELDS = {
-    "timestamp",
-    "agent_id",
-    "operation",
-    "server",
-    "tool",
-    "decision",
-    "rule",
-    "error_code",
-    "latency_ms",
-    "session_id",
-    "request_id",
-}
 # How the line was authenticated, and the chain.
 EXTRA_FIELDS = {"auth", "credential", "claimed_agent_id", "prev_hash"}
 
@@ -96,11 +83,11 @@ def test_line_has_every_spec_field(tmp_path: Path) -> None:
     audit.close()
 
     first, second = lines(tmp_path / "audit.jsonl")
-    assert set(first) == SPEC_FIELDS | EXTRA_FIELDS
+    assert set(first) == AUDIT_SPEC_FIELDS | EXTRA_FIELDS
     assert first == {"timestamp": first["timestamp"], **asdict(record()), "prev_hash": GENESIS}
     assert first["timestamp"].endswith("Z")
     assert datetime.fromisoformat(first["timestamp"]).utcoffset().total_seconds() == 0
-    assert set(second) == SPEC_FIELDS | EXTRA_FIELDS
+    assert set(second) == AUDIT_SPEC_FIELDS | EXTRA_FIELDS
     assert (second["agent_id"], second["tool"], second["rule"]) == (None, None, None)
     assert second["server"] == "café"
     assert "café" in (tmp_path / "audit.jsonl").read_text(encoding="utf-8")
@@ -348,7 +335,7 @@ async def test_tool_call_arguments_never_reach_the_audit_log(gateway_files: Gate
     executed = [line for line in gateway_files.audit_lines() if line["operation"] == "execute_tool"]
     assert [line["tool"] for line in executed] == [tool for tool, _, _ in calls]
     assert [line["decision"] for line in executed] == ["ALLOW", "DENY", "ALLOW", "ALLOW", "ERROR"]
-    assert all(set(line) == SPEC_FIELDS | EXTRA_FIELDS for line in executed)
+    assert all(set(line) == AUDIT_SPEC_FIELDS | EXTRA_FIELDS for line in executed)
     assert verify([gateway_files.audit]).problem is None
 
 

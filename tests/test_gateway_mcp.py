@@ -18,6 +18,7 @@ from fastmcp import Client
 from mcp import MCPError
 
 from conftest import (
+    AUDIT_SPEC_FIELDS,
     STANDARD_RULES,
     GatewayFiles,
     MemoryGateway,
@@ -170,19 +171,7 @@ async def test_policy_errors_carry_codes_and_rules(standard: MemoryGateway) -> N
     }
     line = next(line for line in lines() if line["tool"] == "drop_table")
     assert line["rule"] == "agents.builder.deny.tools.echo[0]" and line["agent_id"] == "builder"
-    assert set(line) >= {
-        "timestamp",
-        "agent_id",
-        "operation",
-        "server",
-        "tool",
-        "decision",
-        "rule",
-        "error_code",
-        "latency_ms",
-        "session_id",
-        "request_id",
-    }
+    assert set(line) >= AUDIT_SPEC_FIELDS
 
 
 async def test_results_pass_through_unchanged(standard: MemoryGateway) -> None:

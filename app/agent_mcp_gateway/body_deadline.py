@@ -10,9 +10,7 @@ from __future__ import annotations
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .edge import error_response
-
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+from .edge import BODY_METHODS, error_response
 
 
 class BodyDeadline:

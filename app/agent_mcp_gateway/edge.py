@@ -44,6 +44,7 @@ KNOWN_ROUTES = {
 }
 KNOWN_METHODS = {"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"}  # bounded labels
 SESSION_HEADER = "mcp-session-id"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 INVALID_REQUEST = -32600
 INTERNAL_ERROR = -32603
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -232,7 +233,7 @@ class RequestBody:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

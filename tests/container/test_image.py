@@ -22,6 +22,17 @@ from .conftest import ALLOWED_ORIGIN, GATEWAY_UID, STATE_DIR, TOKENS, Stack, exe
 
 pytestmark = pytest.mark.container
 
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
 
 def bearer(agent: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[agent]}"}
@@ -151,19 +162,9 @@ async def test_policy_denial_names_the_rule(stack: Stack) -> None:
 
 async def test_the_image_requires_a_token(stack: Stack) -> None:
     """The image binds 0.0.0.0: no token, no service; a token acts as its own agent only."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     headers = {"Accept": "application/json, text/event-stream"}
     for extra in ({}, {"Authorization": "Bearer not-a-token"}):
-        refused = httpx.post(stack.mcp_url, json=init, headers={**headers, **extra}, timeout=10)
+        refused = httpx.post(stack.mcp_url, json=INIT, headers={**headers, **extra}, timeout=10)
         assert refused.status_code == 401
         assert refused.headers["www-authenticate"].startswith("Bearer ")
     assert stack.ready_body["auth"] == {"credentials_required": True}
@@ -176,21 +177,11 @@ async def test_the_image_requires_a_token(stack: Stack) -> None:
 
 
 def test_origin_check(stack: Stack) -> None:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     headers = {"Accept": "application/json, text/event-stream", **bearer("researcher")}
-    allowed = httpx.post(stack.mcp_url, json=init, headers={**headers, "Origin": ALLOWED_ORIGIN}, timeout=10)
+    allowed = httpx.post(stack.mcp_url, json=INIT, headers={**headers, "Origin": ALLOWED_ORIGIN}, timeout=10)
     assert allowed.status_code == 200
     foreign = httpx.post(
-        stack.mcp_url, json=init, headers={**headers, "Origin": "https://evil.example"}, timeout=10
+        stack.mcp_url, json=INIT, headers={**headers, "Origin": "https://evil.example"}, timeout=10
     )
     assert foreign.status_code == 403
 
