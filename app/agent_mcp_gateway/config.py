@@ -31,6 +31,8 @@ RULES_NAME = ".mcp-gateway-rules.json"
 MCP_CONFIG_ENV = "GATEWAY_MCP_CONFIG"
 RULES_ENV = "GATEWAY_RULES"
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+PREFIX_PATTERN = r"^[A-Za-z0-9_.-]*$"
+NAME_SEPARATOR = "__"
 M = TypeVar("M", bound=BaseModel)
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # JSON has no comments: any object in either file may carry this key for the reader.
@@ -71,9 +73,20 @@ class ServerConfig(BaseModel):
     timeout_ms: Annotated[StrictInt, Field(gt=0)] | None = None
     # The largest message (a tool result, as JSON) the gateway takes from this server: 32 MiB.
     max_result_bytes: Annotated[StrictInt, Field(gt=0)] = 32 * 1024 * 1024
+    # How the aggregate view names this server's tools and prompts: `{prefix}__{name}`; the
+    # server's name when unset, "" for bare names.
+    prefix: Annotated[str, StringConstraints(pattern=PREFIX_PATTERN)] | None = None
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        # A prefix holds no "__", so a public name splits back at its first "__".
+        if value and NAME_SEPARATOR in value:
+            raise ValueError(f"'prefix' must not contain {NAME_SEPARATOR!r}")
+        return value
 
     @model_validator(mode="after")
     def _one_transport(self) -> ServerConfig:
@@ -93,6 +106,9 @@ class ServerConfig(BaseModel):
     def kind(self) -> Literal["stdio", "http"]:
         return "stdio" if self.command else "http"
 
+    def public_prefix(self, name: str) -> str:
+        return name if self.prefix is None else self.prefix
+
     def __hash__(self) -> int:
         return hash(self.model_dump_json())
 
@@ -108,6 +124,20 @@ class McpConfig(BaseModel):
         for name in servers:
             if not re.match(AGENT_ID_PATTERN, name):
                 raise ValueError(f"server name {name!r} must match {AGENT_ID_PATTERN}")
+            if NAME_SEPARATOR in name and servers[name].prefix is None:
+                raise ValueError(
+                    f"server name {name!r} contains {NAME_SEPARATOR!r}, which the aggregate view "
+                    "uses to join server and tool names; set a 'prefix' without it"
+                )
+        owners: dict[str, str] = {}
+        for name, server in servers.items():
+            prefix = server.public_prefix(name)
+            other = owners.setdefault(prefix, name) if prefix else name
+            if other != name:
+                raise ValueError(
+                    f"servers {other!r} and {name!r} both name their tools with the prefix {prefix!r}; "
+                    "set a distinct 'prefix' on one of them"
+                )
         return servers
 
 
@@ -127,10 +157,15 @@ TOKEN_HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"  # noqa: S105 (a pattern, not a se
 TokenHash = Annotated[str, StringConstraints(pattern=TOKEN_HASH_PATTERN)]
 
 
+View = Literal["discovery", "aggregate"]
+
+
 class AgentRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str = ""
+    # discovery: the three gateway tools; aggregate: the allowed downstream tools themselves.
+    view: View | None = None
     allow: RuleSet = RuleSet()
     deny: RuleSet = RuleSet()
     rate_limit: str | None = None
@@ -149,6 +184,7 @@ class Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     deny_on_missing_agent: StrictBool = True
+    view: View = "discovery"
 
 
 class JwtConfig(BaseModel):
@@ -204,6 +240,10 @@ class RulesConfig(BaseModel):
                         "a token names exactly one agent"
                     )
         return agents
+
+    def view_of(self, agent_id: str) -> View:
+        agent = self.agents.get(agent_id)
+        return agent.view if agent is not None and agent.view is not None else self.defaults.view
 
     @property
     def credentials_configured(self) -> bool:

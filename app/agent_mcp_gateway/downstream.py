@@ -20,14 +20,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import mcp_types as mt
 from fastmcp import Client
 from fastmcp.client.messages import MessageHandler
 from fastmcp.client.transports import ClientTransport
 from mcp import MCPError
-from mcp.shared.dispatcher import ProgressFnT
 
 from . import logs
 from .circuit import CircuitBreaker, CircuitOpen
@@ -36,15 +35,20 @@ from .downstream_http import HttpServerTransport, over_limit
 from .downstream_stdio import StdioServerTransport, TooLarge, current_call
 from .errors import DownstreamError, GatewayTimeout, ResultTooLarge, ServerUnavailable, ToolNotFound
 from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_UP, downstream_series
+from .relay import ClientRelay
 from .watchdog import Watchdog
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
 State = Literal["connecting", "up", "down", "closed"]
-ProgressHandler = ProgressFnT
-LogForwarder = Callable[[mt.LoggingMessageNotificationParams], Awaitable[None]]
+Kind = Literal["tools", "prompts", "resources"]
+KINDS: tuple[Kind, ...] = ("tools", "prompts", "resources")
+ChangeListener = Callable[[str, Kind], None]
+
+R = TypeVar("R")
 
 CONNECTION_CLOSED = -32000
+METHOD_NOT_FOUND = -32601
 
 
 class Backoff:
@@ -64,9 +68,9 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """One tool call in flight: what `current_call` holds while the call runs."""
+    """One call in flight: what `current_call` holds while the call runs."""
 
-    forward_log: LogForwarder | None
+    relay: ClientRelay | None
 
 
 class _Notifications(MessageHandler):
@@ -74,10 +78,41 @@ class _Notifications(MessageHandler):
         self.server = server
 
     async def on_tool_list_changed(self, message: mt.ToolListChangedNotification) -> None:
-        self.server.schedule_tool_refresh()
+        self.server.schedule_refresh("tools")
+
+    async def on_prompt_list_changed(self, message: mt.PromptListChangedNotification) -> None:
+        self.server.schedule_refresh("prompts")
+
+    async def on_resource_list_changed(self, message: mt.ResourceListChangedNotification) -> None:
+        self.server.schedule_refresh("resources")
 
     async def on_logging_message(self, message: mt.LoggingMessageNotification) -> None:
         await self.server.forward_log(message.params)
+
+
+def _calling_relay(what: str) -> ClientRelay:
+    """The relay of the call a server's own request belongs to; refused when none can be told,
+    because the only other clients it could go to may belong to other agents."""
+    call = current_call.get()
+    if isinstance(call, _Call) and call.relay is not None:
+        return call.relay
+    raise MCPError(METHOD_NOT_FOUND, f"{what} requests are relayed only during a call from one client")
+
+
+async def _relay_elicitation(
+    message: str, response_type: Any, params: mt.ElicitRequestParams, context: Any
+) -> mt.ElicitResult:
+    return await _calling_relay("elicitation").elicit(params)
+
+
+async def _relay_sampling(
+    messages: list[mt.SamplingMessage], params: mt.CreateMessageRequestParams, context: Any
+) -> mt.CreateMessageResult:
+    return await _calling_relay("sampling").sample(params)
+
+
+async def _relay_roots(context: Any) -> list[mt.Root]:
+    return list((await _calling_relay("roots").list_roots()).roots)
 
 
 class Downstream:
@@ -91,8 +126,10 @@ class Downstream:
         connect_timeout: float = 15.0,
         ping_interval: float = 10.0,
         ping_timeout: float = 10.0,
+        on_change: ChangeListener | None = None,
     ) -> None:
         self.name = name
+        self.on_change = on_change
         self.ping_timeout = ping_timeout
         self._last_answer = 0.0
         self.config = config
@@ -102,13 +139,18 @@ class Downstream:
         self.ping_interval = ping_interval
         self.state: State = "connecting"
         self.last_error: str | None = None
+        # The catalog, kept while the server is down so views stay steady across a restart.
         self.tools: dict[str, mt.Tool] = {}
+        self.prompts: dict[str, mt.Prompt] = {}
+        self.resources: dict[str, mt.Resource] = {}  # by URI
+        self.templates: tuple[mt.ResourceTemplate, ...] = ()
         self.connected_at: float | None = None
         self.tried = asyncio.Event()
         self._lost = asyncio.Event()
         self._client: Client[Any] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._stale: set[Kind] = set()
         self._stdio: StdioServerTransport | None = None
         DOWNSTREAM_UP.labels(name).set(0)
         DOWNSTREAM_CIRCUIT_OPEN.labels(name).set(0)
@@ -167,12 +209,15 @@ class Downstream:
             self._transport(),
             name="agent-mcp-gateway",
             message_handler=_Notifications(self),
+            elicitation_handler=_relay_elicitation,
+            sampling_handler=_relay_sampling,
+            roots=_relay_roots,
             init_timeout=self.connect_timeout,
             mode="legacy",
         )
         self._client = client
         await client.__aenter__()  # type: ignore[no-untyped-call]  # fastmcp leaves it unannotated
-        await self._load_tools(client)
+        await self._load(client, KINDS)
 
     async def _watch(self) -> None:
         """Wait until the session is lost: a failed call says so, or a ping of an idle one."""
@@ -242,23 +287,51 @@ class Downstream:
 
     # --- tools -----------------------------------------------------------------------------
 
-    async def _load_tools(self, client: Client[Any]) -> None:
-        listed = await client.list_tools()
-        self.tools = {tool.name: tool for tool in listed}
+    async def _load(self, client: Client[Any], kinds: tuple[Kind, ...]) -> None:
+        """Read the catalog kinds the server offers, then tell the listener which changed."""
+        offered = _offered(client)
+        changed: list[Kind] = []
+        for kind in kinds:
+            if kind not in offered:
+                continue
+            before = self._catalog(kind)
+            if kind == "tools":
+                self.tools = {tool.name: tool for tool in await client.list_tools()}
+            elif kind == "prompts":
+                self.prompts = {prompt.name: prompt for prompt in await client.list_prompts()}
+            else:
+                self.resources = {str(res.uri): res for res in await client.list_resources()}
+                self.templates = tuple(await client.list_resource_templates())
+            if self._catalog(kind) != before:
+                changed.append(kind)
+        for kind in changed:
+            if self.on_change is not None:
+                self.on_change(self.name, kind)
 
-    def schedule_tool_refresh(self) -> None:
-        """Refresh the cached tool list after `notifications/tools/list_changed`."""
+    def _catalog(self, kind: Kind) -> object:
+        if kind == "tools":
+            return self.tools
+        if kind == "prompts":
+            return self.prompts
+        return (self.resources, self.templates)
+
+    def schedule_refresh(self, *kinds: Kind) -> None:
+        """Re-read the catalog after a `list_changed` notification (or a reload)."""
+        self._stale.update(kinds or KINDS)
         if self._refresh is None or self._refresh.done():
-            self._refresh = asyncio.create_task(self.refresh_tools())
+            self._refresh = asyncio.create_task(self._refresh_stale())
 
-    async def refresh_tools(self) -> None:
-        client = self._client
-        if client is None or self.state != "up":
-            return
-        try:
-            await self._load_tools(client)
-        except Exception as exc:
-            log.warning("tool list refresh failed", extra={"server": self.name, "error": repr(exc)})
+    async def _refresh_stale(self) -> None:
+        while self._stale:
+            kinds = tuple(kind for kind in KINDS if kind in self._stale)
+            self._stale.clear()
+            client = self._client
+            if client is None or self.state != "up":
+                return
+            try:
+                await self._load(client, kinds)
+            except Exception as exc:
+                log.warning("catalog refresh failed", extra={"server": self.name, "error": repr(exc)})
 
     async def list_tools(self) -> list[mt.Tool]:
         await self._require_client()
@@ -275,38 +348,65 @@ class Downstream:
         return self._client
 
     async def call_tool(
-        self,
-        tool: str,
-        arguments: dict[str, Any],
-        timeout_ms: int,
-        progress: ProgressHandler | None = None,
-        forward_log: LogForwarder | None = None,
+        self, tool: str, arguments: dict[str, Any], timeout_ms: int, relay: ClientRelay | None = None
     ) -> mt.CallToolResult:
-        """Call a tool; the timeout covers the whole call, including waiting for start-up.
+        """Call a tool; the timeout covers the whole call, including waiting for start-up."""
+        progress = relay.progress if relay is not None else None
 
-        The call's outcome feeds the circuit breaker: an answer (even an error) closes it, a
-        lost connection or a timeout counts towards opening it.
+        async def call(client: Client[Any]) -> mt.CallToolResult:
+            if tool not in self.tools:
+                raise ToolNotFound(self.name, tool)
+            return await client.call_tool_mcp(tool, arguments, progress_handler=progress)
+
+        return await self._request("execute_tool", tool, call, timeout_ms, relay)
+
+    async def get_prompt(
+        self, prompt: str, arguments: dict[str, str] | None, timeout_ms: int, relay: ClientRelay | None
+    ) -> mt.GetPromptResult:
+        async def get(client: Client[Any]) -> mt.GetPromptResult:
+            return await client.get_prompt_mcp(prompt, arguments)
+
+        return await self._request("prompts/get", prompt, get, timeout_ms, relay)
+
+    async def read_resource(
+        self, uri: str, timeout_ms: int, relay: ClientRelay | None
+    ) -> mt.ReadResourceResult:
+        async def read(client: Client[Any]) -> mt.ReadResourceResult:
+            return await client.read_resource_mcp(uri)
+
+        return await self._request("resources/read", uri, read, timeout_ms, relay)
+
+    async def _request(
+        self,
+        operation: str,
+        target: str,
+        work: Callable[[Client[Any]], Awaitable[R]],
+        timeout_ms: int,
+        relay: ClientRelay | None,
+    ) -> R:
+        """One request to the server on behalf of one caller.
+
+        Its outcome feeds the circuit breaker: an answer (even an error) closes it, a lost
+        connection or a timeout counts towards opening it.
         """
         started = time.perf_counter()
         outcome = "error"
-        token = current_call.set(_Call(forward_log))
+        token = current_call.set(_Call(relay))
         trial = sent = False
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 trial = self._admit()
                 client = await self._require_client()
-                if tool not in self.tools:
-                    raise ToolNotFound(self.name, tool)
                 sent = True
-                result = await client.call_tool_mcp(tool, arguments, progress_handler=progress)
-            outcome = "tool_error" if result.is_error else "ok"
+                result = await work(client)
+            outcome = "tool_error" if getattr(result, "is_error", False) else "ok"
             self._answered()
             return result
         except TimeoutError:
             outcome = "timeout"
             if sent:
                 self.circuit.record_failure("call timed out")
-            raise GatewayTimeout("execute_tool", timeout_ms) from None
+            raise GatewayTimeout(operation, timeout_ms) from None
         except MCPError as exc:
             if _is_connection_loss(exc):
                 self._lose("connection lost during a call")
@@ -314,10 +414,10 @@ class Downstream:
                 raise ServerUnavailable(self.name, "connection lost during the call") from None
             self._answered()
             if isinstance(exc.data, TooLarge):
-                raise ResultTooLarge(self.name, tool, exc.data.limit, exc.data.size) from None
+                raise ResultTooLarge(self.name, target, exc.data.limit, exc.data.size) from None
             if self.config.url and over_limit(exc):
-                raise ResultTooLarge(self.name, tool, self.config.max_result_bytes) from None
-            raise self._retold(tool, exc) from None
+                raise ResultTooLarge(self.name, target, self.config.max_result_bytes) from None
+            raise self._retold(target, exc) from None
         except (OSError, ConnectionError, RuntimeError) as exc:
             self._lose(_describe(exc, "call"))
             self.circuit.record_failure("connection lost during a call")
@@ -367,9 +467,9 @@ class Downstream:
         that belongs to no call never goes to a caller, who may be a different agent.
         """
         call = current_call.get()
-        if isinstance(call, _Call) and call.forward_log is not None:
+        if isinstance(call, _Call) and call.relay is not None:
             try:
-                await call.forward_log(params)
+                await call.relay.log(params)
                 return
             except Exception as exc:
                 log.warning("log forward failed", extra={"server": self.name, "error": repr(exc)})
@@ -400,8 +500,13 @@ class DownstreamPool:
     """All downstream servers, keyed by name; reconciled against each new configuration."""
 
     def __init__(
-        self, connect_timeout: float = 15.0, ping_interval: float = 10.0, ping_timeout: float = 10.0
+        self,
+        connect_timeout: float = 15.0,
+        ping_interval: float = 10.0,
+        ping_timeout: float = 10.0,
+        on_change: ChangeListener | None = None,
     ) -> None:
+        self.on_change = on_change
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -424,12 +529,18 @@ class DownstreamPool:
         for name, config in configs.items():
             if name not in self.servers:
                 server = Downstream(
-                    name, config, self.watchdog, self.connect_timeout, self.ping_interval, self.ping_timeout
+                    name,
+                    config,
+                    self.watchdog,
+                    self.connect_timeout,
+                    self.ping_interval,
+                    self.ping_timeout,
+                    self.on_change,
                 )
                 self.servers[name] = server
                 server.start()
             else:
-                self.servers[name].schedule_tool_refresh()
+                self.servers[name].schedule_refresh()
 
     @property
     def all_tried(self) -> bool:
@@ -442,6 +553,18 @@ class DownstreamPool:
 
     def __iter__(self) -> Iterator[Downstream]:
         return iter(list(self.servers.values()))
+
+
+def _offered(client: Client[Any]) -> set[Kind]:
+    """The catalog kinds a server declares; tools are always read (servers omit the flag)."""
+    result = client.initialize_result
+    capabilities = result.capabilities if result is not None else None
+    offered: set[Kind] = {"tools"}
+    if capabilities is not None and capabilities.prompts is not None:
+        offered.add("prompts")
+    if capabilities is not None and capabilities.resources is not None:
+        offered.add("resources")
+    return offered
 
 
 def _is_connection_loss(exc: MCPError) -> bool:

@@ -51,6 +51,7 @@ log = logging.getLogger("agent_mcp_gateway.downstream")
 # The call a downstream message belongs to, as the session's handlers see it. The SDK runs each
 # notification handler in the context its transport sent the message from; this transport sets
 # the variable there when it can tell the call (see `_Connection._owner`).
+CALL_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
 current_call: contextvars.ContextVar[object | None] = contextvars.ContextVar("current_call", default=None)
 
 STDIN_GRACE = 2.0  # seconds a server has to exit after its stdin closes
@@ -241,7 +242,7 @@ class _Connection:
         owner = None
         if isinstance(message, mt.JSONRPCResponse | mt.JSONRPCError) and message.id is not None:
             self.pending.pop(coerce_request_id(message.id), None)
-        elif isinstance(message, mt.JSONRPCNotification):
+        elif isinstance(message, mt.JSONRPCNotification | mt.JSONRPCRequest):
             owner = self._owner()
         token = current_call.set(owner)
         try:
@@ -250,9 +251,9 @@ class _Connection:
             current_call.reset(token)
 
     def _owner(self) -> object | None:
-        """The call a notification belongs to: on stdio nothing names it, so only when exactly
-        one tool call is waiting for its answer at the moment the notification is read."""
-        calls = [call for method, call in self.pending.values() if method == "tools/call"]
+        """The call a notification or a server's request belongs to: on stdio nothing names it,
+        so only when exactly one call is waiting for its answer at the moment it is read."""
+        calls = [call for method, call in self.pending.values() if method in CALL_METHODS]
         return calls[0] if len(calls) == 1 else None
 
     async def _refuse(self, line: _Oversize) -> None:

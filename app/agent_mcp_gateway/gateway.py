@@ -16,10 +16,12 @@ from typing import Any
 from . import config as config_module
 from .audit import AuditLog
 from .auth import Authenticator
+from .catalog import Catalog
 from .config import ConfigError, GatewayConfig
-from .downstream import DownstreamPool
+from .downstream import DownstreamPool, Kind
 from .identity import claims_warning, identity_problem
 from .metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
+from .notifications import ListChanged
 from .policy import PolicyEngine
 from .sessions import SessionRegistry
 from .settings import Settings
@@ -56,8 +58,12 @@ class Gateway:
         self.settings = settings
         self.snapshot = Snapshot.build(config, settings)
         self.pool = DownstreamPool(
-            self.settings.connect_timeout, self.settings.ping_interval, self.settings.ping_timeout
+            self.settings.connect_timeout,
+            self.settings.ping_interval,
+            self.settings.ping_timeout,
+            on_change=lambda server, kind: self.list_changed.changed(),
         )
+        self.list_changed = ListChanged(self.view_fingerprint, lambda sid: self.sessions.get(sid) is not None)
         self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
         self.sessions = SessionRegistry(self.settings.session_ttl)
         self.reloads: deque[ReloadEvent] = deque(maxlen=50)
@@ -75,6 +81,18 @@ class Gateway:
     @property
     def engine(self) -> PolicyEngine:
         return self.snapshot.engine
+
+    def catalog(self, agent_id: str) -> Catalog:
+        """`agent_id`'s aggregate view of the downstream servers, as configured now."""
+        snapshot = self.snapshot
+        return Catalog(snapshot.config.servers, snapshot.engine, self.pool, agent_id)
+
+    def view_fingerprint(self, agent_id: str, kind: Kind) -> str:
+        """What `agent_id` is shown of `kind`, as a digest: the view's name in the discovery
+        view (its list is the gateway's own), the catalog's digest in the aggregate view."""
+        if self.config.rules.view_of(agent_id) != "aggregate":
+            return f"discovery:{kind}"
+        return self.catalog(agent_id).fingerprint(kind)
 
     @property
     def config_paths(self) -> tuple[Path, Path]:
@@ -121,6 +139,7 @@ class Gateway:
                 await self.pool.apply(self.config.servers)
                 return False
             self.snapshot = snapshot
+            self.list_changed.changed()
             CONFIG_RELOADS.labels("success").inc()
             CONFIG_LAST_RELOAD_OK.set(1)
             self.reloads.append(ReloadEvent(time.time(), source, True, None, new.warnings))
@@ -138,6 +157,7 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.list_changed.close()
         await self.pool.close()
         self.audit.close()
 

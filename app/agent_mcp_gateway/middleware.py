@@ -10,25 +10,35 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as mt
 from fastmcp.exceptions import ToolError
 from fastmcp.exceptions import ValidationError as ArgumentsError
+from fastmcp.prompts.base import Prompt, PromptResult
+from fastmcp.resources.base import Resource, ResourceResult
+from fastmcp.resources.template import ResourceTemplate
 from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from fastmcp.tools.base import Tool
 from mcp import MCPError
 from pydantic import ValidationError
 
 from . import logs
+from .aggregate import AggregateView
 from .audit import AuditRecord
 from .auth import PRINCIPAL_SCOPE_KEY, Principal
+from .downstream import Kind
 from .errors import DeniedByPolicy, GatewayError, InvalidAgentId, RateLimited
 from .gateway import Gateway
 from .identity import AGENT_HEADER, checked_claim, resolve_agent
 from .metrics import ERRORS, POLICY_DECISIONS, RATE_LIMITED, bounded, operation_series
 from .operation import Operation, begin, end
 from .ratelimit import RateLimits
+from .relay import ClientRelay
 
 log = logging.getLogger("agent_mcp_gateway")
 
@@ -39,12 +49,24 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What the transport says about who is asking: a claim, a session, a credential."""
+
+    header_agent: str | None
+    session_id: str | None
+    credential: Principal | None
+
+
 class GatewayMiddleware(Middleware):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.rate_limits = RateLimits(gateway.settings.rate_limit)
+        self.aggregate = AggregateView(gateway)
         # stdio with GATEWAY_AGENT: the process acts as that agent and nothing else.
         self.pinned = Principal(gateway.settings.agent, "pinned") if gateway.settings.agent else None
+
+    # --- tools -----------------------------------------------------------------------------
 
     async def on_call_tool(
         self,
@@ -52,40 +74,171 @@ class GatewayMiddleware(Middleware):
         call_next: CallNext[mt.CallToolRequestParams, Any],
     ) -> Any:
         name = context.message.name
+        arguments = context.message.arguments or {}
+        caller = self._caller()
+        claim = arguments.get("agent_id") if name in GATEWAY_TOOLS else None
+        if self._aggregate(caller, claim):
+            async with self._operation("tools/call", caller) as op:
+                op.tool = _text(name)
+                await self._identify(op, caller, None)
+                relay = _relay(context)
+                return await self.aggregate.call_tool(op, name, arguments, relay)
         if name not in GATEWAY_TOOLS:
             return await call_next(context)
-        arguments = context.message.arguments or {}
+        async with self._operation(name, caller) as op:
+            op.server = _text(arguments.get("server"))
+            op.tool = _text(arguments.get("tool"))
+            if name in AGENT_TOOLS:
+                await self._identify(op, caller, arguments.get("agent_id"))
+            return await call_next(context)
+
+    async def on_list_tools(
+        self,
+        context: MiddlewareContext[mt.ListToolsRequest],
+        call_next: CallNext[mt.ListToolsRequest, Sequence[Tool]],
+    ) -> Sequence[Tool]:
+        caller = self._caller()
+        agent = self._peek(caller, None)
+        if agent is None or self.gateway.config.rules.view_of(agent) != "aggregate":
+            tools = await call_next(context)
+            if agent is not None:
+                self._shown(context, caller, agent, "tools")
+            return tools
+        async with self._operation("tools/list", caller) as op:
+            await self._identify(op, caller, None, charge=False)
+            self._shown(context, caller, op.agent_id, "tools")
+            return self.aggregate.list_tools(op)
+
+    # --- prompts and resources (aggregate view only; the discovery view has none) ----------
+
+    async def on_list_prompts(
+        self,
+        context: MiddlewareContext[mt.ListPromptsRequest],
+        call_next: CallNext[mt.ListPromptsRequest, Sequence[Prompt]],
+    ) -> Sequence[Prompt]:
+        caller = self._caller()
+        if not self._aggregate(caller, None):
+            return await call_next(context)
+        async with self._operation("prompts/list", caller) as op:
+            await self._identify(op, caller, None, charge=False)
+            self._shown(context, caller, op.agent_id, "prompts")
+            return self.aggregate.list_prompts(op)
+
+    async def on_get_prompt(
+        self,
+        context: MiddlewareContext[mt.GetPromptRequestParams],
+        call_next: CallNext[mt.GetPromptRequestParams, PromptResult],
+    ) -> PromptResult:
+        caller = self._caller()
+        if not self._aggregate(caller, None):
+            return await call_next(context)
+        async with self._operation("prompts/get", caller) as op:
+            op.tool = _text(context.message.name)
+            await self._identify(op, caller, None)
+            return await self.aggregate.get_prompt(
+                op, context.message.name, context.message.arguments, _relay(context)
+            )
+
+    async def on_list_resources(
+        self,
+        context: MiddlewareContext[mt.ListResourcesRequest],
+        call_next: CallNext[mt.ListResourcesRequest, Sequence[Resource]],
+    ) -> Sequence[Resource]:
+        caller = self._caller()
+        if not self._aggregate(caller, None):
+            return await call_next(context)
+        async with self._operation("resources/list", caller) as op:
+            await self._identify(op, caller, None, charge=False)
+            self._shown(context, caller, op.agent_id, "resources")
+            return self.aggregate.list_resources(op)
+
+    async def on_list_resource_templates(
+        self,
+        context: MiddlewareContext[mt.ListResourceTemplatesRequest],
+        call_next: CallNext[mt.ListResourceTemplatesRequest, Sequence[ResourceTemplate]],
+    ) -> Sequence[ResourceTemplate]:
+        caller = self._caller()
+        if not self._aggregate(caller, None):
+            return await call_next(context)
+        async with self._operation("resources/templates/list", caller) as op:
+            await self._identify(op, caller, None, charge=False)
+            self._shown(context, caller, op.agent_id, "resources")
+            return self.aggregate.list_templates(op)
+
+    async def on_read_resource(
+        self,
+        context: MiddlewareContext[mt.ReadResourceRequestParams],
+        call_next: CallNext[mt.ReadResourceRequestParams, ResourceResult],
+    ) -> ResourceResult:
+        caller = self._caller()
+        if not self._aggregate(caller, None):
+            return await call_next(context)
+        async with self._operation("resources/read", caller) as op:
+            uri = str(context.message.uri)
+            op.tool = _text(uri)
+            await self._identify(op, caller, None)
+            return await self.aggregate.read_resource(op, uri, _relay(context))
+
+    # --- identity, the operation and its record ---------------------------------------------
+
+    def _caller(self) -> Caller:
         header_agent, session_id, credential = _http_identity()
+        return Caller(header_agent, session_id, credential or self.pinned)
+
+    def _peek(self, caller: Caller, claim: object) -> str | None:
+        """The agent a request would act as, without binding its session or charging a limit:
+        enough to choose the view. None when it names none; `_identify` then says why."""
+        if caller.credential is not None:
+            return caller.credential.agent_id
+        claimed = claim if isinstance(claim, str) and claim else caller.header_agent
+        if not claimed and caller.session_id:
+            session = self.gateway.sessions.get(caller.session_id)
+            claimed = session.agent_id if session is not None else None
+        try:
+            return self.gateway.engine.resolve_agent(claimed)
+        except InvalidAgentId:
+            return None
+
+    def _aggregate(self, caller: Caller, claim: object) -> bool:
+        agent = self._peek(caller, claim)
+        return agent is not None and self.gateway.config.rules.view_of(agent) == "aggregate"
+
+    def _shown(self, context: MiddlewareContext[Any], caller: Caller, agent_id: str, kind: Kind) -> None:
+        fastmcp_context = context.fastmcp_context
+        request = fastmcp_context.request_context if fastmcp_context is not None else None
+        if request is not None:
+            self.gateway.list_changed.shown(caller.session_id, request.session, agent_id, kind)
+
+    @asynccontextmanager
+    async def _operation(self, name: str, caller: Caller) -> AsyncIterator[Operation]:
+        """One audited operation: failures become JSON-RPC errors, and every outcome is
+        recorded (audit line, metrics) exactly once."""
         request_id = logs.request_id.get() or logs.new_request_id()
         logs.request_id.set(request_id)
-        op = Operation(name, request_id, session_id)
-        op.server = _text(arguments.get("server"))
-        op.tool = _text(arguments.get("tool"))
+        op = Operation(name, request_id, caller.session_id)
         token = begin(op)
         started = time.perf_counter()
         try:
-            if name in AGENT_TOOLS:
-                await self._identify(op, arguments.get("agent_id"), header_agent, credential or self.pinned)
-            return await call_next(context)
+            yield op
         except Exception as exc:
             raise self._fail(op, _unwrap(exc)) from None
         finally:
             self._record(op, time.perf_counter() - started)
             end(token)
 
-    async def _identify(
-        self, op: Operation, agent_id: object, header_agent: str | None, credential: Principal | None
-    ) -> None:
+    async def _identify(self, op: Operation, caller: Caller, agent_id: object, charge: bool = True) -> None:
         """Settle who the operation acts as, then charge it to that agent's rate limit."""
+        header_agent = caller.header_agent
         if isinstance(header_agent, str) or isinstance(agent_id, str):
             op.claimed_agent_id = _text(agent_id) or _text(header_agent)
         claimed = checked_claim(agent_id, header_agent)
         session = self.gateway.sessions.get(op.session_id) if op.session_id else None
         snapshot = self.gateway.snapshot
-        principal = resolve_agent(snapshot.engine, claimed, credential, session)
+        principal = resolve_agent(snapshot.engine, claimed, caller.credential, session)
         op.agent_id, op.auth, op.credential = principal.agent_id, principal.method, principal.fingerprint
-        rules = snapshot.config.rules.agents.get(principal.agent_id)
-        await self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)
+        if charge:
+            rules = snapshot.config.rules.agents.get(principal.agent_id)
+            await self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)
 
     def _fail(self, op: Operation, exc: BaseException) -> MCPError:
         if isinstance(exc, GatewayError):
@@ -103,7 +256,10 @@ class GatewayMiddleware(Middleware):
             op.error_code = "INVALID_PARAMS"
             return MCPError(INVALID_PARAMS, _invalid_arguments(op.name, exc))
         if isinstance(exc, MCPError):
-            op.error_code = f"JSONRPC_{exc.code}"
+            if op.error_code is None:
+                op.error_code = f"JSONRPC_{exc.code}"
+            else:
+                op.decision = "DENY"  # refused by policy, told as unknown (see aggregate.py)
             return exc
         op.error_code = "INTERNAL_ERROR"
         log.exception("gateway operation failed", extra={"operation": op.name})
@@ -140,6 +296,13 @@ class GatewayMiddleware(Middleware):
                 claimed_agent_id=op.claimed_agent_id if op.claimed_agent_id != op.agent_id else None,
             )
         )
+
+
+def _relay(context: MiddlewareContext[Any]) -> ClientRelay | None:
+    fastmcp_context = context.fastmcp_context
+    if fastmcp_context is None or fastmcp_context.request_context is None:
+        return None
+    return ClientRelay(fastmcp_context)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

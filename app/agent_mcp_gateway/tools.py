@@ -23,6 +23,7 @@ from .downstream import Downstream
 from .errors import ServerUnavailable
 from .gateway import Gateway
 from .operation import Operation, current_operation
+from .relay import ClientRelay
 
 AgentId = Annotated[
     str | None,
@@ -49,41 +50,6 @@ GATEWAY_STATUS = "Debug only: the gateway's configuration, reload history and se
 def estimate_tokens(value: Any) -> int:
     """The budget's unit: serialized characters / 4, a common rough tokens estimate."""
     return (len(json.dumps(value, separators=(",", ":"), default=str)) + 3) // 4
-
-
-class _Forwarder:
-    """Relays a downstream call's progress and log notifications to the calling client.
-
-    Downstream notifications arrive on the downstream client's task, where the caller's
-    request context (and with it `Context.report_progress` and `Context.log`) is not set, so
-    the session, request id and progress token are captured while the request is current.
-    """
-
-    def __init__(self, ctx: Context) -> None:
-        request = ctx.request_context
-        meta = request.meta if request is not None else None
-        self._token = meta.get("progressToken") if meta else None
-        self._session = ctx.session
-        self._request_id = ctx.request_id
-
-    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        if self._token is None:
-            return
-        await self._session.send_progress_notification(
-            progress_token=self._token,
-            progress=progress,
-            total=total,
-            message=message,
-            related_request_id=self._request_id,
-        )
-
-    async def log(self, params: mt.LoggingMessageNotificationParams) -> None:
-        await self._session.send_log_message(
-            level=params.level,
-            data=params.data,
-            logger=params.logger,
-            related_request_id=self._request_id,
-        )
 
 
 class GatewayTools:
@@ -157,19 +123,13 @@ class GatewayTools:
         tool: str,
         args: dict[str, Any] | None = None,
         timeout_ms: int | None = None,
-        relay: _Forwarder | None = None,
+        relay: ClientRelay | None = None,
     ) -> ToolResult:
         op.server, op.tool = server, tool
         op.rule = self.gateway.engine.check(op.agent_id, "execute_tool", server, tool).rule
         downstream = _downstream(self.gateway, server)
         limit = timeout_ms or downstream.config.timeout_ms or self.gateway.settings.default_timeout_ms
-        result = await downstream.call_tool(
-            tool,
-            args or {},
-            limit,
-            progress=relay.progress if relay else None,
-            forward_log=relay.log if relay else None,
-        )
+        result = await downstream.call_tool(tool, args or {}, limit, relay)
         return ToolResult(
             content=result.content,
             structured_content=result.structured_content,
@@ -231,7 +191,7 @@ def register_tools(mcp: FastMCP, tools: GatewayTools) -> None:
             int | None, Field(ge=1, le=MAX_TIMEOUT_MS, description="Give up after this many milliseconds.")
         ] = None,
     ) -> ToolResult:
-        return await tools.execute_tool(current_operation(), server, tool, args, timeout_ms, _Forwarder(ctx))
+        return await tools.execute_tool(current_operation(), server, tool, args, timeout_ms, ClientRelay(ctx))
 
     if tools.gateway.settings.debug:
 

@@ -1,0 +1,169 @@
+"""The aggregate view's operations: the agent's allowed downstream tools, prompts and resources
+as if they were the gateway's own, with the same policy, audit and relay as `execute_tool`.
+
+Listings are wrapped in fastmcp's component types only to pass through its list handlers: each
+wrapper returns the downstream's definition unchanged (under its public name), so descriptions,
+schemas and annotations reach the client as the server wrote them. Results go back the same way.
+A name the agent may not use is reported exactly like a name that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mcp_types as mt
+from fastmcp.prompts.base import Prompt, PromptResult
+from fastmcp.resources.base import Resource, ResourceResult
+from fastmcp.resources.template import ResourceTemplate
+from fastmcp.tools.base import Tool, ToolResult
+from mcp import MCPError
+
+from .catalog import Catalog
+from .errors import DeniedByPolicy
+from .gateway import Gateway
+from .operation import Operation
+from .relay import ClientRelay
+
+INVALID_PARAMS = -32602
+RESOURCE_NOT_FOUND = -32002
+
+
+class ListedTool(Tool):
+    definition: mt.Tool
+
+    def to_mcp_tool(self, **overrides: Any) -> mt.Tool:
+        return self.definition.model_copy(update={"name": self.name})
+
+
+class ListedPrompt(Prompt):
+    definition: mt.Prompt
+
+    def to_mcp_prompt(self, **overrides: Any) -> mt.Prompt:
+        return self.definition.model_copy(update={"name": self.name})
+
+
+class ListedResource(Resource):
+    definition: mt.Resource
+
+    def to_mcp_resource(self, **overrides: Any) -> mt.Resource:
+        return self.definition
+
+
+class ListedTemplate(ResourceTemplate):
+    definition: mt.ResourceTemplate
+
+    def to_mcp_template(self, **overrides: Any) -> mt.ResourceTemplate:
+        return self.definition
+
+
+class RelayedPrompt(PromptResult):
+    result: mt.GetPromptResult
+
+    def to_mcp_prompt_result(self) -> mt.GetPromptResult:
+        return self.result
+
+
+class RelayedResource(ResourceResult):
+    result: mt.ReadResourceResult
+
+    def to_mcp_result(self, uri: Any) -> mt.ReadResourceResult:
+        return self.result
+
+
+class AggregateView:
+    """Plain methods on the gateway's state for an operation whose agent is settled."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def _catalog(self, op: Operation) -> Catalog:
+        return self.gateway.catalog(op.agent_id)
+
+    def list_tools(self, op: Operation) -> list[Tool]:
+        return [
+            ListedTool.model_construct(name=name, parameters=routed.item.input_schema, definition=routed.item)
+            for name, routed in self._catalog(op).tools().items()
+        ]
+
+    def list_prompts(self, op: Operation) -> list[Prompt]:
+        return [
+            ListedPrompt.model_construct(name=name, definition=routed.item)
+            for name, routed in self._catalog(op).prompts().items()
+        ]
+
+    def list_resources(self, op: Operation) -> list[Resource]:
+        return [
+            ListedResource.model_construct(name=routed.item.name, uri=uri, definition=routed.item)
+            for uri, routed in self._catalog(op).resources().items()
+        ]
+
+    def list_templates(self, op: Operation) -> list[ResourceTemplate]:
+        return [
+            ListedTemplate.model_construct(
+                name=routed.item.name, uri_template=routed.item.uri_template, definition=routed.item
+            )
+            for routed in self._catalog(op).templates()
+        ]
+
+    async def call_tool(
+        self, op: Operation, name: str, arguments: dict[str, Any], relay: ClientRelay | None
+    ) -> ToolResult:
+        routed = self._catalog(op).tool(name)
+        if routed is None:
+            self._refuse(op, name)
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}")
+        op.server, op.tool = routed.server, routed.name
+        op.rule = self.gateway.engine.check(op.agent_id, "execute_tool", routed.server, routed.name).rule
+        downstream = self._downstream(routed.server)
+        result = await downstream.call_tool(routed.name, arguments, self._timeout(routed.server), relay)
+        return ToolResult(
+            content=result.content,
+            structured_content=result.structured_content,
+            meta=result.meta,
+            is_error=result.is_error,
+        )
+
+    async def get_prompt(
+        self, op: Operation, name: str, arguments: dict[str, str] | None, relay: ClientRelay | None
+    ) -> PromptResult:
+        routed = self._catalog(op).prompt(name)
+        if routed is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name!r}")
+        op.server, op.tool = routed.server, routed.name
+        op.rule = self.gateway.engine.check(op.agent_id, "prompts/get", routed.server).rule
+        downstream = self._downstream(routed.server)
+        result = await downstream.get_prompt(routed.name, arguments, self._timeout(routed.server), relay)
+        return RelayedPrompt.model_construct(messages=[], result=result)
+
+    async def read_resource(self, op: Operation, uri: str, relay: ClientRelay | None) -> ResourceResult:
+        server = self._catalog(op).resource_server(uri)
+        if server is None:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
+        op.server = server
+        op.rule = self.gateway.engine.check(op.agent_id, "resources/read", server).rule
+        downstream = self._downstream(server)
+        result = await downstream.read_resource(uri, self._timeout(server), relay)
+        return RelayedResource.model_construct(contents=[], result=result)
+
+    def _refuse(self, op: Operation, name: str) -> None:
+        """Record why a name is unknown to this agent when policy is the reason: the audit
+        line says DENY and the rule, the caller hears only that the name is unknown."""
+        for server, tool in self._catalog(op).candidates(name, every=True):
+            downstream = self.gateway.pool.get(server)
+            if downstream is None or tool not in downstream.tools:
+                continue
+            decision = self.gateway.engine.decide(op.agent_id, server, tool)
+            if not decision.allowed:
+                op.server, op.tool, op.rule = server, tool, decision.rule
+                op.decision, op.error_code = "DENY", DeniedByPolicy.name
+            return
+
+    def _downstream(self, server: str) -> Any:
+        downstream = self.gateway.pool.get(server)
+        assert downstream is not None  # a catalog entry comes from a live pool member
+        return downstream
+
+    def _timeout(self, server: str) -> int:
+        downstream = self.gateway.pool.get(server)
+        configured = downstream.config.timeout_ms if downstream is not None else None
+        return configured or self.gateway.settings.default_timeout_ms

@@ -1,0 +1,81 @@
+"""What a downstream server sends during a call, relayed to the client that made the call.
+
+Downstream messages arrive on the downstream client's task, where the caller's request context
+(and with it fastmcp's `Context`) is not set, so the caller's session, request id and progress
+token are captured while its request is current. Progress, log messages and the server's own
+requests (elicitation, sampling, roots) then go to that caller and to no one else: the
+request-scoped channel of the caller's request, never a broadcast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import mcp_types as mt
+from fastmcp import Context
+from mcp import MCPError
+from mcp.server.session import ServerSession
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
+
+METHOD_NOT_FOUND = -32601
+R = TypeVar("R", bound=BaseModel)
+
+
+class ClientRelay:
+    def __init__(self, ctx: Context) -> None:
+        request = ctx.request_context
+        meta = request.meta if request is not None else None
+        self._token = meta.get("progressToken") if meta else None
+        self._session: ServerSession = ctx.session
+        self._request_id = ctx.request_id
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        if self._token is None:
+            return
+        await self._session.send_progress_notification(
+            progress_token=self._token,
+            progress=progress,
+            total=total,
+            message=message,
+            related_request_id=self._request_id,
+        )
+
+    async def log(self, params: mt.LoggingMessageNotificationParams) -> None:
+        await self._session.send_log_message(
+            level=params.level,
+            data=params.data,
+            logger=params.logger,
+            related_request_id=self._request_id,
+        )
+
+    async def elicit(self, params: mt.ElicitRequestParams) -> mt.ElicitResult:
+        self._require(mt.ClientCapabilities(elicitation=mt.ElicitationCapability()), "elicitation")
+        request = mt.ElicitRequest(params=params)
+        return await self._ask(request, mt.ElicitResult)
+
+    async def sample(self, params: mt.CreateMessageRequestParams) -> mt.CreateMessageResult:
+        self._require(mt.ClientCapabilities(sampling=mt.SamplingCapability()), "sampling")
+        return await self._ask(mt.CreateMessageRequest(params=params), mt.CreateMessageResult)
+
+    async def list_roots(self) -> mt.ListRootsResult:
+        self._require(mt.ClientCapabilities(roots=mt.RootsCapability()), "roots")
+        return await self._ask(mt.ListRootsRequest(), mt.ListRootsResult)
+
+    def _require(self, capability: mt.ClientCapabilities, what: str) -> None:
+        """The downstream gets a clear error when the caller cannot answer, as it would from a
+        client of its own, instead of a request that never arrives."""
+        if self._session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            raise MCPError(
+                METHOD_NOT_FOUND,
+                f"the calling client speaks {self._session.protocol_version}, where a server "
+                f"cannot send it {what} requests",
+            )
+        if not self._session.check_client_capability(capability):
+            raise MCPError(METHOD_NOT_FOUND, f"the calling client does not support {what}")
+
+    async def _ask(self, request: Any, result_type: type[R]) -> R:
+        return await self._session.send_request(
+            request, result_type, metadata=ServerMessageMetadata(related_request_id=self._request_id)
+        )
