@@ -9,6 +9,7 @@ A name the agent may not use is reported exactly like a name that does not exist
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import mcp_types as mt
@@ -76,39 +77,50 @@ class AggregateView:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def _catalog(self, op: Operation) -> Catalog:
+    async def _catalog(self, op: Operation) -> Catalog:
+        """The agent's view once every server has had its first try at connecting, so a
+        client that lists or calls right after start-up is not shown an empty catalog."""
+        starting = [server.tried.wait() for server in self.gateway.pool if not server.tried.is_set()]
+        if starting:
+            tasks = [asyncio.ensure_future(wait) for wait in starting]
+            await asyncio.wait(tasks, timeout=self.gateway.settings.connect_timeout)
+            for task in tasks:
+                task.cancel()
         return self.gateway.catalog(op.agent_id)
 
-    def list_tools(self, op: Operation) -> list[Tool]:
+    async def list_tools(self, op: Operation) -> list[Tool]:
         return [
             ListedTool.model_construct(name=name, parameters=routed.item.input_schema, definition=routed.item)
-            for name, routed in self._catalog(op).tools().items()
+            for name, routed in (await self._catalog(op)).tools().items()
         ]
 
-    def list_prompts(self, op: Operation) -> list[Prompt]:
+    async def list_prompts(self, op: Operation) -> list[Prompt]:
         return [
             ListedPrompt.model_construct(name=name, definition=routed.item)
-            for name, routed in self._catalog(op).prompts().items()
+            for name, routed in (await self._catalog(op)).prompts().items()
         ]
 
-    def list_resources(self, op: Operation) -> list[Resource]:
+    async def list_resources(self, op: Operation) -> list[Resource]:
         return [
             ListedResource.model_construct(name=routed.item.name, uri=uri, definition=routed.item)
-            for uri, routed in self._catalog(op).resources().items()
+            for uri, routed in (await self._catalog(op)).resources().items()
         ]
 
-    def list_templates(self, op: Operation) -> list[ResourceTemplate]:
+    async def list_templates(self, op: Operation) -> list[ResourceTemplate]:
         return [
             ListedTemplate.model_construct(
-                name=routed.item.name, uri_template=routed.item.uri_template, definition=routed.item
+                name=routed.item.name,
+                uri_template=routed.item.uri_template,
+                parameters={},
+                definition=routed.item,
             )
-            for routed in self._catalog(op).templates()
+            for routed in (await self._catalog(op)).templates()
         ]
 
     async def call_tool(
         self, op: Operation, name: str, arguments: dict[str, Any], relay: ClientRelay | None
     ) -> ToolResult:
-        routed = self._catalog(op).tool(name)
+        routed = (await self._catalog(op)).tool(name)
         if routed is None:
             self._refuse(op, name)
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}")
@@ -126,7 +138,7 @@ class AggregateView:
     async def get_prompt(
         self, op: Operation, name: str, arguments: dict[str, str] | None, relay: ClientRelay | None
     ) -> PromptResult:
-        routed = self._catalog(op).prompt(name)
+        routed = (await self._catalog(op)).prompt(name)
         if routed is None:
             raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name!r}")
         op.server, op.tool = routed.server, routed.name
@@ -136,7 +148,7 @@ class AggregateView:
         return RelayedPrompt.model_construct(messages=[], result=result)
 
     async def read_resource(self, op: Operation, uri: str, relay: ClientRelay | None) -> ResourceResult:
-        server = self._catalog(op).resource_server(uri)
+        server = (await self._catalog(op)).resource_server(uri)
         if server is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
         op.server = server
@@ -148,7 +160,7 @@ class AggregateView:
     def _refuse(self, op: Operation, name: str) -> None:
         """Record why a name is unknown to this agent when policy is the reason: the audit
         line says DENY and the rule, the caller hears only that the name is unknown."""
-        for server, tool in self._catalog(op).candidates(name, every=True):
+        for server, tool in self.gateway.catalog(op.agent_id).candidates(name, every=True):
             downstream = self.gateway.pool.get(server)
             if downstream is None or tool not in downstream.tools:
                 continue

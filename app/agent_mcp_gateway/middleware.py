@@ -107,7 +107,7 @@ class GatewayMiddleware(Middleware):
         async with self._operation("tools/list", caller) as op:
             await self._identify(op, caller, None, charge=False)
             self._shown(context, caller, op.agent_id, "tools")
-            return self.aggregate.list_tools(op)
+            return await self.aggregate.list_tools(op)
 
     # --- prompts and resources (aggregate view only; the discovery view has none) ----------
 
@@ -122,7 +122,7 @@ class GatewayMiddleware(Middleware):
         async with self._operation("prompts/list", caller) as op:
             await self._identify(op, caller, None, charge=False)
             self._shown(context, caller, op.agent_id, "prompts")
-            return self.aggregate.list_prompts(op)
+            return await self.aggregate.list_prompts(op)
 
     async def on_get_prompt(
         self,
@@ -150,7 +150,7 @@ class GatewayMiddleware(Middleware):
         async with self._operation("resources/list", caller) as op:
             await self._identify(op, caller, None, charge=False)
             self._shown(context, caller, op.agent_id, "resources")
-            return self.aggregate.list_resources(op)
+            return await self.aggregate.list_resources(op)
 
     async def on_list_resource_templates(
         self,
@@ -163,7 +163,7 @@ class GatewayMiddleware(Middleware):
         async with self._operation("resources/templates/list", caller) as op:
             await self._identify(op, caller, None, charge=False)
             self._shown(context, caller, op.agent_id, "resources")
-            return self.aggregate.list_templates(op)
+            return await self.aggregate.list_templates(op)
 
     async def on_read_resource(
         self,
