@@ -13,7 +13,8 @@ downstream tools on demand. This script measures both for a configuration direct
 Tokens are estimated as in agent_mcp_gateway.tools.estimate_tokens (compact JSON characters / 4) over the
 tool definitions as a client sees them: name, description, inputSchema and outputSchema
 (annotations and title too when a server sets them). The full tools/list JSON, with `_meta`,
-is shown beside it. Also shown: what on-demand discovery through the gateway costs when an
+is shown beside it, and the same agent's tools/list in the aggregate view (its allowed
+downstream tools as the gateway's own). Also shown: what on-demand discovery through the gateway costs when an
 agent needs one server (list_servers, then get_server_tools for that server).
 
     python benchmarks/context_tokens.py [--config DIR] [--agent AGENT] [--json]
@@ -117,6 +118,26 @@ async def on_demand(client: Client, agent: str) -> dict[str, Any]:
     }
 
 
+async def aggregate_side(
+    config_dir: Path, env: dict[str, str], rules_path: Path, agent: str
+) -> dict[str, Any]:
+    """The same gateway with `agent` in the aggregate view: its allowed downstream tools listed
+    as the gateway's own (a copy of the rules with `view: aggregate`, the agent pinned)."""
+    rules = json.loads(rules_path.read_text())
+    rules["agents"][agent]["view"] = "aggregate"
+    aggregate_rules = Path(env["GATEWAY_AUDIT_LOG"]).with_name("aggregate-rules.json")
+    aggregate_rules.write_text(json.dumps(rules))
+    transport = StdioTransport(
+        sys.executable,
+        ["-m", "agent_mcp_gateway"],
+        env={**env, "GATEWAY_RULES": str(aggregate_rules), "GATEWAY_AGENT": agent},
+        cwd=str(config_dir),
+        keep_alive=False,
+    )
+    async with Client(transport, init_timeout=TIMEOUT, timeout=TIMEOUT) as client:
+        return {"agent": agent, **measure(await client.list_tools())}
+
+
 def _text(result: Any) -> str:
     return " ".join(getattr(block, "text", "") for block in result.content)[:200]
 
@@ -153,6 +174,9 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"  {'':<28}{'tools':>7}{'tokens':>9}{'full JSON':>11}")
     gateway = report["gateway"]["tools_list"]
     lines.append(_row("gateway tools/list", gateway) + f"   ({', '.join(gateway['names'])})")
+    aggregate = report.get("aggregate")
+    if aggregate:
+        lines.append(_row(f"aggregate view ({aggregate['agent']})", aggregate))
     lines.append("")
     for name, server in report["direct"].items():
         if "error" in server:
@@ -223,12 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         # Variables the configuration refers to (e.g. ${DEMO_TIMEZONE:-UTC}) reach the gateway too.
         env.update({key: value for key, value in os.environ.items() if key.startswith(("DEMO_", "NOTES_"))})
 
-        async def both() -> tuple[dict[str, Any], dict[str, Any]]:
-            return await gateway_side(config_dir, env, options.agent or None), await direct_side(
-                config_dir, servers
-            )
+        async def every_side() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+            agent = options.agent or None
+            gateway = await gateway_side(config_dir, env, agent)
+            direct = await direct_side(config_dir, servers)
+            aggregate = await aggregate_side(config_dir, env, rules_path, agent) if agent else None
+            return gateway, direct, aggregate
 
-        gateway, direct = asyncio.run(both())
+        gateway, direct, aggregate = asyncio.run(every_side())
 
     reached = [server for server in direct.values() if "error" not in server]
     total = {
@@ -240,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": _display(config_dir),
         "gateway": gateway,
         "direct": direct,
+        "aggregate": aggregate,
         "direct_total": total,
         "ratio": round(gateway["tools_list"]["tokens"] / total["tokens"], 3) if total["tokens"] else None,
         "saved_tokens": total["tokens"] - gateway["tools_list"]["tokens"],
