@@ -69,6 +69,10 @@ async def test_each_agent_sees_its_own_view_over_http(gateway_files: GatewayFile
     write_config(gateway_files)
     async with asgi_gateway(gateway_files) as service:
         async with service.client(mode, headers=as_agent("ide")) as ide:
+            # listChanged is advertised only where the gateway can deliver it (not on 2026-07-28).
+            capabilities = ide.server_capabilities
+            assert capabilities is not None and capabilities.tools is not None
+            assert capabilities.tools.list_changed is (mode == "legacy")
             tools, prompts, resources, templates = await names(ide)
             assert {"echo__echo", "echo__add", "st__hello", "st__ask_colour", "st__wait"} <= tools
             assert "echo__fail" not in tools and not tools & DISCOVERY_TOOLS
@@ -150,11 +154,12 @@ async def test_denied_names_are_reported_as_unknown(gateway_files: GatewayFiles,
     }
 
 
-async def test_each_agent_sees_its_own_view_over_stdio(gateway_files: GatewayFiles) -> None:
+@pytest.mark.parametrize("mode", ERAS)
+async def test_each_agent_sees_its_own_view_over_stdio(gateway_files: GatewayFiles, mode: str) -> None:
     write_config(gateway_files)
     async with (
-        stdio_gateway(gateway_files, GATEWAY_AGENT="ide") as ide,
-        stdio_gateway(gateway_files, GATEWAY_AGENT="narrow") as narrow,
+        stdio_gateway(gateway_files, mode, GATEWAY_AGENT="ide") as ide,
+        stdio_gateway(gateway_files, mode, GATEWAY_AGENT="narrow") as narrow,
     ):
         ide_tools, ide_prompts, ide_resources, _ = await names(ide)
         assert "st__hello" in ide_tools and ide_prompts == {"st__review"} and "note://readme" in ide_resources
