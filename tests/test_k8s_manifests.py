@@ -157,7 +157,8 @@ def test_strict_validation_rejects_a_misspelt_field(version: str) -> None:
 
 
 def test_every_resource_is_validated_or_checked_here() -> None:
-    """A kind with no schema in kubernetes-validate must be one of the CRDs checked below."""
+    """The kinds left to structural checks are exactly those kubernetes-validate has no schema
+    for; every other kind must validate above (a missing schema fails there)."""
     kinds = {(doc["apiVersion"], doc["kind"]) for doc in all_resources()}
     assert kinds >= CRD_KINDS
     for api_version, kind in CRD_KINDS:
@@ -517,4 +518,4 @@ def test_service_monitor_scrapes_every_gateway_pod_as_the_alerts_job() -> None:
     assert endpoint["path"] == "/metrics"
     # The Prometheus Operator names the job after the Service; the alert rules select that job.
     alerts = (ROOT / "prometheus" / "alerts.yml").read_text()
-    assert set(re.findall(r'job="([^"]+)"', alerts)) == {service["metadata"]["name"]}
+    assert service["metadata"]["name"] in set(re.findall(r'job="([^"]+)"', alerts))
