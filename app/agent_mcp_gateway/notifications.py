@@ -79,12 +79,13 @@ class ListChanged:
             await self._check()
 
     async def _check(self) -> None:
+        self.prune()
+        digests: dict[tuple[str, Kind], str] = {}  # one digest per agent and kind per pass
         for key, listener in list(self._listeners.items()):
-            if not key.startswith(LOCAL_PREFIX) and not self._alive(key):
-                del self._listeners[key]
-                continue
             for kind, digest in list(listener.shown.items()):
-                now = self._fingerprint(listener.agent_id, kind)
+                now = digests.get((listener.agent_id, kind))
+                if now is None:
+                    now = digests[(listener.agent_id, kind)] = self._fingerprint(listener.agent_id, kind)
                 if now == digest:
                     continue
                 listener.shown[kind] = now
@@ -94,6 +95,12 @@ class ListChanged:
                     log.debug("list_changed not delivered", extra={"error": repr(exc)})
                     self._listeners.pop(key, None)
                     break
+
+    def prune(self) -> None:
+        """Forget HTTP sessions that have ended (the session sweeper calls this too)."""
+        for key in [key for key in self._listeners if not key.startswith(LOCAL_PREFIX)]:
+            if not self._alive(key):
+                del self._listeners[key]
 
     async def close(self) -> None:
         if self._pending is not None:

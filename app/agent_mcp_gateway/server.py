@@ -71,3 +71,4 @@ async def sweep_sessions(gateway: Gateway) -> None:
     while True:
         await asyncio.sleep(interval)
         gateway.sessions.expire()
+        gateway.list_changed.prune()
