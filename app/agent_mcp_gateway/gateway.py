@@ -23,6 +23,7 @@ from .identity import claims_warning, identity_problem
 from .metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
 from .notifications import ListChanged
 from .policy import PolicyEngine
+from .ratelimit import RateLimits
 from .sessions import SessionRegistry
 from .settings import Settings
 
@@ -66,6 +67,7 @@ class Gateway:
         self.list_changed = ListChanged(self.view_fingerprint, lambda sid: self.sessions.get(sid) is not None)
         self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
         self.sessions = SessionRegistry(self.settings.session_ttl)
+        self.rate_limits = RateLimits(settings.rate_limit, settings.rate_limit_storage)
         self.reloads: deque[ReloadEvent] = deque(maxlen=50)
         self.started_at = time.time()
         self._reload_lock = asyncio.Lock()
@@ -102,6 +104,7 @@ class Gateway:
         warning = self.claims_warning
         if warning is not None:
             log.warning("agents are not authenticated", extra={"warning": warning})
+        await self.rate_limits.start()
         await self.pool.apply(self.config.servers)
         self.reloads.append(ReloadEvent(time.time(), "startup", True, None, self.config.warnings))
 
@@ -159,6 +162,7 @@ class Gateway:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.list_changed.close()
         await self.pool.close()
+        await self.rate_limits.close()
         self.audit.close()
 
 

@@ -118,7 +118,13 @@ def _add_routes(mcp: FastMCP, gateway: Gateway) -> None:
         warning = gateway.claims_warning
         if warning is not None:
             auth["warning"] = warning
-        body = {"status": "ready" if gateway.ready else "starting", "servers": servers, "auth": auth}
+        body = {
+            "status": "ready" if gateway.ready else "starting",
+            "servers": servers,
+            "auth": auth,
+            # Informational: a Redis fallback still serves (with per-process limits), so stays 200.
+            "rate_limits": gateway.rate_limits.status(),
+        }
         return JSONResponse(body, status_code=200 if gateway.ready else 503)
 
     @mcp.custom_route("/metrics", methods=["GET"])

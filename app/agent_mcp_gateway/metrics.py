@@ -119,6 +119,16 @@ RATE_LIMITED = Counter(
     ["agent"],
     registry=REGISTRY,
 )
+RATE_LIMIT_STORAGE_FALLBACK = Gauge(
+    "gateway_rate_limit_storage_fallback",
+    "1 while the shared rate-limit storage (Redis) is unreachable and this process counts alone, else 0.",
+    registry=REGISTRY,
+)
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "gateway_rate_limit_storage_errors_total",
+    "Failed operations on the shared rate-limit storage (charges and background probes).",
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads_total",
     "Configuration reloads by outcome (success, failure).",

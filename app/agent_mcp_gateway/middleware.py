@@ -37,7 +37,6 @@ from .gateway import Gateway
 from .identity import AGENT_HEADER, checked_claim, resolve_agent
 from .metrics import ERRORS, POLICY_DECISIONS, RATE_LIMITED, bounded, operation_series
 from .operation import Operation, begin, end
-from .ratelimit import RateLimits
 from .relay import ClientRelay
 
 log = logging.getLogger("agent_mcp_gateway")
@@ -61,7 +60,7 @@ class Caller:
 class GatewayMiddleware(Middleware):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.rate_limits = RateLimits(gateway.settings.rate_limit)
+        self.rate_limits = gateway.rate_limits
         self.aggregate = AggregateView(gateway)
         # stdio with GATEWAY_AGENT: the process acts as that agent and nothing else.
         self.pinned = Principal(gateway.settings.agent, "pinned") if gateway.settings.agent else None

@@ -14,8 +14,9 @@ import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "GATEWAY_"
@@ -41,6 +42,34 @@ def _rate_limit(value: str) -> str:
     except ValueError:
         raise ValueError("bad rate limit") from None
     return value
+
+
+def _rate_limit_storage(value: str) -> str:
+    """`memory`, or a Redis URL that redis-py accepts, with a host and a numeric database."""
+    if value == "memory":
+        return value
+    from redis.asyncio.connection import parse_url
+
+    parts = urlsplit(value)
+    database = parts.path.strip("/")
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname or not (database or "0").isdigit():
+        raise ValueError("bad rate limit storage")
+    try:
+        parse_url(value)
+    except ValueError:
+        raise ValueError("bad rate limit storage") from None
+    return value
+
+
+def without_password(url: str) -> str:
+    """`url` with its password (if any) shown as `***`, for output an operator may share."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def _host(value: str) -> str:
@@ -84,6 +113,7 @@ EXPECTED: dict[str, str] = {
     "allowed_origins": "comma-separated origins such as https://app.example",
     "max_body_bytes": "a positive integer (bytes)",
     "rate_limit": "a rate limit such as '600/minute' or '10/second'",
+    "rate_limit_storage": "'memory' or a Redis URL such as redis://redis:6379/0",
     "log_level": "one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
     "log_format": "'json' or 'text'",
     "debug": "a boolean (1/0, true/false, yes/no, on/off)",
@@ -122,6 +152,10 @@ class Settings(BaseSettings):
     allowed_origins: Origins = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BODY
     rate_limit: Annotated[str, AfterValidator(_rate_limit)] = "600/minute"
+    # Where the per-agent counters live: this process, or a Redis that gateway replicas share.
+    rate_limit_storage: Annotated[
+        str, AfterValidator(_rate_limit_storage), PlainSerializer(without_password)
+    ] = "memory"
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
     ] = "INFO"
@@ -185,4 +219,6 @@ def _describe(exc: ValidationError) -> str:
     field = str(error["loc"][0]) if error["loc"] else "?"
     value = error.get("input")
     shown = value if isinstance(value, str) else ", ".join(value) if isinstance(value, list) else value
+    if field == "rate_limit_storage" and isinstance(shown, str):
+        shown = without_password(shown)
     return f"{ENV_PREFIX}{field.upper()}={shown!r} is not valid: expected {EXPECTED.get(field, error['msg'])}"
