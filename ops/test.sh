@@ -6,6 +6,7 @@
 #
 # Debian packages, installed only when missing, with one `apt-get update` before (root only):
 #   prometheus                  promtool, for the alert rules and dashboard tests
+#   redis-server                a real Redis, for the shared rate-limit tests
 #   nodejs npm                  only when node or npm is missing (the npm reference servers;
 #                               Debian's Node 18 runs them with --experimental-global-webcrypto)
 #   python3-venv                only when the virtualenv does not exist yet
@@ -22,6 +23,7 @@ installed() { dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx
 # Everything missing, in one apt transaction.
 wanted=()
 installed prometheus || command -v promtool >/dev/null || wanted+=(prometheus)
+installed redis-server || command -v redis-server >/dev/null || wanted+=(redis-server)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   # Debian's own Node.js (18) and npm; a machine that already has Node keeps it.
   command -v node >/dev/null || wanted+=(nodejs)

@@ -29,7 +29,6 @@ from conftest import (
     AsgiGateway,
     GatewayFiles,
     asgi_gateway,
-    fixture_server,
     free_port,
     metric,
     scraped,
@@ -39,8 +38,8 @@ from conftest import (
 
 RULES: dict[str, Any] = {
     "agents": {
-        "limited": {"allow": {"servers": ["echo"]}, "rate_limit": "3/minute"},
-        "steady": {"allow": {"servers": ["echo"]}},
+        "limited": {"allow": {"servers": ["*"]}, "rate_limit": "3/minute"},
+        "steady": {"allow": {"servers": ["*"]}},
     }
 }
 Agents = dict[str, Client]
@@ -66,8 +65,10 @@ class RedisServer:
     def start(self) -> None:
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-            + ["--save", "", "--appendonly", "no", "--daemonize", "no"],
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(self.directory), "--save", "", "--appendonly", "no", "--daemonize", "no"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -132,7 +133,7 @@ async def two_gateways(
     stack: AsyncExitStack, files: GatewayFiles, storage: str
 ) -> tuple[AsgiGateway, Agents, AsgiGateway, Agents]:
     """Two gateways in this process with the same configuration, each with its MCP clients."""
-    files.write_servers({"echo": fixture_server("echo")})
+    files.write_servers({})  # no downstream: the limits are charged before any is reached
     files.write_rules(RULES)
     first = await stack.enter_async_context(asgi_gateway(files, GATEWAY_RATE_LIMIT_STORAGE=storage))
     second = await stack.enter_async_context(asgi_gateway(files, GATEWAY_RATE_LIMIT_STORAGE=storage))
@@ -141,12 +142,13 @@ async def two_gateways(
 
 async def agents(stack: AsyncExitStack, service: AsgiGateway | str) -> Agents:
     """One client (one session: a session acts as one agent) per agent of RULES."""
-    return {
-        agent: await stack.enter_async_context(
-            service.client() if isinstance(service, AsgiGateway) else Client(service, mode="legacy", timeout=30)
-        )
-        for agent in RULES["agents"]
-    }
+
+    def client() -> Client:
+        if isinstance(service, AsgiGateway):
+            return service.client()
+        return Client(service, mode="legacy", timeout=30)
+
+    return {agent: await stack.enter_async_context(client()) for agent in RULES["agents"]}
 
 
 @pytest.fixture
@@ -159,7 +161,7 @@ async def test_limit_holds_across_a_process_and_an_in_process_gateway(
     gateway_files: GatewayFiles, redis_server: RedisServer
 ) -> None:
     """The fourth call in a minute is refused whichever gateway it lands on."""
-    gateway_files.write_servers({"echo": fixture_server("echo")})
+    gateway_files.write_servers({})  # no downstream: the limits are charged before any is reached
     gateway_files.write_rules(RULES)
     process = start_http_gateway(gateway_files, GATEWAY_RATE_LIMIT_STORAGE=redis_server.url)
     try:
@@ -257,11 +259,13 @@ async def test_redis_unreachable_at_start(gateway_files: GatewayFiles, stack: As
 
 async def test_memory_storage_reports_local(gateway_files: GatewayFiles, stack: AsyncExitStack) -> None:
     first, one, second, two = await two_gateways(stack, gateway_files, "memory")
-    assert (await ready(first))["rate_limits"] == {"storage": "memory", "state": "local"}
+    for service in (first, second):
+        assert (await ready(service))["rate_limits"] == {"storage": "memory", "state": "local"}
     for _ in range(3):  # nothing shared: each gateway counts its own
         await call(one, "limited")
         await call(two, "limited")
     await refused(one, "limited")
+    await refused(two, "limited")
 
 
 @pytest.mark.parametrize(
