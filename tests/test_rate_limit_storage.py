@@ -296,3 +296,25 @@ def test_bad_storage_is_one_line_and_exit_2(tmp_path: Path, value: str, shown: s
         "Redis URL such as redis://redis:6379/0"
     ]
     assert "s3cret" not in result.stderr
+
+
+def test_validate_shows_the_storage_without_its_password(gateway_files: GatewayFiles) -> None:
+    gateway_files.write_servers({})
+    gateway_files.write_rules(RULES)
+    env = {
+        **gateway_files.env(),
+        "PATH": os.environ["PATH"],
+        "GATEWAY_RATE_LIMIT_STORAGE": "redis://gateway:s3cret@cache:6379/2",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "agent_mcp_gateway", "validate", "--settings"],
+        env=env,
+        cwd=gateway_files.directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "  GATEWAY_RATE_LIMIT_STORAGE=redis://gateway:***@cache:6379/2" in result.stdout.splitlines()
+    assert "s3cret" not in result.stdout + result.stderr
