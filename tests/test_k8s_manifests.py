@@ -43,9 +43,6 @@ CRD_KINDS = {
 # Applied on their own (they need CRDs or a particular ingress controller); the rest is in
 # kustomization.yaml.
 OPT_IN = {"gateway-api.yaml", "ingress-nginx.yaml", "servicemonitor.yaml"}
-# Settings another branch of the scale-out work adds to `Settings` (issue 13, shared limits);
-# until then the gateway ignores the variable.
-PENDING_SETTINGS = {"GATEWAY_RATE_LIMIT_STORAGE"}
 PUBLIC_PATHS = {"/mcp", "/.well-known/oauth-protected-resource"}
 
 
@@ -292,7 +289,7 @@ def test_env_is_valid_settings_and_matches_compose() -> None:
     the compose gateway service's settings are all here with the same fixed values."""
     env = gateway_env()
     fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    unknown = {name for name in env if name.startswith(ENV_PREFIX)} - fields - PENDING_SETTINGS
+    unknown = {name for name in env if name.startswith(ENV_PREFIX)} - fields
     assert not unknown, f"not gateway settings: {unknown}"
     settings = load_settings(env)
     assert settings.transport == "http" and not settings.loopback_bind
