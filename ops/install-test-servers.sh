@@ -15,6 +15,7 @@ PYTHON="${PYTHON:-python3}"
 NPM_PACKAGES=(
   "@modelcontextprotocol/server-everything@2026.8.31"
   "@modelcontextprotocol/server-filesystem@2026.8.31"
+  "@modelcontextprotocol/conformance@0.1.16"
 )
 
 command -v node >/dev/null || { echo "error: node is not installed (Node 18 or newer; 18 needs NODE_OPTIONS=--experimental-global-webcrypto, which ops/test.sh sets)" >&2; exit 1; }
@@ -48,9 +49,29 @@ fi
 
 EVERYTHING="$PREFIX/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 FILESYSTEM="$PREFIX/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"
-for entry in "$EVERYTHING" "$FILESYSTEM"; do
+CONFORMANCE="$PREFIX/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+for entry in "$EVERYTHING" "$FILESYSTEM" "$CONFORMANCE"; do
   [[ -f "$entry" ]] || { echo "error: expected entry point $entry is missing" >&2; exit 1; }
 done
+
+# conformance 0.1.16 imports fs.globSync (Node 22+) at the top of its bundle for its tier-check
+# report only; on older Node the import alone stops the CLI. Replace that binding with a function
+# that fails when tier-check runs. The minified name `o` is this pinned build's: if the import is
+# not there as expected, stop rather than patch blindly.
+PATCHED_MARK="conformance tier-check needs Node 22 or newer"
+if ! node -e 'process.exit(typeof require("fs").globSync === "function" ? 0 : 1)'; then
+  if grep -q "$PATCHED_MARK" "$CONFORMANCE"; then
+    echo "ok: conformance already patched for Node $(node --version)"
+  elif grep -q 'globSync as o,' "$CONFORMANCE"; then
+    sed -i 's/globSync as o,//' "$CONFORMANCE"
+    printf '\nfunction o(){throw new Error("%s (fs.globSync)")}\n' "$PATCHED_MARK" >>"$CONFORMANCE"
+    echo "patched: conformance's fs.globSync import for Node $(node --version)"
+  else
+    echo "error: conformance imports fs.globSync in an unexpected form; Node 22+ is needed" >&2
+    exit 1
+  fi
+fi
+node "$CONFORMANCE" --version >/dev/null || { echo "error: the conformance CLI does not start" >&2; exit 1; }
 
 if "$PYTHON" -c "import mcp_server_time" 2>/dev/null; then
   version="$("$PYTHON" -c "from importlib.metadata import version; print(version('mcp-server-time'))")"
@@ -70,5 +91,6 @@ start commands (from the repository root):
   node tests/.servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio
   PORT=3001 node tests/.servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js streamableHttp   # http://127.0.0.1:3001/mcp
   node tests/.servers/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js DIR [DIR...]
+  node tests/.servers/node_modules/@modelcontextprotocol/conformance/dist/index.js server --url URL --suite all   # list: ... list --server
   python -m mcp_server_time
 EOT
