@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the third-party MCP servers the tests run, into tests/.servers/ (gitignored).
+# Install the third-party MCP servers the tests run, and the official MCP conformance suite,
+# into tests/.servers/ (gitignored).
 #
 #   ops/install-test-servers.sh          # from the repository root, with the venv active
 #
@@ -54,24 +55,31 @@ for entry in "$EVERYTHING" "$FILESYSTEM" "$CONFORMANCE"; do
   [[ -f "$entry" ]] || { echo "error: expected entry point $entry is missing" >&2; exit 1; }
 done
 
-# conformance 0.1.16 imports fs.globSync (Node 22+) at the top of its bundle for its tier-check
-# report only; on older Node the import alone stops the CLI. Replace that binding with a function
-# that fails when tier-check runs. The minified name `o` is this pinned build's: if the import is
-# not there as expected, stop rather than patch blindly.
-PATCHED_MARK="conformance tier-check needs Node 22 or newer"
-if ! node -e 'process.exit(typeof require("fs").globSync === "function" ? 0 : 1)'; then
-  if grep -q "$PATCHED_MARK" "$CONFORMANCE"; then
-    echo "ok: conformance already patched for Node $(node --version)"
-  elif grep -q 'globSync as o,' "$CONFORMANCE"; then
-    sed -i 's/globSync as o,//' "$CONFORMANCE"
-    printf '\nfunction o(){throw new Error("%s (fs.globSync)")}\n' "$PATCHED_MARK" >>"$CONFORMANCE"
-    echo "patched: conformance's fs.globSync import for Node $(node --version)"
-  else
-    echo "error: conformance imports fs.globSync in an unexpected form; Node 22+ is needed" >&2
-    exit 1
+# The conformance suite (commander 14, undici 7) needs Node 20; on older Node the other servers
+# still run, and tests/test_conformance.py fails saying why.
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if ((node_major < 20)); then
+  echo "warning: @modelcontextprotocol/conformance needs Node 20 or newer, found $(node --version): tests/test_conformance.py will fail" >&2
+else
+  # 0.1.16 imports fs.globSync (Node 22+) at the top of its bundle, for its tier-check report only;
+  # on Node 20 that import alone stops the CLI. Replace the binding with a function that fails when
+  # tier-check runs. The minified name `o` is this pinned build's: if the import is not there in
+  # that form, stop rather than patch blindly.
+  PATCHED_MARK="conformance tier-check needs Node 22 or newer"
+  if ! node -e 'process.exit(typeof require("fs").globSync === "function" ? 0 : 1)'; then
+    if grep -q "$PATCHED_MARK" "$CONFORMANCE"; then
+      echo "ok: conformance already patched for Node $(node --version)"
+    elif grep -q 'globSync as o,' "$CONFORMANCE"; then
+      sed -i 's/globSync as o,//' "$CONFORMANCE"
+      printf '\nfunction o(){throw new Error("%s (fs.globSync)")}\n' "$PATCHED_MARK" >>"$CONFORMANCE"
+      echo "patched: conformance's fs.globSync import for Node $(node --version)"
+    else
+      echo "error: conformance imports fs.globSync in an unexpected form; Node 22+ is needed" >&2
+      exit 1
+    fi
   fi
+  node "$CONFORMANCE" --version >/dev/null || { echo "error: the conformance CLI does not start" >&2; exit 1; }
 fi
-node "$CONFORMANCE" --version >/dev/null || { echo "error: the conformance CLI does not start" >&2; exit 1; }
 
 if "$PYTHON" -c "import mcp_server_time" 2>/dev/null; then
   version="$("$PYTHON" -c "from importlib.metadata import version; print(version('mcp-server-time'))")"

@@ -5,8 +5,8 @@ ops/install-test-servers.sh) run three ways, each with one CLI run of every serv
 2. through a real gateway process over HTTP, in the aggregate view, in front of that fixture with
    bare tool names: every scenario that passes directly must pass here too, with the same tool
    list and the same call results;
-3. the transport scenarios against a gateway in its default (discovery) view: they test the
-   gateway's own Streamable HTTP endpoint, whatever it serves.
+3. the transport scenarios against a gateway in its default (discovery) view with no downstream:
+   they test the gateway's own Streamable HTTP endpoint and sessions, whatever it serves.
 
 The suite's client cannot name an agent, so each gateway's default agent
 (`GATEWAY_DEFAULT_AGENT`, on a loopback bind without credentials) is the one under test.
@@ -19,6 +19,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ class Outcome:
         return bool(self.checks) and not self.failures
 
     def details(self, check_id: str) -> dict[str, Any]:
-        return next(c.get("details") or {} for c in self.checks if c["id"] == check_id)
+        return next((c.get("details") or {} for c in self.checks if c["id"] == check_id), {})
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -92,25 +93,33 @@ def run_suite(url: str, output: Path) -> dict[str, Outcome]:
 
 
 def report(outcomes: dict[str, Outcome], names: list[str]) -> str:
-    return "\n".join(f"  {name}: {'; '.join(outcomes[name].failures) or 'no result'}" for name in names)
+    """One line per scenario: its failed checks, or that it left no result."""
+    return "\n".join(
+        f"  {name}: {'; '.join(outcomes[name].failures) if name in outcomes else 'no result'}"
+        for name in names
+    )
 
 
 @pytest.fixture(scope="module")
 def scenarios() -> list[str]:
-    listing = cli("list", "--server").stdout
-    names = re.findall(r"^\s+- (\S+)", listing, re.MULTILINE)
-    assert len(names) >= 30, listing
+    listing = cli("list", "--server")
+    assert listing.returncode == 0, f"the conformance CLI does not run:\n{listing.stderr[-2000:]}"
+    names = re.findall(r"^\s+- (\S+)", listing.stdout, re.MULTILINE)
+    assert len(names) >= 30, listing.stdout
     return names
 
 
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
+    root = tmp_path_factory.mktemp("direct")
     port = free_port()
-    process = subprocess.Popen(
-        [PY, str(SERVERS / "conformance_server.py"), "--http", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = root / "fixture.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [PY, str(SERVERS / "conformance_server.py"), "--http", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -118,36 +127,61 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outco
                 httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=0.5)
                 break
             except httpx.HTTPError:
-                assert process.poll() is None, "the conformance fixture exited at start-up"
-                assert time.monotonic() < deadline, "the conformance fixture did not start"
+                assert process.poll() is None, f"the conformance fixture exited:\n{log.read_text()}"
+                assert time.monotonic() < deadline, (
+                    f"the conformance fixture did not start:\n{log.read_text()}"
+                )
                 time.sleep(0.1)
-        yield run_suite(f"http://127.0.0.1:{port}/mcp", tmp_path_factory.mktemp("direct"))
+        yield run_suite(f"http://127.0.0.1:{port}/mcp", root / "results")
     finally:
         process.terminate()
         process.wait(10)
 
 
-def gateway_files(root: Path, view: str | None) -> GatewayFiles:
-    """The fixture as the one downstream and one agent allowed all of it, as the default agent."""
+def gateway_files(root: Path, servers: dict[str, Any], agent: dict[str, Any]) -> GatewayFiles:
+    """One agent, the gateway's default agent: the suite's client cannot name one."""
     files = new_gateway_files(root)
-    server = fixture_server("conformance_server")
-    agent: dict[str, Any] = {"allow": {"servers": ["conformance"]}}
-    if view is not None:
-        server["prefix"] = ""
-        agent["view"] = view
-    files.write_servers({"conformance": server})
+    files.write_servers(servers)
     files.write_rules({"defaults": {"deny_on_missing_agent": False}, "agents": {AGENT: agent}})
     return files
 
 
-@pytest.fixture(scope="module")
-def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
-    files = gateway_files(tmp_path_factory.mktemp("gateway"), request.param)
-    started = start_http_gateway(files, GATEWAY_DEFAULT_AGENT=AGENT)
+# The suite's outcomes through one gateway, and the gateway (for its log).
+GatewayRun = tuple[dict[str, Outcome], HttpGateway]
+
+
+@contextmanager
+def suite_through_gateway(files: GatewayFiles) -> Iterator[GatewayRun]:
+    gateway = start_http_gateway(files, GATEWAY_DEFAULT_AGENT=AGENT)
     try:
-        yield started
+        yield run_suite(gateway.mcp_url, files.directory.parent / "results"), gateway
     finally:
-        started.stop()
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def aggregate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayRun]:
+    """The fixture as the one downstream, bare names, all of it allowed in the aggregate view."""
+    server = {**fixture_server("conformance_server"), "prefix": ""}
+    agent = {"view": "aggregate", "allow": {"servers": ["conformance"]}}
+    files = gateway_files(tmp_path_factory.mktemp("aggregate"), {"conformance": server}, agent)
+    with suite_through_gateway(files) as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def discovery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayRun]:
+    """The default view and no downstream at all: what answers is the gateway's own endpoint."""
+    files = gateway_files(tmp_path_factory.mktemp("discovery"), {}, {"allow": {"servers": []}})
+    with suite_through_gateway(files) as run:
+        yield run
+
+
+def gateway_problems(gateway: HttpGateway) -> str:
+    """The gateway's own warnings and errors (its JSON log lines), not its downstream's stderr."""
+    own = re.compile(r'"level": "(WARNING|ERROR)"')
+    lines = [line for line in gateway.log_text().splitlines() if own.search(line)]
+    return "\n".join(lines[-20:])
 
 
 def test_fixture_passes_every_scenario_directly(scenarios: list[str], direct: dict[str, Outcome]) -> None:
@@ -155,26 +189,35 @@ def test_fixture_passes_every_scenario_directly(scenarios: list[str], direct: di
     assert not failing, f"scenarios failing against the fixture itself:\n{report(direct, failing)}"
 
 
-@pytest.mark.parametrize("gateway", ["aggregate"], indirect=True)
-def test_scenarios_pass_through_the_gateway_in_the_aggregate_view(
-    direct: dict[str, Outcome], gateway: HttpGateway, tmp_path: Path
+def test_scenarios_that_pass_directly_pass_through_the_aggregate_view(
+    direct: dict[str, Outcome], aggregate: GatewayRun
 ) -> None:
-    through = run_suite(gateway.mcp_url, tmp_path)
+    through, gateway = aggregate
     expected = [name for name, outcome in direct.items() if outcome.passed]
     failing = [name for name in expected if name not in through or not through[name].passed]
     assert not failing, (
         f"{len(failing)} of {len(expected)} scenarios that pass directly fail through the gateway:\n"
-        f"{report(through, failing)}\n{gateway.log_text()[-3000:]}"
+        f"{report(through, failing)}\ngateway log:\n{gateway_problems(gateway)}"
     )
-    # The scenarios check shapes; the aggregate view must also be transparent.
-    listed = [sorted(run["tools-list"].details("tools-list")["tools"]) for run in (through, direct)]
+
+
+def test_the_aggregate_view_passes_tools_and_results_through_unchanged(
+    direct: dict[str, Outcome], aggregate: GatewayRun
+) -> None:
+    """The scenarios check shapes; the gateway must also list the same tools and return the same
+    content (the discovery view would pass tools-list with its own three tools)."""
+    through, _ = aggregate
+    listed = [sorted(run["tools-list"].details("tools-list").get("tools") or []) for run in (through, direct)]
     assert listed[0] == listed[1]
     for name in RESULT_CHECKS:
-        assert through[name].details(name)["result"]["content"] == direct[name].details(name)["result"]["content"]
+        results = [run[name].details(name).get("result") or {} for run in (through, direct)]
+        assert results[0].get("content") == results[1].get("content"), name
 
 
-@pytest.mark.parametrize("gateway", [None], indirect=True)
-def test_transport_scenarios_pass_against_the_gateway(gateway: HttpGateway, tmp_path: Path) -> None:
-    outcomes = run_suite(gateway.mcp_url, tmp_path)
+def test_transport_scenarios_pass_against_the_gateway(discovery: GatewayRun) -> None:
+    outcomes, gateway = discovery
     failing = [name for name in TRANSPORT_SCENARIOS if name not in outcomes or not outcomes[name].passed]
-    assert not failing, f"transport scenarios failing against the gateway:\n{report(outcomes, failing)}"
+    assert not failing, (
+        f"transport scenarios failing against the gateway:\n{report(outcomes, failing)}\n"
+        f"gateway log:\n{gateway_problems(gateway)}"
+    )

@@ -15,6 +15,7 @@ store, so a tool can close its SSE stream mid-call and the client resumes (SEP-1
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -297,8 +298,6 @@ def static_text() -> str:
     mime_type="image/png",
 )
 def static_binary() -> bytes:
-    import base64
-
     return base64.b64decode(PNG)
 
 
