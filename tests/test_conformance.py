@@ -19,7 +19,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +109,8 @@ def scenarios() -> list[str]:
     return names
 
 
-@pytest.fixture(scope="module")
-def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
-    root = tmp_path_factory.mktemp("direct")
+def suite_direct(root: Path) -> dict[str, Outcome]:
+    """The fixture served over HTTP on its own, and the suite against it."""
     port = free_port()
     log = root / "fixture.log"
     with log.open("wb") as log_file:
@@ -132,7 +131,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outco
                     f"the conformance fixture did not start:\n{log.read_text()}"
                 )
                 time.sleep(0.1)
-        yield run_suite(f"http://127.0.0.1:{port}/mcp", root / "results")
+        return run_suite(f"http://127.0.0.1:{port}/mcp", root / "results")
     finally:
         process.terminate()
         process.wait(10)
@@ -146,35 +145,56 @@ def gateway_files(root: Path, servers: dict[str, Any], agent: dict[str, Any]) ->
     return files
 
 
-# The suite's outcomes through one gateway, and the gateway (for its log).
+# The suite's outcomes through one gateway, and the gateway (its log outlives it).
 GatewayRun = tuple[dict[str, Outcome], HttpGateway]
 
 
-@contextmanager
-def suite_through_gateway(files: GatewayFiles) -> Iterator[GatewayRun]:
+def suite_through_gateway(files: GatewayFiles) -> GatewayRun:
     gateway = start_http_gateway(files, GATEWAY_DEFAULT_AGENT=AGENT)
     try:
-        yield run_suite(gateway.mcp_url, files.directory.parent / "results"), gateway
+        return run_suite(gateway.mcp_url, files.directory.parent / "results"), gateway
     finally:
         gateway.stop()
 
 
 @pytest.fixture(scope="module")
-def aggregate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayRun]:
-    """The fixture as the one downstream, bare names, all of it allowed in the aggregate view."""
-    server = {**fixture_server("conformance_server"), "prefix": ""}
-    agent = {"view": "aggregate", "allow": {"servers": ["conformance"]}}
-    files = gateway_files(tmp_path_factory.mktemp("aggregate"), {"conformance": server}, agent)
-    with suite_through_gateway(files) as run:
-        yield run
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
+    """The three runs at once: each mostly waits for processes to start, which overlaps.
+
+    aggregate: the fixture as the one downstream, bare names, all of it allowed in the aggregate
+    view. discovery: the default view and no downstream at all, so what answers is the gateway's
+    own endpoint.
+    """
+    aggregate = gateway_files(
+        tmp_path_factory.mktemp("aggregate"),
+        {"conformance": {**fixture_server("conformance_server"), "prefix": ""}},
+        {"view": "aggregate", "allow": {"servers": ["conformance"]}},
+    )
+    discovery = gateway_files(tmp_path_factory.mktemp("discovery"), {}, {"allow": {"servers": []}})
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        yield {
+            "direct": pool.submit(suite_direct, tmp_path_factory.mktemp("direct")),
+            "aggregate": pool.submit(suite_through_gateway, aggregate),
+            "discovery": pool.submit(suite_through_gateway, discovery),
+        }
 
 
 @pytest.fixture(scope="module")
-def discovery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayRun]:
-    """The default view and no downstream at all: what answers is the gateway's own endpoint."""
-    files = gateway_files(tmp_path_factory.mktemp("discovery"), {}, {"allow": {"servers": []}})
-    with suite_through_gateway(files) as run:
-        yield run
+def direct(runs: dict[str, Future[Any]]) -> dict[str, Outcome]:
+    outcomes: dict[str, Outcome] = runs["direct"].result()
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def aggregate(runs: dict[str, Future[Any]]) -> GatewayRun:
+    run: GatewayRun = runs["aggregate"].result()
+    return run
+
+
+@pytest.fixture(scope="module")
+def discovery(runs: dict[str, Future[Any]]) -> GatewayRun:
+    run: GatewayRun = runs["discovery"].result()
+    return run
 
 
 def gateway_problems(gateway: HttpGateway) -> str:
@@ -208,10 +228,10 @@ def test_the_aggregate_view_passes_tools_and_results_through_unchanged(
     content (the discovery view would pass tools-list with its own three tools)."""
     through, _ = aggregate
     listed = [sorted(run["tools-list"].details("tools-list").get("tools") or []) for run in (through, direct)]
-    assert listed[0] == listed[1]
+    assert listed[1] and listed[0] == listed[1]
     for name in RESULT_CHECKS:
-        results = [run[name].details(name).get("result") or {} for run in (through, direct)]
-        assert results[0].get("content") == results[1].get("content"), name
+        contents = [(run[name].details(name).get("result") or {}).get("content") for run in (through, direct)]
+        assert contents[1] and contents[0] == contents[1], name
 
 
 def test_transport_scenarios_pass_against_the_gateway(discovery: GatewayRun) -> None:
