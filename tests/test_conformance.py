@@ -18,8 +18,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +107,10 @@ def scenarios() -> list[str]:
     return names
 
 
-def suite_direct(root: Path) -> dict[str, Outcome]:
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     """The fixture served over HTTP on its own, and the suite against it."""
+    root = tmp_path_factory.mktemp("direct")
     port = free_port()
     log = root / "fixture.log"
     with log.open("wb") as log_file:
@@ -158,43 +158,21 @@ def suite_through_gateway(files: GatewayFiles) -> GatewayRun:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
-    """The three runs at once: each mostly waits for processes to start, which overlaps.
-
-    aggregate: the fixture as the one downstream, bare names, all of it allowed in the aggregate
-    view. discovery: the default view and no downstream at all, so what answers is the gateway's
-    own endpoint.
-    """
-    aggregate = gateway_files(
-        tmp_path_factory.mktemp("aggregate"),
-        {"conformance": {**fixture_server("conformance_server"), "prefix": ""}},
-        {"view": "aggregate", "allow": {"servers": ["conformance"]}},
+def aggregate(tmp_path_factory: pytest.TempPathFactory) -> GatewayRun:
+    """The fixture as the one downstream, bare names, all of it allowed in the aggregate view."""
+    server = {**fixture_server("conformance_server"), "prefix": ""}
+    agent = {"view": "aggregate", "allow": {"servers": ["conformance"]}}
+    return suite_through_gateway(
+        gateway_files(tmp_path_factory.mktemp("aggregate"), {"conformance": server}, agent)
     )
-    discovery = gateway_files(tmp_path_factory.mktemp("discovery"), {}, {"allow": {"servers": []}})
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        yield {
-            "direct": pool.submit(suite_direct, tmp_path_factory.mktemp("direct")),
-            "aggregate": pool.submit(suite_through_gateway, aggregate),
-            "discovery": pool.submit(suite_through_gateway, discovery),
-        }
 
 
 @pytest.fixture(scope="module")
-def direct(runs: dict[str, Future[Any]]) -> dict[str, Outcome]:
-    outcomes: dict[str, Outcome] = runs["direct"].result()
-    return outcomes
-
-
-@pytest.fixture(scope="module")
-def aggregate(runs: dict[str, Future[Any]]) -> GatewayRun:
-    run: GatewayRun = runs["aggregate"].result()
-    return run
-
-
-@pytest.fixture(scope="module")
-def discovery(runs: dict[str, Future[Any]]) -> GatewayRun:
-    run: GatewayRun = runs["discovery"].result()
-    return run
+def discovery(tmp_path_factory: pytest.TempPathFactory) -> GatewayRun:
+    """The default view and no downstream at all: what answers is the gateway's own endpoint."""
+    return suite_through_gateway(
+        gateway_files(tmp_path_factory.mktemp("discovery"), {}, {"allow": {"servers": []}})
+    )
 
 
 def gateway_problems(gateway: HttpGateway) -> str:
