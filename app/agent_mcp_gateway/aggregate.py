@@ -18,8 +18,10 @@ from fastmcp.resources.base import Resource, ResourceResult
 from fastmcp.resources.template import ResourceTemplate
 from fastmcp.tools.base import Tool, ToolResult
 from mcp import MCPError
+from mcp.server.session import ServerSession
 
 from .catalog import Catalog
+from .downstream import Downstream
 from .errors import DeniedByPolicy
 from .gateway import Gateway
 from .operation import Operation
@@ -157,6 +159,58 @@ class AggregateView:
         result = await downstream.read_resource(uri, self._timeout(server), relay)
         return RelayedResource.model_construct(contents=[], result=result)
 
+    async def subscribe(self, op: Operation, uri: str, key: str, session: ServerSession) -> None:
+        server = (await self._catalog(op)).resource_server(uri)
+        if server is None:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
+        op.server = server
+        op.rule = self.gateway.engine.check(op.agent_id, "resources/subscribe", server).rule
+        downstream = self._downstream(server)
+        if not downstream.supports_subscriptions:
+            raise MCPError(INVALID_PARAMS, f"Resource {uri!r} does not support subscriptions.")
+        subscriptions = self.gateway.subscriptions
+        if subscriptions.add(key, session, op.agent_id, server, uri):
+            try:
+                await downstream.subscribe(uri, self._timeout(server))
+            except BaseException:
+                await subscriptions.remove(key, server, uri)
+                raise
+
+    async def unsubscribe(self, op: Operation, uri: str, key: str) -> None:
+        server = self.gateway.subscriptions.server_of(key, uri)
+        if server is not None:
+            op.server = server
+            await self.gateway.subscriptions.remove(key, server, uri)
+
+    async def complete(
+        self,
+        op: Operation,
+        ref: mt.PromptReference | mt.ResourceTemplateReference,
+        argument: mt.CompletionArgument,
+        context: mt.CompletionContext | None,
+    ) -> mt.Completion | None:
+        """Candidates from the server that owns the prompt or template; none for a reference
+        the agent cannot use (as for one that does not exist)."""
+        catalog = await self._catalog(op)
+        target: mt.PromptReference | mt.ResourceTemplateReference
+        if isinstance(ref, mt.PromptReference):
+            routed = catalog.prompt(ref.name)
+            if routed is None:
+                return None
+            server, target = routed.server, ref.model_copy(update={"name": routed.name})
+            op.tool = routed.name
+        else:
+            owners = [t.server for t in catalog.templates() if t.item.uri_template == ref.uri]
+            if not owners:
+                return None
+            server, target = owners[0], ref
+            op.tool = ref.uri
+        op.server = server
+        op.rule = self.gateway.engine.check(op.agent_id, "completion/complete", server).rule
+        downstream = self._downstream(server)
+        result = await downstream.complete(target, argument, context, self._timeout(server))
+        return result.completion
+
     def _refuse(self, op: Operation, name: str) -> None:
         """Record why a name is unknown to this agent when policy is the reason: the audit
         line says DENY and the rule, the caller hears only that the name is unknown."""
@@ -170,7 +224,7 @@ class AggregateView:
                 op.decision, op.error_code = "DENY", DeniedByPolicy.name
             return
 
-    def _downstream(self, server: str) -> Any:
+    def _downstream(self, server: str) -> Downstream:
         downstream = self.gateway.pool.get(server)
         assert downstream is not None  # a catalog entry comes from a live pool member
         return downstream

@@ -44,6 +44,7 @@ State = Literal["connecting", "up", "down", "closed"]
 Kind = Literal["tools", "prompts", "resources"]
 KINDS: tuple[Kind, ...] = ("tools", "prompts", "resources")
 ChangeListener = Callable[[str, Kind], None]
+UpdateListener = Callable[[str, str], Awaitable[None]]  # server, resource URI
 
 R = TypeVar("R")
 
@@ -86,6 +87,10 @@ class _Notifications(MessageHandler):
     async def on_resource_list_changed(self, message: mt.ResourceListChangedNotification) -> None:
         self.server.schedule_refresh("resources")
 
+    async def on_resource_updated(self, message: mt.ResourceUpdatedNotification) -> None:
+        if self.server.on_update is not None:
+            await self.server.on_update(self.server.name, str(message.params.uri))
+
     async def on_logging_message(self, message: mt.LoggingMessageNotification) -> None:
         await self.server.forward_log(message.params)
 
@@ -127,9 +132,13 @@ class Downstream:
         ping_interval: float = 10.0,
         ping_timeout: float = 10.0,
         on_change: ChangeListener | None = None,
+        on_update: UpdateListener | None = None,
     ) -> None:
         self.name = name
         self.on_change = on_change
+        self.on_update = on_update
+        # Resource URIs the gateway has subscribed to here, renewed after a reconnect.
+        self.subscribed: set[str] = set()
         self.ping_timeout = ping_timeout
         self._last_answer = 0.0
         self.config = config
@@ -218,6 +227,8 @@ class Downstream:
         self._client = client
         await client.__aenter__()  # type: ignore[no-untyped-call]  # fastmcp leaves it unannotated
         await self._load(client, KINDS)
+        for uri in self.subscribed:
+            await client.session.subscribe_resource(uri)
 
     async def _watch(self) -> None:
         """Wait until the session is lost: a failed call says so, or a ping of an idle one."""
@@ -376,6 +387,42 @@ class Downstream:
 
         return await self._request("resources/read", uri, read, timeout_ms, relay)
 
+    async def complete(
+        self,
+        ref: mt.PromptReference | mt.ResourceTemplateReference,
+        argument: mt.CompletionArgument,
+        context: mt.CompletionContext | None,
+        timeout_ms: int,
+    ) -> mt.CompleteResult:
+        wanted = {"name": argument.name, "value": argument.value}
+        known = context.arguments if context is not None else None
+
+        async def complete(client: Client[Any]) -> mt.CompleteResult:
+            return await client.complete_mcp(ref, wanted, known)
+
+        return await self._request("completion/complete", argument.name, complete, timeout_ms, None)
+
+    @property
+    def supports_subscriptions(self) -> bool:
+        result = self._client.initialize_result if self._client is not None else None
+        resources = result.capabilities.resources if result is not None else None
+        return bool(resources is not None and resources.subscribe)
+
+    async def subscribe(self, uri: str, timeout_ms: int) -> None:
+        async def subscribe(client: Client[Any]) -> None:
+            await client.session.subscribe_resource(uri)
+
+        await self._request("resources/subscribe", uri, subscribe, timeout_ms, None)
+        self.subscribed.add(uri)
+
+    async def unsubscribe(self, uri: str, timeout_ms: int) -> None:
+        self.subscribed.discard(uri)
+
+        async def unsubscribe(client: Client[Any]) -> None:
+            await client.session.unsubscribe_resource(uri)
+
+        await self._request("resources/unsubscribe", uri, unsubscribe, timeout_ms, None)
+
     async def _request(
         self,
         operation: str,
@@ -505,8 +552,10 @@ class DownstreamPool:
         ping_interval: float = 10.0,
         ping_timeout: float = 10.0,
         on_change: ChangeListener | None = None,
+        on_update: UpdateListener | None = None,
     ) -> None:
         self.on_change = on_change
+        self.on_update = on_update
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -536,6 +585,7 @@ class DownstreamPool:
                     self.ping_interval,
                     self.ping_timeout,
                     self.on_change,
+                    self.on_update,
                 )
                 self.servers[name] = server
                 server.start()

@@ -19,13 +19,15 @@ from .auth import Authenticator
 from .catalog import Catalog
 from .config import ConfigError, GatewayConfig
 from .downstream import DownstreamPool, Kind
+from .errors import GatewayError, InvalidAgentId
 from .identity import claims_warning, identity_problem
 from .metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
-from .notifications import ListChanged
+from .notifications import LOCAL_PREFIX, ListChanged
 from .policy import PolicyEngine
 from .ratelimit import RateLimits
 from .sessions import SessionRegistry
 from .settings import Settings
+from .subscriptions import Subscriptions
 
 log = logging.getLogger("agent_mcp_gateway")
 
@@ -63,8 +65,10 @@ class Gateway:
             self.settings.ping_interval,
             self.settings.ping_timeout,
             on_change=lambda server, kind: self.list_changed.changed(),
+            on_update=lambda server, uri: self.subscriptions.updated(server, uri),
         )
-        self.list_changed = ListChanged(self.view_fingerprint, lambda sid: self.sessions.get(sid) is not None)
+        self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
+        self.subscriptions = Subscriptions(self.may_use, self.session_alive, self._unsubscribe)
         self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
         self.sessions = SessionRegistry(self.settings.session_ttl)
         self.rate_limits = RateLimits(settings.rate_limit, settings.rate_limit_storage)
@@ -88,6 +92,26 @@ class Gateway:
         """`agent_id`'s aggregate view of the downstream servers, as configured now."""
         snapshot = self.snapshot
         return Catalog(snapshot.config.servers, snapshot.engine, self.pool, agent_id)
+
+    def session_alive(self, key: str) -> bool:
+        """Whether a client connection named by `notifications.session_key` is still open (a
+        local one is, until sending to it fails)."""
+        return key.startswith(LOCAL_PREFIX) or self.sessions.get(key) is not None
+
+    def may_use(self, agent_id: str, server: str) -> bool:
+        try:
+            return self.engine.decide(agent_id, server).allowed
+        except InvalidAgentId:  # an agent a reload removed
+            return False
+
+    async def _unsubscribe(self, server: str, uri: str) -> None:
+        downstream = self.pool.get(server)
+        if downstream is None:
+            return
+        try:
+            await downstream.unsubscribe(uri, self.settings.default_timeout_ms)
+        except GatewayError as exc:
+            log.info("downstream unsubscribe failed", extra={"server": server, "error": str(exc)})
 
     def view_fingerprint(self, agent_id: str, kind: Kind) -> str:
         """What `agent_id` is shown of `kind`, as a digest: the view's name in the discovery

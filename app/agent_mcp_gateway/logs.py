@@ -80,5 +80,7 @@ def setup_logging(level: str = "INFO", log_format: str = "json") -> None:
     logging.captureWarnings(True)
     # Legacy-era clients still negotiate logging; forwarding downstream logs to them is right.
     warnings.filterwarnings("ignore", message="The logging capability is deprecated")
+    # Downstream sessions are handshake-era on purpose, where resources/subscribe is current.
+    warnings.filterwarnings("ignore", message="resources/(un)?subscribe is removed as of 2026-07-28")
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "mcp", "fastmcp", "sse_starlette"):
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))

@@ -21,10 +21,11 @@ from fastmcp.exceptions import ValidationError as ArgumentsError
 from fastmcp.prompts.base import Prompt, PromptResult
 from fastmcp.resources.base import Resource, ResourceResult
 from fastmcp.resources.template import ResourceTemplate
-from fastmcp.server.dependencies import get_http_request
+from fastmcp.server.dependencies import bind_request_context, get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import Tool
 from mcp import MCPError
+from mcp.server.context import ServerRequestContext
 from pydantic import ValidationError
 
 from . import logs
@@ -36,6 +37,7 @@ from .errors import DeniedByPolicy, GatewayError, InvalidAgentId, RateLimited
 from .gateway import Gateway
 from .identity import AGENT_HEADER, checked_claim, resolve_agent
 from .metrics import ERRORS, POLICY_DECISIONS, RATE_LIMITED, bounded, operation_series
+from .notifications import session_key
 from .operation import Operation, begin, end
 from .relay import ClientRelay
 
@@ -44,6 +46,7 @@ log = logging.getLogger("agent_mcp_gateway")
 AGENT_TOOLS = frozenset({"list_servers", "get_server_tools", "execute_tool"})
 DEBUG_TOOLS = frozenset({"get_gateway_status"})
 GATEWAY_TOOLS = AGENT_TOOLS | DEBUG_TOOLS
+METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
@@ -178,6 +181,51 @@ class GatewayMiddleware(Middleware):
             await self._identify(op, caller, None)
             return await self.aggregate.read_resource(op, uri, _relay(context))
 
+    async def subscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.SubscribeRequestParams
+    ) -> mt.EmptyResult:
+        """`resources/subscribe` (a low-level handler: fastmcp routes no middleware to it)."""
+        with bind_request_context(ctx):
+            caller = self._caller()
+            if not self._aggregate(caller, None):
+                raise MCPError(METHOD_NOT_FOUND, "Method not found")
+            async with self._operation("resources/subscribe", caller) as op:
+                uri = str(params.uri)
+                op.tool = _text(uri)
+                await self._identify(op, caller, None)
+                await self.aggregate.subscribe(
+                    op, uri, session_key(caller.session_id, ctx.session), ctx.session
+                )
+        return mt.EmptyResult()
+
+    async def unsubscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.UnsubscribeRequestParams
+    ) -> mt.EmptyResult:
+        with bind_request_context(ctx):
+            caller = self._caller()
+            if not self._aggregate(caller, None):
+                raise MCPError(METHOD_NOT_FOUND, "Method not found")
+            async with self._operation("resources/unsubscribe", caller) as op:
+                uri = str(params.uri)
+                op.tool = _text(uri)
+                await self._identify(op, caller, None, charge=False)
+                await self.aggregate.unsubscribe(op, uri, session_key(caller.session_id, ctx.session))
+        return mt.EmptyResult()
+
+    async def complete(
+        self,
+        ref: mt.PromptReference | mt.ResourceTemplateReference,
+        argument: mt.CompletionArgument,
+        context: mt.CompletionContext | None,
+    ) -> mt.Completion | None:
+        """`completion/complete` (fastmcp calls its completion handler outside the middleware)."""
+        caller = self._caller()
+        if not self._aggregate(caller, None):
+            return None
+        async with self._operation("completion/complete", caller) as op:
+            await self._identify(op, caller, None)
+            return await self.aggregate.complete(op, ref, argument, context)
+
     # --- identity, the operation and its record ---------------------------------------------
 
     def _caller(self) -> Caller:
@@ -206,7 +254,8 @@ class GatewayMiddleware(Middleware):
         fastmcp_context = context.fastmcp_context
         request = fastmcp_context.request_context if fastmcp_context is not None else None
         if request is not None:
-            self.gateway.list_changed.shown(caller.session_id, request.session, agent_id, kind)
+            key = session_key(caller.session_id, request.session)
+            self.gateway.list_changed.shown(key, request.session, agent_id, kind)
 
     @asynccontextmanager
     async def _operation(self, name: str, caller: Caller) -> AsyncIterator[Operation]:

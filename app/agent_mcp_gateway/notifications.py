@@ -30,6 +30,12 @@ Fingerprint = Callable[[str, Kind], str]
 LOCAL_PREFIX = "local:"
 
 
+def session_key(session_id: str | None, session: ServerSession) -> str:
+    """What names a client connection: its HTTP session id, else (stdio, in-process) the
+    connection's initialize parameters, which live exactly as long as the connection."""
+    return session_id or f"{LOCAL_PREFIX}{id(session.client_params)}"
+
+
 @dataclass(slots=True)
 class _Listener:
     session: ServerSession
@@ -53,13 +59,10 @@ class ListChanged:
     def __len__(self) -> int:
         return len(self._listeners)
 
-    def shown(self, session_id: str | None, session: ServerSession, agent_id: str, kind: Kind) -> None:
-        """Record that `session` was just shown `agent_id`'s view of `kind`."""
+    def shown(self, key: str, session: ServerSession, agent_id: str, kind: Kind) -> None:
+        """Record that the session `key` was just shown `agent_id`'s view of `kind`."""
         if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return
-        # Without an HTTP session id (stdio, in-process) the connection's initialize
-        # parameters, kept as long as the connection, tell connections apart.
-        key = session_id or f"{LOCAL_PREFIX}{id(session.client_params)}"
         listener = self._listeners.get(key)
         if listener is None or listener.agent_id != agent_id:
             listener = self._listeners[key] = _Listener(session, agent_id)
@@ -98,9 +101,8 @@ class ListChanged:
 
     def prune(self) -> None:
         """Forget HTTP sessions that have ended (the session sweeper calls this too)."""
-        for key in [key for key in self._listeners if not key.startswith(LOCAL_PREFIX)]:
-            if not self._alive(key):
-                del self._listeners[key]
+        for key in [key for key in self._listeners if not self._alive(key)]:
+            del self._listeners[key]
 
     async def close(self) -> None:
         if self._pending is not None:

@@ -7,6 +7,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import mcp_types as mt
 from fastmcp import FastMCP
 
 from . import __version__
@@ -60,7 +61,16 @@ def build_server(
         lifespan=lifespan,
         mask_error_details=True,
     )
-    mcp.add_middleware(GatewayMiddleware(gateway))
+    middleware = GatewayMiddleware(gateway)
+    mcp.add_middleware(middleware)
+    mcp.completion(middleware.complete)
+    # fastmcp serves no resources/subscribe and has no hook for it: the handlers go on its
+    # low-level server, which then advertises `resources.subscribe`.
+    low_level = mcp._mcp_server
+    low_level.add_request_handler("resources/subscribe", mt.SubscribeRequestParams, middleware.subscribe)
+    low_level.add_request_handler(
+        "resources/unsubscribe", mt.UnsubscribeRequestParams, middleware.unsubscribe
+    )
     register_tools(mcp, GatewayTools(gateway))
     return mcp
 
@@ -72,3 +82,4 @@ async def sweep_sessions(gateway: Gateway) -> None:
         await asyncio.sleep(interval)
         gateway.sessions.expire()
         gateway.list_changed.prune()
+        await gateway.subscriptions.prune()

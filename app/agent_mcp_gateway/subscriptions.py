@@ -1,0 +1,78 @@
+"""Resource subscriptions in the aggregate view: which session subscribed to which resource of
+which server, so that a downstream's `notifications/resources/updated` reaches those sessions
+and no other.
+
+The gateway holds one downstream subscription per (server, URI) however many sessions want it,
+and drops it when the last of them unsubscribes or ends. An update is delivered only to
+sessions whose agent may still use the server (a reload may have taken it away).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mcp.server.session import ServerSession
+
+log = logging.getLogger("agent_mcp_gateway.subscriptions")
+
+Allowed = Callable[[str, str], bool]  # agent, server
+Alive = Callable[[str], bool]  # session key
+Release = Callable[[str, str], Awaitable[None]]  # server, URI: the last subscriber left
+
+
+@dataclass(slots=True)
+class _Subscriber:
+    session: ServerSession
+    agent_id: str
+
+
+class Subscriptions:
+    def __init__(self, allowed: Allowed, alive: Alive, release: Release) -> None:
+        self._allowed = allowed
+        self._alive = alive
+        self._release = release
+        self._by_resource: dict[tuple[str, str], dict[str, _Subscriber]] = {}
+
+    def add(self, key: str, session: ServerSession, agent_id: str, server: str, uri: str) -> bool:
+        """Record a subscription; True when it is the first to this server's resource."""
+        subscribers = self._by_resource.setdefault((server, uri), {})
+        first = not subscribers
+        subscribers[key] = _Subscriber(session, agent_id)
+        return first
+
+    def server_of(self, key: str, uri: str) -> str | None:
+        """The server a session's subscription to `uri` went to, if it has one."""
+        for (server, subscribed), subscribers in self._by_resource.items():
+            if subscribed == uri and key in subscribers:
+                return server
+        return None
+
+    async def remove(self, key: str, server: str, uri: str) -> None:
+        subscribers = self._by_resource.get((server, uri))
+        if subscribers is None or subscribers.pop(key, None) is None:
+            return
+        if not subscribers:
+            del self._by_resource[(server, uri)]
+            await self._release(server, uri)
+
+    async def updated(self, server: str, uri: str) -> None:
+        """Tell the sessions subscribed to this server's `uri` that it changed."""
+        for key, subscriber in list(self._by_resource.get((server, uri), {}).items()):
+            if not self._alive(key):
+                await self.remove(key, server, uri)
+                continue
+            if not self._allowed(subscriber.agent_id, server):
+                continue
+            try:
+                await subscriber.session.send_resource_updated(uri)
+            except Exception as exc:  # a session that went away takes its subscription with it
+                log.debug("resource update not delivered", extra={"error": repr(exc)})
+                await self.remove(key, server, uri)
+
+    async def prune(self) -> None:
+        """Drop the subscriptions of HTTP sessions that have ended (the session sweeper)."""
+        for (server, uri), subscribers in list(self._by_resource.items()):
+            for key in [key for key in subscribers if not self._alive(key)]:
+                await self.remove(key, server, uri)
