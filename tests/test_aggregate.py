@@ -330,3 +330,29 @@ async def test_a_tool_error_result_passes_through(gateway_files: GatewayFiles) -
     async with asgi_gateway(gateway_files) as service, service.client(headers=as_agent("ide")) as ide:
         with pytest.raises(ToolError, match="boom"):
             await ide.call_tool("echo__fail", {"message": "boom"})
+
+
+async def test_resource_updates_reach_subscribed_sessions_only(gateway_files: GatewayFiles) -> None:
+    write_config(gateway_files)
+    subscribed, bystander = Notifications(), Notifications()
+    async with (
+        asgi_gateway(gateway_files) as service,
+        service.client("legacy", headers=as_agent("ide"), message_handler=subscribed) as ide,
+        service.client("legacy", headers=as_agent("ide"), message_handler=bystander) as other,
+        service.client("legacy", headers=as_agent("narrow")) as narrow,
+    ):
+        capabilities = ide.server_capabilities
+        assert capabilities is not None and capabilities.resources is not None
+        assert capabilities.resources.subscribe
+        await ide.session.subscribe_resource("note://readme")
+        with pytest.raises(MCPError) as refused:
+            await narrow.session.subscribe_resource("note://readme")
+        assert refused.value.code == -32002  # not narrow's server: as unknown as a missing URI
+        await other.list_tools()
+        await ide.call_tool("st__touch", {"uri": "note://readme"})
+        await eventually(lambda: "notifications/resources/updated" in subscribed.methods(), timeout=5)
+        await ide.session.unsubscribe_resource("note://readme")
+        await ide.call_tool("st__touch", {"uri": "note://readme"})
+        await asyncio.sleep(0.5)
+        assert subscribed.methods().count("notifications/resources/updated") == 1
+        assert "notifications/resources/updated" not in bystander.methods()

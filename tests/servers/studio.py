@@ -3,6 +3,8 @@ ask their client for something mid-call (elicitation, sampling, roots) or take t
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import mcp_types as mt
 from fastmcp import Context, FastMCP
@@ -91,6 +93,22 @@ def cancelled() -> list[float]:
 def note(name: str) -> str:
     """A note by name."""
     return f"note {name}"
+
+
+@mcp.tool
+async def touch(uri: str, ctx: Context) -> str:
+    """Announces that the resource `uri` changed (to whoever subscribed: the gateway)."""
+    await ctx.session.send_resource_updated(uri)
+    return f"touched {uri}"
+
+
+async def _acknowledge(ctx: Any, params: Any) -> mt.EmptyResult:
+    return mt.EmptyResult()
+
+
+# FastMCP 4 serves no resources/subscribe; these handlers make the server advertise it.
+mcp._mcp_server.add_request_handler("resources/subscribe", mt.SubscribeRequestParams, _acknowledge)
+mcp._mcp_server.add_request_handler("resources/unsubscribe", mt.UnsubscribeRequestParams, _acknowledge)
 
 
 if __name__ == "__main__":
