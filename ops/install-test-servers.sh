@@ -19,7 +19,7 @@ NPM_PACKAGES=(
   "@modelcontextprotocol/conformance@0.1.16"
 )
 
-command -v node >/dev/null || { echo "error: node is not installed (Node 18 or newer; 18 needs NODE_OPTIONS=--experimental-global-webcrypto, which ops/test.sh sets)" >&2; exit 1; }
+command -v node >/dev/null || { echo "error: node is not installed (Node 20 or newer; ops/test.sh provides one)" >&2; exit 1; }
 command -v npm >/dev/null || { echo "error: npm is not installed" >&2; exit 1; }
 
 installed_version() {  # name -> version installed under the prefix, or nothing

