@@ -126,9 +126,8 @@ class AggregateView:
         if routed is None:
             self._refuse(op, name)
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}")
-        op.server, op.tool = routed.server, routed.name
-        op.rule = self.gateway.engine.check(op.agent_id, "execute_tool", routed.server, routed.name).rule
-        downstream = self._downstream(routed.server)
+        op.tool = routed.name
+        downstream = self._admit(op, routed.server, "execute_tool", routed.name)
         result = await downstream.call_tool(routed.name, arguments, self._timeout(routed.server), relay)
         return ToolResult(
             content=result.content,
@@ -143,29 +142,19 @@ class AggregateView:
         routed = (await self._catalog(op)).prompt(name)
         if routed is None:
             raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name!r}")
-        op.server, op.tool = routed.server, routed.name
-        op.rule = self.gateway.engine.check(op.agent_id, "prompts/get", routed.server).rule
-        downstream = self._downstream(routed.server)
+        op.tool = routed.name
+        downstream = self._admit(op, routed.server, "prompts/get")
         result = await downstream.get_prompt(routed.name, arguments, self._timeout(routed.server), relay)
         return RelayedPrompt.model_construct(messages=[], result=result)
 
     async def read_resource(self, op: Operation, uri: str, relay: ClientRelay | None) -> ResourceResult:
-        server = (await self._catalog(op)).resource_server(uri)
-        if server is None:
-            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
-        op.server = server
-        op.rule = self.gateway.engine.check(op.agent_id, "resources/read", server).rule
-        downstream = self._downstream(server)
-        result = await downstream.read_resource(uri, self._timeout(server), relay)
+        downstream = await self._resource_server(op, uri, "resources/read")
+        result = await downstream.read_resource(uri, self._timeout(downstream.name), relay)
         return RelayedResource.model_construct(contents=[], result=result)
 
     async def subscribe(self, op: Operation, uri: str, key: str, session: ServerSession) -> None:
-        server = (await self._catalog(op)).resource_server(uri)
-        if server is None:
-            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
-        op.server = server
-        op.rule = self.gateway.engine.check(op.agent_id, "resources/subscribe", server).rule
-        downstream = self._downstream(server)
+        downstream = await self._resource_server(op, uri, "resources/subscribe")
+        server = downstream.name
         if not downstream.supports_subscriptions:
             raise MCPError(INVALID_PARAMS, f"Resource {uri!r} does not support subscriptions.")
         subscriptions = self.gateway.subscriptions
@@ -205,9 +194,7 @@ class AggregateView:
                 return None
             server, target = owners[0], ref
             op.tool = ref.uri
-        op.server = server
-        op.rule = self.gateway.engine.check(op.agent_id, "completion/complete", server).rule
-        downstream = self._downstream(server)
+        downstream = self._admit(op, server, "completion/complete")
         result = await downstream.complete(target, argument, context, self._timeout(server))
         return result.completion
 
@@ -224,7 +211,16 @@ class AggregateView:
                 op.decision, op.error_code = "DENY", DeniedByPolicy.name
             return
 
-    def _downstream(self, server: str) -> Downstream:
+    async def _resource_server(self, op: Operation, uri: str, operation: str) -> Downstream:
+        server = (await self._catalog(op)).resource_server(uri)
+        if server is None:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
+        return self._admit(op, server, operation)
+
+    def _admit(self, op: Operation, server: str, operation: str, tool: str | None = None) -> Downstream:
+        """Check policy once more (and record the deciding rule) for what the catalog found."""
+        op.server = server
+        op.rule = self.gateway.engine.check(op.agent_id, operation, server, tool).rule
         downstream = self.gateway.pool.get(server)
         assert downstream is not None  # a catalog entry comes from a live pool member
         return downstream

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import mcp_types as mt
 from fastmcp.exceptions import ToolError
@@ -42,6 +42,7 @@ from .operation import Operation, begin, end
 from .relay import ClientRelay
 
 log = logging.getLogger("agent_mcp_gateway")
+C = TypeVar("C")
 
 AGENT_TOOLS = frozenset({"list_servers", "get_server_tools", "execute_tool"})
 DEBUG_TOOLS = frozenset({"get_gateway_status"})
@@ -99,17 +100,7 @@ class GatewayMiddleware(Middleware):
         context: MiddlewareContext[mt.ListToolsRequest],
         call_next: CallNext[mt.ListToolsRequest, Sequence[Tool]],
     ) -> Sequence[Tool]:
-        caller = self._caller()
-        agent = self._peek(caller, None)
-        if agent is None or self.gateway.config.rules.view_of(agent) != "aggregate":
-            tools = await call_next(context)
-            if agent is not None:
-                self._shown(context, caller, agent, "tools")
-            return tools
-        async with self._operation("tools/list", caller) as op:
-            await self._identify(op, caller, None, charge=False)
-            self._shown(context, caller, op.agent_id, "tools")
-            return await self.aggregate.list_tools(op)
+        return await self._listing(context, call_next, "tools/list", "tools", self.aggregate.list_tools)
 
     # --- prompts and resources (aggregate view only; the discovery view has none) ----------
 
@@ -118,13 +109,7 @@ class GatewayMiddleware(Middleware):
         context: MiddlewareContext[mt.ListPromptsRequest],
         call_next: CallNext[mt.ListPromptsRequest, Sequence[Prompt]],
     ) -> Sequence[Prompt]:
-        caller = self._caller()
-        if not self._aggregate(caller, None):
-            return await call_next(context)
-        async with self._operation("prompts/list", caller) as op:
-            await self._identify(op, caller, None, charge=False)
-            self._shown(context, caller, op.agent_id, "prompts")
-            return await self.aggregate.list_prompts(op)
+        return await self._listing(context, call_next, "prompts/list", "prompts", self.aggregate.list_prompts)
 
     async def on_get_prompt(
         self,
@@ -146,26 +131,38 @@ class GatewayMiddleware(Middleware):
         context: MiddlewareContext[mt.ListResourcesRequest],
         call_next: CallNext[mt.ListResourcesRequest, Sequence[Resource]],
     ) -> Sequence[Resource]:
-        caller = self._caller()
-        if not self._aggregate(caller, None):
-            return await call_next(context)
-        async with self._operation("resources/list", caller) as op:
-            await self._identify(op, caller, None, charge=False)
-            self._shown(context, caller, op.agent_id, "resources")
-            return await self.aggregate.list_resources(op)
+        listing = self.aggregate.list_resources
+        return await self._listing(context, call_next, "resources/list", "resources", listing)
 
     async def on_list_resource_templates(
         self,
         context: MiddlewareContext[mt.ListResourceTemplatesRequest],
         call_next: CallNext[mt.ListResourceTemplatesRequest, Sequence[ResourceTemplate]],
     ) -> Sequence[ResourceTemplate]:
+        listing = self.aggregate.list_templates
+        return await self._listing(context, call_next, "resources/templates/list", "resources", listing)
+
+    async def _listing(
+        self,
+        context: MiddlewareContext[Any],
+        call_next: CallNext[Any, Sequence[C]],
+        method: str,
+        kind: Kind,
+        listing: Callable[[Operation], Awaitable[list[C]]],
+    ) -> Sequence[C]:
+        """A list request: the gateway's own list in the discovery view, the agent's catalog
+        in the aggregate view; either way the session is noted for `list_changed`."""
         caller = self._caller()
-        if not self._aggregate(caller, None):
-            return await call_next(context)
-        async with self._operation("resources/templates/list", caller) as op:
+        agent = self._peek(caller, None)
+        if agent is None or self.gateway.config.rules.view_of(agent) != "aggregate":
+            items = await call_next(context)
+            if agent is not None:
+                self._shown(context, caller, agent, kind)
+            return items
+        async with self._operation(method, caller) as op:
             await self._identify(op, caller, None, charge=False)
-            self._shown(context, caller, op.agent_id, "resources")
-            return await self.aggregate.list_templates(op)
+            self._shown(context, caller, op.agent_id, kind)
+            return await listing(op)
 
     async def on_read_resource(
         self,
