@@ -200,12 +200,19 @@ class AggregateView:
 
     def _refuse(self, op: Operation, name: str) -> None:
         """Record why a name is unknown to this agent when policy is the reason: the audit
-        line says DENY and the rule, the caller hears only that the name is unknown."""
+        line says DENY and the rule, the caller hears only that the name is unknown. A
+        quarantined tool the agent may use is refused as such (pins.py), as in execute_tool."""
+        engine, pins = self.gateway.engine, self.gateway.pins
         for server, tool in self.gateway.catalog(op.agent_id).candidates(name, every=True):
             downstream = self.gateway.pool.get(server)
-            if downstream is None or tool not in downstream.tools:
+            if downstream is None:
                 continue
-            decision = self.gateway.engine.decide(op.agent_id, server, tool)
+            if tool not in downstream.tools:
+                if pins.quarantined(server, tool) and engine.decide(op.agent_id, server, tool).allowed:
+                    op.server, op.tool = server, tool
+                    pins.refuse(server, tool)
+                continue
+            decision = engine.decide(op.agent_id, server, tool)
             if not decision.allowed:
                 op.server, op.tool, op.rule = server, tool, decision.rule
                 op.decision, op.error_code = "DENY", DeniedByPolicy.name

@@ -129,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.set_defaults(run=_init)
     _add_audit_commands(commands)
+    _add_tools_commands(commands, files)
     return parser
 
 
@@ -364,6 +365,133 @@ def _audit_verify(args: argparse.Namespace) -> int:
         )
         print(f"chain starts at: {start}")
         print(f"last line hash:  {check.last_hash}")
+    return 0
+
+
+def _add_tools_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], files: argparse.ArgumentParser
+) -> None:
+    tools = commands.add_parser(
+        "tools",
+        help="pinned tool definitions (servers with pin_tools): what is pinned and quarantined",
+        description="The pins file is the one a gateway with the same GATEWAY_* settings uses: "
+        "next to GATEWAY_AUDIT_LOG, else in the user's state directory.",
+    )
+    tools_commands = tools.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    status = tools_commands.add_parser(
+        "status",
+        parents=[files],
+        help="list pinned and quarantined tools per server, with short hashes",
+        description="Exit status: 0 nothing quarantined, 1 a tool is quarantined, 2 unusable "
+        "settings or pins file.",
+    )
+    status.add_argument(
+        "--json", action="store_true", help="print JSON, with full hashes and candidate definitions"
+    )
+    status.set_defaults(run=_tools_status)
+    approve = tools_commands.add_parser(
+        "approve",
+        parents=[files],
+        help="accept a quarantined tool's current definition as its pin",
+        description="A running gateway picks the approval up within seconds and shows the tool "
+        "again. Exit status: 0 approved, 1 nothing to approve, 2 unusable settings or pins file.",
+    )
+    approve.add_argument("server", metavar="SERVER")
+    approve.add_argument("tool", metavar="TOOL")
+    approve.add_argument(
+        "--hash",
+        metavar="PREFIX",
+        help="approve only if the quarantined definition's hash starts with PREFIX (from tools status)",
+    )
+    approve.set_defaults(run=_tools_approve)
+
+
+def _tools_status(args: argparse.Namespace) -> int:
+    from .pins import PinsFileError, PinStore, pins_path, short
+
+    settings = _settings()
+    if settings is None:
+        return 2
+    store = PinStore(pins_path(settings))
+    try:
+        state = store.load()
+    except PinsFileError as exc:
+        print(f"error: {store.path}: {exc}", file=sys.stderr)
+        return 2
+    pinned = _pinned_servers(args, settings)
+    names = sorted(set(state.servers) | (pinned or set()))
+    quarantined = 0
+    report: dict[str, object] = {}
+    lines = [f"pins file: {store.path}"]
+    for name in names:
+        pins = state.servers.get(name, {})
+        held = sorted(tool for tool, pin in pins.items() if pin.candidate)
+        quarantined += len(held)
+        setting = None if pinned is None else name in pinned
+        report[name] = {
+            "pin_tools": setting,
+            "tools": {
+                tool: {
+                    "state": "quarantined" if pin.candidate else "pinned",
+                    **pin.model_dump(exclude_none=True),
+                }
+                for tool, pin in sorted(pins.items())
+            },
+        }
+        note = "" if setting is None else " (pin_tools on)" if setting else " (pin_tools off)"
+        lines.append(f"{name}{note}: {_count(len(pins), 'tool')} pinned, {len(held)} quarantined")
+        for tool, pin in sorted(pins.items()):
+            if pin.candidate:
+                lines.append(
+                    f"  {tool}  QUARANTINED  pin {short(pin.pin)}  now {short(pin.candidate)}  "
+                    f"since {pin.candidate_seen_at or '?'}"
+                )
+                described = str((pin.candidate_definition or {}).get("description", ""))
+                lines.append(f"    now described as: {described[:160]!r}")
+                lines.append(f"    approve: {PROG} tools approve {name} {tool}")
+            else:
+                lines.append(f"  {tool}  pinned  {short(pin.pin)}")
+    if args.json:
+        print(json.dumps({"file": str(store.path), "quarantined": quarantined, "servers": report}, indent=2))
+    else:
+        if not names:
+            lines.append("no tools pinned yet")
+        print("\n".join(lines))
+    return 1 if quarantined else 0
+
+
+def _pinned_servers(args: argparse.Namespace, settings: Settings) -> set[str] | None:
+    """The servers with pin_tools on, when the servers file can be read (it is optional here:
+    the pins file is what this command reports)."""
+    try:
+        path = config.discover(
+            args.mcp_config or settings.mcp_config, config.MCP_CONFIG_ENV, config.MCP_CONFIG_NAME
+        )
+        servers = config.load_mcp_config(path).mcpServers
+    except config.ConfigError as exc:
+        print(f"note: {exc}; showing the pins file only", file=sys.stderr)
+        return None
+    return {name for name, server in servers.items() if server.pin_tools}
+
+
+def _tools_approve(args: argparse.Namespace) -> int:
+    from .pins import ApprovalError, PinsFileError, PinStore, pins_path, short
+
+    settings = _settings()
+    if settings is None:
+        return 2
+    store = PinStore(pins_path(settings))
+    try:
+        before = store.load().servers.get(args.server, {}).get(args.tool)
+        approved = store.approve(args.server, args.tool, args.hash)
+    except PinsFileError as exc:
+        print(f"error: {store.path}: {exc}", file=sys.stderr)
+        return 2
+    except ApprovalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    was = f" (was {short(before.pin)})" if before else ""
+    print(f"approved {args.server}/{args.tool}: pin {short(approved.pin)}{was}")
     return 0
 
 

@@ -76,6 +76,8 @@ class ServerConfig(BaseModel):
     # How the aggregate view names this server's tools and prompts: `{prefix}__{name}`; the
     # server's name when unset, "" for bare names.
     prefix: Annotated[str, StringConstraints(pattern=PREFIX_PATTERN)] | None = None
+    # Pin each tool's definition at first sight and quarantine it when it changes (pins.py).
+    pin_tools: StrictBool = False
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)

@@ -35,6 +35,7 @@ from .downstream_http import HttpServerTransport, over_limit
 from .downstream_stdio import StdioServerTransport, TooLarge, current_call
 from .errors import DownstreamError, GatewayTimeout, ResultTooLarge, ServerUnavailable, ToolNotFound
 from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_UP, downstream_series
+from .pins import PinStore
 from .relay import ClientRelay
 from .watchdog import Watchdog
 
@@ -133,10 +134,13 @@ class Downstream:
         ping_timeout: float = 10.0,
         on_change: ChangeListener | None = None,
         on_update: UpdateListener | None = None,
+        *,
+        pins: PinStore,
     ) -> None:
         self.name = name
         self.on_change = on_change
         self.on_update = on_update
+        self.pins = pins
         # Resource URIs the gateway has subscribed to here, renewed after a reconnect.
         self.subscribed: set[str] = set()
         self.ping_timeout = ping_timeout
@@ -307,7 +311,10 @@ class Downstream:
                 continue
             before = self._catalog(kind)
             if kind == "tools":
-                self.tools = {tool.name: tool for tool in await client.list_tools()}
+                listed = await client.list_tools()
+                self.tools = {
+                    tool.name: tool for tool in self.pins.review(self.name, listed, self.config.pin_tools)
+                }
             elif kind == "prompts":
                 self.prompts = {prompt.name: prompt for prompt in await client.list_prompts()}
             else:
@@ -366,6 +373,7 @@ class Downstream:
 
         async def call(client: Client[Any]) -> mt.CallToolResult:
             if tool not in self.tools:
+                self.pins.refuse(self.name, tool)
                 raise ToolNotFound(self.name, tool)
             return await client.call_tool_mcp(tool, arguments, progress_handler=progress)
 
@@ -553,9 +561,12 @@ class DownstreamPool:
         ping_timeout: float = 10.0,
         on_change: ChangeListener | None = None,
         on_update: UpdateListener | None = None,
+        *,
+        pins: PinStore,
     ) -> None:
         self.on_change = on_change
         self.on_update = on_update
+        self.pins = pins
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -586,6 +597,7 @@ class DownstreamPool:
                     self.ping_timeout,
                     self.on_change,
                     self.on_update,
+                    pins=self.pins,
                 )
                 self.servers[name] = server
                 server.start()

@@ -23,6 +23,7 @@ from .errors import GatewayError, InvalidAgentId
 from .identity import claims_warning, identity_problem
 from .metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
 from .notifications import LOCAL_PREFIX, ListChanged
+from .pins import PinStore, pins_path
 from .policy import PolicyEngine
 from .ratelimit import RateLimits
 from .sessions import SessionRegistry
@@ -60,12 +61,14 @@ class Gateway:
     def __init__(self, config: GatewayConfig, settings: Settings) -> None:
         self.settings = settings
         self.snapshot = Snapshot.build(config, settings)
+        self.pins = PinStore(pins_path(settings))
         self.pool = DownstreamPool(
             self.settings.connect_timeout,
             self.settings.ping_interval,
             self.settings.ping_timeout,
             on_change=lambda server, kind: self.list_changed.changed(),
             on_update=lambda server, uri: self.subscriptions.updated(server, uri),
+            pins=self.pins,
         )
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
         self.subscriptions = Subscriptions(self.may_use, self.session_alive, self._unsubscribe)
@@ -130,6 +133,7 @@ class Gateway:
             log.warning("agents are not authenticated", extra={"warning": warning})
         await self.rate_limits.start()
         await self.pool.apply(self.config.servers)
+        self.spawn(self.pins.watch(self._pins_changed))
         self.reloads.append(ReloadEvent(time.time(), "startup", True, None, self.config.warnings))
 
     @property
@@ -173,6 +177,12 @@ class Gateway:
             log.info("configuration reloaded", extra={"source": source, "servers": len(new.servers)})
             _log_warnings(new)
             return True
+
+    def _pins_changed(self) -> None:
+        """An approval in the pins file: list the pinned servers' tools again, to show it."""
+        for server in self.pool:
+            if server.config.pin_tools:
+                server.schedule_refresh("tools")
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` in the background, referenced until done and cancelled by `close`."""

@@ -146,6 +146,19 @@ AUDIT_WRITE_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+TOOLS_QUARANTINED = Gauge(
+    "gateway_tools_quarantined",
+    "Tools of a pin_tools server hidden and refused because their definition differs from its pin.",
+    ["server"],
+    registry=REGISTRY,
+)
+QUARANTINED_CALLS = Counter(
+    "gateway_quarantined_tool_calls_total",
+    "Calls refused because the tool is quarantined (its definition changed since it was pinned).",
+    ["server"],
+    registry=REGISTRY,
+)
+
 
 def bounded(value: str | None, known: object) -> str:
     """A label value that is either a configured name, `none` or `unknown`."""

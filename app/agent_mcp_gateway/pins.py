@@ -1,0 +1,339 @@
+"""Pinned tool definitions: protection against a downstream silently rewriting its tools.
+
+For a server with `pin_tools: true` the gateway records the SHA-256 of each tool's definition
+at first sight. A tool whose definition later differs from its pin is quarantined: left out of
+the tool list every view is built from (`PinStore.review`, the one filter the downstream tool
+cache goes through) and refused when called, until an operator accepts the new definition with
+`agent-mcp-gateway tools approve SERVER TOOL`. Quarantining records the candidate's hash (and
+its definition, to review) in the pins file; approving moves the candidate to the pin, and the
+running gateway, watching the file, lists the server's tools again and shows the tool.
+
+The pins file is small JSON, shared by every gateway process and the CLI: each read-modify-write
+holds an exclusive lock and replaces the file atomically. A file that cannot be read or parsed
+is never overwritten and never trusted: the gateway logs it, keeps the pins it last read
+successfully, and hides every tool of a pinned server that does not match one of those, until
+the file is fixed or removed (removing it pins every tool again at first sight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from hashlib import sha256
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import mcp_types as mt
+from platformdirs import user_state_dir
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from watchfiles import Change, awatch
+
+from .errors import DeniedByPolicy
+from .metrics import QUARANTINED_CALLS, TOOLS_QUARANTINED
+from .operation import current_operation
+from .settings import Settings
+
+log = logging.getLogger("agent_mcp_gateway.pins")
+
+PINS_NAME = "tool-pins.json"
+# What a client is shown of a tool, so what a poisoned downstream would change.
+DEFINITION_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+SHORT = 12  # hex digits of a hash shown to people
+RETRY_SECONDS = 1.0
+
+Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+Stamp = tuple[int, int, int] | None
+
+
+def pins_path(settings: Settings) -> Path:
+    """Next to the audit log when `GATEWAY_AUDIT_LOG` places it; otherwise the user's state
+    directory, not the cache directory the default audit log lives in: pins are state, and a
+    cleaned cache would silently trust every tool again."""
+    if settings.audit_log is not None:
+        return settings.audit_log.parent / PINS_NAME
+    return Path(user_state_dir("agent-mcp-gateway")) / PINS_NAME
+
+
+def definition(tool: mt.Tool) -> dict[str, Any]:
+    dumped = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {key: dumped[key] for key in DEFINITION_FIELDS if key in dumped}
+
+
+def definition_hash(tool: mt.Tool) -> str:
+    """The hash of the tool's canonical definition: JSON with sorted keys and no whitespace."""
+    canonical = json.dumps(definition(tool), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + sha256(canonical.encode()).hexdigest()
+
+
+def short(digest: str | None) -> str:
+    return digest.removeprefix("sha256:")[:SHORT] if digest else "-"
+
+
+def rule_for(server: str, tool: str) -> str:
+    return f"pin_tools:{server}/{tool}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Pin(BaseModel):
+    """One tool's pin and, while it is quarantined, the definition it was seen with instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pin: Digest
+    pinned_at: str | None = None
+    candidate: Digest | None = None
+    candidate_seen_at: str | None = None
+    candidate_definition: dict[str, Any] | None = None
+
+
+class PinsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    servers: dict[str, dict[str, Pin]] = {}
+
+
+class PinsFileError(Exception):
+    """The pins file exists but cannot be read, parsed or written."""
+
+
+class ApprovalError(Exception):
+    """There is nothing to approve: no such pin, or the tool is not quarantined."""
+
+
+class ToolQuarantined(DeniedByPolicy):
+    """A call to a tool whose definition no longer matches its pin."""
+
+    def __init__(self, agent_id: str, operation: str, server: str, tool: str) -> None:
+        rule = rule_for(server, tool)
+        super().__init__(agent_id, operation, server, tool, rule)
+        self.message = (
+            f"Tool '{tool}' on server '{server}' is quarantined: its definition changed since it "
+            f"was pinned (rule {rule}); an operator must review and approve it."
+        )
+        self.args = (self.message,)
+
+
+class PinStore:
+    """The pins file, and which tools of each pinned server are quarantined in this process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._trusted = PinsFile()  # the pins last read from a good file
+        self._quarantined: dict[str, set[str]] = {}
+        self._written: Stamp = None  # this process's last write, which the watcher ignores
+        self._reported: str | None = None  # the last file problem logged, to log each once
+
+    # --- the gateway's side ----------------------------------------------------------------
+
+    def review(self, server: str, tools: Sequence[mt.Tool], pinned: bool) -> list[mt.Tool]:
+        """The tools a client may see: all of them for an unpinned server; for a pinned one those
+        whose definition matches its pin, pinning new ones and quarantining changed ones."""
+        if not pinned:
+            self._set_quarantined(server, set())
+            return list(tools)
+        digests = {tool.name: definition_hash(tool) for tool in tools}
+        try:
+            with self._locked():
+                state = self._read()
+                pins = state.servers.setdefault(server, {})
+                if self._record(server, pins, tools, digests):
+                    self._write(state)
+            self._trusted = state
+            self._reported = None
+        except PinsFileError as exc:
+            if str(exc) != self._reported:
+                self._reported = str(exc)
+                log.error(
+                    "tool pins file unusable; tools of pinned servers that match no trusted pin "
+                    "are hidden until it is fixed or removed",
+                    extra={"pins_path": str(self.path), "error": str(exc)},
+                )
+            pins = self._trusted.servers.get(server, {})
+        hidden = {name for name, digest in digests.items() if name not in pins or pins[name].pin != digest}
+        for name in self._quarantined.get(server, set()) & (digests.keys() - hidden):
+            log.info("tool released from quarantine", extra={"server": server, "tool": name})
+        self._set_quarantined(server, hidden)
+        return [tool for tool in tools if tool.name not in hidden]
+
+    def quarantined(self, server: str, tool: str) -> bool:
+        return tool in self._quarantined.get(server, ())
+
+    def refuse(self, server: str, tool: str) -> None:
+        """Raise ToolQuarantined for a quarantined tool; return for any other."""
+        if not self.quarantined(server, tool):
+            return
+        QUARANTINED_CALLS.labels(server).inc()
+        try:
+            op = current_operation()
+            agent_id, operation = op.agent_id, op.name
+        except LookupError:  # a call outside a gateway operation
+            agent_id, operation = "", "call_tool"
+        raise ToolQuarantined(agent_id, operation, server, tool)
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` whenever another process (the CLI, another gateway) changes the file."""
+        while True:
+            try:
+                await self._watch(on_change)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("tool pins watcher failed; watching again", extra={"pins_path": str(self.path)})
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _watch(self, on_change: Callable[[], None]) -> None:
+        directory = self.path.parent
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        seen = _stamp(self.path)
+
+        def is_pins_file(change: Change, path: str) -> bool:
+            return os.path.basename(path) == self.path.name
+
+        async for _ in awatch(directory, watch_filter=is_pins_file, debounce=100, step=50, recursive=False):
+            now = _stamp(self.path)
+            if now != seen and (now is None or now != self._written):
+                on_change()
+            seen = now
+
+    def _record(
+        self, server: str, pins: dict[str, Pin], tools: Sequence[mt.Tool], digests: dict[str, str]
+    ) -> bool:
+        """Pin new tools and note changed ones as candidates; whether `pins` changed."""
+        changed = False
+        new = [tool.name for tool in tools if tool.name not in pins]
+        for name in new:
+            pins[name] = Pin(pin=digests[name], pinned_at=_now())
+        if new:
+            log.info("tools pinned at first sight", extra={"server": server, "tools": new})
+            changed = True
+        for tool in tools:
+            digest, pin = digests[tool.name], pins[tool.name]
+            where = {"server": server, "tool": tool.name}
+            if pin.pin == digest:
+                if pin.candidate is not None:
+                    log.info("tool matches its pin again", extra={**where, "pin": short(digest)})
+                    pins[tool.name] = Pin(pin=digest, pinned_at=pin.pinned_at)
+                    changed = True
+            elif pin.candidate != digest:
+                log.warning(
+                    "tool definition changed since it was pinned; quarantined until approved",
+                    extra={
+                        **where,
+                        "pin": short(pin.pin),
+                        "candidate": short(digest),
+                        "rule": rule_for(server, tool.name),
+                    },
+                )
+                pins[tool.name] = pin.model_copy(
+                    update={
+                        "candidate": digest,
+                        "candidate_seen_at": _now(),
+                        "candidate_definition": definition(tool),
+                    }
+                )
+                changed = True
+        return changed
+
+    def _set_quarantined(self, server: str, tools: set[str]) -> None:
+        self._quarantined[server] = tools
+        TOOLS_QUARANTINED.labels(server).set(len(tools))
+
+    # --- the operator's side ---------------------------------------------------------------
+
+    def load(self) -> PinsFile:
+        """The pins file as it is now (empty when it does not exist); PinsFileError if unusable."""
+        return self._read()
+
+    def approve(self, server: str, tool: str, expected: str | None = None) -> Pin:
+        """Accept a quarantined tool's candidate definition as its pin; the new pin.
+
+        `expected`, a prefix of the candidate's hash, guards against approving a definition
+        that changed again after the operator looked at it."""
+        with self._locked():
+            state = self._read()
+            pin = state.servers.get(server, {}).get(tool)
+            if pin is None:
+                raise ApprovalError(f"no pin for tool '{tool}' on server '{server}' in {self.path}")
+            if pin.candidate is None:
+                raise ApprovalError(f"tool '{tool}' on server '{server}' is not quarantined")
+            if expected is not None and not short(pin.candidate).startswith(expected.removeprefix("sha256:")):
+                raise ApprovalError(
+                    f"tool '{tool}' on server '{server}' now has candidate {short(pin.candidate)}, "
+                    f"not {expected}; check it again with tools status"
+                )
+            approved = Pin(pin=pin.candidate, pinned_at=_now())
+            state.servers[server][tool] = approved
+            self._write(state)
+        return approved
+
+    # --- the file --------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on a sidecar file (never removed: removing lock files races), so
+        gateways and the CLI never interleave their read-modify-write cycles. fcntl is enough
+        here: the gateway already relies on POSIX process groups."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise PinsFileError(f"cannot lock: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)
+
+    def _read(self) -> PinsFile:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return PinsFile()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PinsFileError(f"cannot be read ({type(exc).__name__})") from None
+        try:
+            return PinsFile.model_validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise PinsFileError(f"{where}: {first['msg']}") from None
+
+    def _write(self, state: PinsFile) -> None:
+        """Replace the file atomically: a temporary file in the same folder, then a rename."""
+        text = state.model_dump_json(indent=2, exclude_none=True) + "\n"
+        try:
+            handle, temporary = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
+        except OSError as exc:
+            raise PinsFileError(f"cannot be written ({exc.strerror or exc})") from None
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            Path(temporary).unlink(missing_ok=True)
+            raise PinsFileError(f"cannot be written ({exc.strerror or exc})") from None
+        self._written = _stamp(self.path)
+
+
+def _stamp(path: Path) -> Stamp:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
