@@ -24,13 +24,14 @@ from typing import Any
 import mcp_types as mt
 import pytest
 from fastmcp import Client
+from fastmcp.client.messages import MessageHandler
 from fastmcp.client.transports import StdioTransport
 from mcp import MCPError
 
 from agent_mcp_gateway.pins import PINS_NAME, PinsFileError, PinStore, definition_hash, pins_path, short
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import PY, SERVERS, GatewayFiles, eventually, gateway_call, memory_gateway, metric
+from conftest import PY, SERVERS, GatewayFiles, asgi_gateway, eventually, gateway_call, memory_gateway, metric
 
 RULES = {"agents": {"dev": {"allow": {"servers": ["*"]}}}}
 ORIGINAL = "Say hello to someone."
@@ -257,6 +258,50 @@ async def test_list_changed_pins_new_tools_and_a_vanished_tool_keeps_its_pin(
         assert "candidate" not in json.loads(pins_file(files).read_text())["servers"]["pinned"]["greet"]
         code, _ = await status(files)
         assert code == 0
+
+
+async def test_aggregate_view_hides_refuses_and_shows_again_with_list_changed(
+    gateway_files: GatewayFiles,
+) -> None:
+    files = gateway_files
+    files.write_servers({"pinned": shifting(files, "pinned", {"greet": ORIGINAL}, pin_tools=True)})
+    files.write_rules({"agents": {"ide": {"view": "aggregate", "allow": {"servers": ["*"]}}}})
+    seen = Notifications()
+
+    async def listed() -> dict[str, str | None]:
+        return {tool.name: tool.description for tool in await client.list_tools()}
+
+    async with (
+        asgi_gateway(files) as service,
+        service.client(headers={"X-Agent-Id": "ide"}, message_handler=seen) as client,
+    ):
+        assert (await listed())["pinned__greet"] == ORIGINAL
+        tools_path(files, "pinned").write_text(json.dumps({"greet": POISONED}))
+        await client.call_tool("pinned__reload", {})
+        assert await eventually(lambda: seen.count >= 1)
+        announced = seen.count
+        assert set(await listed()) == {"pinned__pid", "pinned__reload"}
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool_mcp("pinned__greet", {})
+        assert caught.value.code == -32000 and caught.value.data["rule"] == "pin_tools:pinned/greet"
+        audited = await eventually(
+            lambda: [line for line in files.audit_lines() if line["rule"] == "pin_tools:pinned/greet"]
+        )
+        assert audited and audited[-1]["operation"] == "tools/call" and audited[-1]["decision"] == "DENY"
+        assert audited[-1]["server"] == "pinned" and audited[-1]["tool"] == "greet"
+
+        assert (await cli(files, "approve", "pinned", "greet")).returncode == 0
+        assert await eventually(lambda: seen.count > announced)
+        assert (await listed())["pinned__greet"] == POISONED
+        assert (await client.call_tool("pinned__greet", {})).data == "greet"
+
+
+class Notifications(MessageHandler):
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def on_tool_list_changed(self, message: mt.ToolListChangedNotification) -> None:
+        self.count += 1
 
 
 # --- an unusable pins file --------------------------------------------------------------------
