@@ -183,19 +183,21 @@ class PinStore:
         raise ToolQuarantined(agent_id, operation, server, tool)
 
     async def watch(self, on_change: Callable[[], None]) -> None:
-        """Call `on_change` whenever another process (the CLI, another gateway) changes the file."""
+        """Call `on_change` whenever another process (the CLI, another gateway) changes the file.
+
+        Until the file's folder exists (the first pin creates it) there is nothing to watch."""
         while True:
             try:
-                await self._watch(on_change)
+                if await asyncio.to_thread(self.path.parent.is_dir):
+                    await self._watch(on_change)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("tool pins watcher failed; watching again", extra={"pins_path": str(self.path)})
-                await asyncio.sleep(RETRY_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
 
     async def _watch(self, on_change: Callable[[], None]) -> None:
         directory = self.path.parent
-        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         seen = _stamp(self.path)
 
         def is_pins_file(change: Change, path: str) -> bool:
