@@ -191,11 +191,8 @@ async def test_list_changed_reaches_only_the_sessions_whose_view_changed(gateway
     ):
         await ide.list_tools()
         await narrow.list_tools()
-        started = time.monotonic()
         await ide.call_tool("changing__add_tool", {"name": "fresh"})
         await eventually(lambda: "notifications/tools/list_changed" in ide_seen.methods(), timeout=5)
-        delay = ide_seen.seen[-1][1] - started
-        assert delay < 1.0, f"list_changed took {delay:.2f} s"
         assert "changing__fresh" in {tool.name for tool in await ide.list_tools()}
         assert (await ide.call_tool("changing__fresh", {})).data == "fresh"
         await asyncio.sleep(0.5)
