@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the test harness: GatewayFiles, asgi_gateway, fixtures
 
 import mcp_types as mt  # noqa: E402
-from conftest import asgi_gateway, fixture_server, new_gateway_files  # noqa: E402
 from fastmcp.client.messages import MessageHandler  # noqa: E402
+
+from conftest import asgi_gateway, fixture_server, new_gateway_files  # noqa: E402
 
 
 class Heard(MessageHandler):
