@@ -26,7 +26,7 @@ from agent_mcp_gateway.settings import load_settings
 from conftest import AUDIT_SPEC_FIELDS, GatewayFiles, fixture_server, memory_gateway, wait_until
 
 # How the line was authenticated, and the chain.
-EXTRA_FIELDS = {"auth", "credential", "claimed_agent_id", "prev_hash"}
+EXTRA_FIELDS = {"auth", "credential", "claimed_agent_id", "trace_id", "prev_hash"}
 
 
 def record(**changes: Any) -> AuditRecord:

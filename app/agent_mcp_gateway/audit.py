@@ -60,6 +60,7 @@ class AuditRecord:
     auth: str | None = None
     credential: str | None = None
     claimed_agent_id: str | None = None
+    trace_id: str | None = None
 
 
 # The line's fields, in order; copied by name because dataclasses.asdict (a deep copy) would

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, config
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, env_name, load_settings
 
 if TYPE_CHECKING:
     from .policy import PolicyEngine
@@ -189,7 +189,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.settings:
         print("settings:")
         for name, value in settings.model_dump(mode="json").items():
-            print(f"  GATEWAY_{name.upper()}={_shown(value)}")
+            print(f"  {env_name(name)}={_shown(value)}")
     engine = PolicyEngine(loaded.rules, settings.default_agent)
     for warning in [*loaded.warnings, *_reachability_warnings(loaded, engine)]:
         print(f"warning: {warning}")

@@ -28,7 +28,7 @@ from fastmcp.client.messages import MessageHandler
 from fastmcp.client.transports import ClientTransport
 from mcp import MCPError
 
-from . import logs
+from . import logs, tracing
 from .circuit import CircuitBreaker, CircuitOpen
 from .config import ServerConfig
 from .downstream_http import HttpServerTransport, over_limit
@@ -447,6 +447,7 @@ class Downstream:
         started = time.perf_counter()
         outcome = "error"
         token = current_call.set(_Call(relay))
+        span = tracing.begin_downstream(self.name, operation, target)
         trial = sent = False
         try:
             async with asyncio.timeout(timeout_ms / 1000):
@@ -480,6 +481,7 @@ class Downstream:
         finally:
             self.circuit.release(trial)
             current_call.reset(token)
+            tracing.end_downstream(span, outcome)
             downstream_series(self.name, outcome).observe(time.perf_counter() - started)
 
     def _admit(self) -> bool:

@@ -3,7 +3,8 @@
 fastmcp's `StreamableHttpTransport` leaves the SDK's limit of 1 MiB per server-sent event in
 place, so any result over 1 MiB from an HTTP server failed. This transport sets that limit to
 the server's `max_result_bytes` instead, and keeps its connections alive between calls (see
-`KeepAlive`); the rest is the SDK's own client.
+`KeepAlive`, which also passes the call's trace context on in a `traceparent` header); the rest
+is the SDK's own client.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastmcp.client.transports.base import SessionKwargs, TransportOptions
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
+from . import tracing
 from .config import ServerConfig
 
 # The SDK's defaults: a response stream may stay open for a long-running call.
@@ -43,6 +45,9 @@ class KeepAlive(httpx2.AsyncBaseTransport):
         self.inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        # The SDK sends each request in the context of the call it belongs to, so the current
+        # span here is that call's (nothing is added when tracing is off).
+        tracing.inject(request.headers)
         response = await self.inner.handle_async_request(request)
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         response.stream = _DrainOnClose(response.stream)

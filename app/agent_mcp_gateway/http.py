@@ -22,7 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import __version__
+from . import __version__, tracing
 from .bearer import METADATA_PATH, BearerAuth, protected_resource_metadata
 from .body_deadline import BodyDeadline
 from .drain import CLOSE_SECONDS, Drain
@@ -44,6 +44,7 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
     if gateway is None:
         settings = load_settings()
         setup_logging(settings.log_level, settings.log_format)
+        tracing.setup(settings)
         gateway = Gateway(load_config(settings), settings)
     settings = gateway.settings
     app: Starlette | None = None
@@ -58,6 +59,7 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
         path="/mcp",
         session_idle_timeout=settings.session_ttl,
         middleware=[
+            *([Middleware(tracing.TraceContext)] if tracing.enabled() else []),
             Middleware(RequestContext, sessions=gateway.sessions),
             Middleware(RootAlias),
             Middleware(

@@ -28,7 +28,7 @@ from mcp import MCPError
 from mcp.server.context import ServerRequestContext
 from pydantic import ValidationError
 
-from . import logs
+from . import logs, tracing
 from .aggregate import AggregateView
 from .audit import AuditRecord
 from .auth import PRINCIPAL_SCOPE_KEY, Principal
@@ -262,6 +262,7 @@ class GatewayMiddleware(Middleware):
         logs.request_id.set(request_id)
         op = Operation(name, request_id, caller.session_id)
         token = begin(op)
+        span = tracing.begin_operation(op)
         started = time.perf_counter()
         try:
             yield op
@@ -269,6 +270,7 @@ class GatewayMiddleware(Middleware):
             raise self._fail(op, _unwrap(exc)) from None
         finally:
             self._record(op, time.perf_counter() - started)
+            tracing.end_operation(span, op)
             end(token)
 
     async def _identify(self, op: Operation, caller: Caller, agent_id: object, charge: bool = True) -> None:
@@ -339,6 +341,7 @@ class GatewayMiddleware(Middleware):
                 auth=op.auth,
                 credential=op.credential,
                 claimed_agent_id=op.claimed_agent_id if op.claimed_agent_id != op.agent_id else None,
+                trace_id=op.trace_id,
             )
         )
 

@@ -26,6 +26,7 @@ class Operation:
     auth: str | None = None  # how the agent was established: token, jwt, claim or pinned
     credential: str | None = None  # the credential's fingerprint, never the credential
     claimed_agent_id: str | None = None  # what the caller said it was, kept when refused
+    trace_id: str | None = None  # the W3C trace id, when the call is traced
 
 
 _current: ContextVar[Operation] = ContextVar("gateway_operation")

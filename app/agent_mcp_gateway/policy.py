@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fnmatch import translate
 from functools import lru_cache
 
+from . import tracing
 from .config import AgentRules, RulesConfig
 from .errors import DeniedByPolicy, InvalidAgentId
 
@@ -173,6 +174,7 @@ class PolicyEngine:
     ) -> Decision:
         """Like `decide`, but a denial raises DENIED_BY_POLICY carrying the rule."""
         decision = self.decide(agent_id, server, tool)
+        tracing.policy_decided(agent_id, server, tool, decision.allowed, decision.rule)
         if not decision.allowed:
             raise DeniedByPolicy(agent_id, operation, server, tool, decision.rule)
         return decision

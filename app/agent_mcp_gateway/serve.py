@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import config
+from . import config, tracing
 from .gateway import Gateway
 from .identity import identity_problem
 from .logs import setup_logging
@@ -40,6 +40,7 @@ def run(settings: Settings) -> int:
         from .http import run_http
 
         return run_http(settings)
+    tracing.setup(settings)
     drain = StdioDrain(settings.shutdown_grace)
     server = build_server(Gateway(load_config(settings), settings), on_signal=drain.stop)
     with drain:

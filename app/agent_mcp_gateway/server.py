@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import mcp_types as mt
 from fastmcp import FastMCP
 
-from . import __version__
+from . import __version__, tracing
 from .gateway import Gateway
 from .middleware import GatewayMiddleware
 from .reload import install_sighup, watch_config
@@ -53,6 +53,7 @@ def build_server(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await gateway.close()
+            tracing.shutdown()
 
     mcp = FastMCP(
         "agent-mcp-gateway",

@@ -4,6 +4,9 @@ Built once at start-up (`load_settings`) and passed down; no other module reads 
 for its own setting. A bad value becomes one `SettingsError` line that names the variable, the
 value and what is expected, so the operator fixes it without reading a traceback.
 
+Two OpenTelemetry variables are read under their standard names (`OTEL_ENV`): whether traces
+are exported, and as which service. The SDK reads the rest of `OTEL_*` itself.
+
 Under Granian the worker process builds the same object again from the same environment; the
 main process has already validated it, so the worker cannot fail where the parent did not.
 """
@@ -22,6 +25,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "GATEWAY_"
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 DEFAULT_MAX_BODY = 4 * 2**20
+# Settings read under OpenTelemetry's own variable names instead of GATEWAY_*.
+OTEL_ENV = {"otel_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT", "otel_service_name": "OTEL_SERVICE_NAME"}
 
 
 class SettingsError(Exception):
@@ -135,6 +140,8 @@ EXPECTED: dict[str, str] = {
     "public_url": "the gateway's external base URL, e.g. https://gateway.example",
     "mcp_config": "a file path",
     "rules": "a file path",
+    "otel_endpoint": "an OTLP/HTTP collector URL such as http://collector:4318",
+    "otel_service_name": "a service name",
 }
 
 
@@ -182,6 +189,14 @@ class Settings(BaseSettings):
     public_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
     mcp_config: Path | None = None
     rules: Path | None = None
+    # Traces are exported over OTLP/HTTP only when a collector is named (see tracing.py).
+    otel_endpoint: Annotated[
+        str | None,
+        Field(validation_alias=OTEL_ENV["otel_endpoint"], pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$"),
+    ] = None
+    otel_service_name: Annotated[
+        str, Field(validation_alias=OTEL_ENV["otel_service_name"], min_length=1, max_length=200)
+    ] = "agent-mcp-gateway"
 
     @property
     def loopback_bind(self) -> bool:
@@ -209,16 +224,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             and key.upper().startswith(ENV_PREFIX)
             and key[len(ENV_PREFIX) :].lower() in Settings.model_fields
         }
+        values.update({name: environ[name] for name in OTEL_ENV.values() if environ.get(name)})
         return Settings.model_validate(values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
 
 
+def env_name(field: str) -> str:
+    """The environment variable a settings field is read from."""
+    return OTEL_ENV.get(field) or f"{ENV_PREFIX}{field.upper()}"
+
+
 def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    field = str(error["loc"][0]) if error["loc"] else "?"
+    loc = str(error["loc"][0]) if error["loc"] else "?"
+    field = next((name for name, variable in OTEL_ENV.items() if variable == loc), loc)
     value = error.get("input")
     shown = value if isinstance(value, str) else ", ".join(value) if isinstance(value, list) else value
     if field == "rate_limit_storage" and isinstance(shown, str):
         shown = without_password(shown)
-    return f"{ENV_PREFIX}{field.upper()}={shown!r} is not valid: expected {EXPECTED.get(field, error['msg'])}"
+    return f"{env_name(field)}={shown!r} is not valid: expected {EXPECTED.get(field, error['msg'])}"
