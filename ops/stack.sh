@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# The compose stack (compose.yaml: gateway, demo-server, Prometheus) with podman-compose and no
-# container registry.
+# The compose stack (compose.yaml: gateway, demo-server, Prometheus; with the `scale` profile
+# also three gateway replicas, HAProxy and Redis) with podman-compose and no container registry.
 #
 #   ops/stack.sh up       # build the images locally, start the stack, wait until every service
 #                         # is healthy; exits non-zero (naming the service) when one is not
-#   ops/stack.sh status   # each service's state and health; non-zero unless all are healthy
-#   ops/stack.sh down     # remove the containers, the network and the volumes (named and
-#                         # anonymous); non-zero if any of them is left
+#   ops/stack.sh up --scale       # the same with the `scale` profile (or STACK_PROFILE=scale)
+#   ops/stack.sh status [--scale] # each container's state and health; non-zero unless all are
+#                                 # healthy (a replica's row is SERVICE.N)
+#   ops/stack.sh down     # remove the containers (every profile's), the network and the volumes
+#                         # (named and anonymous); non-zero if any of them is left
 #
 # `up` starts containers that already exist as they are; after rebuilding an image, `down` first.
 #
 # Why a wrapper: Debian bookworm's podman-compose 1.0.3 exits 0 when a container fails to start,
-# does not wait for `depends_on: condition: service_healthy`, and its `down` leaves the network
-# and anonymous volumes behind. And without systemd podman runs no healthcheck timers, so this
+# does not wait for `depends_on: condition: service_healthy`, its `down` leaves the network
+# and anonymous volumes behind, and it knows no `profiles` (so `up` names the profile's services). And without systemd podman runs no healthcheck timers, so this
 # script runs each service's own healthcheck (`podman healthcheck run`) until it passes.
 #
 # What `up` needs (ops/podman-setup.sh installs the Debian packages when run as root):
@@ -21,6 +23,7 @@
 #   - the images, built here unless given: ops/build-image.sh (the local Debian base image by
 #     debootstrap, about a minute the first time, then wheels built on the host from PyPI and an
 #     offline `podman build`) and ops/build-prometheus-image.sh (Debian's prometheus package);
+#     with --scale also ops/build-service-image.sh (Debian's haproxy and redis-server packages);
 #     so the host needs Debian's mirror and PyPI, never a container registry;
 #   - Python 3.11 with pip for the wheels: .venv (ops/demo.sh or ops/test.sh make it), else a
 #     build venv made here (python3-venv).
@@ -28,10 +31,13 @@
 # Environment:
 #   STACK_PROJECT     compose project name (default agent-mcp-gateway); containers are named
 #                     <project>_<service>_1, the network <project>_default
+#   STACK_PROFILE     `scale` for the scale profile (the same as --scale); default: none
 #   STACK_TIMEOUT     seconds every service gets to become healthy (default 180)
 #   GATEWAY_IMAGE     an existing gateway image to run instead of building one
 #   PROMETHEUS_IMAGE  an existing Prometheus image to run instead of building one
-#   GATEWAY_PORT / PROMETHEUS_PORT   host ports on 127.0.0.1 (compose.yaml: 8000 / 9090)
+#   HAPROXY_IMAGE / REDIS_IMAGE      existing images for the scale profile
+#   GATEWAY_PORT / PROMETHEUS_PORT / HAPROXY_PORT   host ports on 127.0.0.1
+#                     (compose.yaml: 8000 / 9090 / 8080)
 #   CI_WORK_DIR       scratch folder (default <repo>/.ci-work): podman-compose's output is kept
 #                     in <CI_WORK_DIR>/stack/<project>.log
 set -euo pipefail
@@ -39,6 +45,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 project="${STACK_PROJECT:-agent-mcp-gateway}"
+profile="${STACK_PROFILE:-}"
 timeout="${STACK_TIMEOUT:-180}"
 work_dir="${CI_WORK_DIR:-$repo_root/.ci-work}"
 compose_log="$work_dir/stack/$project.log"
@@ -48,6 +55,7 @@ log() { printf '[stack] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 [[ "$project" =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "STACK_PROJECT must match [a-z0-9][a-z0-9_-]*"
+[[ -z "$profile" || "$profile" == scale ]] || die "STACK_PROFILE must be empty or scale"
 
 podman_env() {
     local env
@@ -60,16 +68,30 @@ podman_env() {
 # checks are run by this script instead.
 [[ -d /run/systemd/system ]] || export DISABLE_HC_SYSTEMD=true
 
-services() {  # the service names of compose.yaml, one a line (PyYAML: a podman-compose dependency)
+# The services of the chosen profile, one a line, as "NAME REPLICAS": those without `profiles`
+# and those listing the profile (PyYAML: a podman-compose dependency).
+services() {
     local names
-    names="$(/usr/bin/python3 -c 'import sys, yaml; print("\n".join(yaml.safe_load(open(sys.argv[1]))["services"]))' \
-        compose.yaml)" && [[ -n "$names" ]] || die "cannot read the services of compose.yaml"
+    names="$(/usr/bin/python3 - compose.yaml "$profile" <<'PY'
+import sys, yaml
+services = yaml.safe_load(open(sys.argv[1]))["services"]
+for name, service in services.items():
+    if not service.get("profiles") or sys.argv[2] in service["profiles"]:
+        print(name, service.get("deploy", {}).get("replicas", 1))
+PY
+)" && [[ -n "$names" ]] || die "cannot read the services of compose.yaml"
     printf '%s\n' "$names"
 }
 
-container_of() {  # container_of SERVICE -> its container's name, or nothing
-    podman ps -a --filter "label=$label" --filter "label=com.docker.compose.service=$1" \
-        --format '{{.Names}}' </dev/null | head -n 1
+# containers SERVICE REPLICAS -> "ROW NAME" a line: ROW is the service, or SERVICE.N for replicas;
+# NAME is empty for a container that does not exist.
+containers() {
+    local n name
+    for ((n = 1; n <= $2; n++)); do
+        name="$(podman ps -a --filter "label=$label" --filter "label=com.docker.compose.service=$1" \
+            --filter "label=com.docker.compose.container-number=$n" --format '{{.Names}}' </dev/null | head -n 1)"
+        if (($2 == 1)); then echo "$1 $name"; else echo "$1.$n $name"; fi
+    done
 }
 
 build_python() {  # a Python 3.11 with pip for ops/build-image.sh's wheels
@@ -96,13 +118,25 @@ images() {
     fi
     export GATEWAY_IMAGE PROMETHEUS_IMAGE
     log "images: gateway $GATEWAY_IMAGE, prometheus $PROMETHEUS_IMAGE"
+    [[ "$profile" == scale ]] || return 0
+    if [[ -n "${HAPROXY_IMAGE:-}" ]]; then
+        podman image exists "$HAPROXY_IMAGE" || die "HAPROXY_IMAGE $HAPROXY_IMAGE does not exist"
+    else
+        HAPROXY_IMAGE="$("$repo_root/ops/build-service-image.sh" haproxy)"
+    fi
+    if [[ -n "${REDIS_IMAGE:-}" ]]; then
+        podman image exists "$REDIS_IMAGE" || die "REDIS_IMAGE $REDIS_IMAGE does not exist"
+    else
+        REDIS_IMAGE="$("$repo_root/ops/build-service-image.sh" redis)"
+    fi
+    export HAPROXY_IMAGE REDIS_IMAGE
+    log "images: haproxy $HAPROXY_IMAGE, redis $REDIS_IMAGE"
 }
 
-# health SERVICE -> prints "state health": health is healthy, unhealthy, or none (no healthcheck).
-# A container that has restarted (restart: unless-stopped) is "restarting": it crashed.
+# health CONTAINER -> prints "state health": health is healthy, unhealthy, or none (no
+# healthcheck). A container that has restarted (restart: unless-stopped) is "restarting": it crashed.
 health() {
-    local name state restarts
-    name="$(container_of "$1")"
+    local name="$1" state restarts
     if [[ -z "$name" ]]; then
         echo "missing -"
         return
@@ -133,9 +167,8 @@ health() {
     esac
 }
 
-show_failure() {  # show_failure SERVICE
-    local name
-    name="$(container_of "$1")"
+show_failure() {  # show_failure CONTAINER
+    local name="$1"
     if [[ -n "$name" ]]; then
         log "last log lines of $name:"
         podman logs --tail 40 "$name" 2>&1 </dev/null | grep -v '^\s*$' | uniq | tail -n 8 \
@@ -155,42 +188,48 @@ up() {
     images
     "$repo_root/ops/compose-env.sh"  # the API tokens, made once (the gateway binds 0.0.0.0)
     mkdir -p "$(dirname "$compose_log")"
-    log "podman-compose up -d (project $project)"
-    # Its exit status says nothing (1.0.3 returns 0 when a container fails); checked below.
-    podman-compose -p "$project" -f compose.yaml up -d --no-build >"$compose_log" 2>&1 || true
-
-    local service deadline start line state status pending all
+    local all names=()
     all="$(services)"
-    mapfile -t pending <<<"$all"
+    mapfile -t names < <(cut -d' ' -f1 <<<"$all")
+    log "podman-compose up -d (project $project${profile:+, profile $profile}: ${names[*]})"
+    # Its exit status says nothing (1.0.3 returns 0 when a container fails); checked below.
+    podman-compose -p "$project" -f compose.yaml up -d --no-build "${names[@]}" >"$compose_log" 2>&1 || true
+
+    local row service replicas deadline start line state status pending=() rows
+    while read -r service replicas; do
+        rows="$(containers "$service" "$replicas")"
+        mapfile -t -O "${#pending[@]}" pending <<<"$rows"
+    done <<<"$all"
     start=$(date +%s)
     deadline=$((start + timeout))
     while ((${#pending[@]})); do
         local still=()
-        for service in "${pending[@]}"; do
-            line="$(health "$service")"
+        for row in "${pending[@]}"; do
+            service="${row%% *}"
+            line="$(health "${row#* }")"
             state="${line% *}"
             status="${line#* }"
             case "$state $status" in
                 "running healthy" | "running none")
                     log "$service: healthy after $(($(date +%s) - start)) s" ;;
                 "running unhealthy")
-                    still+=("$service") ;;
+                    still+=("$row") ;;
                 "restarting -")
                     log "$service: container exited and was restarted (it crashes)"
-                    show_failure "$service"
+                    show_failure "${row#* }"
                     exit 1 ;;
                 *)
                     log "$service: container is $state, not running"
-                    show_failure "$service"
+                    show_failure "${row#* }"
                     exit 1 ;;
             esac
         done
         pending=("${still[@]}")
         ((${#pending[@]})) || break
         if (($(date +%s) >= deadline)); then
-            for service in "${pending[@]}"; do
-                log "$service: not healthy within $timeout s"
-                show_failure "$service"
+            for row in "${pending[@]}"; do
+                log "${row%% *}: not healthy within $timeout s"
+                show_failure "${row#* }"
             done
             exit 1
         fi
@@ -198,18 +237,21 @@ up() {
     done
     log "up: gateway http://127.0.0.1:${GATEWAY_PORT:-8000}/mcp (/ready, /metrics)," \
         "Prometheus http://127.0.0.1:${PROMETHEUS_PORT:-9090}"
+    [[ "$profile" != scale ]] || log "up: gateway replicas behind HAProxy http://127.0.0.1:${HAPROXY_PORT:-8080}/mcp"
 }
 
 status() {
     podman_env
-    local service line ok=0 all services
+    local service replicas row line ok=0 all rows
     all="$(services)"
-    mapfile -t services <<<"$all"
-    for service in "${services[@]}"; do
-        line="$(health "$service")"
-        printf '%-12s %-10s %s\n' "$service" "${line% *}" "${line#* }"
-        case "$line" in "running healthy" | "running none") ;; *) ok=1 ;; esac
-    done
+    while read -r service replicas; do
+        rows="$(containers "$service" "$replicas")"
+        while read -r row; do
+            line="$(health "${row#* }")"
+            printf '%-17s %-10s %s\n' "${row%% *}" "${line% *}" "${line#* }"
+            case "$line" in "running healthy" | "running none") ;; *) ok=1 ;; esac
+        done <<<"$rows"
+    done <<<"$all"
     return "$ok"
 }
 
@@ -235,9 +277,15 @@ down() {
     log "down: ${#containers[@]} containers, ${#networks[@]} networks, ${#volumes[@]} volumes removed"
 }
 
-case "${1:-}" in
+command="${1:-}"
+case "${2:-}" in
+    --scale) profile=scale ;;
+    "") ;;
+    *) echo "usage: $0 up|down|status [--scale]" >&2; exit 2 ;;
+esac
+case "$command" in
     up) up ;;
     down) down ;;
     status) status ;;
-    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status [--scale]" >&2; exit 2 ;;
 esac
