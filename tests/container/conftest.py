@@ -369,6 +369,7 @@ def prometheus(
         job["scrape_interval"] = "1s"
         job["scrape_timeout"] = "1s"
     gateway_job = next(job for job in config["scrape_configs"] if job["job_name"] == "agent-mcp-gateway")
+    gateway_job.pop("dns_sd_configs")  # compose's discovery by service name; here the one gateway
     gateway_job["static_configs"] = [{"targets": [f"{GATEWAY_ALIAS}:8000"]}]
     config_dir = _write_readable(
         tmp_path_factory.mktemp("prometheus-config"),

@@ -1,0 +1,504 @@
+"""The compose `scale` profile as a fleet: three gateway replicas behind HAProxy, Redis shared.
+
+One scale stack (ops/stack.sh up --scale, its own project name and loopback ports) serves every
+test here and is removed at the end, also when a test fails. Clients speak to HAProxy only:
+session-era clients as raw protocol (cheap enough for hundreds at once), sessionless 2026-07-28
+clients as fastmcp clients. HAProxy names the replica slot that answered (X-Gateway-Replica) and
+its stats page maps each slot to a container's address, so a test knows which sessions a
+replica held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from docker.models.containers import Container
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+
+from agent_mcp_gateway.auth import token_hash
+
+from .conftest import _write_readable, report
+from .test_compose_stack import free_port, stack_sh
+
+pytestmark = pytest.mark.container
+
+ROOT = Path(__file__).resolve().parents[2]
+REPLICAS = 3
+SLOTS = {f"gw{n}" for n in range(1, REPLICAS + 1)}
+SHARED_LIMIT = 9  # per minute, for the agents that test the fleet-wide limit
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+SESSION_VERSION = "2025-11-25"
+
+# Traffic agents get a limit no test reaches; each limit test gets an agent of its own.
+AGENTS = ("fleet", "limited", "limited-after-redis")
+TOKENS = {agent: secrets.token_urlsafe(32) for agent in AGENTS}
+RULES: dict[str, Any] = {
+    "agents": {
+        agent: {
+            "allow": {"servers": ["demo"], "tools": {"demo": ["echo", "add"]}},
+            "tokens": [token_hash(TOKENS[agent])],
+            "rate_limit": "100000/minute" if agent == "fleet" else f"{SHARED_LIMIT}/minute",
+        }
+        for agent in AGENTS
+    }
+    | {"default": {"deny": {"servers": ["*"]}}},
+    "defaults": {"deny_on_missing_agent": True},
+}
+
+
+def auth(agent: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[agent]}"}
+
+
+@dataclass
+class Fleet:
+    engine: docker.DockerClient
+    project: str
+    url: str  # HAProxy, http://127.0.0.1:PORT
+
+    def containers(self, service: str) -> list[Container]:
+        found = self.engine.containers.list(
+            all=True,
+            filters={
+                "label": [f"io.podman.compose.project={self.project}", f"com.docker.compose.service={service}"]
+            },
+        )
+        return sorted(found, key=lambda c: int(c.labels["com.docker.compose.container-number"]))
+
+    @property
+    def replicas(self) -> list[Container]:
+        return self.containers("gateway-replica")
+
+    def haproxy_servers(self) -> dict[str, tuple[str, str]]:
+        """HAProxy's view of its replica slots: slot -> (status, address)."""
+        haproxy = self.containers("haproxy")[0]
+        fetch = (
+            'exec 3<>/dev/tcp/127.0.0.1/8404 && printf "GET /stats;csv;norefresh HTTP/1.0\\r\\n\\r\\n" >&3 '
+            "&& cat <&3"
+        )
+        code, out = haproxy.exec_run(["bash", "-c", fetch])
+        assert code == 0, out
+        text = out.decode()
+        header = text.index("# pxname")
+        rows = csv.DictReader(io.StringIO(text[header + 2 :]))
+        return {
+            row["svname"]: (row["status"], row["addr"].rsplit(":", 1)[0])
+            for row in rows
+            if row.get("pxname") == "gateways" and row["svname"] in SLOTS
+        }
+
+    def slot_of(self, container: Container) -> str:
+        container.reload()
+        address = next(iter(container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+        slots = [slot for slot, (_, addr) in self.haproxy_servers().items() if addr == address]
+        assert len(slots) == 1, (address, self.haproxy_servers())
+        return slots[0]
+
+    def wait_all_up(self, timeout: float = 120) -> float:
+        """Until HAProxy sees every replica UP (its /ready passes); seconds it took."""
+        start = time.monotonic()
+        servers: dict[str, tuple[str, str]] = {}
+        while time.monotonic() - start < timeout:
+            servers = self.haproxy_servers()
+            if len(servers) == REPLICAS and all(status == "UP" for status, _ in servers.values()):
+                return time.monotonic() - start
+            time.sleep(0.5)
+        pytest.fail(f"replicas not all UP in HAProxy within {timeout:.0f} s: {servers}")
+
+
+def replica_get(container: Container, path: str) -> tuple[int, str]:
+    """GET a replica's own endpoint from inside its container (replicas publish no port)."""
+    script = (
+        "import sys, urllib.request as u, urllib.error as e\n"
+        "try:\n r = u.urlopen('http://127.0.0.1:8000' + sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n"
+        "except e.HTTPError as x:\n print(x.code); print(x.read().decode())\n"
+    )
+    code, out = container.exec_run(["python3", "-c", script, path])
+    assert code == 0, out
+    status, _, body = out.decode().partition("\n")
+    return int(status), body
+
+
+def active_sessions(container: Container) -> int:
+    _, text = replica_get(container, "/metrics")
+    line = next(line for line in text.splitlines() if line.startswith("gateway_active_sessions "))
+    return int(float(line.split()[1]))
+
+
+def rate_limit_state(container: Container) -> str | None:
+    """`shared`, `fallback` or `local` from the replica's /ready (None: not reported)."""
+    _, body = replica_get(container, "/ready")
+    state = json.loads(body).get("rate_limits", {}).get("state")
+    return str(state) if state is not None else None
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    engine: docker.DockerClient, gateway_image: str, prometheus_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    if shutil.which("podman-compose") is None:
+        pytest.fail("podman-compose is not installed (ops/podman-setup.sh installs it)")
+    images = {}
+    for service in ("haproxy", "redis"):
+        variable = f"{service.upper()}_TEST_IMAGE"
+        if os.environ.get(variable):
+            images[service] = os.environ[variable]
+            continue
+        built = subprocess.run(
+            [str(ROOT / "ops/build-service-image.sh"), service], capture_output=True, text=True, timeout=900
+        )
+        assert built.returncode == 0, built.stderr[-4000:]
+        images[service] = built.stdout.strip().splitlines()[-1]
+    config = _write_readable(
+        tmp_path_factory.mktemp("fleet-config"),
+        {
+            ".mcp.json": (ROOT / "ops/compose/config/.mcp.json").read_text(),
+            ".mcp-gateway-rules.json": json.dumps(RULES, indent=2),
+        },
+    )
+    project = f"amg-test-scale-{uuid.uuid4().hex[:8]}"
+    haproxy_port = free_port()
+    env = {
+        **os.environ,
+        "STACK_PROJECT": project,
+        "STACK_TIMEOUT": "240",
+        "GATEWAY_IMAGE": gateway_image,
+        "PROMETHEUS_IMAGE": prometheus_image,
+        "HAPROXY_IMAGE": images["haproxy"],
+        "REDIS_IMAGE": images["redis"],
+        "GATEWAY_CONFIG_DIR": str(config),
+        "GATEWAY_PORT": str(free_port()),
+        "PROMETHEUS_PORT": str(free_port()),
+        "HAPROXY_PORT": str(haproxy_port),
+    }
+    try:
+        started = time.monotonic()
+        up = subprocess.run(
+            [str(ROOT / "ops/stack.sh"), "up", "--scale"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert up.returncode == 0, up.stderr[-6000:]
+        fleet = Fleet(engine, project, f"http://127.0.0.1:{haproxy_port}")
+        assert len(fleet.replicas) == REPLICAS
+        fleet.wait_all_up()
+        report(f"scale stack up (ops/stack.sh up --scale, images built): {time.monotonic() - started:.1f} s")
+        yield fleet
+    finally:
+        down = stack_sh("down", env, timeout=600)
+        assert down.returncode == 0, down.stderr
+
+
+# ------------------------------------------------------------------------------ clients
+
+
+def rpc_message(response: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC response in a JSON or SSE body."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for line in response.text.splitlines():
+            if line.startswith("data:") and '"id"' in line:
+                return dict(json.loads(line[5:]))
+        raise AssertionError(f"no response in SSE stream: {response.text!r}")
+    return dict(response.json())
+
+
+def echo_call(message: str, request_id: int) -> dict[str, Any]:
+    arguments = {"server": "demo", "tool": "echo", "args": {"message": message}}
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": "execute_tool", "arguments": arguments},
+    }
+
+
+@dataclass
+class Session:
+    """A session-era client over raw HTTP: initialize once, call, start over after a 404."""
+
+    http: httpx.AsyncClient
+    agent: str
+    session_id: str = ""
+    replica: str = ""  # the HAProxy slot that holds the session
+    first_replica: str = ""
+    calls: int = 0
+    errors: list[str] = field(default_factory=list)
+    reinitialized: int = 0
+
+    async def open(self) -> None:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": SESSION_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "scale-test", "version": "1"},
+            },
+        }
+        response = await self.http.post("/mcp", json=init, headers={**ACCEPT, **auth(self.agent)})
+        assert response.status_code == 200, (response.headers, response.text)
+        self.session_id = response.headers["mcp-session-id"]
+        self.replica = response.headers["x-gateway-replica"]
+        self.first_replica = self.first_replica or self.replica
+        done = await self.http.post(
+            "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=self.headers()
+        )
+        assert done.status_code == 202, (self.replica, done.headers, done.text)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            **ACCEPT,
+            **auth(self.agent),
+            "mcp-session-id": self.session_id,
+            "mcp-protocol-version": SESSION_VERSION,
+        }
+
+    async def echo(self, message: str) -> tuple[httpx.Response, dict[str, Any] | None]:
+        """One call; the response and its JSON-RPC message (None when the HTTP status is not 200)."""
+        self.calls += 1
+        response = await self.http.post("/mcp", json=echo_call(message, self.calls), headers=self.headers())
+        return response, rpc_message(response) if response.status_code == 200 else None
+
+    async def echo_or_recover(self, message: str) -> None:
+        """What a client does: on 404 (session gone with its replica) start a new session."""
+        try:
+            response, body = await self.echo(message)
+        except httpx.HTTPError as exc:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        if response.status_code == 404:
+            self.errors.append(f"404 from {response.headers.get('x-gateway-replica')}")
+            self.reinitialized += 1
+            await self.open()
+            response, body = await self.echo(message)
+        if response.status_code != 200:
+            self.errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
+        elif body is None or body.get("result", {}).get("content", [{}])[0].get("text") != message:
+            self.errors.append(f"wrong answer: {body}")
+        elif response.headers["x-gateway-replica"] != self.replica:
+            self.errors.append(f"answered by {response.headers['x-gateway-replica']}, not {self.replica}")
+
+
+@asynccontextmanager
+async def haproxy_http(fleet: Fleet, connections: int = 50) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=fleet.url, timeout=60, limits=limits) as http:
+        yield http
+
+
+@dataclass
+class SessionlessLoad:
+    """2026-07-28 clients (fastmcp, no session) calling in a loop; every failure is kept."""
+
+    fleet: Fleet
+    clients: int = 3
+    calls: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _run(self, n: int) -> None:
+        transport = StreamableHttpTransport(f"{self.fleet.url}/mcp", headers=auth("fleet"))
+        async with Client(transport, mode="auto", timeout=60, init_timeout=60) as client:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                message = f"sessionless-{n}-{i}"
+                try:
+                    result = await client.call_tool_mcp(
+                        "execute_tool", {"server": "demo", "tool": "echo", "args": {"message": message}}
+                    )
+                except Exception as exc:  # any failure of the call is what this test counts
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                self.calls += 1
+                if result.is_error or result.content[0].text != message:  # type: ignore[union-attr]
+                    self.failures.append(f"wrong answer: {result}")
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SessionlessLoad]:
+        tasks = [asyncio.create_task(self._run(n)) for n in range(self.clients)]
+        try:
+            await asyncio.sleep(1)
+            yield self
+        finally:
+            self._stop.set()
+            await asyncio.gather(*tasks)
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+async def test_200_sessions_spread_over_the_replicas(fleet: Fleet) -> None:
+    """Each session is opened by round robin and then stays on its replica; every answer is right."""
+    before = [active_sessions(c) for c in fleet.replicas]
+    async with haproxy_http(fleet) as http:
+        sessions = [Session(http, "fleet") for _ in range(200)]
+        gate = asyncio.Semaphore(25)
+
+        async def use(n: int, session: Session) -> None:
+            async with gate:
+                await session.open()
+                for k in range(2):
+                    await session.echo_or_recover(f"session-{n}-{k}")
+
+        started = time.monotonic()
+        await asyncio.gather(*(use(n, s) for n, s in enumerate(sessions)))
+        elapsed = time.monotonic() - started
+        errors = [e for s in sessions for e in s.errors]
+        assert errors == [], errors[:10]
+        by_slot = Counter(s.replica for s in sessions)
+        held = [active_sessions(c) - b for c, b in zip(fleet.replicas, before, strict=True)]
+        report(
+            f"200 sessions through HAProxy in {elapsed:.1f} s: by replica slot {dict(sorted(by_slot.items()))}, "
+            f"gateway_active_sessions per replica container {held} (400 calls, all correct)"
+        )
+        assert set(by_slot) == SLOTS
+        assert sum(held) == 200
+        assert min(held) >= 200 // REPLICAS - 10, held  # round robin: an even spread
+        assert sorted(held) == sorted(by_slot.values())
+        for session in sessions:
+            await http.delete("/mcp", headers=session.headers())
+
+
+async def test_an_agents_limit_holds_across_replicas(fleet: Fleet) -> None:
+    await assert_limit_shared(fleet, "limited")
+
+
+async def assert_limit_shared(fleet: Fleet, agent: str) -> None:
+    """SHARED_LIMIT calls spread over the three replicas pass; the next one is refused on each."""
+    async with haproxy_http(fleet) as http:
+        sessions = [Session(http, agent) for _ in range(REPLICAS)]
+        for session in sessions:
+            await session.open()
+        assert {s.replica for s in sessions} == SLOTS  # one session per replica
+        for n in range(SHARED_LIMIT):
+            response, body = await sessions[n % REPLICAS].echo(f"within-{n}")
+            assert body is not None and "result" in body, (n, response.text)
+        for session in sessions:
+            response, body = await session.echo("past the limit")
+            assert body is not None and "error" in body, (session.replica, response.text)
+            assert body["error"]["code"] == -32005, body
+            assert body["error"]["data"]["code"] == "RATE_LIMITED"
+            assert response.headers["x-gateway-replica"] == session.replica
+        report(f"agent {agent}: {SHARED_LIMIT}/minute over 3 replicas, the next call refused on each")
+
+
+async def test_a_replica_killed_mid_traffic_loses_only_its_sessions(fleet: Fleet) -> None:
+    victim = fleet.replicas[1]
+    victim_slot = fleet.slot_of(victim)
+    async with haproxy_http(fleet) as http, SessionlessLoad(fleet).running() as sessionless:
+        sessions = [Session(http, "fleet") for _ in range(30)]
+        for session in sessions:
+            await session.open()
+        ids = {id(s): s.session_id for s in sessions}
+        stop = asyncio.Event()
+
+        async def traffic(n: int, session: Session) -> None:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                await session.echo_or_recover(f"kill-{n}-{k}")
+
+        loops = [asyncio.create_task(traffic(n, s)) for n, s in enumerate(sessions)]
+        await asyncio.sleep(2)
+        await asyncio.to_thread(victim.kill)
+        killed_at = time.monotonic()
+        await asyncio.sleep(6)
+        stop.set()
+        await asyncio.gather(*loops)
+        # One more round after the traffic: every client ends with a working session.
+        for n, session in enumerate(sessions):
+            await session.echo_or_recover(f"after-{n}")
+
+    lost = [s for s in sessions if s.first_replica == victim_slot]
+    kept = [s for s in sessions if s.first_replica != victim_slot]
+    report(
+        f"replica {victim_slot} killed: {len(lost)} of its sessions re-initialized "
+        f"({sum(s.reinitialized for s in lost)} times), {len(kept)} other sessions untouched over "
+        f"{sum(s.calls for s in kept)} calls; 2026-07-28 clients: {sessionless.calls} calls, "
+        f"{len(sessionless.failures)} failed"
+    )
+    assert lost and kept
+    assert sessionless.failures == [], sessionless.failures[:5]
+    for session in kept:
+        assert session.errors == [] and session.session_id == ids[id(session)], session
+    for session in lost:
+        assert session.reinitialized >= 1 and session.replica != victim_slot, session
+        assert all(e.startswith("404") for e in session.errors), session.errors
+    assert time.monotonic() - killed_at > 5
+
+    # Back to three replicas for the next tests (the killed container is started again).
+    victim.reload()
+    if victim.status != "running":
+        victim.start()
+    fleet.wait_all_up()
+
+
+async def test_redis_stopped_and_started_calls_continue(fleet: Fleet) -> None:
+    redis = fleet.containers("redis")[0]
+    async with SessionlessLoad(fleet).running() as load:
+        await asyncio.to_thread(redis.stop, timeout=5)
+        try:
+            fell_back = await wait_state(fleet, "fallback")
+            calls_during = load.calls
+            await asyncio.sleep(2)
+            calls_during = load.calls - calls_during
+        finally:
+            await asyncio.to_thread(redis.start)
+        shared_again = await wait_state(fleet, "shared")
+    report(
+        f"Redis stopped: every replica in fallback after {fell_back:.1f} s, {calls_during} calls in 2 s "
+        f"meanwhile; shared again {shared_again:.1f} s after Redis started; "
+        f"{load.calls} calls, {len(load.failures)} failed"
+    )
+    assert load.failures == [], load.failures[:5]
+    assert calls_during > 0
+    await assert_limit_shared(fleet, "limited-after-redis")
+
+
+async def wait_state(fleet: Fleet, state: str, timeout: float = 60) -> float:
+    """Until every replica's /ready reports rate limits in `state`; seconds it took."""
+    start = time.monotonic()
+    states: list[str | None] = []
+    while time.monotonic() - start < timeout:
+        states = [await asyncio.to_thread(rate_limit_state, c) for c in fleet.replicas]
+        if all(s == state for s in states):
+            return time.monotonic() - start
+        await asyncio.sleep(0.5)
+    pytest.fail(f"rate limits not {state} on every replica within {timeout:.0f} s: {states}")
+
+
+async def test_rolling_restart_with_sessionless_clients_fails_no_call(fleet: Fleet) -> None:
+    """Each replica in turn is stopped (SIGTERM: it drains) and started; HAProxy moves calls away."""
+    fleet.wait_all_up()
+    async with SessionlessLoad(fleet, clients=4).running() as load:
+        started = time.monotonic()
+        for replica in fleet.replicas:
+            await asyncio.to_thread(replica.stop, timeout=35)
+            await asyncio.to_thread(replica.start)
+            await asyncio.to_thread(fleet.wait_all_up)
+        elapsed = time.monotonic() - started
+    report(
+        f"rolling restart of {REPLICAS} replicas in {elapsed:.1f} s: {load.calls} sessionless calls, "
+        f"{len(load.failures)} failed"
+    )
+    assert load.failures == [], load.failures[:5]
+    assert load.calls > 0
