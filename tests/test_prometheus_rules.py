@@ -109,5 +109,8 @@ def test_scrape_config_targets_the_gateway() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     gateway = jobs["agent-mcp-gateway"]
     assert gateway.get("metrics_path", "/metrics") == "/metrics"
-    assert gateway["static_configs"][0]["targets"] == ["gateway:8000"]
+    # Every address of compose's `gateway` and of the scale profile's `gateway-replica`.
+    assert gateway["dns_sd_configs"] == [
+        {"names": ["gateway", "gateway-replica"], "type": "A", "port": 8000, "refresh_interval": "10s"}
+    ]
     assert config["rule_files"] == ["alerts.yml"]

@@ -103,7 +103,10 @@ def test_scale_profile_adds_replicas_behind_haproxy_and_redis() -> None:
     assert "ports" not in replica and "ports" not in SERVICES["redis"]  # only HAProxy is published
     # Each replica its own audit log: no named volume shared by the three.
     assert set(volume_sources(replica)) == {"/config"}
-    assert volume_sources(SERVICES["haproxy"])["/usr/local/etc/haproxy/haproxy.cfg"] == "./ops/compose/haproxy.cfg"
+    assert (
+        volume_sources(SERVICES["haproxy"])["/usr/local/etc/haproxy/haproxy.cfg"]
+        == "./ops/compose/haproxy.cfg"
+    )
     haproxy_cfg = (ROOT / "ops/compose/haproxy.cfg").read_text()
     assert "server-template gw 3 gateway-replica:8000" in haproxy_cfg
     assert "stick match req.hdr(mcp-session-id)" in haproxy_cfg

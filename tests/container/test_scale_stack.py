@@ -79,7 +79,10 @@ class Fleet:
         found = self.engine.containers.list(
             all=True,
             filters={
-                "label": [f"io.podman.compose.project={self.project}", f"com.docker.compose.service={service}"]
+                "label": [
+                    f"io.podman.compose.project={self.project}",
+                    f"com.docker.compose.service={service}",
+                ]
             },
         )
         return sorted(found, key=lambda c: int(c.labels["com.docker.compose.container-number"]))
@@ -129,7 +132,8 @@ def replica_get(container: Container, path: str) -> tuple[int, str]:
     """GET a replica's own endpoint from inside its container (replicas publish no port)."""
     script = (
         "import sys, urllib.request as u, urllib.error as e\n"
-        "try:\n r = u.urlopen('http://127.0.0.1:8000' + sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n"
+        "try:\n r = u.urlopen('http://127.0.0.1:8000' + sys.argv[1], timeout=5)\n"
+        " print(r.status); print(r.read().decode())\n"
         "except e.HTTPError as x:\n print(x.code); print(x.read().decode())\n"
     )
     code, out = container.exec_run(["python3", "-c", script, path])
@@ -153,7 +157,10 @@ def rate_limit_state(container: Container) -> str | None:
 
 @pytest.fixture(scope="module")
 def fleet(
-    engine: docker.DockerClient, gateway_image: str, prometheus_image: str, tmp_path_factory: pytest.TempPathFactory
+    engine: docker.DockerClient,
+    gateway_image: str,
+    prometheus_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Fleet]:
     if shutil.which("podman-compose") is None:
         pytest.fail("podman-compose is not installed (ops/podman-setup.sh installs it)")
@@ -193,7 +200,12 @@ def fleet(
     try:
         started = time.monotonic()
         up = subprocess.run(
-            [str(ROOT / "ops/stack.sh"), "up", "--scale"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+            [str(ROOT / "ops/stack.sh"), "up", "--scale"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert up.returncode == 0, up.stderr[-6000:]
         fleet = Fleet(engine, project, f"http://127.0.0.1:{haproxy_port}")
@@ -261,7 +273,7 @@ class Session:
         done = await self.http.post(
             "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=self.headers()
         )
-        assert done.status_code == 202, (self.replica, done.headers, done.text)
+        assert done.status_code == 202, (self.replica, self.session_id, done.headers, done.text)
 
     def headers(self) -> dict[str, str]:
         return {
@@ -287,8 +299,12 @@ class Session:
         if response.status_code == 404:
             self.errors.append(f"404 from {response.headers.get('x-gateway-replica')}")
             self.reinitialized += 1
-            await self.open()
-            response, body = await self.echo(message)
+            try:
+                await self.open()
+                response, body = await self.echo(message)
+            except (AssertionError, httpx.HTTPError) as exc:
+                self.errors.append(f"re-initialize failed: {exc}")
+                return
         if response.status_code != 200:
             self.errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
         elif body is None or body.get("result", {}).get("content", [{}])[0].get("text") != message:
@@ -327,6 +343,7 @@ class SessionlessLoad:
                     )
                 except Exception as exc:  # any failure of the call is what this test counts
                     self.failures.append(f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.2)  # as a client would, before it tries again
                     continue
                 self.calls += 1
                 if result.is_error or result.content[0].text != message:  # type: ignore[union-attr]
@@ -340,7 +357,8 @@ class SessionlessLoad:
             yield self
         finally:
             self._stop.set()
-            await asyncio.gather(*tasks)
+            async with asyncio.timeout(90):
+                await asyncio.gather(*tasks)
 
 
 # ------------------------------------------------------------------------------ tests
@@ -367,7 +385,8 @@ async def test_200_sessions_spread_over_the_replicas(fleet: Fleet) -> None:
         by_slot = Counter(s.replica for s in sessions)
         held = [active_sessions(c) - b for c, b in zip(fleet.replicas, before, strict=True)]
         report(
-            f"200 sessions through HAProxy in {elapsed:.1f} s: by replica slot {dict(sorted(by_slot.items()))}, "
+            f"200 sessions through HAProxy in {elapsed:.1f} s: "
+            f"by replica slot {dict(sorted(by_slot.items()))}, "
             f"gateway_active_sessions per replica container {held} (400 calls, all correct)"
         )
         assert set(by_slot) == SLOTS
