@@ -13,7 +13,11 @@ replicas can add at most the second core, and HAProxy, the downstream server and
 share it.
 
     python benchmarks/bench_fleet.py [--project agent-mcp-gateway] [--url http://127.0.0.1:8080]
-        [--agent researcher] [--seconds 20] [--clients 24]
+        [--agent researcher | --token TOKEN] [--seconds 20] [--clients 24]
+
+The agent's rate limit must allow the load (the compose demo's agents have the default
+600/minute, shared by the fleet): start the stack with GATEWAY_CONFIG_DIR pointing at a copy of
+ops/compose/config whose agent has e.g. "rate_limit": "1000000/minute", and pass its --token.
 
 Needs the podman CLI (`eval "$(ops/podman-setup.sh env)"`) and root for the cgroup files.
 """
@@ -150,7 +154,8 @@ def main() -> None:
     )
     parser.add_argument("--project", default="agent-mcp-gateway")
     parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--agent", default="researcher")
+    parser.add_argument("--agent", default="researcher", help="its token from ops/compose/client.env")
+    parser.add_argument("--token", help="the API token to send instead")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=24)
     args = parser.parse_args()
