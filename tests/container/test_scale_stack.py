@@ -422,6 +422,16 @@ async def assert_limit_shared(fleet: Fleet, agent: str) -> None:
 
 async def test_a_replica_killed_mid_traffic_loses_only_its_sessions(fleet: Fleet) -> None:
     victim = fleet.replicas[1]
+    try:
+        await kill_mid_traffic(fleet, victim)
+    finally:  # back to three replicas for the next tests
+        victim.reload()
+        if victim.status != "running":
+            victim.start()
+        fleet.wait_all_up()
+
+
+async def kill_mid_traffic(fleet: Fleet, victim: Container) -> None:
     victim_slot = fleet.slot_of(victim)
     async with haproxy_http(fleet) as http, SessionlessLoad(fleet).running() as sessionless:
         sessions = [Session(http, "fleet") for _ in range(30)]
@@ -439,36 +449,32 @@ async def test_a_replica_killed_mid_traffic_loses_only_its_sessions(fleet: Fleet
         loops = [asyncio.create_task(traffic(n, s)) for n, s in enumerate(sessions)]
         await asyncio.sleep(2)
         await asyncio.to_thread(victim.kill)
-        killed_at = time.monotonic()
         await asyncio.sleep(6)
         stop.set()
         await asyncio.gather(*loops)
-        # One more round after the traffic: every client ends with a working session.
+        # One more round after the traffic: every client ends on a working session.
+        last_errors = {id(s): len(s.errors) for s in sessions}
         for n, session in enumerate(sessions):
             await session.echo_or_recover(f"after-{n}")
 
     lost = [s for s in sessions if s.first_replica == victim_slot]
     kept = [s for s in sessions if s.first_replica != victim_slot]
+    cut = sum(1 for s in lost for e in s.errors if not e.startswith("404"))
     report(
         f"replica {victim_slot} killed: {len(lost)} of its sessions re-initialized "
-        f"({sum(s.reinitialized for s in lost)} times), {len(kept)} other sessions untouched over "
-        f"{sum(s.calls for s in kept)} calls; 2026-07-28 clients: {sessionless.calls} calls, "
-        f"{len(sessionless.failures)} failed"
+        f"({sum(s.reinitialized for s in lost)} times; {cut} answers cut mid-stream), {len(kept)} other "
+        f"sessions untouched over {sum(s.calls for s in kept)} calls; 2026-07-28 clients: "
+        f"{sessionless.calls} calls, {len(sessionless.failures)} failed"
     )
     assert lost and kept
     assert sessionless.failures == [], sessionless.failures[:5]
     for session in kept:
         assert session.errors == [] and session.session_id == ids[id(session)], session
     for session in lost:
+        # 404 for the lost session, or the one answer that was streaming when the replica died.
         assert session.reinitialized >= 1 and session.replica != victim_slot, session
-        assert all(e.startswith("404") for e in session.errors), session.errors
-    assert time.monotonic() - killed_at > 5
-
-    # Back to three replicas for the next tests (the killed container is started again).
-    victim.reload()
-    if victim.status != "running":
-        victim.start()
-    fleet.wait_all_up()
+        assert all(e.startswith("404") or "RemoteProtocolError" in e for e in session.errors), session
+        assert len(session.errors) == last_errors[id(session)], session  # the last round was clean
 
 
 async def test_redis_stopped_and_started_calls_continue(fleet: Fleet) -> None:
