@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,12 @@ AGENT = "bench"
 # The gateway path authenticates like a production client: a bearer token whose hash is in the
 # rules (so the figures include the credential check).
 TOKEN = secrets.token_urlsafe(32)
+AGGREGATE_AGENT = "bench-aggregate"  # the same downstreams under `{server}__{tool}` names
+AGGREGATE_TOKEN = secrets.token_urlsafe(32)
 PROTOCOL = "2025-11-25"
+MODERN = "2026-07-28"  # no session: every request carries its protocol version and capabilities
+ERAS = (PROTOCOL, MODERN)
+STDIO_SERVER = "estdio"  # the echo fixture over stdio behind the gateway
 ACCEPT = "application/json, text/event-stream"
 TARGET_E2E_P95_MS = 100.0
 TARGET_OVERHEAD_P95_MS = 30.0
@@ -72,6 +77,10 @@ class BenchError(Exception):
 
 
 # --- subprocesses ----------------------------------------------------------------------------
+
+
+def token_hash(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 def free_port() -> int:
@@ -202,6 +211,8 @@ class Stack:
     baseline_source: Path | None = None  # another checkout's `app` directory, run beside
     baseline: Child | None = None
     baseline_url: str = ""
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    extra: list[Child] = field(default_factory=list)  # gateways started by a phase (workers=2)
 
     @property
     def gateway_url(self) -> str:
@@ -238,12 +249,31 @@ class Stack:
         rules = self.work / ".mcp-gateway-rules.json"
         mcp_config.write_text(
             json.dumps(
-                {"mcpServers": {"echo": {"description": "echo fixture over HTTP", "url": self.echo_url}}}
+                {
+                    "mcpServers": {
+                        "echo": {"description": "echo fixture over HTTP", "url": self.echo_url},
+                        STDIO_SERVER: {
+                            "description": "echo fixture over stdio",
+                            "command": sys.executable,
+                            "args": [str(ECHO_SERVER)],
+                        },
+                    }
+                }
             )
         )
-        token_hash = "sha256:" + hashlib.sha256(TOKEN.encode()).hexdigest()
         rules.write_text(
-            json.dumps({"agents": {AGENT: {"allow": {"servers": ["*"]}, "tokens": [token_hash]}}})
+            json.dumps(
+                {
+                    "agents": {
+                        AGENT: {"allow": {"servers": ["*"]}, "tokens": [token_hash(TOKEN)]},
+                        AGGREGATE_AGENT: {
+                            "allow": {"servers": ["*"]},
+                            "tokens": [token_hash(AGGREGATE_TOKEN)],
+                            "view": "aggregate",
+                        },
+                    }
+                }
+            )
         )
         gateway_env = {
             **env,
@@ -253,6 +283,7 @@ class Stack:
             "GATEWAY_RATE_LIMIT": "1000000/minute",
             "GATEWAY_LOG_LEVEL": log_level,
         }
+        self.gateway_env = gateway_env
         self.gateway_port = free_port()
         self.gateway_base = f"http://127.0.0.1:{self.gateway_port}"
         self.gateway = self._start_gateway("gateway", self.gateway_port, gateway_env)
@@ -265,24 +296,58 @@ class Stack:
             }
             self.baseline = self._start_gateway("baseline", port, baseline_env)
 
-    def _start_gateway(self, name: str, port: int, env: dict[str, str]) -> Child:
+    def _start_gateway(
+        self, name: str, port: int, env: dict[str, str], command: list[str] | None = None
+    ) -> Child:
         audit = "audit.jsonl" if name == "gateway" else f"{name}-audit.jsonl"
         env = {**env, "GATEWAY_HTTP_PORT": str(port), "GATEWAY_AUDIT_LOG": str(self.work / audit)}
-        child = spawn(name, [sys.executable, "-m", "agent_mcp_gateway"], env, self.work, self.work)
+        child = spawn(name, command or [sys.executable, "-m", "agent_mcp_gateway"], env, self.work, self.work)
         base = f"http://127.0.0.1:{port}"
         wait_http(child, f"{base}/ready", 90, ok=(200,))
         ready = httpx2.get(f"{base}/ready", trust_env=False).json()
-        if ready.get("servers", {}).get("echo", {}).get("state") != "up":
-            raise BenchError(f"{name} is ready but its echo server is not up: {ready}")
+        for server in ("echo", STDIO_SERVER):
+            if ready.get("servers", {}).get(server, {}).get("state") != "up":
+                raise BenchError(f"{name} is ready but its {server} server is not up: {ready}")
         return child
 
+    def start_workers(self, workers: int) -> tuple[Child, str]:
+        """A second gateway served by `workers` Granian workers (the product runs one, because
+        session-era sessions live in one worker's memory); started the way `run_http` starts
+        Granian, with the same settings."""
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--factory",
+            "--http",
+            "1",
+            "--loop",
+            "uvloop",
+            "--workers",
+            str(workers),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "agent_mcp_gateway.http:create_app",
+        ]
+        child = self._start_gateway(f"gateway-{workers}w", port, self.gateway_env, command)
+        self.extra.append(child)
+        return child, f"http://127.0.0.1:{port}/mcp"
+
+    def worker_pids(self, child: Child) -> list[int]:
+        return children_of(child.process.pid)
+
     def check_alive(self) -> None:
-        for child in (self.echo, self.gateway, self.baseline):
+        for child in (self.echo, self.gateway, self.baseline, *self.extra):
             if child is not None and not child.alive():
                 raise BenchError(f"{child.name} died during the run:\n{child.log_tail()}")
 
     def stop(self) -> None:
-        for child in (self.baseline, self.gateway, self.echo):
+        for child in (*self.extra, self.baseline, self.gateway, self.echo):
             if child is not None:
                 child.stop()
 
@@ -311,19 +376,41 @@ def jsonrpc_response(response: httpx2.Response, request_id: int) -> dict[str, An
 
 
 class Session:
-    """One MCP session over its own HTTP connection."""
+    """One MCP client over its own HTTP connection, in either protocol era.
 
-    def __init__(self, url: str, gateway: bool, timeout: float = 60.0) -> None:
+    2025-11-25: `initialize` opens a session whose id every later request carries.
+    2026-07-28: no handshake and no session; every request carries the protocol version and the
+    client's capabilities in `params._meta`, and the routing headers (`Mcp-Method`, `Mcp-Name`).
+    What it calls: `echo` directly (`gateway=False`), `execute_tool {server, tool: echo}` on the
+    gateway, or `tool` by name (an aggregate view's `{server}__echo`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        gateway: bool,
+        timeout: float = 60.0,
+        era: str = PROTOCOL,
+        server: str = "echo",
+        tool: str | None = None,
+        token: str = TOKEN,
+        keepalive: bool = True,
+    ) -> None:
         self.url = url
         self.gateway = gateway
+        self.era = era
+        self.server = server
+        self.tool = tool
         self.client = httpx2.AsyncClient(
             timeout=timeout,
             trust_env=False,
-            limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1),
+            limits=httpx2.Limits(max_connections=1, max_keepalive_connections=int(keepalive)),
         )
         self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
         if gateway:
-            self.headers["Authorization"] = f"Bearer {TOKEN}"
+            self.headers["Authorization"] = f"Bearer {token}"
+        if era == MODERN:
+            self.headers["MCP-Protocol-Version"] = MODERN
         self.next_id = 0
         self.session_id: str | None = None
 
@@ -338,6 +425,8 @@ class Session:
         return self.next_id, json.dumps(message).encode()
 
     async def open(self) -> None:
+        if self.era == MODERN:
+            return
         request_id, body = self._body(
             "initialize",
             {
@@ -359,26 +448,39 @@ class Session:
         if response.status_code not in (200, 202, 204):
             raise BenchError(f"notifications/initialized: HTTP {response.status_code}")
 
-    async def echo(self, text: str) -> float:
-        """One echo call (direct, or execute_tool through the gateway); seconds it took."""
-        if self.gateway:
-            params = {
-                "name": "execute_tool",
-                "arguments": {"server": "echo", "tool": "echo", "args": {"text": text}},
-            }
-        else:
-            params = {"name": "echo", "arguments": {"text": text}}
-        request_id, body = self._body("tools/call", params)
+    async def request(self, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """One JSON-RPC request: its response and the seconds it took."""
+        headers = self.headers
+        if self.era == MODERN:
+            params = {**params, "_meta": MODERN_META}
+            headers = {**headers, "Mcp-Method": method}
+            if "name" in params:
+                headers["Mcp-Name"] = params["name"]
+        request_id, body = self._body(method, params)
         started = time.perf_counter()
-        response = await self.client.post(self.url, content=body, headers=self.headers)
+        response = await self.client.post(self.url, content=body, headers=headers)
         elapsed = time.perf_counter() - started
-        message = jsonrpc_response(response, request_id)
+        return jsonrpc_response(response, request_id), elapsed
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """A tools/call that must succeed: its result and the seconds it took."""
+        message, elapsed = await self.request("tools/call", {"name": name, "arguments": arguments})
         result = message.get("result")
         if not isinstance(result, dict) or result.get("isError"):
-            raise BenchError(f"tools/call failed: {json.dumps(message)[:300]}")
-        content = result.get("content") or [{}]
-        if content[0].get("text") != text:
-            raise BenchError(f"echo answered {content[0].get('text')!r} instead of {text!r}")
+            raise BenchError(f"tools/call {name} failed: {json.dumps(message)[:300]}")
+        return result, elapsed
+
+    async def echo(self, text: str) -> float:
+        """One echo call (direct, execute_tool or an aggregate name); seconds it took."""
+        if self.tool is not None:
+            name, arguments = self.tool, {"text": text}
+        elif self.gateway:
+            name = "execute_tool"
+            arguments = {"server": self.server, "tool": "echo", "args": {"text": text}}
+        else:
+            name, arguments = "echo", {"text": text}
+        result, elapsed = await self.call(name, arguments)
+        check_echo(result, text)
         return elapsed
 
     async def close(self) -> None:
@@ -389,6 +491,108 @@ class Session:
             pass
         finally:
             await self.client.aclose()
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+}
+
+
+def check_echo(result: dict[str, Any], text: str) -> None:
+    content = result.get("content") or [{}]
+    if content[0].get("text") != text:
+        raise BenchError(f"echo answered {content[0].get('text')!r} instead of {text!r}")
+
+
+class StdioSession:
+    """A raw JSON-RPC client over a process's stdin/stdout (newline-delimited messages), with
+    the same interface as `Session`: the echo fixture directly, or the gateway over stdio
+    (`gateway=True`: execute_tool on `server`)."""
+
+    def __init__(
+        self, command: list[str], env: dict[str, str], log_path: Path, gateway: bool, server: str
+    ) -> None:
+        self.command, self.env, self.log_path = command, env, log_path
+        self.gateway, self.server = gateway, server
+        self.process: asyncio.subprocess.Process | None = None
+        self.next_id = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def request(self, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        assert self.process is not None and self.process.stdout is not None
+        self.next_id += 1
+        request_id = self.next_id
+        started = time.perf_counter()
+        await self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        while True:  # skip notifications (logs) the server may send first
+            line = await self.process.stdout.readline()
+            if not line:
+                raise BenchError(f"{self.command[-1]} closed stdout; its log: {self.log_path}")
+            message = json.loads(line)
+            if message.get("id") == request_id:
+                return message, time.perf_counter() - started
+
+    async def open(self) -> None:
+        with self.log_path.open("ab") as log_file:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command,
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+                limit=2**24,
+            )
+        params = {
+            "protocolVersion": PROTOCOL,
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        }
+        message, _ = await self.request("initialize", params)
+        if "result" not in message:
+            raise BenchError(f"initialize over stdio failed: {message}")
+        await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        message, elapsed = await self.request("tools/call", {"name": name, "arguments": arguments})
+        result = message.get("result")
+        if not isinstance(result, dict) or result.get("isError"):
+            raise BenchError(f"tools/call {name} over stdio failed: {json.dumps(message)[:300]}")
+        return result, elapsed
+
+    async def echo(self, text: str) -> float:
+        if self.gateway:
+            name = "execute_tool"
+            arguments: dict[str, Any] = {"server": self.server, "tool": "echo", "args": {"text": text}}
+        else:
+            name, arguments = "echo", {"text": text}
+        result, elapsed = await self.call(name, arguments)
+        check_echo(result, text)
+        return elapsed
+
+    async def close(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(Exception):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 15)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -422,6 +626,10 @@ class Results:
     concurrency: dict[str, Any] = field(default_factory=dict)
     sessions: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, Any] = field(default_factory=dict)
+    closed_loop: dict[str, Any] = field(default_factory=dict)
+    discovery: dict[str, Any] = field(default_factory=dict)
+    workers: dict[str, Any] = field(default_factory=dict)
     targets: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -504,10 +712,10 @@ async def phase_latency(stack: Stack, calls: int, warmup: int, results: Results)
 
 
 async def open_sessions(
-    url: str, gateway: bool, count: int
+    url: str, gateway: bool, count: int, make: Callable[[], Session] | None = None
 ) -> tuple[list[Session], list[Session], list[str], float]:
     """Open `count` sessions at once: (all, the ones that opened, errors, seconds it took)."""
-    sessions = [Session(url, gateway, timeout=120) for _ in range(count)]
+    sessions = [make() if make else Session(url, gateway, timeout=120) for _ in range(count)]
     started = time.perf_counter()
     outcomes = await asyncio.gather(*(s.open() for s in sessions), return_exceptions=True)
     seconds = time.perf_counter() - started
@@ -525,6 +733,8 @@ async def run_concurrent(
     port: int,
     rate: float | None = None,
     duration: float = 0.0,
+    make: Callable[[], Session] | None = None,
+    workers: list[int] | None = None,
 ) -> dict[str, Any]:
     """`sessions` sessions opened and held at once, then all calling at the same time.
 
@@ -533,10 +743,10 @@ async def run_concurrent(
     random (exponential) time between calls so that all together make about `rate` calls per
     second for `duration` seconds: latency with 100+ sessions held, below saturation.
     """
-    opened, live, errors, open_seconds = await open_sessions(url, gateway, sessions)
+    opened, live, errors, open_seconds = await open_sessions(url, gateway, sessions, make)
     timings: list[float] = []
     held = established_connections(port)
-    active_metric = await active_sessions_metric(stack) if gateway else None
+    active_metric = await active_sessions_metric(stack) if gateway and make is None else None
     start = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -559,13 +769,18 @@ async def run_concurrent(
 
     tasks = [asyncio.create_task(one(i, s)) for i, s in enumerate(live)]
     await asyncio.sleep(0.05)
-    worker = stack.worker_pid()
-    cpu_before = own_cpu_seconds(), cpu_seconds(worker), cpu_seconds(stack.echo.process.pid)
+    pids = workers or [stack.worker_pid()]
+    echo_pid = stack.echo.process.pid
+
+    def sample() -> tuple[float, float, float]:
+        return own_cpu_seconds(), sum(cpu_seconds(pid) for pid in pids), cpu_seconds(echo_pid)
+
+    cpu_before = sample()
     wall = time.perf_counter()
     start.set()
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - wall
-    cpu_after = own_cpu_seconds(), cpu_seconds(worker), cpu_seconds(stack.echo.process.pid)
+    cpu_after = sample()
     await asyncio.gather(*(s.close() for s in opened))
     stats = summarize_ms(timings)
     return {
@@ -730,6 +945,287 @@ async def phase_memory(stack: Stack, rounds: int, calls: int, concurrency: int, 
         results.errors.append(f"memory: {len(errors)} errors, e.g. {errors[:2]}")
 
 
+# --- the paths of issue "Performance": eras, downstream transports, views, stdio -------------
+
+
+def stdio_env(stack: Stack) -> dict[str, str]:
+    """The gateway's settings for a local client that starts it over stdio as `AGENT`."""
+    env = {k: v for k, v in stack.gateway_env.items() if not k.startswith("GATEWAY_HTTP")}
+    return {
+        **env,
+        "GATEWAY_TRANSPORT": "stdio",
+        "GATEWAY_AGENT": AGENT,
+        "GATEWAY_AUDIT_LOG": str(stack.work / "stdio-audit.jsonl"),
+    }
+
+
+def path_sessions(stack: Stack) -> dict[str, tuple[Session | StdioSession, str]]:
+    """Every path of the sequential phase, with the direct path its overhead is measured against.
+
+    `direct/stdio` is a raw JSON-RPC client speaking stdio to its own echo fixture process;
+    `stdio-gw/...` is a raw client speaking stdio to `python -m agent_mcp_gateway`.
+    """
+    gw = stack.gateway_url
+    stdio_echo = [sys.executable, str(ECHO_SERVER)]
+    stdio_gateway = [sys.executable, "-m", "agent_mcp_gateway"]
+    paths: dict[str, tuple[Session | StdioSession, str]] = {
+        "direct/http/2025-11-25": (Session(stack.echo_url, False, era=PROTOCOL), ""),
+        "direct/http/2026-07-28": (Session(stack.echo_url, False, era=MODERN), ""),
+        "direct/stdio": (
+            StdioSession(stdio_echo, stack.gateway_env, stack.work / "direct-stdio.log", False, ""),
+            "",
+        ),
+    }
+    for era in ERAS:
+        paths[f"execute_tool/http/{era}"] = (Session(gw, True, era=era), f"direct/http/{era}")
+        paths[f"execute_tool/stdio/{era}"] = (
+            Session(gw, True, era=era, server=STDIO_SERVER),
+            "direct/stdio",
+        )
+        paths[f"aggregate/http/{era}"] = (
+            Session(gw, True, era=era, tool="echo__echo", token=AGGREGATE_TOKEN),
+            f"direct/http/{era}",
+        )
+        paths[f"aggregate/stdio/{era}"] = (
+            Session(gw, True, era=era, tool=f"{STDIO_SERVER}__echo", token=AGGREGATE_TOKEN),
+            "direct/stdio",
+        )
+    env = stdio_env(stack)
+    paths["stdio-gw/execute_tool/stdio"] = (
+        StdioSession(stdio_gateway, env, stack.work / "stdio-gateway.log", True, STDIO_SERVER),
+        "direct/stdio",
+    )
+    paths["stdio-gw/execute_tool/http"] = (
+        StdioSession(stdio_gateway, env, stack.work / "stdio-gateway-http.log", True, "echo"),
+        f"direct/http/{PROTOCOL}",
+    )
+    return paths
+
+
+async def phase_paths(stack: Stack, calls: int, warmup: int, results: Results) -> None:
+    """Sequential calls on every path, alternated in random order call by call."""
+    paths = path_sessions(stack)
+    log(f"paths: {len(paths)} paths x ({warmup} warm-up + {calls} calls), alternated")
+    assert stack.echo is not None
+    worker = stack.worker_pid()
+    timings: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for session, _ in paths.values():
+            await session.open()
+        for n in range(warmup):
+            for session, _ in paths.values():
+                await session.echo(f"warm-{n}")
+        stdio_pids = {name: s.pid for name, (s, _) in paths.items() if isinstance(s, StdioSession)}
+        pids = {"gateway_worker": worker, "echo_server": stack.echo.process.pid, **stdio_pids}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        rng = random.Random(9)
+        for n in range(calls):
+            order = list(paths.items())
+            rng.shuffle(order)
+            for name, (session, _) in order:
+                timings[name].append(await session.echo(f"call-{n}"))
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        rss = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
+    finally:
+        for session, _ in paths.values():
+            await session.close()
+    table: dict[str, Any] = {}
+    for name, (_, direct) in paths.items():
+        row: dict[str, Any] = summarize_ms(timings[name])
+        if direct:
+            d = table[direct]
+            row["vs"] = direct
+            row["overhead_p50_ms"] = round(row["p50"] - d["p50"], 3)
+            row["overhead_p95_ms"] = round(row["p95"] - d["p95"], 3)
+        table[name] = row
+    http_gateway_calls = calls * sum(1 for name in paths if not name.startswith(("direct", "stdio-gw")))
+    echo_calls = calls * sum(
+        1 for name, (s, _) in paths.items() if name.endswith("/http") or "/http/" in name
+    )
+    results.paths = {
+        "calls": calls,
+        "paths": table,
+        # CPU per call: the HTTP gateway worker over every call it served (all its paths), the
+        # echo HTTP server over every call that reached it (direct and through a gateway), a
+        # stdio process over its own path's calls.
+        "cpu_ms_per_call": {
+            "gateway_worker": round(cpu["gateway_worker"] * 1000 / http_gateway_calls, 2),
+            "echo_server": round(cpu["echo_server"] * 1000 / echo_calls, 2),
+            **{name: round(cpu[name] * 1000 / calls, 2) for name in stdio_pids},
+        },
+        "rss_mib": rss,
+    }
+
+
+async def phase_closed_loop(stack: Stack, counts: list[int], calls: int, results: Results) -> None:
+    """Closed loop (every session calls back to back) with each count of sessions, per era:
+    direct, execute_tool and the aggregate view; calls/s and CPU seconds per call."""
+    runs: dict[str, Any] = {}
+    gw, port = stack.gateway_url, stack.gateway_port
+    for era in ERAS:
+        for count in counts:
+            log(f"closed loop: {count} sessions x {calls} calls, {era} (direct, execute_tool, aggregate)")
+            kinds: dict[str, tuple[str, int, bool, Callable[[], Session]]] = {
+                "direct": (
+                    stack.echo_url,
+                    stack.echo_port,
+                    False,
+                    lambda era=era: Session(stack.echo_url, False, 120, era),
+                ),
+                "execute_tool": (gw, port, True, lambda era=era: Session(gw, True, 120, era)),
+                "aggregate": (
+                    gw,
+                    port,
+                    True,
+                    lambda era=era: Session(gw, True, 120, era, tool="echo__echo", token=AGGREGATE_TOKEN),
+                ),
+            }
+            row: dict[str, Any] = {}
+            for kind, (url, listen, gateway, make) in kinds.items():
+                outcome = await run_concurrent(url, gateway, count, calls, stack, listen, make=make)
+                stack.check_alive()
+                done = max(1, outcome["calls"])
+                cpu = outcome["cpu_seconds"]
+                row[kind] = {
+                    "calls": outcome["calls"],
+                    "errors": outcome["errors"],
+                    "error_samples": outcome["error_samples"],
+                    "throughput_per_s": outcome["throughput_per_s"],
+                    "p50": outcome["p50"],
+                    "p95": outcome["p95"],
+                    "cpu_ms_per_call": {
+                        "load_generator": round(cpu["load_generator"] * 1000 / done, 2),
+                        "gateway_worker": round(cpu["gateway_worker"] * 1000 / done, 2),
+                        "echo_server": round(cpu["echo_server"] * 1000 / done, 2),
+                    },
+                }
+                if outcome["errors"] or outcome["sessions_opened"] < count:
+                    results.errors.append(
+                        f"closed loop {era}/{count}/{kind}: {outcome['sessions_opened']}/{count} opened, "
+                        f"{outcome['errors']} errors, e.g. {outcome['error_samples'][:2]}"
+                    )
+            direct = row["direct"]["throughput_per_s"]
+            for kind in ("execute_tool", "aggregate"):
+                row[kind]["throughput_ratio"] = (
+                    round(row[kind]["throughput_per_s"] / direct, 2) if direct else None
+                )
+            runs[f"{era}/{count}"] = row
+    assert stack.echo is not None
+    results.closed_loop = {
+        "calls_per_session": calls,
+        "runs": runs,
+        "rss_mib": {
+            "gateway_worker": round(rss_mib(stack.worker_pid()), 1),
+            "echo_server": round(rss_mib(stack.echo.process.pid), 1),
+        },
+    }
+
+
+def audit_latencies(path: Path, operation: str, last: int) -> list[float]:
+    """The gateway's own time (audit `latency_ms`) of the last `last` lines of `operation`."""
+    found = []
+    with path.open() as lines:
+        for line in lines:
+            record = json.loads(line)
+            if record.get("operation") == operation:
+                found.append(record["latency_ms"] / 1000)
+    return found[-last:]
+
+
+async def phase_discovery(stack: Stack, calls: int, results: Results) -> None:
+    """list_servers and get_server_tools (cached tool lists): the gateway's own time per call,
+    from its audit lines (measured inside the operation), and end to end."""
+    log(f"discovery: {calls} list_servers and {calls} get_server_tools calls")
+    session = Session(stack.gateway_url, True)
+    end_to_end: dict[str, list[float]] = {"list_servers": [], "get_server_tools": []}
+    try:
+        await session.open()
+        for _ in range(calls):
+            _, seconds = await session.call("list_servers", {})
+            end_to_end["list_servers"].append(seconds)
+            result, seconds = await session.call("get_server_tools", {"server": "echo"})
+            end_to_end["get_server_tools"].append(seconds)
+        if "echo" not in json.dumps(result):
+            raise BenchError(f"get_server_tools did not list the echo tool: {json.dumps(result)[:300]}")
+    finally:
+        await session.close()
+    await asyncio.sleep(1.0)  # the audit writer thread flushes behind the calls
+    results.discovery = {}
+    for name, seconds in end_to_end.items():
+        gateway = audit_latencies(stack.work / "audit.jsonl", name, calls)
+        if len(gateway) < calls:
+            raise BenchError(f"{len(gateway)} audit lines for {calls} {name} calls")
+        results.discovery[name] = {"gateway_time": summarize_ms(gateway), "end_to_end": summarize_ms(seconds)}
+
+
+async def phase_workers(stack: Stack, counts: list[int], calls: int, results: Results) -> None:
+    """2026-07-28 closed loop on one Granian worker (the product) and on two; and what
+    session-era clients get from two workers without session affinity."""
+    child, url = stack.start_workers(2)
+    pids = stack.worker_pids(child)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    runs: dict[str, Any] = {}
+    try:
+        for count in counts:
+            log(f"workers: {count} sessions x {calls} calls, 2026-07-28, 1 worker then 2")
+            row = {}
+            for label, target, listen, workers in (
+                ("1", stack.gateway_url, stack.gateway_port, None),
+                ("2", url, port, pids),
+            ):
+                outcome = await run_concurrent(
+                    target,
+                    True,
+                    count,
+                    calls,
+                    stack,
+                    listen,
+                    make=lambda target=target: Session(target, True, 120, MODERN),
+                    workers=workers,
+                )
+                stack.check_alive()
+                row[label] = {
+                    "throughput_per_s": outcome["throughput_per_s"],
+                    "p50": outcome["p50"],
+                    "p95": outcome["p95"],
+                    "errors": outcome["errors"],
+                    "gateway_cpu_ms_per_call": round(
+                        outcome["cpu_seconds"]["gateway_worker"] * 1000 / max(1, outcome["calls"]), 2
+                    ),
+                }
+                if outcome["errors"]:
+                    results.errors.append(f"workers {label}/{count}: {outcome['errors']} errors")
+            row["speedup"] = round(row["2"]["throughput_per_s"] / row["1"]["throughput_per_s"], 2)
+            runs[str(count)] = row
+        # Session-era clients on two workers without affinity: a request on a new connection
+        # may reach the worker that does not hold its session.
+        legacy = [Session(url, True, 30, PROTOCOL, keepalive=False) for _ in range(8)]
+        failed = total = 0
+        for session in legacy:
+            try:
+                await session.open()
+                for n in range(4):
+                    total += 1
+                    try:
+                        await session.echo(f"legacy-{n}")
+                    except BenchError:
+                        failed += 1
+            except BenchError:
+                total += 1
+                failed += 1
+            finally:
+                await session.close()
+    finally:
+        child.stop()
+        stack.extra.remove(child)
+    results.workers = {
+        "calls_per_session": calls,
+        "runs": runs,
+        "session_era_failed": failed,
+        "session_era_requests": total,
+    }
+
+
 def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     """SessionRegistry.get and resolve_agent with `count` sessions, timed call by call."""
     log(f"session lookup: {count} sessions, {lookups} lookups")
@@ -863,7 +1359,56 @@ def judge(results: Results) -> None:
             (mem["growth_round2_to_last_pct"] or 0) < TARGET_MEMORY_GROWTH_PCT,
         ),
     ]
+    rows += performance_targets(results)
     results.targets = [{"metric": m, "value": v, "target": t, "met": bool(ok)} for m, v, t, ok in rows]
+
+
+def performance_targets(results: Results) -> list[tuple[str, str, str, bool]]:
+    """The targets of the performance issue: overheads per path, closed-loop ratios and CPU,
+    discovery time, RSS growth."""
+    rows: list[tuple[str, str, str, bool]] = []
+    for name, row in results.paths["paths"].items():
+        if "vs" not in row:
+            continue
+        if name.startswith("stdio-gw/"):
+            limits, label = (1.5, None), "<= 1.5 ms p50"
+        else:
+            limits, label = (3.0, 4.0), "<= 3 / 4 ms (p50 / p95)"
+        met = row["overhead_p50_ms"] <= limits[0] and (
+            limits[1] is None or row["overhead_p95_ms"] <= limits[1]
+        )
+        rows.append(
+            (
+                f"overhead {name}",
+                f"{row['overhead_p50_ms']:.2f} / {row['overhead_p95_ms']:.2f} ms",
+                label,
+                met,
+            )
+        )
+    for key, run in results.closed_loop["runs"].items():
+        for kind in ("execute_tool", "aggregate"):
+            r = run[kind]
+            rows.append(
+                (
+                    f"closed loop {key} sessions, {kind}",
+                    f"x{r['throughput_ratio']}, {r['errors']} errors",
+                    ">= x0.7, 0 errors",
+                    (r["throughput_ratio"] or 0) >= 0.7 and r["errors"] == 0,
+                )
+            )
+            gw_cpu, echo_cpu = r["cpu_ms_per_call"]["gateway_worker"], r["cpu_ms_per_call"]["echo_server"]
+            rows.append(
+                (
+                    f"CPU/call {key}, {kind}: gateway vs echo",
+                    f"{gw_cpu:.2f} vs {echo_cpu:.2f} ms",
+                    "gateway <= echo",
+                    gw_cpu <= echo_cpu,
+                )
+            )
+    for name, row in results.discovery.items():
+        p50 = row["gateway_time"]["p50"]
+        rows.append((f"{name} gateway time p50", f"{p50:.3f} ms", "< 1 ms", p50 < 1.0))
+    return rows
 
 
 def render(results: Results) -> str:
@@ -960,6 +1505,7 @@ def render(results: Results) -> str:
         f"  growth round 2 -> {mem['rounds']}: {mem['growth_round2_to_last_mib']:+.1f} MiB "
         f"({mem['growth_round2_to_last_pct']:+.1f} %); audit log written: {mem['audit_log_bytes'] / 2**20:.1f} MiB"
     )
+    render_performance(results, line)
     line("")
     line("Targets")
     for t in results.targets:
@@ -970,6 +1516,63 @@ def render(results: Results) -> str:
         for error in results.errors:
             line(f"  {error}")
     return "\n".join(out)
+
+
+def render_performance(results: Results, line: Callable[[str], None]) -> None:
+    paths, loop, disc, workers = results.paths, results.closed_loop, results.discovery, results.workers
+    line("")
+    line(
+        f"Paths: one client per path, {paths['calls']} sequential calls each, all paths alternated in random "
+        "order (ms; overhead = path minus the direct path it is measured against)"
+    )
+    line(f"  {'path':<34}{'p50':>8}{'p95':>8}{'p99':>8}  {'overhead p50 / p95':<20}vs")
+    for name, row in paths["paths"].items():
+        over = f"{row['overhead_p50_ms']:.2f} / {row['overhead_p95_ms']:.2f}" if "vs" in row else ""
+        line(
+            f"  {name:<34}{row['p50']:>8.2f}{row['p95']:>8.2f}{row['p99']:>8.2f}  {over:<20}{row.get('vs', '')}"
+        )
+    cpu = ", ".join(f"{k} {v}" for k, v in paths["cpu_ms_per_call"].items())
+    line(f"  CPU ms per call: {cpu}")
+    line("  RSS MiB: " + ", ".join(f"{k} {v}" for k, v in paths["rss_mib"].items()))
+    line("")
+    line(
+        f"Closed loop: N sessions, {loop['calls_per_session']} calls each back to back (HTTP echo downstream; "
+        "CPU ms per call of load generator / gateway worker / echo server)"
+    )
+    line(
+        f"  {'era/sessions':<18}{'path':<14}{'calls/s':>9}{'ratio':>7}{'errors':>8}{'p50':>9}{'p95':>9}  CPU ms/call"
+    )
+    for key, run in loop["runs"].items():
+        for kind, r in run.items():
+            c = r["cpu_ms_per_call"]
+            ratio = f"x{r['throughput_ratio']}" if "throughput_ratio" in r else ""
+            line(
+                f"  {key:<18}{kind:<14}{r['throughput_per_s']:>9.1f}{ratio:>7}{r['errors']:>8}{r['p50']:>9.2f}"
+                f"{r['p95']:>9.2f}  {c['load_generator']} / {c['gateway_worker']} / {c['echo_server']}"
+            )
+    line("  RSS MiB after: " + ", ".join(f"{k} {v}" for k, v in loop["rss_mib"].items()))
+    line("")
+    line("Discovery (ms): the gateway's own time (audit latency_ms) and end to end")
+    for name, row in disc.items():
+        g, e = row["gateway_time"], row["end_to_end"]
+        line(
+            f"  {name:<18} gateway p50 {g['p50']:.3f} p95 {g['p95']:.3f}; end to end p50 {e['p50']:.2f} p95 {e['p95']:.2f}"
+        )
+    line("")
+    line(
+        f"Workers: 2026-07-28 closed loop, {workers['calls_per_session']} calls per session, 1 vs 2 Granian workers"
+    )
+    for count, row in workers["runs"].items():
+        one, two = row["1"], row["2"]
+        line(
+            f"  {count:>3} sessions: 1 worker {one['throughput_per_s']:.1f}/s (p95 {one['p95']:.1f} ms, "
+            f"{one['gateway_cpu_ms_per_call']} ms CPU/call), 2 workers {two['throughput_per_s']:.1f}/s "
+            f"(p95 {two['p95']:.1f} ms, {two['gateway_cpu_ms_per_call']} ms CPU/call): x{row['speedup']}"
+        )
+    line(
+        f"  session-era clients on 2 workers, a new connection per request: {workers['session_era_failed']} of "
+        f"{workers['session_era_requests']} requests failed (their session lives in the other worker)"
+    )
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -998,10 +1601,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--round-sessions", type=int, default=16, help="concurrent sessions per round (default 16)"
     )
     parser.add_argument("--lookup-sessions", type=int, default=10_000, help="sessions for the lookup timing")
+    parser.add_argument(
+        "--path-calls",
+        type=int,
+        help="sequential calls per path, eras x transports x views (default 300; quick 60)",
+    )
+    parser.add_argument(
+        "--loop-sessions", default="16,64", help="closed-loop session counts, comma-separated (default 16,64)"
+    )
+    parser.add_argument("--loop-calls", type=int, help="closed-loop calls per session (default 20; quick 5)")
+    parser.add_argument(
+        "--discovery-calls", type=int, help="list_servers and get_server_tools calls (default 200; quick 50)"
+    )
     parser.add_argument("--log-level", default="INFO", help="the gateway's GATEWAY_LOG_LEVEL (default INFO)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, audit)")
     parser.add_argument(
         "--latency-only", action="store_true", help="run the latency phase only (e.g. to profile it)"
+    )
+    parser.add_argument(
+        "--only",
+        choices=PHASES,
+        help="run this phase alone and print it as JSON (e.g. closed-loop while py-spy records the worker)",
     )
     parser.add_argument(
         "--baseline",
@@ -1016,12 +1636,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "paced_seconds": (10.0, 3.0),
         "rounds": (5, 3),
         "round_calls": (1500, 200),
+        "path_calls": (300, 60),
+        "loop_calls": (20, 5),
+        "discovery_calls": (200, 50),
     }
     for name, (full, short) in defaults.items():
         if getattr(options, name) is None:
             setattr(options, name, short if quick else full)
     if options.rounds < 2:
         parser.error("--rounds must be at least 2 (round 1 is warm-up)")
+    try:
+        options.loop_sessions = [int(n) for n in options.loop_sessions.split(",") if n.strip()]
+    except ValueError:
+        parser.error("--loop-sessions takes comma-separated numbers, e.g. 16,64")
     return options
 
 
@@ -1041,7 +1668,25 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous[1])
 
 
+PHASES = ("latency", "paths", "closed-loop", "discovery", "workers")
+
+
 async def run_phases(stack: Stack, options: argparse.Namespace, results: Results) -> None:
+    only = options.only
+    if only is not None:
+        phase = {
+            "latency": lambda: phase_latency(
+                stack, options.latency_calls, min(50, options.latency_calls), results
+            ),
+            "paths": lambda: phase_paths(stack, options.path_calls, min(20, options.path_calls), results),
+            "closed-loop": lambda: phase_closed_loop(
+                stack, options.loop_sessions, options.loop_calls, results
+            ),
+            "discovery": lambda: phase_discovery(stack, options.discovery_calls, results),
+            "workers": lambda: phase_workers(stack, options.loop_sessions, options.loop_calls, results),
+        }[only]
+        await phase()
+        return
     await phase_latency(stack, options.latency_calls, warmup=min(50, options.latency_calls), results=results)
     stack.check_alive()
     if options.latency_only:
@@ -1050,6 +1695,11 @@ async def run_phases(stack: Stack, options: argparse.Namespace, results: Results
         stack, options.sessions, options.calls_per_session, options.paced_rate, options.paced_seconds, results
     )
     await phase_memory(stack, options.rounds, options.round_calls, options.round_sessions, results)
+    await phase_paths(stack, options.path_calls, min(20, options.path_calls), results)
+    stack.check_alive()
+    await phase_closed_loop(stack, options.loop_sessions, options.loop_calls, results)
+    await phase_discovery(stack, options.discovery_calls, results)
+    await phase_workers(stack, options.loop_sessions, options.loop_calls, results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1076,7 +1726,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"starting the echo server and the gateway (working directory {work})")
             stack.start(options.log_level)
             asyncio.run(run_phases(stack, options, results))
-            if not options.latency_only:
+            if not options.latency_only and options.only is None:
                 phase_session_lookup(options.lookup_sessions, 20_000 if options.quick else 100_000, results)
             log("done")
         except KeyboardInterrupt:
@@ -1095,7 +1745,14 @@ def main(argv: list[str] | None = None) -> int:
         return status
     results.config["load_after"] = round(os.getloadavg()[0], 2)
     results.config["seconds"] = round(time.monotonic() - started, 1)
-    if options.latency_only:
+    if options.only is not None:
+        phase = {"closed-loop": "closed_loop"}.get(options.only, options.only)
+        print(
+            json.dumps(
+                {"config": results.config, phase: getattr(results, phase), "errors": results.errors}, indent=2
+            )
+        )
+    elif options.latency_only:
         print(json.dumps({"config": results.config, "latency": results.latency}, indent=2))
     else:
         judge(results)
