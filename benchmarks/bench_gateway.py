@@ -304,10 +304,18 @@ class Stack:
         child = spawn(name, command or [sys.executable, "-m", "agent_mcp_gateway"], env, self.work, self.work)
         base = f"http://127.0.0.1:{port}"
         wait_http(child, f"{base}/ready", 90, ok=(200,))
-        ready = httpx2.get(f"{base}/ready", trust_env=False).json()
-        for server in ("echo", STDIO_SERVER):
-            if ready.get("servers", {}).get(server, {}).get("state") != "up":
-                raise BenchError(f"{name} is ready but its {server} server is not up: {ready}")
+        # With several workers each answers /ready for itself: ask until one answer, from
+        # whichever worker, shows both downstreams up, and a few more times after that.
+        deadline, up_in_a_row = time.monotonic() + 90, 0
+        while up_in_a_row < 4:
+            ready = httpx2.get(f"{base}/ready", trust_env=False, headers={"Connection": "close"}).json()
+            servers = ready.get("servers", {})
+            up = all(servers.get(s, {}).get("state") == "up" for s in ("echo", STDIO_SERVER))
+            up_in_a_row = up_in_a_row + 1 if up else 0
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} is ready but its downstream servers are not up: {ready}")
+            if not up:
+                time.sleep(0.2)
         return child
 
     def start_workers(self, workers: int) -> tuple[Child, str]:
