@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from agent_mcp_gateway import reload
+from agent_mcp_gateway.audit import AuditRecord
 from agent_mcp_gateway.config import load
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.reload import watch_config
@@ -95,6 +97,52 @@ async def test_watcher_survives_a_failing_reload(tmp_path: Path, monkeypatch: py
                 await asyncio.sleep(0.1)
         assert len(calls) >= 2, calls  # the second change was seen after the first reload raised
         assert not watcher.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 5)
+        gateway.audit.close()
+
+
+async def test_audit_writes_beside_the_config_do_not_wake_the_watcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit log in the configuration's folder writes a line per call (and rotates); the
+    watcher looks at none of that, and still reloads on a configuration change."""
+    servers, rules_path = tmp_path / ".mcp.json", tmp_path / "rules.json"
+    servers.write_text(json.dumps({"mcpServers": {}}))
+    rules_path.write_text(json.dumps(rules()))
+    settings = load_settings(
+        {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"), "GATEWAY_AUDIT_MAX_BYTES": "2000"}
+    )
+    gateway = Gateway(load(servers, rules_path), settings)
+    looked: list[int] = []
+    real_stamp = reload._stamp
+
+    def counting_stamp(paths: tuple[Path, ...]) -> Any:
+        looked.append(1)
+        return real_stamp(paths)
+
+    monkeypatch.setattr(reload, "_stamp", counting_stamp)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_config(gateway, stop))
+    try:
+        await asyncio.sleep(0.5)
+        started = len(looked)
+        for n in range(40):
+            gateway.audit.write(
+                AuditRecord("reader", "list_servers", None, None, "ALLOW", "r", None, 1.0, None, f"r{n}")
+            )
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        assert list(tmp_path.glob("audit.jsonl.*")), "the audit log did not rotate"
+        assert len(looked) == started, "audit writes woke the configuration watcher"
+        before = gateway.engine.agent_ids
+        rules_path.write_text(json.dumps({"agents": {"writer": {"allow": {"servers": ["*"]}}}}))
+        for _ in range(50):
+            if gateway.engine.agent_ids != before:
+                break
+            await asyncio.sleep(0.1)
+        assert gateway.engine.agent_ids == ["writer"]
     finally:
         stop.set()
         await asyncio.wait_for(watcher, 5)

@@ -1,7 +1,9 @@
 """The audit log: one JSON line per gateway operation, rotated by size, hash-chained.
 
-Lines are handed to a background thread (the stdlib's QueueHandler/QueueListener), so a slow
-disk never stalls a tool call. A line that cannot be written is counted and reported on the
+Lines are handed to a background thread (the stdlib's QueueListener), so a slow disk never
+stalls a tool call; the hand-off is one queue put of a prepared record, with none of the
+logging module's per-record work (caller lookup, handler locks, a record copy) on the caller's
+thread. A line that cannot be written is counted and reported on the
 gateway's own log; it is never dropped silently.
 
 Each line's `prev_hash` is the hex SHA-256 of the previous line's exact bytes (UTF-8, without
@@ -66,6 +68,7 @@ class AuditRecord:
 # The line's fields, in order; copied by name because dataclasses.asdict (a deep copy) would
 # double the writer thread's time per line.
 _FIELDS = tuple(field.name for field in fields(AuditRecord))
+_LOGGER = "agent_mcp_gateway.audit"
 
 
 def default_path() -> Path:
@@ -128,15 +131,13 @@ class AuditLog:
         self._handler = _AuditFileHandler(self.path, max_bytes, backups)
         self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self._listener = logging.handlers.QueueListener(self._queue, self._handler)
-        self._logger = logging.Logger("agent_mcp_gateway.audit")
-        self._logger.addHandler(logging.handlers.QueueHandler(self._queue))
         self._listener.start()
         self._closed = False
 
     def write(self, record: AuditRecord) -> None:
         """Queue the line; it is formatted, chained and written on the writer thread."""
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self._logger.info("", extra={"timestamp": now, "audit": record})
+        self._queue.put_nowait(logging.makeLogRecord({"name": _LOGGER, "timestamp": now, "audit": record}))
 
     def close(self) -> None:
         """Flush every queued line to disk and close the file; safe to call twice."""

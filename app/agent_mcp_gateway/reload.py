@@ -5,6 +5,9 @@ identity and content stamp (inode, size, mtime of what the path resolves to now)
 name in the event. That covers an editor's atomic rename, an in-place write, and Kubernetes'
 ConfigMap mounts, where the file is a symlink through `..data`, itself a symlink swapped to a
 new directory on every update (the event names `..data`, never the file).
+
+The audit log often sits beside the configuration; its own writes (one per call) are not
+changes to watch, so they are filtered out before they wake the watcher.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import signal
 from pathlib import Path
 
-from watchfiles import awatch
+from watchfiles import Change, awatch
 
 from .gateway import Gateway
 from .metrics import CONFIG_RELOADS
@@ -64,11 +67,25 @@ async def watch_config(gateway: Gateway, stop: asyncio.Event) -> None:
             await asyncio.sleep(RETRY_SECONDS)
 
 
+class _NotAudit:
+    """A watch filter that drops changes to the audit log and its rotated files."""
+
+    def __init__(self, audit_path: Path) -> None:
+        self.path = os.path.abspath(audit_path)
+
+    def __call__(self, change: Change, path: str) -> bool:
+        if path == self.path:
+            return False
+        rotated = path.startswith(self.path + ".") and path[len(self.path) + 1 :].isdigit()
+        return not rotated
+
+
 async def _watch(gateway: Gateway, stop: asyncio.Event) -> None:
     paths = gateway.config_paths
     directories = await asyncio.to_thread(_directories, paths)
     last = await asyncio.to_thread(_stamp, paths)
-    async for _ in awatch(*directories, stop_event=stop, debounce=100, step=50):
+    not_audit = _NotAudit(gateway.audit.path)
+    async for _ in awatch(*directories, watch_filter=not_audit, stop_event=stop, debounce=100, step=50):
         now = await asyncio.to_thread(_stamp, paths)
         if now != last:
             last = now
