@@ -1202,7 +1202,9 @@ async def phase_workers(stack: Stack, counts: list[int], calls: int, results: Re
                     ),
                 }
                 if outcome["errors"]:
-                    results.errors.append(f"workers {label}/{count}: {outcome['errors']} errors")
+                    results.errors.append(
+                        f"workers {label}/{count}: {outcome['errors']} errors, e.g. {outcome['error_samples'][:2]}"
+                    )
             row["speedup"] = round(row["2"]["throughput_per_s"] / row["1"]["throughput_per_s"], 2)
             runs[str(count)] = row
         # Session-era clients on two workers without affinity: a request on a new connection
