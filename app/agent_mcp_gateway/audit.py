@@ -3,8 +3,8 @@
 Lines are handed to a background thread (the stdlib's QueueListener), so a slow disk never
 stalls a tool call; the hand-off is one queue put of a prepared record, with none of the
 logging module's per-record work (caller lookup, handler locks, a record copy) on the caller's
-thread. A line that cannot be written is counted and reported on the
-gateway's own log; it is never dropped silently.
+thread. A line that cannot be written is counted and reported on the gateway's own log; it is
+never dropped silently.
 
 Each line's `prev_hash` is the hex SHA-256 of the previous line's exact bytes (UTF-8, without
 its newline); a file's first line has GENESIS, except that the first line after a rotation
