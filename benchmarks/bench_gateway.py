@@ -245,8 +245,12 @@ class Stack:
         )
         wait_http(self.echo, self.echo_url, 60)
 
-        mcp_config = self.work / ".mcp.json"
-        rules = self.work / ".mcp-gateway-rules.json"
+        # The configuration in its own folder, as deployed: the gateway watches that folder, and
+        # the logs and audit lines written beside it would be changes to look at.
+        config_dir = self.work / "config"
+        config_dir.mkdir(exist_ok=True)
+        mcp_config = config_dir / ".mcp.json"
+        rules = config_dir / ".mcp-gateway-rules.json"
         mcp_config.write_text(
             json.dumps(
                 {

@@ -82,5 +82,16 @@ def setup_logging(level: str = "INFO", log_format: str = "json") -> None:
     warnings.filterwarnings("ignore", message="The logging capability is deprecated")
     # Downstream sessions are handshake-era on purpose, where resources/subscribe is current.
     warnings.filterwarnings("ignore", message="resources/(un)?subscribe is removed as of 2026-07-28")
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "mcp", "fastmcp", "sse_starlette"):
+    # watchfiles logs every batch of file changes it sees; with the log written beside the
+    # configuration, each of its lines would be a change to log again.
+    for noisy in (
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "httpcore2",
+        "mcp",
+        "fastmcp",
+        "sse_starlette",
+        "watchfiles",
+    ):
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
