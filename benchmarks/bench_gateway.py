@@ -306,7 +306,14 @@ class Stack:
         audit = "audit.jsonl" if name == "gateway" else f"{name}-audit.jsonl"
         env = {**env, "GATEWAY_HTTP_PORT": str(port), "GATEWAY_AUDIT_LOG": str(self.work / audit)}
         child = spawn(name, command or [sys.executable, "-m", "agent_mcp_gateway"], env, self.work, self.work)
-        base = f"http://127.0.0.1:{port}"
+        try:
+            self._wait_ready(child, f"http://127.0.0.1:{port}")
+        except BaseException:
+            child.stop()  # not tracked yet: stop it here, or it outlives the run
+            raise
+        return child
+
+    def _wait_ready(self, child: Child, base: str) -> None:
         wait_http(child, f"{base}/ready", 90, ok=(200,))
         # With several workers each answers /ready for itself: ask until one answer, from
         # whichever worker, shows both downstreams up, and a few more times after that.
@@ -317,10 +324,9 @@ class Stack:
             up = all(servers.get(s, {}).get("state") == "up" for s in ("echo", STDIO_SERVER))
             up_in_a_row = up_in_a_row + 1 if up else 0
             if time.monotonic() > deadline:
-                raise BenchError(f"{name} is ready but its downstream servers are not up: {ready}")
+                raise BenchError(f"{child.name} is ready but its downstream servers are not up: {ready}")
             if not up:
                 time.sleep(0.2)
-        return child
 
     def start_workers(self, workers: int) -> tuple[Child, str]:
         """A second gateway served by `workers` Granian workers (the product runs one, because
