@@ -76,6 +76,13 @@ if [[ "$(cat "$wheelhouse/.stamp" 2>/dev/null || true)" != "$stamp" ]]; then
     mkdir -p "$wheelhouse"
     "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheelhouse" \
         -r "$requirements" -c "$requirements" -c "$server_constraints" mcp-server-time >&2
+    # Pins behind an environment marker that this Python does not meet but the image's may (e.g.
+    # async-timeout for Python before 3.11.3, Debian 12 runs 3.11.2): their wheels too.
+    mapfile -t gated < <(grep -E '^[A-Za-z0-9_.-]+==[^ ;]+ *;' "$requirements" | sed 's/ *;.*//')
+    if ((${#gated[@]})); then
+        "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$wheelhouse" \
+            "${gated[@]}" >&2
+    fi
     echo "$stamp" > "$wheelhouse/.stamp"
 else
     log "dependency wheels are up to date"
