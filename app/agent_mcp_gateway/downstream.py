@@ -53,6 +53,19 @@ CONNECTION_CLOSED = -32000
 METHOD_NOT_FOUND = -32601
 
 
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every downstream of a pool shares: its timeouts, whom it tells about catalog
+    changes and resource updates, and the pins its tools are checked against."""
+
+    pins: PinStore
+    connect_timeout: float = 15.0
+    ping_interval: float = 10.0
+    ping_timeout: float = 10.0
+    on_change: ChangeListener | None = None
+    on_update: UpdateListener | None = None
+
+
 class Backoff:
     """Exponential backoff with full jitter, reset by a successful connection."""
 
@@ -124,32 +137,20 @@ async def _relay_roots(context: Any) -> list[mt.Root]:
 class Downstream:
     """A downstream MCP server and its one shared session."""
 
-    def __init__(
-        self,
-        name: str,
-        config: ServerConfig,
-        watchdog: Watchdog,
-        connect_timeout: float = 15.0,
-        ping_interval: float = 10.0,
-        ping_timeout: float = 10.0,
-        on_change: ChangeListener | None = None,
-        on_update: UpdateListener | None = None,
-        *,
-        pins: PinStore,
-    ) -> None:
+    def __init__(self, name: str, config: ServerConfig, watchdog: Watchdog, shared: Shared) -> None:
         self.name = name
-        self.on_change = on_change
-        self.on_update = on_update
-        self.pins = pins
+        self.on_change = shared.on_change
+        self.on_update = shared.on_update
+        self.pins = shared.pins
+        self.connect_timeout = shared.connect_timeout
+        self.ping_interval = shared.ping_interval
+        self.ping_timeout = shared.ping_timeout
         # Resource URIs the gateway has subscribed to here, renewed after a reconnect.
         self.subscribed: set[str] = set()
-        self.ping_timeout = ping_timeout
         self._last_answer = 0.0
         self.config = config
         self.watchdog = watchdog
         self.circuit = CircuitBreaker(on_change=self._circuit_changed)
-        self.connect_timeout = connect_timeout
-        self.ping_interval = ping_interval
         self.state: State = "connecting"
         self.last_error: str | None = None
         # The catalog, kept while the server is down so views stay steady across a restart.
@@ -556,22 +557,8 @@ class Downstream:
 class DownstreamPool:
     """All downstream servers, keyed by name; reconciled against each new configuration."""
 
-    def __init__(
-        self,
-        connect_timeout: float = 15.0,
-        ping_interval: float = 10.0,
-        ping_timeout: float = 10.0,
-        on_change: ChangeListener | None = None,
-        on_update: UpdateListener | None = None,
-        *,
-        pins: PinStore,
-    ) -> None:
-        self.on_change = on_change
-        self.on_update = on_update
-        self.pins = pins
-        self.connect_timeout = connect_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self.servers: dict[str, Downstream] = {}
         self.watchdog = Watchdog()
 
@@ -590,17 +577,7 @@ class DownstreamPool:
         await asyncio.gather(*(server.close() for server in stale))
         for name, config in configs.items():
             if name not in self.servers:
-                server = Downstream(
-                    name,
-                    config,
-                    self.watchdog,
-                    self.connect_timeout,
-                    self.ping_interval,
-                    self.ping_timeout,
-                    self.on_change,
-                    self.on_update,
-                    pins=self.pins,
-                )
+                server = Downstream(name, config, self.watchdog, self.shared)
                 self.servers[name] = server
                 server.start()
             else:

@@ -18,7 +18,7 @@ from .audit import AuditLog
 from .auth import Authenticator
 from .catalog import Catalog
 from .config import ConfigError, GatewayConfig
-from .downstream import DownstreamPool, Kind
+from .downstream import DownstreamPool, Kind, Shared
 from .errors import GatewayError, InvalidAgentId
 from .identity import claims_warning, identity_problem
 from .metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
@@ -62,14 +62,15 @@ class Gateway:
         self.settings = settings
         self.snapshot = Snapshot.build(config, settings)
         self.pins = PinStore(pins_path(settings))
-        self.pool = DownstreamPool(
+        shared = Shared(
+            self.pins,
             self.settings.connect_timeout,
             self.settings.ping_interval,
             self.settings.ping_timeout,
             on_change=lambda server, kind: self.list_changed.changed(),
             on_update=lambda server, uri: self.subscriptions.updated(server, uri),
-            pins=self.pins,
         )
+        self.pool = DownstreamPool(shared)
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
         self.subscriptions = Subscriptions(self.may_use, self.session_alive, self._unsubscribe)
         self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
