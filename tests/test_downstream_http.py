@@ -141,3 +141,75 @@ async def test_server_outage_and_recovery(gateway_files: GatewayFiles, echo_http
         await asyncio.to_thread(echo_http.start)
         result = await until_available(client)
         assert result.content[0].text == "back"
+
+
+class OneRequestPerConnection:
+    """A TCP proxy before the echo server that lets each connection carry one request: the next
+    request on a kept-alive connection finds it closed, unanswered, as when the server's idle
+    timeout fires just as the gateway reuses the connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.cut = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def to_server() -> None:
+            requests = 0
+            while data := await reader.read(65536):
+                if data.startswith((b"POST ", b"GET ", b"DELETE ")):
+                    requests += 1
+                    if requests > 1:
+                        self.cut += 1
+                        writer.transport.abort()  # closed before reading or answering it
+                        return
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def to_client() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(to_server()), asyncio.create_task(to_client())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for closing in (writer, up_writer):
+            closing.transport.abort()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_kept_alive_connection_closed_under_a_request_costs_no_call(
+    gateway_files: GatewayFiles, echo_http: EchoOverHttp
+) -> None:
+    """One failed POST used to end the whole downstream session (and every call in flight)."""
+    echo_http.start()
+    proxy = OneRequestPerConnection(echo_http.port)
+    port = await proxy.start()
+    gateway_files.write_servers({"remote": {"url": f"http://127.0.0.1:{port}/mcp"}})
+    gateway_files.write_rules(RULES)
+    try:
+        async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
+            await until_available(client)
+            remote = gateway.gateway.pool.get("remote")
+            assert remote is not None
+            connected_at = remote.connected_at
+            for number in range(10):
+                result = await execute(client, "echo", text=f"call {number}")
+                assert not result.is_error and result.content[0].text == f"call {number}"
+            assert remote.connected_at == connected_at and remote.state == "up"  # no reconnect
+            assert proxy.cut >= 10  # the reused connections really were closed under requests
+    finally:
+        proxy.close()

@@ -48,7 +48,17 @@ class KeepAlive(httpx2.AsyncBaseTransport):
         # The SDK sends each request in the context of the call it belongs to, so the current
         # span here is that call's (nothing is added when tracing is off).
         tracing.inject(request.headers)
-        response = await self.inner.handle_async_request(request)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError) as exc:
+            if not _closed_before_answering(exc):
+                raise
+            # The server closed a kept-alive connection as this request went out on it (its idle
+            # timeout met ours): it read nothing and answered nothing, so the request goes once
+            # more, on a new connection. Without this the SDK ends the whole downstream session
+            # on one failed POST, failing every call in flight (measured: 1 in 150-250 calls
+            # against a server with a 0.2 s keep-alive; tests/test_downstream_keepalive.py).
+            response = await self.inner.handle_async_request(request)
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         response.stream = _DrainOnClose(response.stream)
         return response
@@ -109,6 +119,14 @@ class HttpServerTransport(ClientTransport):
             options.session_class(read_stream, write_stream, **session_kwargs) as session,
         ):
             yield session
+
+
+def _closed_before_answering(exc: httpx2.TransportError) -> bool:
+    """A connection reset or closed before any of the answer arrived (the error is raised before
+    there is a response); a protocol error about a malformed answer is not that."""
+    if isinstance(exc, httpx2.RemoteProtocolError):
+        return "without sending" in str(exc) or "Server disconnected" in str(exc)
+    return True
 
 
 def over_limit(exc: MCPError) -> bool:
