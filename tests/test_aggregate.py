@@ -189,8 +189,11 @@ async def test_list_changed_reaches_only_the_sessions_whose_view_changed(gateway
         service.client(headers=as_agent("ide"), message_handler=ide_seen) as ide,
         service.client(headers=as_agent("narrow"), message_handler=narrow_seen) as narrow,
     ):
+        # Every server up first: a server that connects late changes the views by itself.
+        await eventually(lambda: all(server.state == "up" for server in service.gateway.pool), timeout=30)
         await ide.list_tools()
         await narrow.list_tools()
+        ide_seen.seen.clear()
         await ide.call_tool("changing__add_tool", {"name": "fresh"})
         await eventually(lambda: "notifications/tools/list_changed" in ide_seen.methods(), timeout=5)
         assert "changing__fresh" in {tool.name for tool in await ide.list_tools()}
