@@ -139,13 +139,8 @@ async def test_shifting_fixture_serves_the_tools_its_file_names(tmp_path: Path) 
         assert listed["greet"] == POISONED and listed["extra"] == "More."
 
 
-# --- quarantine and approval ------------------------------------------------------------------
-
-
-async def test_changed_definition_is_quarantined_refused_audited_and_approved(
-    gateway_files: GatewayFiles,
-) -> None:
-    files = gateway_files
+def pinned_and_plain(files: GatewayFiles) -> None:
+    """A pinned and an unpinned server offering the same tool, open to the test agent."""
     files.write_servers(
         {
             "pinned": shifting(files, "pinned", {"greet": ORIGINAL}, pin_tools=True),
@@ -153,6 +148,16 @@ async def test_changed_definition_is_quarantined_refused_audited_and_approved(
         }
     )
     files.write_rules(RULES)
+
+
+# --- quarantine and approval ------------------------------------------------------------------
+
+
+async def test_changed_definition_is_quarantined_refused_audited_and_approved(
+    gateway_files: GatewayFiles,
+) -> None:
+    files = gateway_files
+    pinned_and_plain(files)
     async with memory_gateway(files) as running, running.client() as client:
         shown = await visible(client, "pinned")
         assert set(shown) == {"pid", "reload", "greet"} and shown["greet"] == ORIGINAL
@@ -311,13 +316,7 @@ async def test_corrupt_pins_file_at_start_hides_the_pinned_servers_tools_until_f
     gateway_files: GatewayFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
     files = gateway_files
-    files.write_servers(
-        {
-            "pinned": shifting(files, "pinned", {"greet": ORIGINAL}, pin_tools=True),
-            "plain": shifting(files, "plain", {"greet": ORIGINAL}),
-        }
-    )
-    files.write_rules(RULES)
+    pinned_and_plain(files)
     garbage = '{"version": 1, "servers": {"pinned": {"greet": {"pin": "sha256:not-a-hash"'
     pins_file(files).write_text(garbage)
     caplog.set_level(logging.ERROR, "agent_mcp_gateway.pins")

@@ -413,8 +413,8 @@ class Downstream:
 
     @property
     def supports_subscriptions(self) -> bool:
-        result = self._client.initialize_result if self._client is not None else None
-        resources = result.capabilities.resources if result is not None else None
+        capabilities = _capabilities(self._client)
+        resources = capabilities.resources if capabilities is not None else None
         return bool(resources is not None and resources.subscribe)
 
     async def subscribe(self, uri: str, timeout_ms: int) -> None:
@@ -596,10 +596,15 @@ class DownstreamPool:
         return iter(list(self.servers.values()))
 
 
+def _capabilities(client: Client[Any] | None) -> mt.ServerCapabilities | None:
+    """What the server declared in its initialize answer (None before it answered)."""
+    result = client.initialize_result if client is not None else None
+    return result.capabilities if result is not None else None
+
+
 def _offered(client: Client[Any]) -> set[Kind]:
     """The catalog kinds a server declares; tools are always read (servers omit the flag)."""
-    result = client.initialize_result
-    capabilities = result.capabilities if result is not None else None
+    capabilities = _capabilities(client)
     offered: set[Kind] = {"tools"}
     if capabilities is not None and capabilities.prompts is not None:
         offered.add("prompts")
