@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import mcp_types as mt
@@ -26,6 +27,7 @@ from conftest import (
     eventually,
     fixture_server,
     memory_gateway,
+    served_over_http,
     stdio_gateway,
 )
 
@@ -45,11 +47,25 @@ RULES: dict[str, Any] = {
 }
 
 
-def write_config(files: GatewayFiles, **extra: dict[str, Any]) -> None:
-    files.write_servers(
-        {"echo": fixture_server("echo"), "studio": fixture_server("studio", prefix="st"), **extra}
+def write_config(files: GatewayFiles, studio_url: str | None = None, **extra: dict[str, Any]) -> None:
+    """The echo and studio fixtures; the studio over HTTP when its URL is given."""
+    studio = (
+        {"description": "studio over HTTP", "url": studio_url, "prefix": "st"}
+        if studio_url
+        else fixture_server("studio", prefix="st")
     )
+    files.write_servers({"echo": fixture_server("echo"), "studio": studio, **extra})
     files.write_rules(RULES)
+
+
+@pytest.fixture(params=["stdio", "http"])
+def studio_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """How the studio fixture is reached: its own process over stdio, or Streamable HTTP."""
+    if request.param == "stdio":
+        yield None
+        return
+    with served_over_http("studio") as url:
+        yield url
 
 
 def as_agent(agent: str) -> dict[str, str]:
@@ -250,8 +266,10 @@ def answering(colour: str, calls: list[str]) -> dict[str, Any]:
     return {"elicitation_handler": elicit, "sampling_handler": sample, "roots": roots}
 
 
-async def test_server_requests_go_to_the_calling_client_only(gateway_files: GatewayFiles) -> None:
-    write_config(gateway_files)
+async def test_server_requests_go_to_the_calling_client_only(
+    gateway_files: GatewayFiles, studio_url: str | None
+) -> None:
+    write_config(gateway_files, studio_url)
     caller_calls: list[str] = []
     bystander_calls: list[str] = []
     async with (
@@ -278,8 +296,10 @@ async def test_server_requests_go_to_the_calling_client_only(gateway_files: Gate
     assert bystander_calls == [] and classic_calls == ["elicitation"]
 
 
-async def test_a_client_without_the_capability_gets_a_clean_refusal(gateway_files: GatewayFiles) -> None:
-    write_config(gateway_files)
+async def test_a_client_without_the_capability_gets_a_clean_refusal(
+    gateway_files: GatewayFiles, studio_url: str | None
+) -> None:
+    write_config(gateway_files, studio_url)
     async with (
         asgi_gateway(gateway_files) as service,
         service.client("legacy", headers=as_agent("ide")) as ide,
@@ -289,8 +309,10 @@ async def test_a_client_without_the_capability_gets_a_clean_refusal(gateway_file
         assert (await ide.call_tool("echo__echo", {"text": "still fine"})).data == "still fine"
 
 
-async def test_cancelling_a_call_cancels_it_downstream(gateway_files: GatewayFiles) -> None:
-    write_config(gateway_files)
+async def test_cancelling_a_call_cancels_it_downstream(
+    gateway_files: GatewayFiles, studio_url: str | None
+) -> None:
+    write_config(gateway_files, studio_url)
     async with (
         asgi_gateway(gateway_files) as service,
         service.client("legacy", headers=as_agent("ide")) as ide,

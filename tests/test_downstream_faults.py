@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -29,9 +28,9 @@ from conftest import (
     SERVERS,
     GatewayFiles,
     HttpGateway,
-    free_port,
     gateway_call,
     process_alive,
+    served_over_http,
     start_http_gateway,
     stdio_gateway,
     wait_until,
@@ -243,26 +242,8 @@ async def test_downstream_errors_reach_the_caller_without_their_details(gateway_
 
 @pytest.fixture
 def chatter_over_http() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [PY, str(SERVERS / "chatter.py"), "--http", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert wait_until(lambda: _listening(port), 30), "chatter server did not start"
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _listening(port: int) -> bool:
-    try:
-        httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5)
-        return True
-    except httpx.HTTPError:
-        return False
+    with served_over_http("chatter") as url:
+        yield url
 
 
 @pytest.mark.parametrize("downstream", ["stdio", "http"])

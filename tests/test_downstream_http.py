@@ -143,14 +143,17 @@ async def test_server_outage_and_recovery(gateway_files: GatewayFiles, echo_http
         assert result.content[0].text == "back"
 
 
-class OneRequestPerConnection:
-    """A TCP proxy before the echo server that lets each connection carry one request: the next
-    request on a kept-alive connection finds it closed, unanswered, as when the server's idle
-    timeout fires just as the gateway reuses the connection."""
+class Proxy:
+    """A TCP proxy before the echo server that counts the connections it carries. With
+    `one_request_per_connection`, each connection carries one request: the next request on a
+    kept-alive connection finds it closed, unanswered, as when the server's idle timeout fires
+    just as the gateway reuses the connection."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, one_request_per_connection: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.one_request = one_request_per_connection
         self.cut = 0
+        self.connections = 0
         self.server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -159,6 +162,7 @@ class OneRequestPerConnection:
         return port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
 
         async def to_server() -> None:
@@ -166,7 +170,7 @@ class OneRequestPerConnection:
             while data := await reader.read(65536):
                 if data.startswith((b"POST ", b"GET ", b"DELETE ")):
                     requests += 1
-                    if requests > 1:
+                    if requests > 1 and self.one_request:
                         self.cut += 1
                         writer.transport.abort()  # closed before reading or answering it
                         return
@@ -196,7 +200,7 @@ async def test_a_kept_alive_connection_closed_under_a_request_costs_no_call(
 ) -> None:
     """One failed POST used to end the whole downstream session (and every call in flight)."""
     echo_http.start()
-    proxy = OneRequestPerConnection(echo_http.port)
+    proxy = Proxy(echo_http.port, one_request_per_connection=True)
     port = await proxy.start()
     gateway_files.write_servers({"remote": {"url": f"http://127.0.0.1:{port}/mcp"}})
     gateway_files.write_rules(RULES)
@@ -211,5 +215,24 @@ async def test_a_kept_alive_connection_closed_under_a_request_costs_no_call(
                 assert not result.is_error and result.content[0].text == f"call {number}"
             assert remote.connected_at == connected_at and remote.state == "up"  # no reconnect
             assert proxy.cut >= 10  # the reused connections really were closed under requests
+    finally:
+        proxy.close()
+
+
+async def test_calls_reuse_their_connection(gateway_files: GatewayFiles, echo_http: EchoOverHttp) -> None:
+    """Each call used to open a TCP connection of its own (on both sides)."""
+    echo_http.start()
+    proxy = Proxy(echo_http.port)
+    port = await proxy.start()
+    gateway_files.write_servers({"remote": {"url": f"http://127.0.0.1:{port}/mcp"}})
+    gateway_files.write_rules(RULES)
+    try:
+        async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
+            await until_available(client)
+            before = proxy.connections
+            for number in range(30):
+                result = await execute(client, "echo", text=f"call {number}")
+                assert not result.is_error and result.content[0].text == f"call {number}"
+            assert proxy.connections - before <= 1, (before, proxy.connections)
     finally:
         proxy.close()

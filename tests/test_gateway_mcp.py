@@ -29,6 +29,7 @@ from conftest import (
     memory_gateway,
     new_gateway_files,
     process_alive,
+    served_over_http,
     time_server,
 )
 
@@ -38,22 +39,24 @@ UNREACHABLE = "http://127.0.0.1:9/mcp"  # the discard port: nothing answers MCP 
 
 @pytest.fixture(scope="module")
 async def standard(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MemoryGateway]:
-    """One gateway in front of six servers for the module's read-only tests."""
+    """One gateway in front of seven servers for the module's read-only tests."""
     files = new_gateway_files(tmp_path_factory.mktemp("standard"))
-    files.write_servers(
-        {
-            "echo": ECHO_WITH_PREFIX,
-            "slow": fixture_server("slow", timeout_ms=30_000),
-            "crashing": fixture_server("crashing"),
-            "progress": fixture_server("progress"),
-            "time": time_server(),
-            "everything": everything_server(),
-        }
-    )
-    files.write_rules(STANDARD_RULES)
-    async with memory_gateway(files) as running:
-        assert await eventually(lambda: running.gateway.ready, 30), "downstream servers did not start"
-        yield running
+    with served_over_http("progress") as progress_url:
+        files.write_servers(
+            {
+                "echo": ECHO_WITH_PREFIX,
+                "slow": fixture_server("slow", timeout_ms=30_000),
+                "crashing": fixture_server("crashing"),
+                "progress": fixture_server("progress"),
+                "progress-http": {"description": "progress over HTTP", "url": progress_url},
+                "time": time_server(),
+                "everything": everything_server(),
+            }
+        )
+        files.write_rules(STANDARD_RULES)
+        async with memory_gateway(files) as running:
+            assert await eventually(lambda: running.gateway.ready, 30), "downstream servers did not start"
+            yield running
 
 
 async def error_of(client: Client, gateway_tool: str, /, **arguments: Any) -> MCPError:
@@ -85,6 +88,7 @@ async def test_discovery_is_filtered_per_agent(standard: MemoryGateway, mode: st
             "slow",
             "crashing",
             "progress",
+            "progress-http",
             "time",
             "everything",
         }
@@ -219,8 +223,9 @@ async def test_results_pass_through_unchanged(standard: MemoryGateway) -> None:
         assert not everything.is_error and everything.content[0].text == "Echo: ref"
 
 
+@pytest.mark.parametrize("server", ["progress", "progress-http"])
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_progress_and_logs_reach_the_client(standard: MemoryGateway, mode: str) -> None:
+async def test_progress_and_logs_reach_the_client(standard: MemoryGateway, mode: str, server: str) -> None:
     progress: list[tuple[float, float | None, str | None]] = []
     logs: list[Any] = []
 
@@ -233,7 +238,7 @@ async def test_progress_and_logs_reach_the_client(standard: MemoryGateway, mode:
     async with standard.client(mode, log_handler=on_log) as client:
         result = await client.call_tool_mcp(
             "execute_tool",
-            {"agent_id": "builder", "server": "progress", "tool": "count", "args": {"n": 4, "delay": 0.02}},
+            {"agent_id": "builder", "server": server, "tool": "count", "args": {"n": 4, "delay": 0.02}},
             progress_handler=on_progress,
         )
     assert not result.is_error and result.content[0].text == "counted 4"

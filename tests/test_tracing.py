@@ -296,10 +296,9 @@ def span_id(span: ReadableSpan) -> str:
     return format(span.context.span_id, "016x")
 
 
-# From the span whose context the downstream received up to the client's span.
+# From the span whose context the downstream received up to the client's span: the gateway
+# sends the call itself (`downstream_rpc`), in its downstream span.
 DOWNSTREAM_CHAIN = [
-    "MCP send tools/call request_headers",  # the MCP SDK's, which sends the request
-    "tools/call request_headers",  # fastmcp's client span
     "gateway downstream",
     "tools/call execute_tool",  # fastmcp's server span: the operation
 ]
@@ -329,7 +328,7 @@ async def test_a_call_continues_the_clients_trace_to_the_downstream(
         answer = await client.execute("request_headers", headers=sent)
     sent_on = received_headers(answer)
 
-    spans = await collected(exporter, trace_id, 5)
+    spans = await collected(exporter, trace_id, 3)
     # The operation is fastmcp's span of the MCP request, annotated by the gateway.
     operation = one(spans, "tools/call execute_tool")
     assert operation.kind == SpanKind.SERVER and parent_id(operation) == client_span
@@ -408,7 +407,7 @@ async def test_a_fastmcp_clients_trace_in_meta_is_continued(
                 "execute_tool", {"agent_id": "dev", "server": "remote", "tool": "request_headers"}
             )
     assert parse_traceparent(result.structured_content["traceparent"])[0] == trace_id
-    spans = await collected(exporter, trace_id, 8)
+    spans = await collected(exporter, trace_id, 6)
     served = [
         span for span in spans if span.name == "tools/call execute_tool" and span.kind == SpanKind.SERVER
     ]
@@ -435,8 +434,8 @@ async def test_an_aggregate_view_call_is_traced_the_same_way(
         )
     sent_trace, sent_parent = parse_traceparent(received_headers(answer)["traceparent"])
     assert sent_trace == trace_id
-    spans = await collected(exporter, trace_id, 5)
-    operation = one(spans, "tools/call")  # fastmcp's span; the gateway answers before its tool lookup
+    spans = await collected(exporter, trace_id, 3)
+    operation = one(spans, "tools/call remote__request_headers")  # fastmcp's span, named by the gateway
     assert operation.attributes is not None and parent_id(operation) == client_span
     assert (operation.attributes["gateway.operation"], operation.attributes["gateway.tool"]) == (
         "tools/call",
@@ -444,7 +443,11 @@ async def test_an_aggregate_view_call_is_traced_the_same_way(
     )
     assert parent_id(one(spans, "gateway policy")) == span_id(operation)
     links = {span_id(span): (span.name, parent_id(span)) for span in spans}
-    assert ancestry(links, sent_parent) == [*DOWNSTREAM_CHAIN[:-1], "tools/call", client_span]
+    assert ancestry(links, sent_parent) == [
+        *DOWNSTREAM_CHAIN[:-1],
+        "tools/call remote__request_headers",
+        client_span,
+    ]
     lines = await eventually(lambda: audit_line(traced.files, trace_id))
     assert [(line["agent_id"], line["operation"]) for line in lines] == [("ide", "tools/call")]
 
@@ -457,7 +460,7 @@ async def test_without_a_valid_traceparent_the_trace_starts_at_the_gateway(
         answer = await client.execute("request_headers", headers={"traceparent": header} if header else None)
     trace_id, _ = parse_traceparent(received_headers(answer)["traceparent"])
     assert trace_id != "0" * 32 and (header is None or trace_id not in header)
-    spans = await collected(exporter, trace_id, 4)
+    spans = await collected(exporter, trace_id, 2)
     operation = one(spans, "tools/call execute_tool")
     assert operation.parent is None  # a root: nothing of the bad header was kept
     assert parent_id(one(spans, "gateway downstream")) == span_id(operation)

@@ -22,17 +22,20 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import httpx2
 import mcp_types as mt
 from fastmcp import Client
 from fastmcp.client.messages import MessageHandler
-from fastmcp.client.transports import ClientTransport
+from fastmcp.telemetry import inject_trace_context
 from mcp import MCPError
+from pydantic import TypeAdapter
 
+from . import downstream_rpc as rpc
 from . import logs, tracing
 from .circuit import CircuitBreaker, CircuitOpen
 from .config import ServerConfig
 from .downstream_http import HttpServerTransport, over_limit
-from .downstream_stdio import StdioServerTransport, TooLarge, current_call
+from .downstream_stdio import StdioServerTransport, current_call
 from .errors import DownstreamError, GatewayTimeout, ResultTooLarge, ServerUnavailable, ToolNotFound
 from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_UP, downstream_series
 from .pins import PinStore
@@ -51,6 +54,7 @@ R = TypeVar("R")
 
 CONNECTION_CLOSED = -32000
 METHOD_NOT_FOUND = -32601
+ELICIT_PARAMS: TypeAdapter[mt.ElicitRequestParams] = TypeAdapter(mt.ElicitRequestParams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,49 @@ async def _relay_roots(context: Any) -> list[mt.Root]:
     return list((await _calling_relay("roots").list_roots()).roots)
 
 
+class _CallMessages:
+    """What a server sends on a call's own answer stream (`downstream_rpc`), routed as the SDK
+    session routes what it reads: progress and log messages to the calling client, catalog
+    changes to the server's refresh, its own requests answered by the calling client only."""
+
+    def __init__(self, server: Downstream, relay: ClientRelay | None) -> None:
+        self.server, self.relay = server, relay
+
+    @property
+    def wants_progress(self) -> bool:
+        return self.relay is not None and self.relay.wants_progress
+
+    async def progress(self, params: rpc.Message) -> None:
+        if self.relay is not None:
+            await self.relay.progress(params["progress"], params.get("total"), params.get("message"))
+
+    async def notify(self, method: str, params: rpc.Message | None) -> None:
+        server = self.server
+        if method == "notifications/message" and params is not None:
+            await server.forward_log(mt.LoggingMessageNotificationParams.model_validate(params))
+        elif method.endswith("/list_changed"):
+            kind = method.removeprefix("notifications/").removesuffix("/list_changed")
+            if kind in KINDS:
+                server.schedule_refresh(kind)
+        elif method == "notifications/resources/updated" and params and server.on_update is not None:
+            await server.on_update(server.name, str(params.get("uri")))
+
+    async def answer(self, method: str, params: rpc.Message | None) -> rpc.Message:
+        result: mt.Result
+        if method == "ping":
+            return {}
+        if method == "elicitation/create":
+            result = await _calling_relay("elicitation").elicit(ELICIT_PARAMS.validate_python(params))
+        elif method == "sampling/createMessage":
+            request = mt.CreateMessageRequestParams.model_validate(params)
+            result = await _calling_relay("sampling").sample(request)
+        elif method == "roots/list":
+            result = await _calling_relay("roots").list_roots()
+        else:
+            raise MCPError(METHOD_NOT_FOUND, f"Method not found: {method}")
+        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 class Downstream:
     """A downstream MCP server and its one shared session."""
 
@@ -165,7 +212,7 @@ class Downstream:
         self._supervisor: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._stale: set[Kind] = set()
-        self._stdio: StdioServerTransport | None = None
+        self._wire: StdioServerTransport | HttpServerTransport | None = None
         DOWNSTREAM_UP.labels(name).set(0)
         DOWNSTREAM_CIRCUIT_OPEN.labels(name).set(0)
 
@@ -370,13 +417,19 @@ class Downstream:
         self, tool: str, arguments: dict[str, Any], timeout_ms: int, relay: ClientRelay | None = None
     ) -> mt.CallToolResult:
         """Call a tool; the timeout covers the whole call, including waiting for start-up."""
-        progress = relay.progress if relay is not None else None
 
         async def call(client: Client[Any]) -> mt.CallToolResult:
             if tool not in self.tools:
                 self.pins.refuse(self.name, tool)
                 raise ToolNotFound(self.name, tool)
-            return await client.call_tool_mcp(tool, arguments, progress_handler=progress)
+            calls = self._wire.calls if self._wire is not None else None
+            if calls is None:
+                raise ServerUnavailable(self.name, "connection closed")
+            params: rpc.Message = {"name": tool, "arguments": arguments}
+            if meta := inject_trace_context(None):
+                params["_meta"] = meta
+            result = await calls.request("tools/call", params, _CallMessages(self, relay))
+            return mt.CallToolResult.model_validate(result)
 
         return await self._request("execute_tool", tool, call, timeout_ms, relay)
 
@@ -470,12 +523,12 @@ class Downstream:
                 self.circuit.record_failure("connection lost during a call")
                 raise ServerUnavailable(self.name, "connection lost during the call") from None
             self._answered()
-            if isinstance(exc.data, TooLarge):
+            if isinstance(exc.data, rpc.TooLarge):
                 raise ResultTooLarge(self.name, target, exc.data.limit, exc.data.size) from None
             if self.config.url and over_limit(exc):
                 raise ResultTooLarge(self.name, target, self.config.max_result_bytes) from None
             raise self._retold(target, exc) from None
-        except (OSError, ConnectionError, RuntimeError) as exc:
+        except (OSError, ConnectionError, RuntimeError, httpx2.TransportError) as exc:
             self._lose(_describe(exc, "call"))
             self.circuit.record_failure("connection lost during a call")
             raise ServerUnavailable(self.name, "connection lost during the call") from None
@@ -512,7 +565,8 @@ class Downstream:
 
     def _heard_within(self, seconds: float) -> bool:
         """Whether the server answered a call, or sent any bytes, in the last `seconds`."""
-        heard = max(self._last_answer, self._stdio.last_received if self._stdio else 0.0)
+        wire = self._wire
+        heard = max(self._last_answer, wire.last_received if isinstance(wire, StdioServerTransport) else 0.0)
         return time.monotonic() - heard < seconds
 
     async def forward_log(self, params: mt.LoggingMessageNotificationParams) -> None:
@@ -546,12 +600,13 @@ class Downstream:
             "circuit": self.circuit.status(),
         }
 
-    def _transport(self) -> ClientTransport:
+    def _transport(self) -> StdioServerTransport | HttpServerTransport:
         config = self.config
         if config.command:
-            self._stdio = StdioServerTransport(self.name, config, self.watchdog)
-            return self._stdio
-        return HttpServerTransport(config)
+            self._wire = StdioServerTransport(self.name, config, self.watchdog)
+        else:
+            self._wire = HttpServerTransport(config)
+        return self._wire
 
 
 class DownstreamPool:

@@ -18,12 +18,13 @@ connection closes.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Unpack
@@ -31,16 +32,18 @@ from typing import Any, Unpack
 import anyio
 import anyio.to_thread
 import mcp_types as mt
+import pydantic_core
 from anyio.abc import Process
 from fastmcp.client.transports import ClientTransport
 from fastmcp.client.transports.base import SessionKwargs, TransportOptions
-from mcp import ClientSession
+from mcp import ClientSession, MCPError
 from mcp.client.stdio import get_default_environment
-from mcp.shared._context_streams import ContextReceiveStream, ContextSendStream, create_context_streams
+from mcp.shared._context_streams import create_context_streams
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from . import downstream_rpc as rpc
 from .config import ServerConfig
 from .errors import ResultTooLarge
 from .metrics import DOWNSTREAM_JUNK_LINES
@@ -55,20 +58,13 @@ CALL_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
 current_call: contextvars.ContextVar[object | None] = contextvars.ContextVar("current_call", default=None)
 
 STDIN_GRACE = 2.0  # seconds a server has to exit after its stdin closes
+CANCEL_SECONDS = 5.0  # how long telling a server of a cancelled call may take
 JUNK_LOG_INTERVAL = 10.0  # at most one junk warning per server this often
 READ_SIZE = 1 << 20
 _EDGE = 4096  # bytes kept from each end of an oversize line, to find its request id
 _HEAD_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d+|"[^"\\]*")')
 _TAIL_ID = re.compile(rb'"id"\s*:\s*(-?\d+|"[^"\\]*")\s*\}\s*$')
 _NOT_AN_ANSWER = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"method"')
-
-
-@dataclass(frozen=True, slots=True)
-class TooLarge:
-    """The error data of a request whose answer was over the limit (never sent by a server)."""
-
-    size: int
-    limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +148,7 @@ class StdioServerTransport(ClientTransport):
         assert config.command is not None
         self.name, self.config, self.watchdog = name, config, watchdog
         self.last_received = 0.0  # monotonic time bytes last arrived from the server
+        self.calls: _Connection | None = None
 
     @asynccontextmanager
     async def connect_session(
@@ -162,14 +159,21 @@ class StdioServerTransport(ClientTransport):
     ) -> AsyncIterator[ClientSession]:
         options = transport_options or TransportOptions()
         async with (
-            _Connection.open(self) as (read_stream, write_stream),
-            options.session_class(read_stream, write_stream, **session_kwargs) as session,
+            _Connection.open(self) as connection,
+            options.session_class(
+                connection.read_stream, connection.write_stream, **session_kwargs
+            ) as session,
         ):
-            yield session
+            self.calls = connection
+            try:
+                yield session
+            finally:
+                self.calls = None
 
 
 class _Connection:
-    """One server process and the two pipe tasks between it and the session."""
+    """One server process and the two pipe tasks between it and the session; calls are written
+    on its stdin beside the session's messages (`request`)."""
 
     def __init__(self, transport: StdioServerTransport, process: Process) -> None:
         self.transport, self.process, self.pgid = transport, process, process.pid
@@ -178,17 +182,17 @@ class _Connection:
         self.junk = _JunkLog(self.server)
         # Requests sent and not yet answered: id -> (method, the call that sent it).
         self.pending: dict[Any, tuple[str, object | None]] = {}
+        # The gateway's own requests (`request`): their answers, and who gets their progress.
+        self.waiting: dict[str, asyncio.Future[rpc.Message]] = {}
+        self.progress: dict[str, rpc.CallMessages] = {}
+        self._cancels: set[asyncio.Task[None]] = set()
         self.read_done = anyio.Event()
         self.to_session, self.read_stream = create_context_streams[SessionMessage | Exception](0)
         self.write_stream, self.from_session = create_context_streams[SessionMessage](0)
 
     @classmethod
     @asynccontextmanager
-    async def open(
-        cls, transport: StdioServerTransport
-    ) -> AsyncIterator[
-        tuple[ContextReceiveStream[SessionMessage | Exception], ContextSendStream[SessionMessage]]
-    ]:
+    async def open(cls, transport: StdioServerTransport) -> AsyncIterator[_Connection]:
         config = transport.config
         assert config.command is not None
         process = await anyio.open_process(
@@ -205,7 +209,7 @@ class _Connection:
             tasks.start_soon(connection._write)
             tasks.start_soon(connection._watch_leader)
             try:
-                yield connection.read_stream, connection.write_stream
+                yield connection
             finally:
                 with anyio.CancelScope(shield=True):
                     await connection._stop()
@@ -227,6 +231,9 @@ class _Connection:
             pass  # the server, the session or our shutdown closed the pipe: the connection is over
         finally:
             self.read_done.set()
+            for waiter in self.waiting.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("the server closed its stdout"))
 
     async def _deliver(self, line: bytes | _Oversize) -> None:
         if isinstance(line, _Oversize):
@@ -235,9 +242,16 @@ class _Connection:
         if not line.strip():
             return
         try:
-            message = mt.jsonrpc_message_adapter.validate_json(line, by_name=False)
-        except ValidationError as exc:
-            self.junk.note(line, _problem(line, exc))
+            parsed = pydantic_core.from_json(line)
+        except ValueError:
+            self.junk.note(line, _problem(line))
+            return
+        if await self._own(parsed):
+            return
+        try:
+            message = mt.jsonrpc_message_adapter.validate_python(parsed, by_name=False)
+        except ValidationError:
+            self.junk.note(line, "JSON but not a JSON-RPC message")
             return
         owner = None
         if isinstance(message, mt.JSONRPCResponse | mt.JSONRPCError) and message.id is not None:
@@ -249,6 +263,67 @@ class _Connection:
             await self.to_session.send(SessionMessage(message))
         finally:
             current_call.reset(token)
+
+    async def _own(self, message: object) -> bool:
+        """Take the answer to one of the gateway's own requests, and progress for one; the
+        session never sees them."""
+        if not isinstance(message, dict):
+            return False
+        request_id = message.get("id")
+        if isinstance(request_id, str) and rpc.is_answer(message, request_id):
+            waiter = self.waiting.get(request_id)
+            if waiter is None:
+                return False
+            self.pending.pop(request_id, None)
+            if not waiter.done():
+                waiter.set_result(message)
+            return True
+        if message.get("method") == "notifications/progress":
+            params = message.get("params")
+            token = params.get("progressToken") if isinstance(params, dict) else None
+            messages = self.progress.get(token) if isinstance(token, str) else None
+            if messages is not None and isinstance(token, str):
+                await rpc.route(message, token, messages)
+                return True
+        return False
+
+    async def request(self, method: str, params: rpc.Message, messages: rpc.CallMessages) -> rpc.Message:
+        """Send one request on stdin and wait for its answer, which `_own` takes off stdout."""
+        assert self.process.stdin is not None
+        request_id = rpc.new_id()
+        message = rpc.request(request_id, method, params, messages)
+        waiter: asyncio.Future[rpc.Message] = asyncio.get_running_loop().create_future()
+        self.waiting[request_id] = waiter
+        self.pending[request_id] = (method, current_call.get())
+        if messages.wants_progress:
+            self.progress[request_id] = messages
+        try:
+            await self.process.stdin.send(pydantic_core.to_json(message) + b"\n")
+            return rpc.outcome(await waiter)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            raise ConnectionError("the server closed its stdin") from None
+        except asyncio.CancelledError:
+            self._tell_cancelled(request_id)
+            raise
+        finally:
+            self.waiting.pop(request_id, None)
+            self.pending.pop(request_id, None)
+            self.progress.pop(request_id, None)
+
+    def _tell_cancelled(self, request_id: str) -> None:
+        """Tell the server a call was given up, as the SDK session does, without holding up
+        the caller's cancellation."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        line = pydantic_core.to_json(rpc.cancelled(request_id, "the caller gave up")) + b"\n"
+
+        async def send() -> None:
+            with anyio.move_on_after(CANCEL_SECONDS):
+                await _quietly(stdin.send(line))
+
+        task = asyncio.create_task(send())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     def _owner(self) -> object | None:
         """The call a notification or a server's request belongs to: on stdio nothing names it,
@@ -266,7 +341,11 @@ class _Connection:
         if request_id is None:
             return
         self.pending.pop(coerce_request_id(request_id), None)
-        too_large = TooLarge(line.size, self.limit)
+        too_large = rpc.TooLarge(line.size, self.limit)
+        if (waiter := self.waiting.get(request_id)) is not None:
+            if not waiter.done():
+                waiter.set_exception(MCPError(ResultTooLarge.code, "result too large", too_large))
+            return
         error = mt.ErrorData(code=ResultTooLarge.code, message="result too large", data=too_large)
         await self.to_session.send(SessionMessage(mt.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)))
 
@@ -343,8 +422,13 @@ async def _end_group(pgid: int) -> None:
 
 
 async def _quietly_close(resource: Any) -> None:
+    await _quietly(resource.aclose())
+
+
+async def _quietly(operation: Awaitable[None]) -> None:
+    """A pipe operation whose failure means only that the other end is gone."""
     try:
-        await resource.aclose()
+        await operation
     except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
         pass
 
@@ -358,11 +442,9 @@ def _prefix(parts: list[bytes]) -> bytes:
     return head
 
 
-def _problem(line: bytes, exc: ValidationError) -> str:
-    if any(error["type"] == "json_invalid" for error in exc.errors()):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            return "not UTF-8"
-        return "not JSON"
-    return "JSON but not a JSON-RPC message"
+def _problem(line: bytes) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    return "not JSON"

@@ -31,6 +31,11 @@ class ClientRelay:
         self._session: ServerSession = ctx.session
         self._request_id = ctx.request_id
 
+    @property
+    def wants_progress(self) -> bool:
+        """Whether the caller asked for progress (gave a progress token)."""
+        return self._token is not None
+
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         if self._token is None:
             return

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
+from functools import partial
+
+import anyio
 
 from . import config, tracing
 from .gateway import Gateway
@@ -43,6 +47,8 @@ def run(settings: Settings) -> int:
     tracing.setup(settings)
     drain = StdioDrain(settings.shutdown_grace)
     server = build_server(Gateway(load_config(settings), settings), on_signal=drain.stop)
+    # uvloop, as Granian picks for HTTP, when installed: less CPU per call than asyncio's loop.
+    options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
     with drain:
-        server.run(transport="stdio", show_banner=False)
+        anyio.run(partial(server.run_async, "stdio", show_banner=False), backend_options=options)
     return 0

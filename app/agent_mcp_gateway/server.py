@@ -62,7 +62,7 @@ def build_server(
         lifespan=lifespan,
         mask_error_details=True,
     )
-    middleware = GatewayMiddleware(gateway)
+    middleware = GatewayMiddleware(gateway, register_tools(mcp, GatewayTools(gateway)))
     mcp.add_middleware(middleware)
     mcp.completion(middleware.complete)
     # fastmcp serves no resources/subscribe and has no hook for it: the handlers go on its
@@ -72,7 +72,6 @@ def build_server(
     low_level.add_request_handler(
         "resources/unsubscribe", mt.UnsubscribeRequestParams, middleware.unsubscribe
     )
-    register_tools(mcp, GatewayTools(gateway))
     return mcp
 
 

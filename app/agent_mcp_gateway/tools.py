@@ -15,7 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mcp_types as mt
 from fastmcp import Context, FastMCP
-from fastmcp.tools.base import ToolResult
+from fastmcp.tools.base import Tool, ToolResult
+from fastmcp.tools.function_tool import FunctionTool
 from pydantic import Field
 
 from .config import ServerConfig
@@ -156,10 +157,10 @@ class GatewayTools:
         }
 
 
-def register_tools(mcp: FastMCP, tools: GatewayTools) -> None:
-    """The MCP face of `GatewayTools`: schemas and descriptions agents see."""
+def register_tools(mcp: FastMCP, tools: GatewayTools) -> dict[str, Tool]:
+    """The MCP face of `GatewayTools`: schemas and descriptions agents see. Returns the tools by
+    name, for the middleware to run them (see `GatewayMiddleware.on_call_tool`)."""
 
-    @mcp.tool(description=LIST_SERVERS)
     async def list_servers(
         agent_id: AgentId = None,
         include_metadata: Annotated[
@@ -168,7 +169,6 @@ def register_tools(mcp: FastMCP, tools: GatewayTools) -> None:
     ) -> dict[str, Any]:
         return tools.list_servers(current_operation(), include_metadata)
 
-    @mcp.tool(description=GET_SERVER_TOOLS)
     async def get_server_tools(
         server: Annotated[str, Field(description="A server name from list_servers.")],
         agent_id: AgentId = None,
@@ -180,7 +180,6 @@ def register_tools(mcp: FastMCP, tools: GatewayTools) -> None:
     ) -> dict[str, Any]:
         return await tools.get_server_tools(current_operation(), server, names, pattern, max_schema_tokens)
 
-    @mcp.tool(description=EXECUTE_TOOL)
     async def execute_tool(
         server: Annotated[str, Field(description="A server name from list_servers.")],
         tool: Annotated[str, Field(description="A tool name from get_server_tools.")],
@@ -193,11 +192,18 @@ def register_tools(mcp: FastMCP, tools: GatewayTools) -> None:
     ) -> ToolResult:
         return await tools.execute_tool(current_operation(), server, tool, args, timeout_ms, ClientRelay(ctx))
 
-    if tools.gateway.settings.debug:
+    async def get_gateway_status() -> dict[str, Any]:
+        return tools.gateway_status()
 
-        @mcp.tool(description=GATEWAY_STATUS)
-        async def get_gateway_status() -> dict[str, Any]:
-            return tools.gateway_status()
+    described: list[tuple[Any, str]] = [
+        (list_servers, LIST_SERVERS),
+        (get_server_tools, GET_SERVER_TOOLS),
+        (execute_tool, EXECUTE_TOOL),
+    ]
+    if tools.gateway.settings.debug:
+        described.append((get_gateway_status, GATEWAY_STATUS))
+    registered = [mcp.add_tool(FunctionTool.from_function(fn, description=text)) for fn, text in described]
+    return {tool.name: tool for tool in registered}
 
 
 def _metadata(config: ServerConfig) -> dict[str, Any]:

@@ -158,6 +158,13 @@ def begin_operation(op: Operation) -> OpenSpan | None:
     return scope
 
 
+def name_operation(scope: OpenSpan | None, name: str) -> None:
+    """Name the operation's span after its target, as fastmcp names the span of a tool it runs
+    itself (`tools/call {tool}`)."""
+    if scope is not None:
+        scope.span.update_name(name)
+
+
 def end_operation(scope: OpenSpan | None, op: Operation) -> None:
     if scope is None:
         return
