@@ -20,21 +20,20 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-import httpx2
 import mcp_types as mt
 from fastmcp import Client
 from fastmcp.client.messages import MessageHandler
 from fastmcp.telemetry import inject_trace_context
 from mcp import MCPError
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import downstream_rpc as rpc
 from . import logs, tracing
 from .circuit import CircuitBreaker, CircuitOpen
 from .config import ServerConfig
-from .downstream_http import HttpServerTransport, over_limit
+from .downstream_http import HttpServerTransport
 from .downstream_stdio import StdioServerTransport, current_call
 from .errors import DownstreamError, GatewayTimeout, ResultTooLarge, ServerUnavailable, ToolNotFound
 from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_UP, downstream_series
@@ -50,10 +49,11 @@ KINDS: tuple[Kind, ...] = ("tools", "prompts", "resources")
 ChangeListener = Callable[[str, Kind], None]
 UpdateListener = Callable[[str, str], Awaitable[None]]  # server, resource URI
 
-R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
 
 CONNECTION_CLOSED = -32000
 METHOD_NOT_FOUND = -32601
+INVALID_RESULT = -32603
 ELICIT_PARAMS: TypeAdapter[mt.ElicitRequestParams] = TypeAdapter(mt.ElicitRequestParams)
 
 
@@ -83,6 +83,19 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Request(Generic[M]):
+    """A request on behalf of a caller: what it is (for the span, metrics and errors), what is
+    sent, the result model its answer is read into, and a check made once the server is up."""
+
+    operation: str
+    target: str
+    method: str
+    params: rpc.Message
+    result: type[M]
+    check: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,54 +413,46 @@ class Downstream:
                 log.warning("catalog refresh failed", extra={"server": self.name, "error": repr(exc)})
 
     async def list_tools(self) -> list[mt.Tool]:
-        await self._require_client()
+        await self._require_calls()
         return list(self.tools.values())
 
     # --- calls -----------------------------------------------------------------------------
 
-    async def _require_client(self) -> Client[Any]:
+    async def _require_calls(self) -> rpc.Calls:
         if self.state == "connecting":
             # A call that races start-up waits for the first attempt instead of failing.
             await asyncio.wait([asyncio.ensure_future(self.tried.wait())], timeout=self.connect_timeout)
-        if self.state != "up" or self._client is None:
+        calls = self._wire.calls if self._wire is not None else None
+        if self.state != "up" or calls is None:
             raise ServerUnavailable(self.name, self.last_error or self.state)
-        return self._client
+        return calls
 
     async def call_tool(
         self, tool: str, arguments: dict[str, Any], timeout_ms: int, relay: ClientRelay | None = None
     ) -> mt.CallToolResult:
         """Call a tool; the timeout covers the whole call, including waiting for start-up."""
 
-        async def call(client: Client[Any]) -> mt.CallToolResult:
+        def known() -> None:
             if tool not in self.tools:
                 self.pins.refuse(self.name, tool)
                 raise ToolNotFound(self.name, tool)
-            calls = self._wire.calls if self._wire is not None else None
-            if calls is None:
-                raise ServerUnavailable(self.name, "connection closed")
-            params: rpc.Message = {"name": tool, "arguments": arguments}
-            if meta := inject_trace_context(None):
-                params["_meta"] = meta
-            result = await calls.request("tools/call", params, _CallMessages(self, relay))
-            return mt.CallToolResult.model_validate(result)
 
-        return await self._request("execute_tool", tool, call, timeout_ms, relay)
+        params = {"name": tool, "arguments": arguments}
+        call = _Request("execute_tool", tool, "tools/call", params, mt.CallToolResult, known)
+        return await self._request(call, timeout_ms, relay)
 
     async def get_prompt(
         self, prompt: str, arguments: dict[str, str] | None, timeout_ms: int, relay: ClientRelay | None
     ) -> mt.GetPromptResult:
-        async def get(client: Client[Any]) -> mt.GetPromptResult:
-            return await client.get_prompt_mcp(prompt, arguments)
-
-        return await self._request("prompts/get", prompt, get, timeout_ms, relay)
+        params: rpc.Message = {"name": prompt, **({"arguments": arguments} if arguments is not None else {})}
+        get = _Request("prompts/get", prompt, "prompts/get", params, mt.GetPromptResult)
+        return await self._request(get, timeout_ms, relay)
 
     async def read_resource(
         self, uri: str, timeout_ms: int, relay: ClientRelay | None
     ) -> mt.ReadResourceResult:
-        async def read(client: Client[Any]) -> mt.ReadResourceResult:
-            return await client.read_resource_mcp(uri)
-
-        return await self._request("resources/read", uri, read, timeout_ms, relay)
+        read = _Request("resources/read", uri, "resources/read", {"uri": uri}, mt.ReadResourceResult)
+        return await self._request(read, timeout_ms, relay)
 
     async def complete(
         self,
@@ -456,13 +461,15 @@ class Downstream:
         context: mt.CompletionContext | None,
         timeout_ms: int,
     ) -> mt.CompleteResult:
-        wanted = {"name": argument.name, "value": argument.value}
-        known = context.arguments if context is not None else None
-
-        async def complete(client: Client[Any]) -> mt.CompleteResult:
-            return await client.complete_mcp(ref, wanted, known)
-
-        return await self._request("completion/complete", argument.name, complete, timeout_ms, None)
+        params: rpc.Message = {
+            "ref": ref.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "argument": {"name": argument.name, "value": argument.value},
+        }
+        if context is not None and context.arguments is not None:
+            params["context"] = {"arguments": context.arguments}
+        name = argument.name
+        complete = _Request("completion/complete", name, "completion/complete", params, mt.CompleteResult)
+        return await self._request(complete, timeout_ms, None)
 
     @property
     def supports_subscriptions(self) -> bool:
@@ -471,33 +478,23 @@ class Downstream:
         return bool(resources is not None and resources.subscribe)
 
     async def subscribe(self, uri: str, timeout_ms: int) -> None:
-        async def subscribe(client: Client[Any]) -> None:
-            await client.session.subscribe_resource(uri)
-
-        await self._request("resources/subscribe", uri, subscribe, timeout_ms, None)
+        method = "resources/subscribe"
+        await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
         self.subscribed.add(uri)
 
     async def unsubscribe(self, uri: str, timeout_ms: int) -> None:
         self.subscribed.discard(uri)
+        method = "resources/unsubscribe"
+        await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
 
-        async def unsubscribe(client: Client[Any]) -> None:
-            await client.session.unsubscribe_resource(uri)
-
-        await self._request("resources/unsubscribe", uri, unsubscribe, timeout_ms, None)
-
-    async def _request(
-        self,
-        operation: str,
-        target: str,
-        work: Callable[[Client[Any]], Awaitable[R]],
-        timeout_ms: int,
-        relay: ClientRelay | None,
-    ) -> R:
-        """One request to the server on behalf of one caller.
+    async def _request(self, request: _Request[M], timeout_ms: int, relay: ClientRelay | None) -> M:
+        """One request to the server on behalf of one caller, sent beside the session
+        (`downstream_rpc`); what the server sends during it goes to that caller only.
 
         Its outcome feeds the circuit breaker: an answer (even an error) closes it, a lost
         connection or a timeout counts towards opening it.
         """
+        operation, target = request.operation, request.target
         started = time.perf_counter()
         outcome = "error"
         token = current_call.set(_Call(relay))
@@ -506,9 +503,15 @@ class Downstream:
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 trial = self._admit()
-                client = await self._require_client()
+                calls = await self._require_calls()
+                if request.check is not None:
+                    request.check()
                 sent = True
-                result = await work(client)
+                params = request.params
+                if meta := inject_trace_context(None):
+                    params = {**params, "_meta": meta}
+                answer = await calls.request(request.method, params, _CallMessages(self, relay))
+            result = request.result.model_validate(answer)
             outcome = "tool_error" if getattr(result, "is_error", False) else "ok"
             self._answered()
             return result
@@ -517,18 +520,15 @@ class Downstream:
             if sent:
                 self.circuit.record_failure("call timed out")
             raise GatewayTimeout(operation, timeout_ms) from None
+        except ValidationError:
+            self._answered()
+            raise self._retold(target, MCPError(INVALID_RESULT, "the server's result is malformed")) from None
         except MCPError as exc:
-            if _is_connection_loss(exc):
-                self._lose("connection lost during a call")
-                self.circuit.record_failure("connection lost during a call")
-                raise ServerUnavailable(self.name, "connection lost during the call") from None
             self._answered()
             if isinstance(exc.data, rpc.TooLarge):
                 raise ResultTooLarge(self.name, target, exc.data.limit, exc.data.size) from None
-            if self.config.url and over_limit(exc):
-                raise ResultTooLarge(self.name, target, self.config.max_result_bytes) from None
             raise self._retold(target, exc) from None
-        except (OSError, ConnectionError, RuntimeError, httpx2.TransportError) as exc:
+        except (OSError, ConnectionError) as exc:
             self._lose(_describe(exc, "call"))
             self.circuit.record_failure("connection lost during a call")
             raise ServerUnavailable(self.name, "connection lost during the call") from None

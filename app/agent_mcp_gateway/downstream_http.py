@@ -346,9 +346,3 @@ def _closed_before_answering(exc: httpx2.TransportError) -> bool:
     if isinstance(exc, httpx2.RemoteProtocolError):
         return "without sending" in str(exc) or "Server disconnected" in str(exc)
     return True
-
-
-def over_limit(exc: MCPError) -> bool:
-    """Whether the SDK gave up on a response for being over the event size limit; it says so
-    only in words (the exception it caught is turned into this message)."""
-    return exc.message.startswith("SSE stream failed:") and "exceeded" in exc.message
