@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 from mcp import MCPError
 
-from conftest import PY, SERVERS, GatewayFiles, free_port, gateway_call, memory_gateway
+from conftest import PY, SERVERS, GatewayFiles, MemoryGateway, free_port, gateway_call, memory_gateway
 
 RULES = {"agents": {"dev": {"allow": {"servers": ["*"]}}}}
 
@@ -195,44 +196,47 @@ class Proxy:
             self.server.close()
 
 
+@asynccontextmanager
+async def through_proxy(
+    files: GatewayFiles, echo_http: EchoOverHttp, proxy: Proxy
+) -> AsyncIterator[tuple[MemoryGateway, Any]]:
+    """A gateway whose `remote` server is the echo server behind `proxy`, up and answering."""
+    echo_http.start()
+    port = await proxy.start()
+    files.write_servers({"remote": {"url": f"http://127.0.0.1:{port}/mcp"}})
+    files.write_rules(RULES)
+    try:
+        async with memory_gateway(files) as gateway, gateway.client() as client:
+            await until_available(client)
+            yield gateway, client
+    finally:
+        proxy.close()
+
+
+async def echo_calls(client: Any, count: int) -> None:
+    for number in range(count):
+        result = await execute(client, "echo", text=f"call {number}")
+        assert not result.is_error and result.content[0].text == f"call {number}"
+
+
 async def test_a_kept_alive_connection_closed_under_a_request_costs_no_call(
     gateway_files: GatewayFiles, echo_http: EchoOverHttp
 ) -> None:
     """One failed POST used to end the whole downstream session (and every call in flight)."""
-    echo_http.start()
     proxy = Proxy(echo_http.port, one_request_per_connection=True)
-    port = await proxy.start()
-    gateway_files.write_servers({"remote": {"url": f"http://127.0.0.1:{port}/mcp"}})
-    gateway_files.write_rules(RULES)
-    try:
-        async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
-            await until_available(client)
-            remote = gateway.gateway.pool.get("remote")
-            assert remote is not None
-            connected_at = remote.connected_at
-            for number in range(10):
-                result = await execute(client, "echo", text=f"call {number}")
-                assert not result.is_error and result.content[0].text == f"call {number}"
-            assert remote.connected_at == connected_at and remote.state == "up"  # no reconnect
-            assert proxy.cut >= 10  # the reused connections really were closed under requests
-    finally:
-        proxy.close()
+    async with through_proxy(gateway_files, echo_http, proxy) as (gateway, client):
+        remote = gateway.gateway.pool.get("remote")
+        assert remote is not None
+        connected_at = remote.connected_at
+        await echo_calls(client, 10)
+        assert remote.connected_at == connected_at and remote.state == "up"  # no reconnect
+        assert proxy.cut >= 10  # the reused connections really were closed under requests
 
 
 async def test_calls_reuse_their_connection(gateway_files: GatewayFiles, echo_http: EchoOverHttp) -> None:
     """Each call used to open a TCP connection of its own (on both sides)."""
-    echo_http.start()
     proxy = Proxy(echo_http.port)
-    port = await proxy.start()
-    gateway_files.write_servers({"remote": {"url": f"http://127.0.0.1:{port}/mcp"}})
-    gateway_files.write_rules(RULES)
-    try:
-        async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
-            await until_available(client)
-            before = proxy.connections
-            for number in range(30):
-                result = await execute(client, "echo", text=f"call {number}")
-                assert not result.is_error and result.content[0].text == f"call {number}"
-            assert proxy.connections - before <= 1, (before, proxy.connections)
-    finally:
-        proxy.close()
+    async with through_proxy(gateway_files, echo_http, proxy) as (_, client):
+        before = proxy.connections
+        await echo_calls(client, 30)
+        assert proxy.connections - before <= 1, (before, proxy.connections)
