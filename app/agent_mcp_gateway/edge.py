@@ -2,9 +2,9 @@
 
 Each class is a small pure-ASGI middleware (no buffering of streamed responses) doing one job:
 request ids, access logs, HTTP metrics and the session registry (`RequestContext`); browser
-Origin checks (`OriginGuard`); the body size limit and the peek at who is calling (`BodyLimit`);
-and JSON answers for clients that do not accept SSE (`JsonOnly`). CORS and rate limiting use
-Starlette's and slowapi's middleware, wired in `http.py`.
+Origin checks (`OriginGuard`); reading the body within its size and time limits, and the peek at
+who is calling (`RequestBody`); and JSON answers for clients that do not accept SSE
+(`JsonOnly`). CORS is Starlette's middleware, wired in `http.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -220,17 +221,22 @@ class OriginGuard:
 
 
 class RequestBody:
-    """Refuse bodies over the limit (413) and messages that are not one bounded JSON-RPC 2.0
-    object (-32600), and note the caller's claimed agent id for the audit of refusals.
+    """Refuse bodies over the limit (413) or slower than the deadline (408), and messages that
+    are not one bounded JSON-RPC 2.0 object (-32600), and note the caller's claimed agent id for
+    the audit of refusals.
 
     The body is read once here (it is bounded) and replayed to the app unchanged. Invalid
     JSON is left to the SDK, which answers -32700; a well-formed body of the wrong shape is
-    answered here because the SDK reports it as -32602 with a validation dump.
+    answered here because the SDK reports it as -32602 with a validation dump. The deadline is
+    here because Granian bounds the time to send headers (`header_read_timeout`) but not the
+    body, and neither it nor Starlette has one: a client trickling one byte every few seconds
+    held its connection, and a slot of the worker's connection limit, for as long as it liked.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, seconds: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -242,18 +248,26 @@ class RequestBody:
             await self._too_large(scope, receive, send)
             return
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.seconds) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_bytes:
+                    await self._too_large(scope, receive, send)
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:
+            response = error_response(
+                408, f"The request body did not arrive within {self.seconds:g} seconds.", "BODY_TIMEOUT"
+            )
+            response.headers["connection"] = "close"
+            await response(scope, receive, send)
+            return
         body = b"".join(chunks)
         problem = self._inspect(body, headers)
         if problem is not None:

@@ -24,7 +24,6 @@ from starlette.responses import JSONResponse, Response
 
 from . import __version__, tracing
 from .bearer import METADATA_PATH, BearerAuth, protected_resource_metadata
-from .body_deadline import BodyDeadline
 from .drain import CLOSE_SECONDS, Drain
 from .edge import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
 from .gateway import Gateway
@@ -74,8 +73,7 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
                 allow_headers=["*"],
                 expose_headers=["Mcp-Session-Id", "Retry-After", "X-Request-Id", "WWW-Authenticate"],
             ),
-            Middleware(BodyDeadline, seconds=settings.body_timeout),
-            Middleware(RequestBody, max_bytes=settings.max_body_bytes),
+            Middleware(RequestBody, max_bytes=settings.max_body_bytes, seconds=settings.body_timeout),
             Middleware(Drain, grace=settings.shutdown_grace),
             Middleware(BearerAuth, gateway=gateway),
             Middleware(JsonOnly),
