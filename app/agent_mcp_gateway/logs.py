@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
-import uuid
 import warnings
 from contextvars import ContextVar
 
@@ -18,7 +18,8 @@ request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (a third of uuid4().hex's cost: no UUID object)."""
+    return secrets.token_hex(16)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -69,6 +70,12 @@ def setup_logging(level: str = "INFO", log_format: str = "json") -> None:
             )
         )
     handler.addFilter(_RequestIdFilter())
+    # The lines carry no caller, thread or process fields: the logging HOWTO's "Optimization"
+    # switches spare every record the stack walk and the lookups that fill them.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
