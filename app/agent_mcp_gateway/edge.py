@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import logs
 from .auth import Principal
 from .identity import AGENT_HEADER
-from .metrics import HTTP_REQUESTS, HTTP_SECONDS
+from .metrics import http_series
 from .sessions import SessionRegistry
 from .settings import is_loopback_host
 
@@ -146,9 +146,10 @@ class RequestContext:
                 )(scope, receive, send_wrapper)
         finally:
             seconds = time.perf_counter() - started
-            HTTP_REQUESTS.labels(route, method, str(status)).inc()
+            count, duration = http_series(route, method, status)
+            count.inc()
             if not (route == "/mcp" and method == "GET"):  # a GET on /mcp is a long-lived stream
-                HTTP_SECONDS.labels(route, method).observe(seconds)
+                duration.observe(seconds)
             if route != "/metrics" and route != "/health":
                 log.info(
                     "request",

@@ -182,3 +182,16 @@ def operation_series(operation: str, agent: str, server: str, outcome: str) -> t
 def downstream_series(server: str, outcome: str) -> Histogram:
     """The DOWNSTREAM_SECONDS child of one label set."""
     return DOWNSTREAM_SECONDS.labels(server, outcome)
+
+
+@lru_cache(maxsize=1024)
+def http_series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    """The HTTP_REQUESTS and HTTP_SECONDS children of one request's labels (bounded: known
+    routes, known methods, HTTP status codes)."""
+    return HTTP_REQUESTS.labels(route, method, str(status)), HTTP_SECONDS.labels(route, method)
+
+
+@lru_cache(maxsize=1024)
+def policy_series(agent: str, decision: str) -> Counter:
+    """The POLICY_DECISIONS child of one label set."""
+    return POLICY_DECISIONS.labels(agent, decision)

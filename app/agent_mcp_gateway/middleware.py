@@ -36,7 +36,7 @@ from .downstream import Kind
 from .errors import DeniedByPolicy, GatewayError, InvalidAgentId, RateLimited
 from .gateway import Gateway
 from .identity import AGENT_HEADER, checked_claim, resolve_agent
-from .metrics import ERRORS, POLICY_DECISIONS, RATE_LIMITED, bounded, operation_series
+from .metrics import ERRORS, RATE_LIMITED, bounded, operation_series, policy_series
 from .notifications import session_key
 from .operation import Operation, begin, end
 from .relay import ClientRelay
@@ -332,7 +332,7 @@ class GatewayMiddleware(Middleware):
         count.inc()
         duration.observe(seconds)
         if op.rule is not None:
-            POLICY_DECISIONS.labels(agent, "DENY" if op.error_code == "DENIED_BY_POLICY" else "ALLOW").inc()
+            policy_series(agent, "DENY" if op.error_code == "DENIED_BY_POLICY" else "ALLOW").inc()
         if op.error_code is not None:
             ERRORS.labels(op.error_code).inc()
         self.gateway.audit.write(
