@@ -137,6 +137,8 @@ class HttpCalls:
             trust_env=True,
         )
         self._cancels: set[asyncio.Task[None]] = set()
+        # What httpx's event-stream parser names in its errors; built once (a URL parse).
+        self._request = httpx2.Request("POST", url)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -202,7 +204,7 @@ class HttpCalls:
             response.status,
             headers=list(response.headers.items()),
             stream=_Body(response),
-            request=httpx2.Request(response.method, self.url),
+            request=self._request,
         )
         try:
             async for event in httpx2.EventSource(stream, max_event_size=self.limit):
