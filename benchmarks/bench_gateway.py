@@ -8,7 +8,10 @@ HTTP and the gateway over HTTP (Granian) in front of it, then measures in the sa
   concurrency  N sessions (default 120) held open at once, all calling at the same time,
                through the gateway and, for comparison, directly;
   sessions     SessionRegistry.get and resolve_agent with 10,000 sessions, in process;
-  memory       the gateway worker's RSS over several rounds of sustained load.
+  memory       the gateway worker's RSS over several rounds of sustained load;
+  idle         10,000 idle session-era sessions held at once: the worker's RSS;
+  rss-calls    the worker's RSS from 10,000 to 100,000 calls of a sustained closed loop;
+  startup      start to /ready with 5 stdio servers, each slow to start by a known delay.
 
 The load generator is raw JSON-RPC over httpx2 (the HTTP client the MCP SDK itself uses): a
 legacy `initialize` + `notifications/initialized` per session, then `tools/call` POSTs with
@@ -400,7 +403,8 @@ class Session:
     2026-07-28: no handshake and no session; every request carries the protocol version and the
     client's capabilities in `params._meta`, and the routing headers (`Mcp-Method`, `Mcp-Name`).
     What it calls: `echo` directly (`gateway=False`), `execute_tool {server, tool: echo}` on the
-    gateway, or `tool` by name (an aggregate view's `{server}__echo`).
+    gateway, or `tool` by name (an aggregate view's `{server}__echo`). With `client`, the session
+    shares that client's keep-alive connections with other sessions instead of owning one.
     """
 
     def __init__(
@@ -413,13 +417,15 @@ class Session:
         tool: str | None = None,
         token: str = TOKEN,
         keepalive: bool = True,
+        client: httpx2.AsyncClient | None = None,
     ) -> None:
         self.url = url
         self.gateway = gateway
         self.era = era
         self.server = server
         self.tool = tool
-        self.client = httpx2.AsyncClient(
+        self.owns_client = client is None
+        self.client = client or httpx2.AsyncClient(
             timeout=timeout,
             trust_env=False,
             limits=httpx2.Limits(max_connections=1, max_keepalive_connections=int(keepalive)),
@@ -508,7 +514,15 @@ class Session:
         except httpx2.HTTPError:
             pass
         finally:
-            await self.client.aclose()
+            if self.owns_client:
+                await self.client.aclose()
+
+    async def delete(self) -> None:
+        """End the session (DELETE) and check the gateway accepted it."""
+        response = await self.client.delete(self.url, headers=self.headers)
+        if response.status_code not in (200, 202, 204):
+            raise BenchError(f"DELETE of session {self.session_id}: HTTP {response.status_code}")
+        self.session_id = None
 
 
 MODERN_META = {
@@ -648,6 +662,9 @@ class Results:
     closed_loop: dict[str, Any] = field(default_factory=dict)
     discovery: dict[str, Any] = field(default_factory=dict)
     workers: dict[str, Any] = field(default_factory=dict)
+    idle_sessions: dict[str, Any] = field(default_factory=dict)
+    rss_calls: dict[str, Any] = field(default_factory=dict)
+    startup: dict[str, Any] = field(default_factory=dict)
     targets: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -1246,6 +1263,296 @@ async def phase_workers(stack: Stack, counts: list[int], calls: int, results: Re
     }
 
 
+# --- the figures of issue "Performance" the phases above do not give ----------------------------
+
+TARGET_IDLE_BYTES_PER_10K = 100e6  # 10,000 idle sessions: under 100 MB of worker RSS
+SDK_SESSION_CAP_GAUGE = "gateway_session_limit"
+
+
+async def gateway_gauge(base: str, name: str) -> float:
+    """One of the gateway's gauges (e.g. gateway_active_sessions), from /metrics?format=json."""
+    async with httpx2.AsyncClient(timeout=30, trust_env=False) as client:
+        summary = (await client.get(f"{base}/metrics?format=json")).json()
+    samples = (summary.get(name) or {}).get("samples") or []
+    if not samples:
+        raise BenchError(f"/metrics has no {name}")
+    return float(sum(sample["value"] for sample in samples))
+
+
+async def phase_idle_sessions(stack: Stack, count: int, connections: int, results: Results) -> None:
+    """`count` session-era sessions opened (initialize + notifications/initialized) and held idle
+    at once, over `connections` shared keep-alive connections: the worker's RSS before, while
+    they are held and after they are deleted, and the gateway's active-sessions gauge."""
+    log(f"idle sessions: {count} session-era sessions held at once over {connections} connections")
+    base, worker = stack.gateway_base, stack.worker_pid()
+    cap = await gateway_gauge(base, SDK_SESSION_CAP_GAUGE)
+    active_before = await gateway_gauge(base, "gateway_active_sessions")
+    if active_before + count > cap:
+        raise BenchError(f"{count} sessions and {active_before:g} already open exceed the cap of {cap:g}")
+    await asyncio.sleep(0.5)
+    rss_before = rss_mib(worker)
+    opened: list[Session] = []
+    errors: list[str] = []
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx2.AsyncClient(timeout=120, trust_env=False, limits=limits) as client:
+        pending = iter(range(count))
+
+        async def opener() -> None:
+            for _ in pending:
+                session = Session(stack.gateway_url, True, client=client)
+                try:
+                    await session.open()
+                    opened.append(session)
+                except Exception as exc:  # counted; the run fails below
+                    errors.append(f"open: {exc!r}"[:300])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(opener() for _ in range(connections)))
+        open_seconds = time.perf_counter() - started
+        stack.check_alive()
+        log(f"  opened {len(opened)} sessions in {open_seconds:.1f} s")
+        held_connections = established_connections(stack.gateway_port)
+        active_held = await gateway_gauge(base, "gateway_active_sessions")
+        await asyncio.sleep(1.0)
+        rss_held = rss_mib(worker)
+        # The gauge counts what the gateway recorded; a ping on a sample shows the SDK still
+        # serves those sessions (an unknown session would get 404).
+        for session in random.Random(13).sample(opened, min(20, len(opened))):
+            message, _ = await session.request("ping", {})
+            if "result" not in message:
+                errors.append(f"ping on a held session: {json.dumps(message)[:300]}")
+        remaining = iter(opened)
+
+        async def closer() -> None:
+            for session in remaining:
+                try:
+                    await session.delete()
+                except Exception as exc:
+                    errors.append(f"delete: {exc!r}"[:300])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(closer() for _ in range(connections)))
+        close_seconds = time.perf_counter() - started
+    stack.check_alive()
+    await asyncio.sleep(1.0)
+    active_after = await gateway_gauge(base, "gateway_active_sessions")
+    rss_after = rss_mib(worker)
+    extra = rss_held - rss_before
+    results.idle_sessions = {
+        "sessions": count,
+        "opened": len(opened),
+        "connections": connections,
+        "connections_held": held_connections,
+        "open_seconds": round(open_seconds, 1),
+        "opened_per_s": round(len(opened) / open_seconds, 1) if open_seconds else None,
+        "close_seconds": round(close_seconds, 1),
+        "active_sessions_before": active_before,
+        "active_sessions_held": active_held,
+        "active_sessions_after": active_after,
+        "rss_before_mib": round(rss_before, 1),
+        "rss_held_mib": round(rss_held, 1),
+        "rss_after_close_mib": round(rss_after, 1),
+        "extra_mib": round(extra, 1),
+        "kib_per_session": round(extra * 1024 / max(1, len(opened)), 2),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        # What lets this many sessions stay open: the SDK's cap (the gauge above), the idle TTL
+        # and the rate limit (initialize is not charged; listed for completeness).
+        "settings": {
+            "sdk_session_cap": cap,
+            "GATEWAY_SESSION_TTL": stack.gateway_env.get("GATEWAY_SESSION_TTL", "3600 (default)"),
+            "GATEWAY_RATE_LIMIT": stack.gateway_env["GATEWAY_RATE_LIMIT"],
+            "GATEWAY_MAX_CONNECTIONS": stack.gateway_env.get("GATEWAY_MAX_CONNECTIONS", "12000 (default)"),
+        },
+    }
+    if errors or len(opened) < count or active_held != active_before + count or active_after != active_before:
+        results.errors.append(
+            f"idle sessions: {len(opened)}/{count} opened, gauge {active_before:g} -> {active_held:g} -> "
+            f"{active_after:g}, {len(errors)} errors, e.g. {errors[:2]}"
+        )
+
+
+def checkpoints(first: int, last: int, steps: int = 9) -> list[int]:
+    """`first`, then `steps` even steps to `last` (10k, 20k, ... 100k)."""
+    return [first] + [first + round((last - first) * n / steps) for n in range(1, steps + 1)]
+
+
+async def phase_rss_calls(stack: Stack, first: int, last: int, sessions: int, results: Results) -> None:
+    """A sustained closed loop of `sessions` sessions (both eras, half each) calling execute_tool
+    back to back: the worker's RSS after `first` calls and at even steps up to `last`."""
+    log(f"RSS over calls: {sessions} sessions, closed loop, RSS after {first:,} ... {last:,} calls")
+    worker = stack.worker_pid()
+    live = [Session(stack.gateway_url, True, 120, ERAS[n % 2]) for n in range(sessions)]
+    samples: list[dict[str, Any]] = []
+    errors: list[str] = []
+    done = 0
+    rss_start = rss_mib(worker)
+
+    async def caller(index: int, session: Session, queue: Iterator[int], timings: list[float]) -> None:
+        for n in queue:
+            try:
+                timings.append(await session.echo(f"m{index}-{n}"))
+            except Exception as exc:  # counted; the run fails below
+                errors.append(f"call: {exc!r}"[:300])
+
+    try:
+        for session in live:
+            await session.open()
+        for target in checkpoints(first, last):
+            queue = iter(range(done, target))
+            timings: list[float] = []
+            started = time.perf_counter()
+            await asyncio.gather(*(caller(i, s, queue, timings) for i, s in enumerate(live)))
+            wall = time.perf_counter() - started
+            stack.check_alive()
+            done = target
+            rss = rss_mib(worker)
+            stats = summarize_ms(timings)
+            samples.append(
+                {
+                    "calls": target,
+                    "rss_mib": round(rss, 1),
+                    "throughput_per_s": round(len(timings) / wall, 1),
+                    "p95": stats["p95"],
+                }
+            )
+            log(f"  {target:,} calls: worker RSS {rss:.1f} MiB, {samples[-1]['throughput_per_s']}/s")
+            if errors:
+                break
+    finally:
+        for session in live:
+            await session.close()
+    reference, final = samples[0]["rss_mib"], samples[-1]["rss_mib"]
+    results.rss_calls = {
+        "sessions": sessions,
+        "eras": list(ERAS),
+        "first_calls": first,
+        "last_calls": last,
+        "rss_start_mib": round(rss_start, 1),
+        "samples": samples,
+        "rss_first_mib": reference,
+        "rss_last_mib": final,
+        "growth_mib": round(final - reference, 1),
+        "growth_pct": round(100 * (final - reference) / reference, 1),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+    }
+    if errors or samples[-1]["calls"] != last:
+        results.errors.append(f"RSS over calls: {len(errors)} errors, e.g. {errors[:2]}")
+
+
+async def start_to_ready(stack: Stack, label: str, delays: list[float]) -> dict[str, Any]:
+    """Start `python -m agent_mcp_gateway` (HTTP) with one stdio echo server per delay, each
+    slow to start by that delay; seconds until /ready answers 200 with every server up."""
+    folder = stack.work / label
+    folder.mkdir(exist_ok=True)
+    names = [f"slow{n}" for n in range(len(delays))]
+    servers = {
+        name: {"command": sys.executable, "args": [str(ECHO_SERVER), "--start-delay", str(delay)]}
+        for name, delay in zip(names, delays, strict=True)
+    }
+    (folder / ".mcp.json").write_text(json.dumps({"mcpServers": servers}))
+    rules = folder / ".mcp-gateway-rules.json"
+    rules.write_text(Path(stack.gateway_env["GATEWAY_RULES"]).read_text())
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **stack.gateway_env,
+        "GATEWAY_MCP_CONFIG": str(folder / ".mcp.json"),
+        "GATEWAY_RULES": str(rules),
+        "GATEWAY_HTTP_PORT": str(port),
+        "GATEWAY_AUDIT_LOG": str(stack.work / f"{label}-audit.jsonl"),
+    }
+    serving = ready = None
+    up_after: dict[str, float] = {}
+    started, wall_started = time.monotonic(), time.time()
+    child = spawn(label, [sys.executable, "-m", "agent_mcp_gateway"], env, stack.work, stack.work)
+    try:
+        async with httpx2.AsyncClient(timeout=5, trust_env=False) as client:
+            while ready is None:
+                elapsed = time.monotonic() - started
+                if not child.alive():
+                    raise BenchError(f"{label} exited early:\n{child.log_tail()}")
+                if elapsed > 120:
+                    raise BenchError(
+                        f"{label}: /ready not 200 with all servers up in 120 s:\n{child.log_tail()}"
+                    )
+                try:
+                    response = await client.get(f"{base}/ready")
+                except httpx2.HTTPError:
+                    await asyncio.sleep(0.02)
+                    continue
+                serving = elapsed if serving is None else serving
+                states = response.json().get("servers", {})
+                if response.status_code == 200 and all(states.get(n, {}).get("state") == "up" for n in names):
+                    ready = elapsed
+                    # When each server came up (the gateway's own clock): parallel start-up shows
+                    # the delays' differences between them, a serial one their running sum.
+                    up_after = {n: round(states[n]["connected_at"] - wall_started, 2) for n in names}
+                else:
+                    await asyncio.sleep(0.02)
+        # Ready must mean usable: one call through each server.
+        session = Session(f"{base}/mcp", True, 30)
+        try:
+            await session.open()
+            for name in names:
+                session.server = name
+                await session.echo(f"{label}-{name}")
+        finally:
+            await session.close()
+    finally:
+        child.stop()
+    assert serving is not None
+    return {"serving_s": round(serving, 2), "ready_s": round(ready, 2), "up_after_s": up_after}
+
+
+async def phase_startup(stack: Stack, delays: list[float], repeats: int, results: Results) -> None:
+    """Start to /ready with one stdio server per delay, against the same servers with no delay,
+    alternated `repeats` times: what the delays add, next to the slowest delay and their sum."""
+    log(f"startup: {len(delays)} stdio servers slow to start by {delays} s, vs none, {repeats} times each")
+    runs: list[dict[str, Any]] = []
+    rng = random.Random(17)
+    for n in range(repeats):
+        order = [("none", [0.0] * len(delays)), ("delays", delays)]
+        rng.shuffle(order)
+        for kind, values in order:
+            run = {"kind": kind, **await start_to_ready(stack, f"startup-{kind}-{n}", values)}
+            runs.append(run)
+            log(f"  {kind}: serving after {run['serving_s']} s, ready with all up after {run['ready_s']} s")
+            stack.check_alive()
+
+    def median(kind: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in runs if r["kind"] == kind), 2)
+
+    slowest, total = max(delays), sum(delays)
+    extra = round(median("delays", "ready_s") - median("none", "ready_s"), 2)
+    # Spread of the servers' up times (last minus first) in each run, by kind.
+    spreads = {
+        kind: [
+            round(max(r["up_after_s"].values()) - min(r["up_after_s"].values()), 2)
+            for r in runs
+            if r["kind"] == kind
+        ]
+        for kind in ("none", "delays")
+    }
+    results.startup = {
+        "servers": len(delays),
+        "delays_s": delays,
+        "slowest_delay_s": slowest,
+        "sum_delays_s": round(total, 2),
+        "repeats": repeats,
+        "runs": runs,
+        "serving_s": median("delays", "serving_s"),
+        "ready_no_delay_s": median("none", "ready_s"),
+        "ready_with_delays_s": median("delays", "ready_s"),
+        "extra_s": extra,
+        "up_spread_s": spreads,
+        "delay_spread_s": round(slowest - min(delays), 2),
+        # Which the delays' cost is nearer: the slowest server (started in parallel) or the sum.
+        "bounded_by": "slowest" if extra < (slowest + total) / 2 else "sum",
+    }
+
+
 def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     """SessionRegistry.get and resolve_agent with `count` sessions, timed call by call."""
     log(f"session lookup: {count} sessions, {lookups} lookups")
@@ -1380,6 +1687,7 @@ def judge(results: Results) -> None:
         ),
     ]
     rows += performance_targets(results)
+    rows += resource_targets(results)
     results.targets = [{"metric": m, "value": v, "target": t, "met": bool(ok)} for m, v, t, ok in rows]
 
 
@@ -1429,6 +1737,79 @@ def performance_targets(results: Results) -> list[tuple[str, str, str, bool]]:
         p50 = row["gateway_time"]["p50"]
         rows.append((f"{name} gateway time p50", f"{p50:.3f} ms", "< 1 ms", p50 < 1.0))
     return rows
+
+
+def resource_targets(results: Results) -> list[tuple[str, str, str, bool]]:
+    """Idle sessions' memory, RSS over many calls, start-up with slow servers."""
+    idle, calls, start = results.idle_sessions, results.rss_calls, results.startup
+    allowed_mb = TARGET_IDLE_BYTES_PER_10K * idle["sessions"] / 10_000 / 1e6
+    return [
+        (
+            f"{idle['sessions']:,} idle sessions: worker RSS extra",
+            f"{idle['extra_mib']:+.1f} MiB ({idle['kib_per_session']:.1f} KiB each)",
+            f"< {allowed_mb:g} MB",
+            idle["extra_mib"] * 2**20 < allowed_mb * 1e6,
+        ),
+        (
+            f"worker RSS {calls['first_calls']:,} -> {calls['last_calls']:,} calls",
+            f"{calls['growth_mib']:+.1f} MiB ({calls['growth_pct']:+.1f} %)",
+            f"< {TARGET_MEMORY_GROWTH_PCT:.0f} %",
+            calls["growth_pct"] < TARGET_MEMORY_GROWTH_PCT,
+        ),
+        (
+            f"start to /ready, {start['servers']} slow stdio servers",
+            f"+{start['extra_s']:.2f} s for delays max {start['slowest_delay_s']:g} / sum {start['sum_delays_s']:g} s",
+            "bounded by the slowest",
+            start["bounded_by"] == "slowest",
+        ),
+    ]
+
+
+def render_resources(results: Results, line: Callable[[str], None]) -> None:
+    idle, calls, start = results.idle_sessions, results.rss_calls, results.startup
+    line("")
+    line(
+        f"Idle sessions: {idle['sessions']:,} session-era sessions (initialize + initialized) held at once "
+        f"over {idle['connections']} keep-alive connections"
+    )
+    line(
+        f"  opened {idle['opened']:,} in {idle['open_seconds']} s ({idle['opened_per_s']}/s); active-sessions "
+        f"gauge {idle['active_sessions_before']:g} -> {idle['active_sessions_held']:g} held -> "
+        f"{idle['active_sessions_after']:g} after DELETE ({idle['close_seconds']} s)"
+    )
+    line(
+        f"  worker RSS {idle['rss_before_mib']} MiB before, {idle['rss_held_mib']} held "
+        f"({idle['extra_mib']:+.1f} MiB, {idle['kib_per_session']} KiB per session), "
+        f"{idle['rss_after_close_mib']} after DELETE"
+    )
+    line("  settings: " + ", ".join(f"{k} {v}" for k, v in idle["settings"].items()))
+    line("")
+    line(
+        f"RSS over calls: {calls['sessions']} sessions ({' and '.join(calls['eras'])}), execute_tool back to back"
+    )
+    line(
+        "  "
+        + ", ".join(f"{s['calls']:,}: {s['rss_mib']} MiB" for s in calls["samples"])
+        + f"; {calls['samples'][-1]['throughput_per_s']} calls/s at the end"
+    )
+    line(
+        f"  growth {calls['first_calls']:,} -> {calls['last_calls']:,} calls: {calls['growth_mib']:+.1f} MiB "
+        f"({calls['growth_pct']:+.1f} %)"
+    )
+    line("")
+    line(
+        f"Startup: python -m agent_mcp_gateway (HTTP) to /ready 200 with {start['servers']} stdio servers up; "
+        f"delays {start['delays_s']} s vs none, median of {start['repeats']}"
+    )
+    line(
+        f"  no delay {start['ready_no_delay_s']} s, with delays {start['ready_with_delays_s']} s "
+        f"(serving /ready after {start['serving_s']} s): the delays added {start['extra_s']} s; slowest "
+        f"{start['slowest_delay_s']} s, sum {start['sum_delays_s']} s: bounded by the {start['bounded_by']}"
+    )
+    line(
+        f"  first to last server up, per run: no delay {start['up_spread_s']['none']} s, with delays "
+        f"{start['up_spread_s']['delays']} s (the delays differ by {start['delay_spread_s']} s at most)"
+    )
 
 
 def render(results: Results) -> str:
@@ -1526,6 +1907,7 @@ def render(results: Results) -> str:
         f"({mem['growth_round2_to_last_pct']:+.1f} %); audit log written: {mem['audit_log_bytes'] / 2**20:.1f} MiB"
     )
     render_performance(results, line)
+    render_resources(results, line)
     line("")
     line("Targets")
     for t in results.targets:
@@ -1633,6 +2015,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--discovery-calls", type=int, help="list_servers and get_server_tools calls (default 200; quick 50)"
     )
+    parser.add_argument(
+        "--idle-sessions", type=int, help="session-era sessions held idle at once (default 10000; quick 1000)"
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=8,
+        help="keep-alive connections they are opened over (default 8)",
+    )
+    parser.add_argument(
+        "--rss-calls",
+        help="RSS after FIRST and, in steps, after LAST calls: FIRST,LAST (default 10000,100000; quick 1000,10000)",
+    )
+    parser.add_argument(
+        "--rss-sessions", type=int, default=16, help="closed-loop sessions of the RSS run (default 16)"
+    )
+    parser.add_argument(
+        "--start-delays",
+        default="0.5,0.75,1.0,1.25,1.5",
+        help="start-up delays (s) of the stdio servers of the startup phase, one server each",
+    )
+    parser.add_argument(
+        "--start-repeats", type=int, help="startup runs with and without the delays (default 3; quick 1)"
+    )
     parser.add_argument("--log-level", default="INFO", help="the gateway's GATEWAY_LOG_LEVEL (default INFO)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, audit)")
     parser.add_argument(
@@ -1659,6 +2065,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "path_calls": (300, 60),
         "loop_calls": (20, 5),
         "discovery_calls": (200, 50),
+        "idle_sessions": (10_000, 1_000),
+        "rss_calls": ("10000,100000", "1000,10000"),
+        "start_repeats": (3, 1),
     }
     for name, (full, short) in defaults.items():
         if getattr(options, name) is None:
@@ -1669,6 +2078,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         options.loop_sessions = [int(n) for n in options.loop_sessions.split(",") if n.strip()]
     except ValueError:
         parser.error("--loop-sessions takes comma-separated numbers, e.g. 16,64")
+    try:
+        first, last = (int(n) for n in options.rss_calls.split(","))
+    except ValueError:
+        parser.error("--rss-calls takes FIRST,LAST, e.g. 10000,100000")
+    if not 0 < first < last:
+        parser.error("--rss-calls needs 0 < FIRST < LAST")
+    options.rss_calls = [first, last]
+    try:
+        options.start_delays = [float(n) for n in options.start_delays.split(",") if n.strip()]
+    except ValueError:
+        parser.error("--start-delays takes comma-separated seconds, e.g. 0.5,1,1.5")
+    if not options.start_delays or min(options.start_delays) < 0:
+        parser.error("--start-delays needs at least one delay, none negative")
+    if options.idle_sessions < 1 or options.idle_connections < 1 or options.start_repeats < 1:
+        parser.error("--idle-sessions, --idle-connections and --start-repeats must be at least 1")
     return options
 
 
@@ -1688,7 +2112,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous[1])
 
 
-PHASES = ("latency", "paths", "closed-loop", "discovery", "workers")
+PHASES = ("latency", "paths", "closed-loop", "discovery", "workers", "idle-sessions", "rss-calls", "startup")
 
 
 async def run_phases(stack: Stack, options: argparse.Namespace, results: Results) -> None:
@@ -1704,6 +2128,11 @@ async def run_phases(stack: Stack, options: argparse.Namespace, results: Results
             ),
             "discovery": lambda: phase_discovery(stack, options.discovery_calls, results),
             "workers": lambda: phase_workers(stack, options.loop_sessions, options.loop_calls, results),
+            "idle-sessions": lambda: phase_idle_sessions(
+                stack, options.idle_sessions, options.idle_connections, results
+            ),
+            "rss-calls": lambda: phase_rss_calls(stack, *options.rss_calls, options.rss_sessions, results),
+            "startup": lambda: phase_startup(stack, options.start_delays, options.start_repeats, results),
         }[only]
         await phase()
         return
@@ -1715,11 +2144,15 @@ async def run_phases(stack: Stack, options: argparse.Namespace, results: Results
         stack, options.sessions, options.calls_per_session, options.paced_rate, options.paced_seconds, results
     )
     await phase_memory(stack, options.rounds, options.round_calls, options.round_sessions, results)
+    await phase_idle_sessions(stack, options.idle_sessions, options.idle_connections, results)
+    stack.check_alive()
+    await phase_rss_calls(stack, *options.rss_calls, options.rss_sessions, results)
     await phase_paths(stack, options.path_calls, min(20, options.path_calls), results)
     stack.check_alive()
     await phase_closed_loop(stack, options.loop_sessions, options.loop_calls, results)
     await phase_discovery(stack, options.discovery_calls, results)
     await phase_workers(stack, options.loop_sessions, options.loop_calls, results)
+    await phase_startup(stack, options.start_delays, options.start_repeats, results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1766,7 +2199,7 @@ def main(argv: list[str] | None = None) -> int:
     results.config["load_after"] = round(os.getloadavg()[0], 2)
     results.config["seconds"] = round(time.monotonic() - started, 1)
     if options.only is not None:
-        phase = {"closed-loop": "closed_loop"}.get(options.only, options.only)
+        phase = options.only.replace("-", "_")
         print(
             json.dumps(
                 {"config": results.config, phase: getattr(results, phase), "errors": results.errors}, indent=2

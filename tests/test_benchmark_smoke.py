@@ -1,8 +1,9 @@
 """A short run of benchmarks/bench_gateway.py: the harness works, not how fast anything is.
 
 Every phase runs with tiny counts against real processes (echo over HTTP and stdio, the gateway
-over HTTP and stdio, a two-worker gateway); the script checks every answer itself and exits 1
-on any failed call. No timing is asserted: the machine is shared and the figures are noise here.
+over HTTP and stdio, a two-worker gateway, gateways started in front of slow-starting stdio
+servers); the script checks every answer itself and exits 1 on any failed call. No timing is
+asserted: the machine is shared and the figures are noise here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ SMOKE = [
     "--loop-sessions", "2,3",
     "--loop-calls", "2",
     "--discovery-calls", "3",
+    "--idle-sessions", "20",
+    "--idle-connections", "2",
+    "--rss-calls", "20,40",
+    "--rss-sessions", "2",
+    "--start-delays", "0.1,0.3",
+    "--start-repeats", "1",
 ]  # fmt: skip
 
 
@@ -69,3 +76,20 @@ def test_benchmark_runs_every_phase() -> None:
     assert set(workers["runs"]) == {"2", "3"}
     assert workers["session_era_requests"] > 0
     assert any(t["metric"].startswith("overhead execute_tool/http/2026-07-28") for t in results["targets"])
+
+    idle = results["idle_sessions"]
+    assert (idle["opened"], idle["errors"], idle["settings"]["sdk_session_cap"]) == (20, 0, 10_000)
+    assert idle["active_sessions_held"] - idle["active_sessions_before"] == 20
+    assert idle["active_sessions_after"] == idle["active_sessions_before"]
+    assert idle["connections_held"] <= 2 + 1  # the shared connections (and the /metrics read)
+
+    calls = results["rss_calls"]
+    assert [s["calls"] for s in calls["samples"]][::9] == [20, 40]
+    assert (len(calls["samples"]), calls["errors"]) == (10, 0)
+
+    startup = results["startup"]
+    assert sorted(run["kind"] for run in startup["runs"]) == ["delays", "none"]
+    assert all(set(run["up_after_s"]) == {"slow0", "slow1"} for run in startup["runs"])
+    assert (startup["slowest_delay_s"], startup["sum_delays_s"]) == (0.3, 0.4)
+    metrics = " ".join(t["metric"] for t in results["targets"])
+    assert "20 idle sessions" in metrics and "20 -> 40 calls" in metrics and "slow stdio servers" in metrics

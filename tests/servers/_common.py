@@ -1,4 +1,5 @@
-"""Shared start-up for the fixture servers: stdio by default, Streamable HTTP with --http PORT.
+"""Shared start-up for the fixture servers: stdio by default, Streamable HTTP with --http PORT;
+--start-delay SECONDS plays a server that is slow to start (it answers nothing before then).
 
 stdout is the protocol channel in stdio mode, so nothing here prints: logs go to stderr.
 """
@@ -9,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 import warnings
 
 # Quiet start-up before fastmcp is imported: no banner, no update check, warnings only.
@@ -29,8 +31,17 @@ def run(mcp: FastMCP) -> None:
     parser.add_argument(
         "--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT at /mcp"
     )
+    parser.add_argument(
+        "--start-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long before serving (a slow server; over stdio its initialize waits in the pipe)",
+    )
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    if args.start_delay > 0:
+        time.sleep(args.start_delay)
     if args.http:
         mcp.run(transport="http", host="127.0.0.1", port=args.http, show_banner=False)
     else:
