@@ -79,17 +79,20 @@ def test_benchmark_runs_every_phase() -> None:
 
     idle = results["idle_sessions"]
     assert (idle["opened"], idle["errors"], idle["settings"]["sdk_session_cap"]) == (20, 0, 10_000)
+    assert idle["scaled_down_from"] == 10_000
     assert idle["active_sessions_held"] - idle["active_sessions_before"] == 20
     assert idle["active_sessions_after"] == idle["active_sessions_before"]
     assert idle["connections_held"] <= 2 + 1  # the shared connections (and the /metrics read)
 
     calls = results["rss_calls"]
     assert [s["calls"] for s in calls["samples"]][::9] == [20, 40]
-    assert (len(calls["samples"]), calls["errors"]) == (10, 0)
+    assert (len(calls["samples"]), calls["errors"], calls["scaled_down_from"]) == (10, 0, [10_000, 100_000])
 
     startup = results["startup"]
     assert sorted(run["kind"] for run in startup["runs"]) == ["delays", "none"]
     assert all(set(run["up_after_s"]) == {"slow0", "slow1"} for run in startup["runs"])
     assert (startup["slowest_delay_s"], startup["sum_delays_s"]) == (0.3, 0.4)
+    assert (startup["parallel_spread_s"], startup["serial_spread_s"]) == (0.2, 0.3)
+    assert startup["bounded_by"] in ("slowest", "sum")
     metrics = " ".join(t["metric"] for t in results["targets"])
     assert "20 idle sessions" in metrics and "20 -> 40 calls" in metrics and "slow stdio servers" in metrics
