@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -665,6 +665,7 @@ class Results:
     idle_sessions: dict[str, Any] = field(default_factory=dict)
     rss_calls: dict[str, Any] = field(default_factory=dict)
     startup: dict[str, Any] = field(default_factory=dict)
+    compare: dict[str, Any] = field(default_factory=dict)
     targets: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -744,6 +745,91 @@ async def phase_latency(stack: Stack, calls: int, warmup: int, results: Results)
             "overhead_p95_ms": round(b["p95"] - d["p95"], 3),
             "worker_cpu_ms_per_call": round(cpu["baseline"] * 1000 / calls, 2),
         }
+
+
+COMPARED = {
+    "ping": ("ping", {}),
+    "list_servers": ("tools/call", {"name": "list_servers", "arguments": {}}),
+    "execute_tool, HTTP downstream": (
+        "tools/call",
+        {"name": "execute_tool", "arguments": {"server": "echo", "tool": "echo", "args": {"text": "hi"}}},
+    ),
+    "execute_tool, stdio downstream": (
+        "tools/call",
+        {
+            "name": "execute_tool",
+            "arguments": {"server": STDIO_SERVER, "tool": "echo", "args": {"text": "hi"}},
+        },
+    ),
+}
+
+
+async def phase_compare(stack: Stack, calls: int, rounds: int, results: Results) -> None:
+    """CPU per request of this checkout's gateway and the `--baseline` one, side by side: over
+    HTTP (ping, list_servers, execute_tool to each downstream) and over stdio (execute_tool to
+    each downstream), each measured in `rounds` blocks of `calls`, the two checkouts alternating
+    which goes first; medians of the blocks. CPU per request is steadier than latency on a busy
+    machine, and a change that saves CPU shows there first."""
+    if stack.baseline_source is None or stack.baseline is None:
+        raise BenchError("the compare phase needs --baseline DIR (another checkout's app directory)")
+    log(f"compare: {rounds} rounds x {calls} requests per kind and checkout, alternated")
+    env = stdio_env(stack)
+    apps = {"new": ROOT / "app", "baseline": stack.baseline_source}
+    urls = {"new": stack.gateway_url, "baseline": stack.baseline_url}
+    workers = {"new": stack.worker_pid(), "baseline": stack.worker_pid(stack.baseline)}
+    http: dict[str, Session] = {name: Session(url, True) for name, url in urls.items()}
+    stdio: dict[tuple[str, str], StdioSession] = {}
+    for name, app in apps.items():
+        with_app = {**env, "PYTHONPATH": os.pathsep.join([str(app), env["PYTHONPATH"]])}
+        for server in (STDIO_SERVER, "echo"):
+            with_audit = {**with_app, "GATEWAY_AUDIT_LOG": str(stack.work / f"compare-{name}-{server}.jsonl")}
+            command = [sys.executable, "-m", "agent_mcp_gateway"]
+            log_path = stack.work / f"compare-{name}-{server}.log"
+            stdio[(name, server)] = StdioSession(command, with_audit, log_path, True, server)
+    cpu: dict[tuple[str, str], list[float]] = {}
+    sessions: list[Session | StdioSession] = [*http.values(), *stdio.values()]
+    try:
+        for session in sessions:
+            await session.open()
+        kinds: list[tuple[str, Callable[[str], Awaitable[Any]], Callable[[str], int]]] = []
+        for kind, (method, params) in COMPARED.items():
+
+            async def over_http(name: str, method: str = method, params: dict[str, Any] = params) -> Any:
+                return await http[name].request(method, params)
+
+            kinds.append((f"HTTP gateway: {kind}", over_http, workers.__getitem__))
+        for server, label in ((STDIO_SERVER, "stdio"), ("echo", "HTTP")):
+
+            async def over_stdio(name: str, server: str = server) -> Any:
+                return await stdio[(name, server)].echo("hi")
+
+            def stdio_pid(name: str, server: str = server) -> int:
+                return stdio[(name, server)].pid
+
+            kinds.append((f"stdio gateway: execute_tool, {label} downstream", over_stdio, stdio_pid))
+        for _kind, send, _pid in kinds:
+            for name in apps:
+                for _ in range(20):
+                    await send(name)
+        for number in range(rounds):
+            for kind, send, pid in kinds:
+                for name in apps if number % 2 == 0 else reversed(list(apps)):
+                    before = cpu_seconds(pid(name))
+                    for _ in range(calls):
+                        await send(name)
+                    cpu.setdefault((kind, name), []).append((cpu_seconds(pid(name)) - before) * 1000 / calls)
+    finally:
+        for session in sessions:
+            await session.close()
+    rows = {}
+    for kind, _, _ in kinds:
+        new, old = statistics.median(cpu[(kind, "new")]), statistics.median(cpu[(kind, "baseline")])
+        rows[kind] = {
+            "new_cpu_ms": round(new, 2),
+            "baseline_cpu_ms": round(old, 2),
+            "ratio": round(new / old, 2),
+        }
+    results.compare = {"calls": calls, "rounds": rounds, "cpu_ms_per_request": rows}
 
 
 async def open_sessions(
@@ -2073,6 +2159,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="the `app` directory of another checkout: its gateway is a third latency path (before/after)",
     )
+    parser.add_argument(
+        "--compare-calls", type=int, default=100, help="requests per block of the compare phase (default 100)"
+    )
+    parser.add_argument(
+        "--compare-rounds",
+        type=int,
+        default=6,
+        help="blocks per kind and checkout in the compare phase (default 6)",
+    )
     options = parser.parse_args(argv)
     quick = options.quick
     defaults = {
@@ -2131,7 +2226,17 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous[1])
 
 
-PHASES = ("latency", "paths", "closed-loop", "discovery", "workers", "idle-sessions", "rss-calls", "startup")
+PHASES = (
+    "latency",
+    "paths",
+    "closed-loop",
+    "discovery",
+    "workers",
+    "idle-sessions",
+    "rss-calls",
+    "startup",
+    "compare",
+)
 
 
 async def run_phases(stack: Stack, options: argparse.Namespace, results: Results) -> None:
@@ -2152,6 +2257,7 @@ async def run_phases(stack: Stack, options: argparse.Namespace, results: Results
             ),
             "rss-calls": lambda: phase_rss_calls(stack, *options.rss_calls, options.rss_sessions, results),
             "startup": lambda: phase_startup(stack, options.start_delays, options.start_repeats, results),
+            "compare": lambda: phase_compare(stack, options.compare_calls, options.compare_rounds, results),
         }[only]
         await phase()
         return

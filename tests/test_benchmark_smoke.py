@@ -96,3 +96,22 @@ def test_benchmark_runs_every_phase() -> None:
     assert startup["bounded_by"] in ("slowest", "sum")
     metrics = " ".join(t["metric"] for t in results["targets"])
     assert "20 idle sessions" in metrics and "20 -> 40 calls" in metrics and "slow stdio servers" in metrics
+
+
+def test_the_compare_phase_measures_both_checkouts() -> None:
+    """`--only compare`: this tree against a baseline checkout (here the same `app`, an A/A run)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "app")}
+    command = [sys.executable, str(SCRIPT), "--only", "compare", "--baseline", str(ROOT / "app")]
+    options = ["--compare-calls", "3", "--compare-rounds", "2"]
+    done = subprocess.run([*command, *options], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout)["compare"]["cpu_ms_per_request"]
+    assert set(rows) == {
+        "HTTP gateway: ping",
+        "HTTP gateway: list_servers",
+        "HTTP gateway: execute_tool, HTTP downstream",
+        "HTTP gateway: execute_tool, stdio downstream",
+        "stdio gateway: execute_tool, stdio downstream",
+        "stdio gateway: execute_tool, HTTP downstream",
+    }
+    assert all(row["new_cpu_ms"] >= 0 and row["baseline_cpu_ms"] >= 0 for row in rows.values())
