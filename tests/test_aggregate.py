@@ -378,3 +378,48 @@ async def test_resource_updates_reach_subscribed_sessions_only(gateway_files: Ga
         await asyncio.sleep(0.5)
         assert subscribed.methods().count("notifications/resources/updated") == 1
         assert "notifications/resources/updated" not in bystander.methods()
+
+
+MODERN = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+}
+
+
+async def test_mcp_param_headers_are_checked_against_the_callers_view(gateway_files: GatewayFiles) -> None:
+    """A 2026-07-28 call's `Mcp-Param-*` headers are checked against the tool's schema as the
+    caller's view shows it (the gateway answers the SDK's lookup), and a tool outside the view
+    stays unknown: a mismatched header does not reveal it."""
+    gateway_files.write_servers({"echo": fixture_server("echo"), "routed": fixture_server("routed")})
+    gateway_files.write_rules(RULES)
+
+    async def call(agent: str, header: str) -> tuple[int, dict[str, Any]]:
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "routed__lookup", "arguments": {"region": "eu"}, "_meta": MODERN_META},
+        }
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": MODERN,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "routed__lookup",
+            "Mcp-Param-Region": header,
+            **as_agent(agent),
+        }
+        response = await http.post("/mcp", json=body, headers=headers)
+        text = response.text
+        payload = text.split("data: ", 1)[1] if text.startswith(("event:", "id:", "data:")) else text
+        return response.status_code, json.loads(payload)
+
+    async with asgi_gateway(gateway_files) as service, service.http() as http:
+        assert await eventually(lambda: service.gateway.ready, 30)
+        status, answer = await call("ide", "eu")
+        assert status == 200 and answer["result"]["content"][0]["text"] == "region eu", answer
+        status, answer = await call("ide", "us")
+        assert status == 400 and "Mcp-Param-Region" in answer["error"]["message"], answer
+        status, answer = await call("narrow", "us")  # narrow's view has echo's tools only
+        assert answer["error"]["message"] == "Unknown tool: 'routed__lookup'", (status, answer)

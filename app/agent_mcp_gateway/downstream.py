@@ -170,7 +170,7 @@ class _CallMessages:
     async def notify(self, method: str, params: rpc.Message | None) -> None:
         server = self.server
         if method == "notifications/message" and params is not None:
-            await server.forward_log(mt.LoggingMessageNotificationParams.model_validate(params))
+            await server.forward_log(mt.LoggingMessageNotificationParams.model_validate(params), self.relay)
         elif method.endswith("/list_changed"):
             kind = method.removeprefix("notifications/").removesuffix("/list_changed")
             if kind in KINDS:
@@ -569,19 +569,25 @@ class Downstream:
         heard = max(self._last_answer, wire.last_received if isinstance(wire, StdioServerTransport) else 0.0)
         return time.monotonic() - heard < seconds
 
-    async def forward_log(self, params: mt.LoggingMessageNotificationParams) -> None:
+    async def forward_log(
+        self, params: mt.LoggingMessageNotificationParams, relay: ClientRelay | None = None
+    ) -> None:
         """Send a downstream log message to the call it belongs to, else to the gateway's log.
 
-        The SDK runs this handler in the context the message arrived in. Over Streamable HTTP
-        that is the context of the call whose response stream carried it, so `current_call`
-        names the call exactly. stdio carries nothing to tell, so the transport names a call
-        only when exactly one was waiting for its answer when the message was read. A message
-        that belongs to no call never goes to a caller, who may be a different agent.
+        A message read while a call of the gateway's own waits (`downstream_rpc`) comes with
+        that call's `relay`: over Streamable HTTP the call's answer stream carried it, and over
+        stdio the transport names a call only when exactly one was waiting for its answer when
+        the message was read (stdio carries nothing to tell). Otherwise the SDK session runs
+        this handler, in the context the message arrived in, where `current_call` may name the
+        call. A message that belongs to no call never goes to a caller, who may be a different
+        agent.
         """
-        call = current_call.get()
-        if isinstance(call, _Call) and call.relay is not None:
+        if relay is None:
+            call = current_call.get()
+            relay = call.relay if isinstance(call, _Call) else None
+        if relay is not None:
             try:
-                await call.relay.log(params)
+                await relay.log(params)
                 return
             except Exception as exc:
                 log.warning("log forward failed", extra={"server": self.name, "error": repr(exc)})

@@ -182,9 +182,9 @@ class _Connection:
         self.junk = _JunkLog(self.server)
         # Requests sent and not yet answered: id -> (method, the call that sent it).
         self.pending: dict[Any, tuple[str, object | None]] = {}
-        # The gateway's own requests (`request`): their answers, and who gets their progress.
+        # The gateway's own requests (`request`): their answers, and whom their notifications go to.
         self.waiting: dict[str, asyncio.Future[rpc.Message]] = {}
-        self.progress: dict[str, rpc.CallMessages] = {}
+        self.own: dict[str, rpc.CallMessages] = {}
         self._cancels: set[asyncio.Task[None]] = set()
         self.read_done = anyio.Event()
         self.to_session, self.read_stream = create_context_streams[SessionMessage | Exception](0)
@@ -265,8 +265,11 @@ class _Connection:
             current_call.reset(token)
 
     async def _own(self, message: object) -> bool:
-        """Take the answer to one of the gateway's own requests, and progress for one; the
-        session never sees them."""
+        """Take the answer to one of the gateway's own requests, and the notifications that
+        belong to one; the session never sees them. Those notifications are delivered here, in
+        the order they were read, before the answer after them: handed to the session they
+        would be handled on its task, and the caller could get its answer first and lose
+        them (seen: a log message sent just before the answer)."""
         if not isinstance(message, dict):
             return False
         request_id = message.get("id")
@@ -278,14 +281,26 @@ class _Connection:
             if not waiter.done():
                 waiter.set_result(message)
             return True
-        if message.get("method") == "notifications/progress":
-            params = message.get("params")
+        if "id" in message or not isinstance(message.get("method"), str):
+            return False
+        owner = self._own_call(message)
+        if owner is None:
+            return False
+        await rpc.route(message, *owner)
+        return True
+
+    def _own_call(self, notification: rpc.Message) -> tuple[str, rpc.CallMessages] | None:
+        """The gateway's request a notification belongs to: the one its progress token names,
+        else (stdio names no call) the only call waiting for its answer, if that is ours."""
+        if notification["method"] == "notifications/progress":
+            params = notification.get("params")
             token = params.get("progressToken") if isinstance(params, dict) else None
-            messages = self.progress.get(token) if isinstance(token, str) else None
-            if messages is not None and isinstance(token, str):
-                await rpc.route(message, token, messages)
-                return True
-        return False
+            messages = self.own.get(token) if isinstance(token, str) else None
+            return (token, messages) if isinstance(token, str) and messages is not None else None
+        calls = [request_id for request_id, (method, _) in self.pending.items() if method in CALL_METHODS]
+        if len(calls) != 1 or not isinstance(calls[0], str) or calls[0] not in self.own:
+            return None
+        return calls[0], self.own[calls[0]]
 
     async def request(self, method: str, params: rpc.Message, messages: rpc.CallMessages) -> rpc.Message:
         """Send one request on stdin and wait for its answer, which `_own` takes off stdout."""
@@ -295,8 +310,7 @@ class _Connection:
         waiter: asyncio.Future[rpc.Message] = asyncio.get_running_loop().create_future()
         self.waiting[request_id] = waiter
         self.pending[request_id] = (method, current_call.get())
-        if messages.wants_progress:
-            self.progress[request_id] = messages
+        self.own[request_id] = messages
         try:
             await self.process.stdin.send(pydantic_core.to_json(message) + b"\n")
             return rpc.outcome(await waiter)
@@ -308,7 +322,7 @@ class _Connection:
         finally:
             self.waiting.pop(request_id, None)
             self.pending.pop(request_id, None)
-            self.progress.pop(request_id, None)
+            self.own.pop(request_id, None)
 
     def _tell_cancelled(self, request_id: str) -> None:
         """Tell the server a call was given up, as the SDK session does, without holding up

@@ -65,9 +65,10 @@ def build_server(
     middleware = GatewayMiddleware(gateway, register_tools(mcp, GatewayTools(gateway)))
     mcp.add_middleware(middleware)
     mcp.completion(middleware.complete)
+    low_level = mcp._mcp_server
+    low_level.get_tool_input_schema = middleware.input_schema
     # fastmcp serves no resources/subscribe and has no hook for it: the handlers go on its
     # low-level server, which then advertises `resources.subscribe`.
-    low_level = mcp._mcp_server
     low_level.add_request_handler("resources/subscribe", mt.SubscribeRequestParams, middleware.subscribe)
     low_level.add_request_handler(
         "resources/unsubscribe", mt.UnsubscribeRequestParams, middleware.unsubscribe
