@@ -177,8 +177,9 @@ class HttpCalls:
     async def _send(
         self, method: str, body: bytes | None, headers: dict[str, str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One request whose answer's unread rest is drained on the way out, so its connection
-        is kept; a kept-alive connection closed under it is retried once (see `KeepAlive`)."""
+        """One request whose answer's unread rest is drained once it is answered, so its
+        connection is kept; a kept-alive connection closed under it is retried once (see
+        `KeepAlive`)."""
         options: dict[str, Any] = {"data": body, "headers": headers, "proxy": self._proxy}
         if self._proxy_auth is not None:
             options["proxy_auth"] = self._proxy_auth
@@ -188,8 +189,10 @@ class HttpCalls:
             response = await self.client.request(method, self.url, **options)
         try:
             yield response
-        finally:
-            await _drain(response)
+        except BaseException:
+            response.close()  # a call given up or failed: its connection is not worth the wait
+            raise
+        await _drain(response)
 
     async def _answer(
         self, response: aiohttp.ClientResponse, request_id: str, messages: rpc.CallMessages
