@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,7 +396,42 @@ def jsonrpc_response(response: httpx2.Response, request_id: int) -> dict[str, An
     return message
 
 
-class Session:
+class EchoCalls:
+    """`call` and `echo` over a client's `request`: the same for the HTTP and the stdio client.
+    What `echo` calls: `echo` directly (`gateway=False`), `execute_tool {server, tool: echo}` on
+    the gateway, or `tool` by name (an aggregate view's `{server}__echo`)."""
+
+    gateway: bool
+    server: str
+    tool: str | None = None
+    over = ""  # how the client reaches its server, for error messages
+
+    async def request(self, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        raise NotImplementedError
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """A tools/call that must succeed: its result and the seconds it took."""
+        message, elapsed = await self.request("tools/call", {"name": name, "arguments": arguments})
+        result = message.get("result")
+        if not isinstance(result, dict) or result.get("isError"):
+            raise BenchError(f"tools/call {name}{self.over} failed: {json.dumps(message)[:300]}")
+        return result, elapsed
+
+    async def echo(self, text: str) -> float:
+        """One echo call; the seconds it took."""
+        if self.tool is not None:
+            name, arguments = self.tool, {"text": text}
+        elif self.gateway:
+            name = "execute_tool"
+            arguments = {"server": self.server, "tool": "echo", "args": {"text": text}}
+        else:
+            name, arguments = "echo", {"text": text}
+        result, elapsed = await self.call(name, arguments)
+        check_echo(result, text)
+        return elapsed
+
+
+class Session(EchoCalls):
     """One MCP client over its own HTTP connection, in either protocol era.
 
     2025-11-25: `initialize` opens a session whose id every later request carries.
@@ -486,27 +521,6 @@ class Session:
         elapsed = time.perf_counter() - started
         return jsonrpc_response(response, request_id), elapsed
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        """A tools/call that must succeed: its result and the seconds it took."""
-        message, elapsed = await self.request("tools/call", {"name": name, "arguments": arguments})
-        result = message.get("result")
-        if not isinstance(result, dict) or result.get("isError"):
-            raise BenchError(f"tools/call {name} failed: {json.dumps(message)[:300]}")
-        return result, elapsed
-
-    async def echo(self, text: str) -> float:
-        """One echo call (direct, execute_tool or an aggregate name); seconds it took."""
-        if self.tool is not None:
-            name, arguments = self.tool, {"text": text}
-        elif self.gateway:
-            name = "execute_tool"
-            arguments = {"server": self.server, "tool": "echo", "args": {"text": text}}
-        else:
-            name, arguments = "echo", {"text": text}
-        result, elapsed = await self.call(name, arguments)
-        check_echo(result, text)
-        return elapsed
-
     async def close(self) -> None:
         try:
             if self.session_id:
@@ -538,7 +552,7 @@ def check_echo(result: dict[str, Any], text: str) -> None:
         raise BenchError(f"echo answered {content[0].get('text')!r} instead of {text!r}")
 
 
-class StdioSession:
+class StdioSession(EchoCalls):
     """A raw JSON-RPC client over a process's stdin/stdout (newline-delimited messages), with
     the same interface as `Session`: the echo fixture directly, or the gateway over stdio
     (`gateway=True`: execute_tool on `server`)."""
@@ -550,6 +564,7 @@ class StdioSession:
         self.gateway, self.server = gateway, server
         self.process: asyncio.subprocess.Process | None = None
         self.next_id = 0
+        self.over = " over stdio"
 
     @property
     def pid(self) -> int:
@@ -595,23 +610,6 @@ class StdioSession:
         if "result" not in message:
             raise BenchError(f"initialize over stdio failed: {message}")
         await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        message, elapsed = await self.request("tools/call", {"name": name, "arguments": arguments})
-        result = message.get("result")
-        if not isinstance(result, dict) or result.get("isError"):
-            raise BenchError(f"tools/call {name} over stdio failed: {json.dumps(message)[:300]}")
-        return result, elapsed
-
-    async def echo(self, text: str) -> float:
-        if self.gateway:
-            name = "execute_tool"
-            arguments: dict[str, Any] = {"server": self.server, "tool": "echo", "args": {"text": text}}
-        else:
-            name, arguments = "echo", {"text": text}
-        result, elapsed = await self.call(name, arguments)
-        check_echo(result, text)
-        return elapsed
 
     async def close(self) -> None:
         if self.process is None:
@@ -680,6 +678,25 @@ def log(message: str) -> None:
 # --- phases ---------------------------------------------------------------------------------
 
 
+async def warm_up(sessions: Iterable[EchoCalls], count: int) -> None:
+    for n in range(count):
+        for session in sessions:
+            await session.echo(f"warm-{n}")
+
+
+async def alternated(sessions: Mapping[str, EchoCalls], calls: int, seed: int) -> dict[str, list[float]]:
+    """`calls` echo calls on every session, in a new random order each round so that the
+    machine's noise hits every path alike: the seconds of each call, by session."""
+    rng = random.Random(seed)
+    timings: dict[str, list[float]] = {name: [] for name in sessions}
+    for n in range(calls):
+        order = list(sessions.items())
+        rng.shuffle(order)
+        for name, session in order:
+            timings[name].append(await session.echo(f"call-{n}"))
+    return timings
+
+
 async def phase_latency(stack: Stack, calls: int, warmup: int, results: Results) -> None:
     """Sequential calls, one session per path, the paths alternated in random order.
 
@@ -696,20 +713,12 @@ async def phase_latency(stack: Stack, calls: int, warmup: int, results: Results)
     try:
         for session in paths.values():
             await session.open()
-        for n in range(warmup):
-            for session in paths.values():
-                await session.echo(f"warm-{n}")
-        rng = random.Random(7)
-        timings: dict[str, list[float]] = {name: [] for name in paths}
+        await warm_up(paths.values(), warmup)
         cpu_before = {name: cpu_seconds(pid) for name, pid in workers.items()}
         echo_before = cpu_seconds(stack.echo.process.pid)
         closed_before = closed_client_connections(stack.echo_port)
         wall = time.perf_counter()
-        for n in range(calls):
-            order = list(paths.items())
-            rng.shuffle(order)
-            for name, session in order:
-                timings[name].append(await session.echo(f"call-{n}"))
+        timings = await alternated(paths, calls, seed=7)
         wall = time.perf_counter() - wall
         # This load generator keeps its connections; TIME_WAIT sockets towards the echo server
         # that appear meanwhile are connections the gateways opened and closed.
@@ -1129,22 +1138,15 @@ async def phase_paths(stack: Stack, calls: int, warmup: int, results: Results) -
     log(f"paths: {len(paths)} paths x ({warmup} warm-up + {calls} calls), alternated")
     assert stack.echo is not None
     worker = stack.worker_pid()
-    timings: dict[str, list[float]] = {name: [] for name in paths}
+    sessions: dict[str, EchoCalls] = {name: session for name, (session, _) in paths.items()}
     try:
-        for session, _ in paths.values():
-            await session.open()
-        for n in range(warmup):
-            for session, _ in paths.values():
-                await session.echo(f"warm-{n}")
+        for client, _ in paths.values():
+            await client.open()
+        await warm_up(sessions.values(), warmup)
         stdio_pids = {name: s.pid for name, (s, _) in paths.items() if isinstance(s, StdioSession)}
         pids = {"gateway_worker": worker, "echo_server": stack.echo.process.pid, **stdio_pids}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        rng = random.Random(9)
-        for n in range(calls):
-            order = list(paths.items())
-            rng.shuffle(order)
-            for name, (session, _) in order:
-                timings[name].append(await session.echo(f"call-{n}"))
+        timings = await alternated(sessions, calls, seed=9)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         rss = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
     finally:

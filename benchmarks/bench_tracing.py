@@ -19,7 +19,6 @@ import asyncio
 import http.server
 import json
 import os
-import random
 import secrets
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from bench_gateway import (
     Child,
     Session,
     Stack,
+    alternated,
     children_of,
     cpu_seconds,
     free_port,
@@ -41,6 +41,7 @@ from bench_gateway import (
     spawn,
     summarize_ms,
     wait_http,
+    warm_up,
 )
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -114,17 +115,9 @@ async def measure(stack: Stack, traced_url: str, traced_pid: int, calls: int, wa
     try:
         for session in paths.values():
             await session.open()
-        for n in range(warmup):
-            for session in paths.values():
-                await session.echo(f"warm-{n}")
-        rng = random.Random(7)
-        timings: dict[str, list[float]] = {name: [] for name in paths}
+        await warm_up(paths.values(), warmup)
         cpu_before = {name: cpu_seconds(pid) for name, pid in workers.items()}
-        for n in range(calls):
-            order = list(paths.items())
-            rng.shuffle(order)
-            for name, session in order:
-                timings[name].append(await session.echo(f"call-{n}"))
+        timings = await alternated(paths, calls, seed=7)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in workers.items()}
     finally:
         for session in paths.values():
