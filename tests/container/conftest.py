@@ -114,12 +114,18 @@ RULES: dict[str, Any] = {
 
 _skip_reason: list[str] = []
 _measurements: list[str] = []
+_diagnostics: list[str] = []
 
 
 def report(line: str) -> None:
     """Print a measurement now (visible with -s) and again in the run's terminal summary."""
     print(f"\n[container] {line}")
     _measurements.append(line)
+
+
+def diagnose(title: str, text: str) -> None:
+    """Keep what a failed test leaves behind (e.g. its containers' logs) for the terminal summary."""
+    _diagnostics.append(f"{title}\n{text}")
 
 
 def _engine_problem() -> str | None:
@@ -161,6 +167,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("-", "container measurements")
         for line in _measurements:
             terminalreporter.write_line(line)
+    for text in _diagnostics:
+        terminalreporter.write_sep("-", "container diagnostics")
+        terminalreporter.write_line(text)
 
 
 def _run_script(script: str) -> str:

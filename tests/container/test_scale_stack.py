@@ -36,7 +36,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 
 from agent_mcp_gateway.auth import token_hash
 
-from .conftest import _write_readable, report
+from .conftest import _write_readable, diagnose, report
 from .test_compose_stack import free_port, stack_sh
 
 pytestmark = pytest.mark.container
@@ -98,9 +98,15 @@ class Fleet:
             'exec 3<>/dev/tcp/127.0.0.1/8404 && printf "GET /stats;csv;norefresh HTTP/1.0\\r\\n\\r\\n" >&3 '
             "&& cat <&3"
         )
-        code, out = haproxy.exec_run(["bash", "-c", fetch])
-        assert code == 0, out
-        text = out.decode()
+        # Tried a few times: under load an exec now and then hands back no output at all.
+        for _ in range(5):
+            code, out = haproxy.exec_run(["bash", "-c", fetch])
+            text = out.decode(errors="replace")
+            if code == 0 and "# pxname" in text:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"HAProxy's stats page: exit {code}, {text[-500:]!r}")
         header = text.index("# pxname")
         rows = csv.DictReader(io.StringIO(text[header + 2 :]))
         return {
@@ -161,7 +167,9 @@ def fleet(
     gateway_image: str,
     prometheus_image: str,
     tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Fleet]:
+    failed_before = request.session.testsfailed
     if shutil.which("podman-compose") is None:
         pytest.fail("podman-compose is not installed (ops/podman-setup.sh installs it)")
     images = {}
@@ -214,8 +222,24 @@ def fleet(
         report(f"scale stack up (ops/stack.sh up --scale, images built): {time.monotonic() - started:.1f} s")
         yield fleet
     finally:
+        if request.session.testsfailed > failed_before:
+            keep_logs(engine, project)
         down = stack_sh("down", env, timeout=600)
         assert down.returncode == 0, down.stderr
+
+
+def keep_logs(engine: docker.DockerClient, project: str) -> None:
+    """The fleet's own account of a failed test: each container's warnings, errors and last lines."""
+    label = {"label": f"io.podman.compose.project={project}"}
+    for container in engine.containers.list(all=True, filters=label):
+        try:
+            lines = container.logs(tail=400).decode(errors="replace").splitlines()
+        except Exception as exc:  # a container may be gone already
+            lines = [f"(no logs: {exc})"]
+        notable = [line for line in lines[:-20] if '"INFO"' not in line and " INFO " not in line]
+        title = f"{container.name} ({container.status}), last 400 lines less INFO:"
+        diagnose(title, "\n".join(notable[-80:]))
+        diagnose(f"{container.name}, last 20 lines:", "\n".join(lines[-20:]))
 
 
 # ------------------------------------------------------------------------------ clients
