@@ -7,6 +7,7 @@ in process, reached in memory.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -240,3 +241,31 @@ async def test_calls_reuse_their_connection(gateway_files: GatewayFiles, echo_ht
         before = proxy.connections
         await echo_calls(client, 30)
         assert proxy.connections - before <= 1, (before, proxy.connections)
+
+
+async def test_a_call_in_flight_when_the_connection_is_replaced_fails_at_once(
+    gateway_files: GatewayFiles, echo_http: EchoOverHttp
+) -> None:
+    """A server that stops answering is reconnected once its ping times out; a call still waiting
+    on the old connection used to wait out its whole timeout for an answer that could not come."""
+    await asyncio.to_thread(echo_http.start)
+    assert echo_http.process is not None
+    stalls = {"description": "stalls", "url": echo_http.url, "timeout_ms": 30000}
+    gateway_files.write_servers({"remote": stalls})
+    gateway_files.write_rules(RULES)
+    async with memory_gateway(gateway_files, GATEWAY_PING_TIMEOUT="1") as gateway, gateway.client() as client:
+        remote = gateway.gateway.pool.get("remote")
+        assert remote is not None and (await execute(client, "echo", text="hi")).content[0].text == "hi"
+        connected_at = remote.connected_at
+        echo_http.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(MCPError) as lost:
+                await execute(client, "echo", text="stalled")
+            waited = time.monotonic() - started
+        finally:
+            echo_http.process.send_signal(signal.SIGCONT)
+        assert lost.value.code == -32001 and lost.value.data["server"] == "remote", lost.value
+        assert waited < 15, waited  # ping interval 1 s + ping timeout 1 s + closing the session
+        result = await until_available(client)
+        assert result.content[0].text == "back" and remote.connected_at != connected_at

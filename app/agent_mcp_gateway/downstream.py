@@ -500,6 +500,7 @@ class Downstream:
         token = current_call.set(_Call(relay))
         span = tracing.begin_downstream(self.name, operation, target)
         trial = sent = False
+        calls: rpc.Calls | None = None
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 trial = self._admit()
@@ -529,8 +530,10 @@ class Downstream:
                 raise ResultTooLarge(self.name, target, exc.data.limit, exc.data.size) from None
             raise self._retold(target, exc) from None
         except (OSError, ConnectionError) as exc:
-            self._lose(_describe(exc, "call"))
-            self.circuit.record_failure("connection lost during a call")
+            # A call still on a connection already replaced says nothing of the current one.
+            if self._wire is not None and calls is self._wire.calls:
+                self._lose(_describe(exc, "call"))
+                self.circuit.record_failure("connection lost during a call")
             raise ServerUnavailable(self.name, "connection lost during the call") from None
         finally:
             self.circuit.release(trial)

@@ -146,10 +146,17 @@ class HttpCalls:
         except LookupError:
             self._proxy, self._proxy_auth = None, None
         self._cancels: set[asyncio.Task[None]] = set()
+        # The requests in flight, ended by `aclose`: aiohttp leaves a request whose connection
+        # its closed session dropped waiting for an answer that cannot come (measured: until
+        # the call's own timeout).
+        self._in_flight: set[asyncio.Timeout] = set()
         # What httpx's event-stream parser names in its errors; built once (a URL parse).
         self._request = httpx2.Request("POST", url)
 
     async def aclose(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for request in self._in_flight:
+            request.reschedule(now)
         await self.client.close()
 
     def _headers(self, accept: str = "application/json, text/event-stream") -> dict[str, str]:
@@ -160,17 +167,26 @@ class HttpCalls:
     async def request(self, method: str, params: rpc.Message, messages: rpc.CallMessages) -> rpc.Message:
         request_id = rpc.new_id()
         body = pydantic_core.to_json(rpc.request(request_id, method, params, messages))
+        closing = asyncio.timeout(None)
+        self._in_flight.add(closing)
         try:
-            try:
-                async with self._send("POST", body, self._headers()) as response:
-                    answer = await self._answer(response, request_id, messages)
-            except _Ended as ended:
-                answer = await self._resume(ended, request_id, messages)
-        except asyncio.CancelledError:
-            self._cancel(request_id)
+            async with closing:
+                try:
+                    async with self._send("POST", body, self._headers()) as response:
+                        answer = await self._answer(response, request_id, messages)
+                except _Ended as ended:
+                    answer = await self._resume(ended, request_id, messages)
+                except asyncio.CancelledError:
+                    self._cancel(request_id)
+                    raise
+        except TimeoutError:
+            if closing.expired():
+                raise ConnectionError("the connection was closed during the request") from None
             raise
         except aiohttp.ClientError as exc:
             raise ConnectionError(f"the request failed: {type(exc).__name__}") from None
+        finally:
+            self._in_flight.discard(closing)
         return rpc.outcome(answer)
 
     @asynccontextmanager
@@ -184,15 +200,20 @@ class HttpCalls:
         if self._proxy_auth is not None:
             options["proxy_auth"] = self._proxy_auth
         try:
-            response = await self.client.request(method, self.url, **options)
+            response = await self._start(method, options)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            response = await self.client.request(method, self.url, **options)
+            response = await self._start(method, options)
         try:
             yield response
         except BaseException:
             response.close()  # a call given up or failed: its connection is not worth the wait
             raise
         await _drain(response)
+
+    async def _start(self, method: str, options: dict[str, Any]) -> aiohttp.ClientResponse:
+        if self.client.closed:  # the session was replaced: this request goes nowhere
+            raise ConnectionError("the connection was closed")
+        return await self.client.request(method, self.url, **options)
 
     async def _answer(
         self, response: aiohttp.ClientResponse, request_id: str, messages: rpc.CallMessages
@@ -275,10 +296,15 @@ class HttpCalls:
     def _cancel(self, request_id: str) -> None:
         """Tell the server the call is given up (as the SDK session does), without holding up
         the caller's cancellation."""
+        if self.client.closed:
+            return
 
         async def send() -> None:
             with anyio.move_on_after(CANCEL_SECONDS):
-                await self._post(rpc.cancelled(request_id, "the caller gave up"))
+                try:
+                    await self._post(rpc.cancelled(request_id, "the caller gave up"))
+                except (aiohttp.ClientError, ConnectionError):
+                    pass  # the server is gone, or its session with it: nothing left to cancel
 
         task = asyncio.create_task(send())
         self._cancels.add(task)
