@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
+import aiohttp.abc
 import httpx
 import pytest
 from mcp import MCPError
+
+from agent_mcp_gateway.downstream_http import LastGoodResolver
 
 from conftest import PY, SERVERS, GatewayFiles, MemoryGateway, free_port, gateway_call, memory_gateway
 
@@ -269,3 +274,36 @@ async def test_a_call_in_flight_when_the_connection_is_replaced_fails_at_once(
         assert waited < 15, waited  # ping interval 1 s + ping timeout 1 s + closing the session
         result = await until_available(client)
         assert result.content[0].text == "back" and remote.connected_at != connected_at
+
+
+class Outage(aiohttp.abc.AbstractResolver):
+    """A name server that has stopped answering: lookups fail, or hang."""
+
+    def __init__(self, hang: bool) -> None:
+        self.hang = hang
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        if self.hang:
+            await asyncio.sleep(3600)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["failing", "hanging"])
+async def test_a_name_server_outage_falls_back_to_the_last_answer(hang: bool) -> None:
+    system = aiohttp.ThreadedResolver()
+    resolver = LastGoodResolver(system)
+    answer = await resolver.resolve("localhost", 8000)
+    assert answer and all(entry["hostname"] == "localhost" for entry in answer)
+    resolver._system = Outage(hang)
+    started = time.monotonic()
+    assert await resolver.resolve("localhost", 8000) == answer
+    assert time.monotonic() - started < 5  # a hanging lookup is given up after RESOLVE_SECONDS
+    # A name with no answer yet has nothing to fall back on: the lookup's own outcome stands.
+    with pytest.raises(TimeoutError if hang else socket.gaierror):
+        async with asyncio.timeout(0.5):
+            await resolver.resolve("never-looked-up.invalid", 8000)

@@ -33,7 +33,7 @@ from . import downstream_rpc as rpc
 from . import logs, tracing
 from .circuit import CircuitBreaker, CircuitOpen
 from .config import ServerConfig
-from .downstream_http import HttpServerTransport
+from .downstream_http import HttpServerTransport, LastGoodResolver
 from .downstream_stdio import StdioServerTransport, current_call
 from .errors import DownstreamError, GatewayTimeout, ResultTooLarge, ServerUnavailable, ToolNotFound
 from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_UP, downstream_series
@@ -226,6 +226,8 @@ class Downstream:
         self._refresh: asyncio.Task[None] | None = None
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
+        # Kept across reconnects: its last good answers are what outlive a name server outage.
+        self._resolver = LastGoodResolver()
         DOWNSTREAM_UP.labels(name).set(0)
         DOWNSTREAM_CIRCUIT_OPEN.labels(name).set(0)
 
@@ -614,7 +616,7 @@ class Downstream:
         if config.command:
             self._wire = StdioServerTransport(self.name, config, self.watchdog)
         else:
-            self._wire = HttpServerTransport(config)
+            self._wire = HttpServerTransport(config, self._resolver)
         return self._wire
 
 

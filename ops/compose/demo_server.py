@@ -54,4 +54,8 @@ if __name__ == "__main__":
         port=int(os.environ.get("DEMO_PORT", "9000")),
         path="/mcp",
         show_banner=False,
+        # Longer than the gateways' ping interval (10 s), so their idle connections stay open
+        # between pings instead of being closed after uvicorn's default 5 s and reopened, with
+        # a new name lookup each time.
+        uvicorn_config={"timeout_keep_alive": 75},
     )

@@ -123,15 +123,19 @@ class Fleet:
         return slots[0]
 
     def wait_all_up(self, timeout: float = 120) -> float:
-        """Until HAProxy sees every replica UP (its /ready passes); seconds it took."""
+        """Until HAProxy sees every replica UP (its /ready passes) and every replica has its
+        downstream servers up and its rate limits shared; seconds it took."""
         start = time.monotonic()
         servers: dict[str, tuple[str, str]] = {}
+        settled: list[str] = []
         while time.monotonic() - start < timeout:
             servers = self.haproxy_servers()
             if len(servers) == REPLICAS and all(status == "UP" for status, _ in servers.values()):
-                return time.monotonic() - start
+                settled = [unsettled(replica) for replica in self.replicas]
+                if not any(settled):
+                    return time.monotonic() - start
             time.sleep(0.5)
-        pytest.fail(f"replicas not all UP in HAProxy within {timeout:.0f} s: {servers}")
+        pytest.fail(f"replicas not all UP and settled within {timeout:.0f} s: {servers} {settled}")
 
 
 def replica_get(container: Container, path: str) -> tuple[int, str]:
@@ -152,6 +156,20 @@ def active_sessions(container: Container) -> int:
     _, text = replica_get(container, "/metrics")
     line = next(line for line in text.splitlines() if line.startswith("gateway_active_sessions "))
     return int(float(line.split()[1]))
+
+
+def unsettled(container: Container) -> str:
+    """What a replica still waits for (a downstream not up, limits not shared); "" when nothing."""
+    status, body = replica_get(container, "/ready")
+    if status != 200:
+        return f"{container.name}: /ready {status}"
+    ready = json.loads(body)
+    waiting = [
+        f"{name} {server['state']}" for name, server in ready["servers"].items() if server["state"] != "up"
+    ]
+    if ready.get("rate_limits", {}).get("state") != "shared":
+        waiting.append(f"rate limits {ready.get('rate_limits')}")
+    return f"{container.name}: {', '.join(waiting)}" if waiting else ""
 
 
 def rate_limit_state(container: Container) -> str | None:
@@ -233,13 +251,12 @@ def keep_logs(engine: docker.DockerClient, project: str) -> None:
     label = {"label": f"io.podman.compose.project={project}"}
     for container in engine.containers.list(all=True, filters=label):
         try:
-            lines = container.logs(tail=400).decode(errors="replace").splitlines()
+            lines = container.logs().decode(errors="replace").splitlines()
         except Exception as exc:  # a container may be gone already
             lines = [f"(no logs: {exc})"]
-        notable = [line for line in lines[:-20] if '"INFO"' not in line and " INFO " not in line]
-        title = f"{container.name} ({container.status}), last 400 lines less INFO:"
-        diagnose(title, "\n".join(notable[-80:]))
-        diagnose(f"{container.name}, last 20 lines:", "\n".join(lines[-20:]))
+        notable = [line for line in lines[:-10] if '"INFO"' not in line and "INFO: " not in line]
+        diagnose(f"{container.name} ({container.status}), all but INFO lines:", "\n".join(notable[-60:]))
+        diagnose(f"{container.name}, last 10 lines:", "\n".join(lines[-10:]))
 
 
 # ------------------------------------------------------------------------------ clients
