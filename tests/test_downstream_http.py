@@ -18,10 +18,11 @@ from typing import Any
 import aiohttp
 import aiohttp.abc
 import httpx
+import httpx2
 import pytest
 from mcp import MCPError
 
-from agent_mcp_gateway.downstream_http import LastGoodResolver
+from agent_mcp_gateway.downstream_http import HttpCalls, KeepAlive, LastGoodResolver
 
 from conftest import PY, SERVERS, GatewayFiles, MemoryGateway, free_port, gateway_call, memory_gateway
 
@@ -307,3 +308,32 @@ async def test_a_name_server_outage_falls_back_to_the_last_answer(hang: bool) ->
     with pytest.raises(TimeoutError if hang else socket.gaierror):
         async with asyncio.timeout(0.5):
             await resolver.resolve("never-looked-up.invalid", 8000)
+
+
+class NoMessages:
+    """A call that expects nothing from the server while it runs."""
+
+    wants_progress = False
+
+    async def progress(self, params: dict[str, Any]) -> None:
+        raise AssertionError(params)
+
+    async def notify(self, method: str, params: dict[str, Any] | None) -> None:
+        raise AssertionError(method)
+
+    async def answer(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        raise AssertionError(method)
+
+
+async def test_a_call_still_looking_up_its_host_when_the_connection_closes_fails_cleanly() -> None:
+    """aiohttp cancels such a request when its session closes; let through, that cancellation
+    ended the calling client's whole MCP session (its next request got 404), not just the call."""
+    resolver = LastGoodResolver(Outage(hang=True))
+    keep_alive = KeepAlive(httpx2.AsyncHTTPTransport())
+    calls = HttpCalls("http://downstream.invalid:9000/mcp", {}, keep_alive, 1 << 20, resolver)
+    call = asyncio.create_task(calls.request("tools/call", {"name": "echo"}, NoMessages()))
+    await asyncio.sleep(0.2)
+    await calls.aclose()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(call, 5)
+    assert not call.cancelled()

@@ -194,17 +194,16 @@ class HttpCalls:
         except LookupError:
             self._proxy, self._proxy_auth = None, None
         self._cancels: set[asyncio.Task[None]] = set()
-        # The requests in flight, ended by `aclose`: aiohttp leaves a request whose connection
-        # its closed session dropped waiting for an answer that cannot come (measured: until
-        # the call's own timeout).
-        self._in_flight: set[asyncio.Timeout] = set()
+        # The answers being read, closed by `aclose`: aiohttp leaves a request whose connection
+        # its closed session dropped waiting for the rest of an answer that cannot come
+        # (measured: until the call's own timeout).
+        self._answers: set[aiohttp.ClientResponse] = set()
         # What httpx's event-stream parser names in its errors; built once (a URL parse).
         self._request = httpx2.Request("POST", url)
 
     async def aclose(self) -> None:
-        now = asyncio.get_running_loop().time()
-        for request in self._in_flight:
-            request.reschedule(now)
+        for answer in self._answers:
+            answer.close()
         await self.client.close()
 
     def _headers(self, accept: str = "application/json, text/event-stream") -> dict[str, str]:
@@ -215,26 +214,23 @@ class HttpCalls:
     async def request(self, method: str, params: rpc.Message, messages: rpc.CallMessages) -> rpc.Message:
         request_id = rpc.new_id()
         body = pydantic_core.to_json(rpc.request(request_id, method, params, messages))
-        closing = asyncio.timeout(None)
-        self._in_flight.add(closing)
         try:
-            async with closing:
-                try:
-                    async with self._send("POST", body, self._headers()) as response:
-                        answer = await self._answer(response, request_id, messages)
-                except _Ended as ended:
-                    answer = await self._resume(ended, request_id, messages)
-                except asyncio.CancelledError:
-                    self._cancel(request_id)
-                    raise
-        except TimeoutError:
-            if closing.expired():
+            try:
+                async with self._send("POST", body, self._headers()) as response:
+                    answer = await self._answer(response, request_id, messages)
+            except _Ended as ended:
+                answer = await self._resume(ended, request_id, messages)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                # Nobody cancelled this call: aiohttp cancels a request still connecting (or
+                # looking up its host) when its session closes. Let through, that cancellation
+                # ended the caller's whole MCP session, not just this call.
                 raise ConnectionError("the connection was closed during the request") from None
+            self._cancel(request_id)
             raise
         except aiohttp.ClientError as exc:
             raise ConnectionError(f"the request failed: {type(exc).__name__}") from None
-        finally:
-            self._in_flight.discard(closing)
         return rpc.outcome(answer)
 
     @asynccontextmanager
@@ -251,11 +247,14 @@ class HttpCalls:
             response = await self._start(method, options)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             response = await self._start(method, options)
+        self._answers.add(response)
         try:
             yield response
         except BaseException:
             response.close()  # a call given up or failed: its connection is not worth the wait
             raise
+        finally:
+            self._answers.discard(response)
         await _drain(response)
 
     async def _start(self, method: str, options: dict[str, Any]) -> aiohttp.ClientResponse:
