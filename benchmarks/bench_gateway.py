@@ -836,7 +836,8 @@ async def phase_compare(stack: Stack, calls: int, rounds: int, results: Results)
         rows[kind] = {
             "new_cpu_ms": round(new, 2),
             "baseline_cpu_ms": round(old, 2),
-            "ratio": round(new / old, 2),
+            # None when the baseline's CPU is below the clock's tick (a smoke run's few requests)
+            "ratio": round(new / old, 2) if old else None,
         }
     results.compare = {"calls": calls, "rounds": rounds, "cpu_ms_per_request": rows}
 
