@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +255,10 @@ class HttpGateway:
             raise
 
 
-def start_http_gateway(files: GatewayFiles, wait_ready: bool = True, **env: str) -> HttpGateway:
+def start_http_gateway(
+    files: GatewayFiles, wait_ready: bool = True, launcher: Sequence[str] = (), **env: str
+) -> HttpGateway:
+    """`launcher` goes before the gateway's command line (e.g. to run it in a namespace)."""
     port = free_port()
     log_path = files.directory.parent / f"gateway-{port}.log"
     full_env = {
@@ -264,7 +267,7 @@ def start_http_gateway(files: GatewayFiles, wait_ready: bool = True, **env: str)
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [PY, "-m", "agent_mcp_gateway"],
+            [*launcher, PY, "-m", "agent_mcp_gateway"],
             env=full_env,
             cwd=files.directory,
             stdout=log_file,
