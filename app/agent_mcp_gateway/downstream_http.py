@@ -52,6 +52,9 @@ RESOLVE_SECONDS = 2.0
 KEEPALIVE_SECONDS = 30.0
 
 
+_Key = tuple[str, int, int]  # host, port, address family
+
+
 class LastGoodResolver(aiohttp.abc.AbstractResolver):
     """The system's name lookups, falling back to the last answer while they fail or stall.
 
@@ -65,24 +68,36 @@ class LastGoodResolver(aiohttp.abc.AbstractResolver):
 
     def __init__(self, system: aiohttp.abc.AbstractResolver | None = None) -> None:
         self._system = system  # by default aiohttp's, made on first use: it needs the running loop
-        self._last: dict[tuple[str, int, int], list[aiohttp.abc.ResolveResult]] = {}
+        self._last: dict[_Key, list[aiohttp.abc.ResolveResult]] = {}
+        # One lookup at a time per name, left to finish when a caller stops waiting for it: a
+        # stalled lookup holds one of the event loop's few resolver threads for up to 20 s, and
+        # its late outcome would otherwise be logged as an exception nobody retrieved.
+        self._pending: dict[_Key, asyncio.Task[list[aiohttp.abc.ResolveResult]]] = {}
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[aiohttp.abc.ResolveResult]:
         key = (host, port, family)
+        lookup = self._pending.get(key)
+        if lookup is None:
+            if self._system is None:
+                self._system = aiohttp.ThreadedResolver()
+            lookup = asyncio.ensure_future(self._system.resolve(host, port, family))
+            self._pending[key] = lookup
+            lookup.add_done_callback(lambda done: self._settle(key, done))
         last = self._last.get(key)
-        if self._system is None:
-            self._system = aiohttp.ThreadedResolver()
         try:
             async with asyncio.timeout(RESOLVE_SECONDS if last is not None else None):
-                answer = await self._system.resolve(host, port, family)
+                return await asyncio.shield(lookup)
         except (OSError, TimeoutError):
             if last is None:
                 raise
             return last
-        self._last[key] = answer
-        return answer
+
+    def _settle(self, key: _Key, lookup: asyncio.Task[list[aiohttp.abc.ResolveResult]]) -> None:
+        del self._pending[key]
+        if not lookup.cancelled() and lookup.exception() is None:
+            self._last[key] = lookup.result()
 
     async def close(self) -> None:
         """Nothing to release: the system resolver holds nothing, and the last answers are
