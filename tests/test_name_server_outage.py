@@ -98,29 +98,56 @@ async def test_a_silent_name_server_fails_no_call_and_ends_no_session(
     outcomes: Counter[str] = Counter()
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60) as http:
         sessions = [await _open(http) for _ in range(SESSIONS)]
-
-        async def calls(seconds: float, phase: str) -> None:
-            async def loop(headers: dict[str, str]) -> None:
-                end, n = time.monotonic() + seconds, 0
-                while time.monotonic() < end:
-                    n += 1
-                    outcomes[f"{phase}: {await _echo(http, headers, n)}"] += 1
-                    await asyncio.sleep(0.1)
-
-            await asyncio.gather(*(loop(headers) for headers in sessions))
-
-        await calls(2, "before")
+        await _calls(http, sessions, 2, "before", outcomes)
         name_server.send_signal(signal.SIGSTOP)
         try:
             # Idle past a ping (due 6 to 12 s after the last answer), then call while silent.
             await asyncio.sleep(14)
-            await calls(5, "silent")
+            await _calls(http, sessions, 5, "silent", outcomes)
         finally:
             name_server.send_signal(signal.SIGCONT)
-        await calls(2, "after")
+        await _calls(http, sessions, 2, "after", outcomes)
+    _assert_all_answered(outcomes, ("before", "silent", "after"))
+
+
+async def test_a_name_server_silent_before_the_first_call_fails_no_call(
+    gateway: HttpGateway, name_server: subprocess.Popen[bytes]
+) -> None:
+    """The calls' own connections have never looked the name up: the session's lookup serves."""
+    outcomes: Counter[str] = Counter()
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60) as http:
+        sessions = [await _open(http) for _ in range(SESSIONS)]
+        name_server.send_signal(signal.SIGSTOP)
+        try:
+            await _calls(http, sessions, 5, "silent", outcomes)
+        finally:
+            name_server.send_signal(signal.SIGCONT)
+    _assert_all_answered(outcomes, ("silent",))
+
+
+async def _calls(
+    http: httpx.AsyncClient,
+    sessions: list[dict[str, str]],
+    seconds: float,
+    phase: str,
+    outcomes: Counter[str],
+) -> None:
+    """Every session calls in a loop for `seconds`; each outcome is counted under the phase."""
+
+    async def loop(headers: dict[str, str]) -> None:
+        end, n = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            n += 1
+            outcomes[f"{phase}: {await _echo(http, headers, n)}"] += 1
+            await asyncio.sleep(0.1)
+
+    await asyncio.gather(*(loop(headers) for headers in sessions))
+
+
+def _assert_all_answered(outcomes: Counter[str], phases: tuple[str, ...]) -> None:
     failed = {outcome: count for outcome, count in outcomes.items() if not outcome.endswith(": ok")}
     assert failed == {}, (failed, outcomes)
-    assert all(outcomes[f"{phase}: ok"] > SESSIONS for phase in ("before", "silent", "after")), outcomes
+    assert all(outcomes[f"{phase}: ok"] > SESSIONS for phase in phases), outcomes
 
 
 async def _open(http: httpx.AsyncClient) -> dict[str, str]:

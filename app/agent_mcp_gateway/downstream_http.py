@@ -10,6 +10,7 @@ client holds the session; calls are sent beside it on the same connections (`Htt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -93,6 +94,13 @@ class LastGoodResolver(aiohttp.abc.AbstractResolver):
             if last is None:
                 raise
             return last
+
+    async def remember(self, url: yarl.URL) -> None:
+        """Look the URL's host up as aiohttp's connector will (any address family)."""
+        if url.host is None or url.port is None:
+            return
+        with contextlib.suppress(OSError, TimeoutError):
+            await self.resolve(url.host, url.port, socket.AF_UNSPEC)
 
     def _settle(self, key: _Key, lookup: asyncio.Task[list[aiohttp.abc.ResolveResult]]) -> None:
         del self._pending[key]
@@ -445,9 +453,13 @@ class HttpServerTransport(ClientTransport):
             options.session_class(read_stream, write_stream, **session_kwargs) as session,
         ):
             self.calls = HttpCalls(self.url, self.headers, keep_alive, self.limit, self.resolver)
+            # The session just reached the server by name: have a last good answer for the
+            # calls' own connections before a name server outage can leave them none.
+            remember = asyncio.create_task(self.resolver.remember(yarl.URL(self.url)))
             try:
                 yield session
             finally:
+                remember.cancel()
                 calls, self.calls = self.calls, None
                 await calls.aclose()
 
