@@ -20,7 +20,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -95,18 +95,12 @@ def gateway(
 async def test_a_silent_name_server_fails_no_call_and_ends_no_session(
     gateway: HttpGateway, name_server: subprocess.Popen[bytes]
 ) -> None:
-    outcomes: Counter[str] = Counter()
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60) as http:
-        sessions = [await _open(http) for _ in range(SESSIONS)]
-        await _calls(http, sessions, 2, "before", outcomes)
-        name_server.send_signal(signal.SIGSTOP)
-        try:
-            # Idle past a ping (due 6 to 12 s after the last answer), then call while silent.
-            await asyncio.sleep(14)
-            await _calls(http, sessions, 5, "silent", outcomes)
-        finally:
-            name_server.send_signal(signal.SIGCONT)
-        await _calls(http, sessions, 2, "after", outcomes)
+    async def meanwhile(calls: Calls) -> None:
+        # Idle past a ping (due 6 to 12 s after the last answer), then call while silent.
+        await asyncio.sleep(14)
+        await calls(5, "silent")
+
+    outcomes = await _silenced(gateway, name_server, meanwhile, before=2, after=2)
     _assert_all_answered(outcomes, ("before", "silent", "after"))
 
 
@@ -114,15 +108,43 @@ async def test_a_name_server_silent_before_the_first_call_fails_no_call(
     gateway: HttpGateway, name_server: subprocess.Popen[bytes]
 ) -> None:
     """The calls' own connections have never looked the name up: the session's lookup serves."""
+
+    async def meanwhile(calls: Calls) -> None:
+        await calls(5, "silent")
+
+    outcomes = await _silenced(gateway, name_server, meanwhile, before=0, after=0)
+    _assert_all_answered(outcomes, ("silent",))
+
+
+Calls = Callable[[float, str], Awaitable[None]]
+
+
+async def _silenced(
+    gateway: HttpGateway,
+    name_server: subprocess.Popen[bytes],
+    meanwhile: Callable[[Calls], Awaitable[None]],
+    before: float,
+    after: float,
+) -> Counter[str]:
+    """Open the sessions, call for `before` seconds, pause the name server for `meanwhile`,
+    resume it and call for `after` seconds; the outcomes counted by phase."""
     outcomes: Counter[str] = Counter()
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60) as http:
         sessions = [await _open(http) for _ in range(SESSIONS)]
+
+        async def calls(seconds: float, phase: str) -> None:
+            await _calls(http, sessions, seconds, phase, outcomes)
+
+        if before:
+            await calls(before, "before")
         name_server.send_signal(signal.SIGSTOP)
         try:
-            await _calls(http, sessions, 5, "silent", outcomes)
+            await meanwhile(calls)
         finally:
             name_server.send_signal(signal.SIGCONT)
-    _assert_all_answered(outcomes, ("silent",))
+        if after:
+            await calls(after, "after")
+    return outcomes
 
 
 async def _calls(
