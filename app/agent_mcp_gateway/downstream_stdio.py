@@ -297,10 +297,11 @@ class _Connection:
             token = params.get("progressToken") if isinstance(params, dict) else None
             messages = self.own.get(token) if isinstance(token, str) else None
             return (token, messages) if isinstance(token, str) and messages is not None else None
-        calls = [request_id for request_id, (method, _) in self.pending.items() if method in CALL_METHODS]
-        if len(calls) != 1 or not isinstance(calls[0], str) or calls[0] not in self.own:
+        waiting = self._waiting_call()
+        request_id = waiting[0] if waiting is not None else None
+        if not isinstance(request_id, str) or request_id not in self.own:
             return None
-        return calls[0], self.own[calls[0]]
+        return request_id, self.own[request_id]
 
     async def request(self, method: str, params: rpc.Message, messages: rpc.CallMessages) -> rpc.Message:
         """Send one request on stdin and wait for its answer, which `_own` takes off stdout."""
@@ -342,7 +343,16 @@ class _Connection:
     def _owner(self) -> object | None:
         """The call a notification or a server's request belongs to: on stdio nothing names it,
         so only when exactly one call is waiting for its answer at the moment it is read."""
-        calls = [call for method, call in self.pending.values() if method in CALL_METHODS]
+        waiting = self._waiting_call()
+        return waiting[1] if waiting is not None else None
+
+    def _waiting_call(self) -> tuple[Any, object | None] | None:
+        """The request id and call of the only call waiting for its answer, if only one is."""
+        calls = [
+            (request_id, call)
+            for request_id, (method, call) in self.pending.items()
+            if method in CALL_METHODS
+        ]
         return calls[0] if len(calls) == 1 else None
 
     async def _refuse(self, line: _Oversize) -> None:
