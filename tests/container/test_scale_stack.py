@@ -21,7 +21,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,15 +98,7 @@ class Fleet:
             'exec 3<>/dev/tcp/127.0.0.1/8404 && printf "GET /stats;csv;norefresh HTTP/1.0\\r\\n\\r\\n" >&3 '
             "&& cat <&3"
         )
-        # Tried a few times: under load an exec now and then hands back no output at all.
-        for _ in range(5):
-            code, out = haproxy.exec_run(["bash", "-c", fetch])
-            text = out.decode(errors="replace")
-            if code == 0 and "# pxname" in text:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"HAProxy's stats page: exit {code}, {text[-500:]!r}")
+        text = exec_output(haproxy, ["bash", "-c", fetch], lambda code, out: code == 0 and "# pxname" in out)
         header = text.index("# pxname")
         rows = csv.DictReader(io.StringIO(text[header + 2 :]))
         return {
@@ -148,14 +140,25 @@ def replica_get(container: Container, path: str) -> tuple[int, str]:
         "except e.HTTPError as x:\n print(x.code); print(x.read().decode())\n"
         "except OSError as x:\n print(0); print(x)\n"
     )
-    # Tried a few times: under load an exec now and then hands back no output at all.
+    text = exec_output(
+        container,
+        ["python3", "-c", script, path],
+        lambda code, out: code == 0 and out.split("\n")[0].isdigit(),
+    )
+    status, _, body = text.partition("\n")
+    return int(status), body
+
+
+def exec_output(container: Container, command: list[str], answered: Callable[[int, str], bool]) -> str:
+    """A command's output in a container, tried a few times: under load an exec now and then
+    hands back no output at all."""
     for _ in range(5):
-        code, out = container.exec_run(["python3", "-c", script, path])
-        status, _, body = out.decode(errors="replace").partition("\n")
-        if code == 0 and status.isdigit():
-            return int(status), body
+        code, out = container.exec_run(command)
+        text = out.decode(errors="replace")
+        if answered(code, text):
+            return text
         time.sleep(0.5)
-    raise AssertionError(f"{container.name}: GET {path} by exec: exit {code}, {out[-500:]!r}")
+    pytest.fail(f"{container.name}: {command[0]} by exec: exit {code}, {text[-500:]!r}")
 
 
 def active_sessions(container: Container) -> int:
