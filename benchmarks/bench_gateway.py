@@ -353,7 +353,7 @@ class Stack:
             "127.0.0.1",
             "--port",
             str(port),
-            "agent_mcp_gateway.http:create_app",
+            "agent_mcp_gateway.run.granian:worker_app",
         ]
         child = self._start_gateway(f"gateway-{workers}w", port, self.gateway_env, command)
         self.extra.append(child)
@@ -1657,11 +1657,11 @@ def phase_session_lookup(count: int, lookups: int, results: Results) -> None:
     log(f"session lookup: {count} sessions, {lookups} lookups")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
-    from agent_mcp_gateway.auth import Principal
+    from agent_mcp_gateway.access.credentials import Principal
+    from agent_mcp_gateway.access.identity import resolve_agent
+    from agent_mcp_gateway.access.policy import PolicyEngine
     from agent_mcp_gateway.config import RulesConfig
-    from agent_mcp_gateway.identity import resolve_agent
-    from agent_mcp_gateway.policy import PolicyEngine
-    from agent_mcp_gateway.sessions import SessionRegistry
+    from agent_mcp_gateway.sessions.registry import SessionRegistry
 
     registry = SessionRegistry(ttl_seconds=3600)
     ids = [secrets.token_hex(16) for _ in range(count)]

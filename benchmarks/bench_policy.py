@@ -17,8 +17,8 @@ from typing import Any
 
 from timing import clock_overhead_ns
 
+from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.config import RulesConfig
-from agent_mcp_gateway.policy import PolicyEngine
 
 AGENTS = 100
 RULES_PER_AGENT = 50

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import uvloop
 from timing import clock_overhead_ns
 
-from agent_mcp_gateway.ratelimit import RateLimits
+from agent_mcp_gateway.access.ratelimit import RateLimits
 
 LIMIT = "1000000/minute"  # never reached: every charge is a counted, allowed operation
 

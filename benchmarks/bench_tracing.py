@@ -48,7 +48,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from agent_mcp_gateway import tracing
+from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.operation import Operation
 
 

@@ -10,7 +10,7 @@ downstream tools on demand. This script measures both for a configuration direct
   2. each downstream server of the same .mcp.json, connected directly the way the gateway
      connects to it, asked for tools/list.
 
-Tokens are estimated as in agent_mcp_gateway.tools.estimate_tokens (compact JSON characters / 4) over the
+Tokens are estimated as in agent_mcp_gateway.server.discovery.estimate_tokens (compact JSON characters / 4) over the
 tool definitions as a client sees them: name, description, inputSchema and outputSchema
 (annotations and title too when a server sets them). The full tools/list JSON, with `_meta`,
 is shown beside it, and the same agent's tools/list in the aggregate view (its allowed
@@ -41,7 +41,7 @@ from fastmcp import Client  # noqa: E402
 from fastmcp.client.transports import ClientTransport, StdioTransport, StreamableHttpTransport  # noqa: E402
 
 from agent_mcp_gateway.config import MCP_CONFIG_NAME, RULES_NAME, ServerConfig, load_mcp_config  # noqa: E402
-from agent_mcp_gateway.tools import estimate_tokens  # noqa: E402
+from agent_mcp_gateway.server.discovery import estimate_tokens  # noqa: E402
 
 DEMO_CONFIG = ROOT / "app" / "agent_mcp_gateway" / "demo" / "config"
 DEFINITION_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")

@@ -36,10 +36,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from agent_mcp_gateway.gateway import Gateway
-from agent_mcp_gateway.http import create_app
-from agent_mcp_gateway.metrics import REGISTRY
-from agent_mcp_gateway.serve import load_config
-from agent_mcp_gateway.server import build_server
+from agent_mcp_gateway.observe.metrics import REGISTRY
+from agent_mcp_gateway.run.http_app import create_app
+from agent_mcp_gateway.run.startup import load_config
+from agent_mcp_gateway.server.build import build_server
 from agent_mcp_gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from mcp import MCPError
 
-from agent_mcp_gateway.audit import GENESIS, AuditLog, AuditRecord, ChainCheck, verify
-from agent_mcp_gateway.metrics import REGISTRY
+from agent_mcp_gateway.observe.audit import GENESIS, AuditLog, AuditRecord, ChainCheck, verify
+from agent_mcp_gateway.observe.metrics import REGISTRY
 from agent_mcp_gateway.settings import load_settings
 
 from conftest import AUDIT_SPEC_FIELDS, GatewayFiles, fixture_server, memory_gateway, wait_until

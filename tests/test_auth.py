@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from mcp import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent_mcp_gateway.auth import Authenticator, token_hash
+from agent_mcp_gateway.access.credentials import Authenticator, token_hash
+from agent_mcp_gateway.access.identity import checked_claim, resolve_agent
+from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.errors import InvalidAgentId
-from agent_mcp_gateway.identity import checked_claim, resolve_agent
-from agent_mcp_gateway.policy import PolicyEngine
 
 from conftest import (
     ACCEPT_BOTH,
@@ -548,7 +548,7 @@ def _rules() -> RulesConfig:
 async def test_property_the_credential_decides(
     presented: str, claim: str | None, header: str | None, session_agent: str | None
 ) -> None:
-    from agent_mcp_gateway.sessions import SessionRecord
+    from agent_mcp_gateway.sessions.registry import SessionRecord
 
     rules = _rules()
     owner = next((agent for agent, tokens in TOKENS.items() if presented in tokens), None)

@@ -22,7 +22,7 @@ import httpx2
 import pytest
 from mcp import MCPError
 
-from agent_mcp_gateway.downstream_http import HttpCalls, KeepAlive, LastGoodResolver
+from agent_mcp_gateway.downstream.http import HttpCalls, KeepAlive, LastGoodResolver
 
 from conftest import PY, SERVERS, GatewayFiles, MemoryGateway, free_port, gateway_call, memory_gateway
 

@@ -8,8 +8,8 @@ import anyio
 import httpx2
 import pytest
 
-from agent_mcp_gateway import downstream_http
-from agent_mcp_gateway.downstream_http import KeepAlive
+from agent_mcp_gateway.downstream import http as downstream_http
+from agent_mcp_gateway.downstream.http import KeepAlive
 
 
 class _Body(httpx2.AsyncByteStream):

@@ -321,8 +321,8 @@ def test_demo_notes_persist(tmp_path: Path) -> None:
 
 
 def test_demo_configuration_loads_and_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_mcp_gateway.access.policy import PolicyEngine
     from agent_mcp_gateway.config import load
-    from agent_mcp_gateway.policy import PolicyEngine
 
     monkeypatch.setenv("GATEWAY_PYTHON", sys.executable)
     config = load(DEMO_CONFIG / ".mcp.json", DEMO_CONFIG / ".mcp-gateway-rules.json")

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from agent_mcp_gateway.config import load
 from agent_mcp_gateway.gateway import Gateway
-from agent_mcp_gateway.http import create_app
+from agent_mcp_gateway.run.http_app import create_app
 from agent_mcp_gateway.settings import load_settings
 
 from conftest import PY, fixture_server, initialize_message

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_mcp_gateway import metrics
+from agent_mcp_gateway.observe import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "ops" / "grafana" / "agent-mcp-gateway.json"

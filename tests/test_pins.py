@@ -28,7 +28,14 @@ from fastmcp.client.messages import MessageHandler
 from fastmcp.client.transports import StdioTransport
 from mcp import MCPError
 
-from agent_mcp_gateway.pins import PINS_NAME, PinsFileError, PinStore, definition_hash, pins_path, short
+from agent_mcp_gateway.access.pins import (
+    PINS_NAME,
+    PinsFileError,
+    PinStore,
+    definition_hash,
+    pins_path,
+    short,
+)
 from agent_mcp_gateway.settings import load_settings
 
 from conftest import PY, SERVERS, GatewayFiles, asgi_gateway, eventually, gateway_call, memory_gateway, metric

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_mcp_gateway.access.policy import DEFAULT_DENY, Decision, PolicyEngine
 from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.errors import DeniedByPolicy, InvalidAgentId
-from agent_mcp_gateway.policy import DEFAULT_DENY, Decision, PolicyEngine
 
 RULES: dict[str, Any] = {
     "agents": {

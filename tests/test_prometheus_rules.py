@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_mcp_gateway import metrics
+from agent_mcp_gateway.observe import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "prometheus"

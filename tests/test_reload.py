@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from agent_mcp_gateway import reload
-from agent_mcp_gateway.audit import AuditRecord
 from agent_mcp_gateway.config import load
 from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.observe.audit import AuditRecord
 from agent_mcp_gateway.reload import watch_config
 from agent_mcp_gateway.settings import load_settings
 

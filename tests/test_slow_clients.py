@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_mcp_gateway.http import connection_limit
+from agent_mcp_gateway.run.granian import connection_limit
 
 from conftest import (
     STANDARD_RULES,

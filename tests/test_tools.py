@@ -12,8 +12,8 @@ from agent_mcp_gateway.config import load
 from agent_mcp_gateway.errors import DeniedByPolicy, ServerUnavailable
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.server.discovery import GatewayTools
 from agent_mcp_gateway.settings import load_settings
-from agent_mcp_gateway.tools import GatewayTools
 
 from conftest import fixture_server
 

@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from agent_mcp_gateway import tracing
+from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.settings import SettingsError, load_settings
 
 from conftest import (

@@ -1,5 +1,5 @@
 """`python -m agent_mcp_gateway` runs the same command line as the `agent-mcp-gateway` script."""
 
-from .cli import main
+from agent_mcp_gateway.cli import main
 
 raise SystemExit(main())

@@ -22,9 +22,9 @@ from typing import Generic, TypeVar
 import mcp_types as mt
 from mcp.shared.uri_template import UriTemplate
 
-from .config import NAME_SEPARATOR, ServerConfig
-from .downstream import Downstream, DownstreamPool, Kind
-from .policy import PolicyEngine
+from agent_mcp_gateway.access.policy import PolicyEngine
+from agent_mcp_gateway.config import NAME_SEPARATOR, ServerConfig
+from agent_mcp_gateway.downstream.session import Downstream, DownstreamPool, Kind
 
 log = logging.getLogger("agent_mcp_gateway.catalog")
 

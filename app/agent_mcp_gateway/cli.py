@@ -17,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, config
-from .settings import Settings, SettingsError, env_name, load_settings
+from agent_mcp_gateway import __version__, config
+from agent_mcp_gateway.settings import Settings, SettingsError, env_name, load_settings
 
 if TYPE_CHECKING:
-    from .policy import PolicyEngine
+    from agent_mcp_gateway.access.policy import PolicyEngine
 
 PROG = "agent-mcp-gateway"
 # Packaged example -> the name it gets when written (package data globs skip dotfiles).
@@ -145,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     # Imported here so the other commands start fast and work without the server stack.
-    from .serve import run
+    from agent_mcp_gateway.run.serve import run
 
     return run(settings)
 
@@ -170,8 +170,8 @@ def _load(args: argparse.Namespace, settings: Settings | None = None) -> config.
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .identity import identity_problem
-    from .policy import PolicyEngine
+    from agent_mcp_gateway.access.identity import identity_problem
+    from agent_mcp_gateway.access.policy import PolicyEngine
 
     settings = _settings()
     if settings is None:
@@ -224,7 +224,7 @@ def _reachability_warnings(loaded: config.GatewayConfig, engine: PolicyEngine) -
 
 
 def _token(args: argparse.Namespace) -> int:
-    from .auth import new_token, token_hash
+    from agent_mcp_gateway.access.credentials import new_token, token_hash
 
     loaded = _load(args)
     if loaded is None:
@@ -274,8 +274,8 @@ def _add_token_hash(path: Path, agent: str, line: str) -> None:
 
 def _check_policy(args: argparse.Namespace) -> int:
     # Deferred like serve's: the error types pull in the MCP SDK, which takes a second to load.
-    from .errors import InvalidAgentId
-    from .policy import PolicyEngine
+    from agent_mcp_gateway.access.policy import PolicyEngine
+    from agent_mcp_gateway.errors import InvalidAgentId
 
     settings = _settings()
     loaded = _load(args, settings) if settings else None
@@ -343,7 +343,7 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 def _audit_verify(args: argparse.Namespace) -> int:
     import io
 
-    from .audit import GENESIS, verify
+    from agent_mcp_gateway.observe.audit import GENESIS, verify
 
     # A file name may hold bytes stdout's encoding cannot show: print them escaped, no traceback.
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -407,7 +407,7 @@ def _add_tools_commands(
 
 
 def _tools_status(args: argparse.Namespace) -> int:
-    from .pins import PinsFileError, PinStore, pins_path, short
+    from agent_mcp_gateway.access.pins import PinsFileError, PinStore, pins_path, short
 
     settings = _settings()
     if settings is None:
@@ -475,7 +475,7 @@ def _pinned_servers(args: argparse.Namespace, settings: Settings) -> set[str] | 
 
 
 def _tools_approve(args: argparse.Namespace) -> int:
-    from .pins import ApprovalError, PinsFileError, PinStore, pins_path, short
+    from agent_mcp_gateway.access.pins import ApprovalError, PinsFileError, PinStore, pins_path, short
 
     settings = _settings()
     if settings is None:

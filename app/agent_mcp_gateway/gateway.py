@@ -13,22 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config as config_module
-from .audit import AuditLog
-from .auth import Authenticator
-from .catalog import Catalog
-from .config import ConfigError, GatewayConfig
-from .downstream import DownstreamPool, Kind, Shared
-from .errors import GatewayError, InvalidAgentId
-from .identity import claims_warning, identity_problem
-from .metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
-from .notifications import LOCAL_PREFIX, ListChanged
-from .pins import PinStore, pins_path
-from .policy import PolicyEngine
-from .ratelimit import RateLimits
-from .sessions import SessionRegistry
-from .settings import Settings
-from .subscriptions import Subscriptions
+from agent_mcp_gateway import config as config_module
+from agent_mcp_gateway.access.credentials import Authenticator
+from agent_mcp_gateway.access.identity import claims_warning, identity_problem
+from agent_mcp_gateway.access.pins import PinStore, pins_path
+from agent_mcp_gateway.access.policy import PolicyEngine
+from agent_mcp_gateway.access.ratelimit import RateLimits
+from agent_mcp_gateway.catalog import Catalog
+from agent_mcp_gateway.config import ConfigError, GatewayConfig
+from agent_mcp_gateway.downstream.session import DownstreamPool, Kind, Shared
+from agent_mcp_gateway.errors import GatewayError, InvalidAgentId
+from agent_mcp_gateway.observe.audit import AuditLog
+from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
+from agent_mcp_gateway.sessions.list_changed import LOCAL_PREFIX, ListChanged
+from agent_mcp_gateway.sessions.registry import SessionRegistry
+from agent_mcp_gateway.sessions.subscriptions import Subscriptions
+from agent_mcp_gateway.settings import Settings
 
 log = logging.getLogger("agent_mcp_gateway")
 
@@ -55,6 +55,24 @@ class ReloadEvent:
     ok: bool
     error: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+class UnsafeIdentity(Exception):
+    """Rules that cannot serve with these settings (see `identity_problem`): one sentence."""
+
+
+def load_config(settings: Settings) -> GatewayConfig:
+    """Load and validate both files for these settings.
+
+    Raises `ConfigError` for a file that cannot be used and `UnsafeIdentity` for rules that
+    would open the service to unauthenticated claims or drop a pinned agent; `run.serve` turns
+    either into one line and exit status 2.
+    """
+    loaded = config_module.load(settings.mcp_config, settings.rules)
+    problem = identity_problem(settings, loaded.rules)
+    if problem is not None:
+        raise UnsafeIdentity(problem)
+    return loaded
 
 
 class Gateway:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from typing import Literal
 
-from .audit import Decision
+Decision = Literal["ALLOW", "DENY", "ERROR"]
 
 
 @dataclass(slots=True)

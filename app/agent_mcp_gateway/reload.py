@@ -20,8 +20,8 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from .gateway import Gateway
-from .metrics import CONFIG_RELOADS
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.observe.metrics import CONFIG_RELOADS
 
 log = logging.getLogger("agent_mcp_gateway")
 

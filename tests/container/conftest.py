@@ -58,7 +58,7 @@ os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
-from agent_mcp_gateway.auth import token_hash
+from agent_mcp_gateway.access.credentials import token_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = "/var/lib/agent-mcp-gateway"

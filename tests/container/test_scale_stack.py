@@ -34,7 +34,7 @@ from docker.models.containers import Container
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
-from agent_mcp_gateway.auth import token_hash
+from agent_mcp_gateway.access.credentials import token_hash
 
 from .conftest import _write_readable, diagnose, report
 from .test_compose_stack import free_port, stack_sh

@@ -28,15 +28,14 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
-from typing import Literal
 
 from platformdirs import user_cache_dir
 
-from .metrics import AUDIT_WRITE_FAILURES
+from agent_mcp_gateway.observe.metrics import AUDIT_WRITE_FAILURES
+from agent_mcp_gateway.operation import Decision
 
 log = logging.getLogger("agent_mcp_gateway")
 
-Decision = Literal["ALLOW", "DENY", "ERROR"]
 
 GENESIS = "0" * 64
 """The `prev_hash` of the first line of a new audit file."""
@@ -68,7 +67,7 @@ class AuditRecord:
 # The line's fields, in order; copied by name because dataclasses.asdict (a deep copy) would
 # double the writer thread's time per line.
 _FIELDS = tuple(field.name for field in fields(AuditRecord))
-_LOGGER = "agent_mcp_gateway.audit"
+_LOGGER = "agent_mcp_gateway.observe.audit"
 
 
 def default_path() -> Path:

@@ -29,17 +29,28 @@ from fastmcp.telemetry import inject_trace_context
 from mcp import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from . import downstream_rpc as rpc
-from . import logs, tracing
-from .circuit import CircuitBreaker, CircuitOpen
-from .config import ServerConfig
-from .downstream_http import HttpServerTransport, LastGoodResolver
-from .downstream_stdio import StdioServerTransport, current_call
-from .errors import DownstreamError, GatewayTimeout, ResultTooLarge, ServerUnavailable, ToolNotFound
-from .metrics import DOWNSTREAM_CIRCUIT_OPEN, DOWNSTREAM_RESTARTS, DOWNSTREAM_UP, downstream_series
-from .pins import PinStore
-from .relay import ClientRelay
-from .watchdog import Watchdog
+from agent_mcp_gateway.access.pins import PinStore
+from agent_mcp_gateway.config import ServerConfig
+from agent_mcp_gateway.downstream import rpc as rpc
+from agent_mcp_gateway.downstream.circuit import CircuitBreaker, CircuitOpen
+from agent_mcp_gateway.downstream.http import HttpServerTransport, LastGoodResolver
+from agent_mcp_gateway.downstream.messages import Relay, current_call
+from agent_mcp_gateway.downstream.stdio import StdioServerTransport
+from agent_mcp_gateway.downstream.watchdog import Watchdog
+from agent_mcp_gateway.errors import (
+    DownstreamError,
+    GatewayTimeout,
+    ResultTooLarge,
+    ServerUnavailable,
+    ToolNotFound,
+)
+from agent_mcp_gateway.observe import logs, tracing
+from agent_mcp_gateway.observe.metrics import (
+    DOWNSTREAM_CIRCUIT_OPEN,
+    DOWNSTREAM_RESTARTS,
+    DOWNSTREAM_UP,
+    downstream_series,
+)
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
@@ -102,7 +113,7 @@ class _Request(Generic[M]):
 class _Call:
     """One call in flight: what `current_call` holds while the call runs."""
 
-    relay: ClientRelay | None
+    relay: Relay | None
 
 
 class _Notifications(MessageHandler):
@@ -126,7 +137,7 @@ class _Notifications(MessageHandler):
         await self.server.forward_log(message.params)
 
 
-def _calling_relay(what: str) -> ClientRelay:
+def _calling_relay(what: str) -> Relay:
     """The relay of the call a server's own request belongs to; refused when none can be told,
     because the only other clients it could go to may belong to other agents."""
     call = current_call.get()
@@ -156,7 +167,7 @@ class _CallMessages:
     session routes what it reads: progress and log messages to the calling client, catalog
     changes to the server's refresh, its own requests answered by the calling client only."""
 
-    def __init__(self, server: Downstream, relay: ClientRelay | None) -> None:
+    def __init__(self, server: Downstream, relay: Relay | None) -> None:
         self.server, self.relay = server, relay
 
     @property
@@ -430,7 +441,7 @@ class Downstream:
         return calls
 
     async def call_tool(
-        self, tool: str, arguments: dict[str, Any], timeout_ms: int, relay: ClientRelay | None = None
+        self, tool: str, arguments: dict[str, Any], timeout_ms: int, relay: Relay | None = None
     ) -> mt.CallToolResult:
         """Call a tool; the timeout covers the whole call, including waiting for start-up."""
 
@@ -444,15 +455,13 @@ class Downstream:
         return await self._request(call, timeout_ms, relay)
 
     async def get_prompt(
-        self, prompt: str, arguments: dict[str, str] | None, timeout_ms: int, relay: ClientRelay | None
+        self, prompt: str, arguments: dict[str, str] | None, timeout_ms: int, relay: Relay | None
     ) -> mt.GetPromptResult:
         params: rpc.Message = {"name": prompt, **({"arguments": arguments} if arguments is not None else {})}
         get = _Request("prompts/get", prompt, "prompts/get", params, mt.GetPromptResult)
         return await self._request(get, timeout_ms, relay)
 
-    async def read_resource(
-        self, uri: str, timeout_ms: int, relay: ClientRelay | None
-    ) -> mt.ReadResourceResult:
+    async def read_resource(self, uri: str, timeout_ms: int, relay: Relay | None) -> mt.ReadResourceResult:
         read = _Request("resources/read", uri, "resources/read", {"uri": uri}, mt.ReadResourceResult)
         return await self._request(read, timeout_ms, relay)
 
@@ -489,7 +498,7 @@ class Downstream:
         method = "resources/unsubscribe"
         await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
 
-    async def _request(self, request: _Request[M], timeout_ms: int, relay: ClientRelay | None) -> M:
+    async def _request(self, request: _Request[M], timeout_ms: int, relay: Relay | None) -> M:
         """One request to the server on behalf of one caller, sent beside the session
         (`downstream_rpc`); what the server sends during it goes to that caller only.
 
@@ -575,7 +584,7 @@ class Downstream:
         return time.monotonic() - heard < seconds
 
     async def forward_log(
-        self, params: mt.LoggingMessageNotificationParams, relay: ClientRelay | None = None
+        self, params: mt.LoggingMessageNotificationParams, relay: Relay | None = None
     ) -> None:
         """Send a downstream log message to the call it belongs to, else to the gateway's log.
 

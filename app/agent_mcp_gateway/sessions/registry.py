@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .metrics import ACTIVE_SESSIONS
+from agent_mcp_gateway.observe.metrics import ACTIVE_SESSIONS
 
 
 @dataclass(slots=True)

@@ -41,9 +41,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
-from .operation import Operation
-from .settings import Settings
+from agent_mcp_gateway import __version__
+from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.settings import Settings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider

@@ -19,7 +19,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from . import __version__
+from agent_mcp_gateway import __version__
 
 # 1 ms to 10 s: the gateway's own overhead sits at the bottom, slow downstream tools at the top.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -47,7 +47,7 @@ class _TextFormatter(logging.Formatter):
 def _drop_expected_failures(record: logging.LogRecord) -> bool:
     """fastmcp logs every tool exception with a traceback; a gateway error is an answer, not a
     crash, and is already in the audit log."""
-    from .errors import GatewayError
+    from agent_mcp_gateway.errors import GatewayError
 
     error = record.exc_info[1] if record.exc_info else None
     while error is not None and not isinstance(error, GatewayError):

@@ -21,7 +21,7 @@ from typing import Literal
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 
-from .config import JwtConfig, RulesConfig
+from agent_mcp_gateway.config import JwtConfig, RulesConfig
 
 Method = Literal["token", "jwt", "claim", "pinned"]
 # Where the HTTP edge leaves the verified principal for the MCP layer (an ASGI scope key).

@@ -24,12 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import logs
-from .audit import AuditRecord
-from .auth import PRINCIPAL_SCOPE_KEY, Principal
-from .edge import SESSION_HEADER, current_caller, error_response
-from .gateway import Gateway
-from .metrics import ERRORS
+from agent_mcp_gateway.access.credentials import PRINCIPAL_SCOPE_KEY, Principal
+from agent_mcp_gateway.edge.middleware import SESSION_HEADER, current_caller, error_response
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.observe import logs
+from agent_mcp_gateway.observe.audit import AuditRecord
+from agent_mcp_gateway.observe.metrics import ERRORS
 
 log = logging.getLogger("agent_mcp_gateway.http")
 

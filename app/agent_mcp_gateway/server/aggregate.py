@@ -20,12 +20,12 @@ from fastmcp.tools.base import Tool, ToolResult
 from mcp import MCPError
 from mcp.server.session import ServerSession
 
-from .catalog import Catalog
-from .downstream import Downstream
-from .errors import DeniedByPolicy
-from .gateway import Gateway
-from .operation import Operation
-from .relay import ClientRelay
+from agent_mcp_gateway.catalog import Catalog
+from agent_mcp_gateway.downstream.session import Downstream
+from agent_mcp_gateway.errors import DeniedByPolicy
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.server.relay import ClientRelay
 
 INVALID_PARAMS = -32602
 RESOURCE_NOT_FOUND = -32002

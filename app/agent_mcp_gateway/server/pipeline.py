@@ -28,18 +28,18 @@ from mcp import MCPError
 from mcp.server.context import ServerRequestContext
 from pydantic import ValidationError
 
-from . import logs, tracing
-from .aggregate import AggregateView
-from .audit import AuditRecord
-from .auth import PRINCIPAL_SCOPE_KEY, Principal
-from .downstream import Kind
-from .errors import DeniedByPolicy, GatewayError, InvalidAgentId, RateLimited
-from .gateway import Gateway
-from .identity import AGENT_HEADER, checked_claim, resolve_agent
-from .metrics import ERRORS, RATE_LIMITED, bounded, operation_series, policy_series
-from .notifications import session_key
-from .operation import Operation, begin, end
-from .relay import ClientRelay
+from agent_mcp_gateway.access.credentials import PRINCIPAL_SCOPE_KEY, Principal
+from agent_mcp_gateway.access.identity import AGENT_HEADER, checked_claim, resolve_agent
+from agent_mcp_gateway.downstream.session import Kind
+from agent_mcp_gateway.errors import DeniedByPolicy, GatewayError, InvalidAgentId, RateLimited
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.observe import logs, tracing
+from agent_mcp_gateway.observe.audit import AuditRecord
+from agent_mcp_gateway.observe.metrics import ERRORS, RATE_LIMITED, bounded, operation_series, policy_series
+from agent_mcp_gateway.operation import Operation, begin, end
+from agent_mcp_gateway.server.aggregate import AggregateView
+from agent_mcp_gateway.server.relay import ClientRelay
+from agent_mcp_gateway.sessions.list_changed import session_key
 
 log = logging.getLogger("agent_mcp_gateway")
 C = TypeVar("C")

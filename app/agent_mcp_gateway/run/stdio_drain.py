@@ -23,7 +23,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from .drain import CLOSE_SECONDS, LINGER, REFUSED_METHODS, SHUTTING_DOWN
+from agent_mcp_gateway.edge.drain import CLOSE_SECONDS, LINGER, REFUSED_METHODS, SHUTTING_DOWN
 
 log = logging.getLogger("agent_mcp_gateway")
 

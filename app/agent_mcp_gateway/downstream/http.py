@@ -28,9 +28,9 @@ from fastmcp.client.transports.base import SessionKwargs, TransportOptions
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from . import downstream_rpc as rpc
-from . import tracing
-from .config import ServerConfig
+from agent_mcp_gateway.config import ServerConfig
+from agent_mcp_gateway.downstream import rpc as rpc
+from agent_mcp_gateway.observe import tracing
 
 # The SDK's defaults: a response stream may stay open for a long-running call.
 TIMEOUT = httpx2.Timeout(30.0, read=300.0)

@@ -34,10 +34,10 @@ import mcp_types as mt
 from platformdirs import user_state_dir
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from .errors import DeniedByPolicy
-from .metrics import QUARANTINED_CALLS, TOOLS_QUARANTINED
-from .operation import current_operation
-from .settings import Settings
+from agent_mcp_gateway.errors import DeniedByPolicy
+from agent_mcp_gateway.observe.metrics import QUARANTINED_CALLS, TOOLS_QUARANTINED
+from agent_mcp_gateway.operation import current_operation
+from agent_mcp_gateway.settings import Settings
 
 log = logging.getLogger("agent_mcp_gateway.pins")
 

@@ -32,7 +32,7 @@ import anyio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .edge import current_caller, error_response
+from agent_mcp_gateway.edge.middleware import current_caller, error_response
 
 log = logging.getLogger("agent_mcp_gateway.http")
 

@@ -19,7 +19,6 @@ connection closes.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import re
 import sys
@@ -43,19 +42,16 @@ from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from . import downstream_rpc as rpc
-from .config import ServerConfig
-from .errors import ResultTooLarge
-from .metrics import DOWNSTREAM_JUNK_LINES
-from .watchdog import Watchdog, end_groups
+from agent_mcp_gateway.config import ServerConfig
+from agent_mcp_gateway.downstream import rpc as rpc
+from agent_mcp_gateway.downstream.messages import current_call
+from agent_mcp_gateway.downstream.watchdog import Watchdog, end_groups
+from agent_mcp_gateway.errors import ResultTooLarge
+from agent_mcp_gateway.observe.metrics import DOWNSTREAM_JUNK_LINES
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
-# The call a downstream message belongs to, as the session's handlers see it. The SDK runs each
-# notification handler in the context its transport sent the message from; this transport sets
-# the variable there when it can tell the call (see `_Connection._owner`).
 CALL_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
-current_call: contextvars.ContextVar[object | None] = contextvars.ContextVar("current_call", default=None)
 
 STDIN_GRACE = 2.0  # seconds a server has to exit after its stdin closes
 CANCEL_SECONDS = 5.0  # how long telling a server of a cancelled call may take

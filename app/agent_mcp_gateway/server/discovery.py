@@ -19,12 +19,12 @@ from fastmcp.tools.base import Tool, ToolResult
 from fastmcp.tools.function_tool import FunctionTool
 from pydantic import Field
 
-from .config import ServerConfig
-from .downstream import Downstream
-from .errors import ServerUnavailable
-from .gateway import Gateway
-from .operation import Operation, current_operation
-from .relay import ClientRelay
+from agent_mcp_gateway.config import ServerConfig
+from agent_mcp_gateway.downstream.session import Downstream
+from agent_mcp_gateway.errors import ServerUnavailable
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.operation import Operation, current_operation
+from agent_mcp_gateway.server.relay import ClientRelay
 
 AgentId = Annotated[
     str | None,

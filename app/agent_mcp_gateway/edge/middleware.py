@@ -24,12 +24,12 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import logs
-from .auth import Principal
-from .identity import AGENT_HEADER
-from .metrics import http_series
-from .sessions import SessionRegistry
-from .settings import is_loopback_host
+from agent_mcp_gateway.access.credentials import Principal
+from agent_mcp_gateway.access.identity import AGENT_HEADER
+from agent_mcp_gateway.observe import logs
+from agent_mcp_gateway.observe.metrics import http_series
+from agent_mcp_gateway.sessions.registry import SessionRegistry
+from agent_mcp_gateway.settings import is_loopback_host
 
 log = logging.getLogger("agent_mcp_gateway.http")
 

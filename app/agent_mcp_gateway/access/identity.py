@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import re
 
-from .auth import Principal
-from .config import AGENT_ID_PATTERN, RulesConfig
-from .errors import InvalidAgentId
-from .policy import PolicyEngine
-from .sessions import SessionRecord
-from .settings import Settings
+from agent_mcp_gateway.access.credentials import Principal
+from agent_mcp_gateway.access.policy import PolicyEngine
+from agent_mcp_gateway.config import AGENT_ID_PATTERN, RulesConfig
+from agent_mcp_gateway.errors import InvalidAgentId
+from agent_mcp_gateway.sessions.registry import SessionRecord
+from agent_mcp_gateway.settings import Settings
 
 AGENT_HEADER = "x-agent-id"
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)

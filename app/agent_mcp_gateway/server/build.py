@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 import mcp_types as mt
 from fastmcp import FastMCP
 
-from . import __version__, tracing
-from .gateway import Gateway
-from .middleware import GatewayMiddleware
-from .reload import install_sighup, watch_config
-from .tools import GatewayTools, register_tools
+from agent_mcp_gateway import __version__
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.observe import tracing
+from agent_mcp_gateway.reload import install_sighup, watch_config
+from agent_mcp_gateway.server.discovery import GatewayTools, register_tools
+from agent_mcp_gateway.server.pipeline import GatewayMiddleware
 
 INSTRUCTIONS = (
     "This gateway fronts several MCP servers. Discover before you call: list_servers, then "

@@ -8,7 +8,6 @@ Streamable HTTP transport and its sessions from the SDK via fastmcp's `http_app`
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from typing import Any
 
@@ -22,29 +21,20 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import __version__, tracing
-from .bearer import METADATA_PATH, BearerAuth, protected_resource_metadata
-from .drain import CLOSE_SECONDS, Drain
-from .edge import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
-from .gateway import Gateway
-from .logs import setup_logging
-from .metrics import REGISTRY
-from .serve import load_config
-from .server import build_server
-from .settings import Settings, load_settings
+from agent_mcp_gateway import __version__
+from agent_mcp_gateway.edge.bearer import METADATA_PATH, BearerAuth, protected_resource_metadata
+from agent_mcp_gateway.edge.drain import Drain
+from agent_mcp_gateway.edge.middleware import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.observe import tracing
+from agent_mcp_gateway.observe.metrics import REGISTRY
+from agent_mcp_gateway.server.build import build_server
 
 log = logging.getLogger("agent_mcp_gateway.http")
 
-RESERVED_FILES = 1024  # descriptors kept for downstream pipes, logs and the audit file (at most a quarter)
 
-
-def create_app(gateway: Gateway | None = None) -> Starlette:
-    """The ASGI application (Granian calls this as a factory in its worker)."""
-    if gateway is None:
-        settings = load_settings()
-        setup_logging(settings.log_level, settings.log_format)
-        tracing.setup(settings)
-        gateway = Gateway(load_config(settings), settings)
+def create_app(gateway: Gateway) -> Starlette:
+    """The ASGI application: the edge middlewares around the MCP server, and the service routes."""
     settings = gateway.settings
     app: Starlette | None = None
 
@@ -157,56 +147,3 @@ def _metrics_summary() -> dict[str, Any]:
             ],
         }
     return summary
-
-
-def run_http(settings: Settings) -> int:
-    """Serve with Granian: one worker, because session-era MCP sessions live in its memory."""
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces
-    from granian.http import HTTP1Settings
-
-    load_config(settings)  # fail fast, in this process, before a worker is spawned
-    log.info("serving", extra={"url": f"http://{settings.http_host}:{settings.http_port}/mcp"})
-    server = Granian(
-        "agent_mcp_gateway.http:create_app",
-        factory=True,
-        address=settings.http_host,
-        port=settings.http_port,
-        interface=Interfaces.ASGI,
-        # HTTP/1.1 only: in its auto mode Granian waits, with no timeout, to learn whether a new
-        # connection speaks HTTP/2, so one that sent nothing held its slot for good.
-        http=HTTPModes.http1,
-        workers=1,
-        log_dictconfig={
-            "version": 1,
-            "disable_existing_loggers": False,
-            "loggers": {"_granian": {"level": "WARNING", "propagate": True}},
-        },
-        backpressure=connection_limit(settings.max_connections),
-        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(settings.header_timeout * 1000))),
-        # The worker drains for up to the grace, then closes its downstream servers.
-        workers_kill_timeout=settings.shutdown_grace + CLOSE_SECONDS,
-    )
-    server.serve()
-    return 0
-
-
-def connection_limit(wanted: int) -> int:
-    """How many connections the worker may hold: `wanted`, if the open-file limit can be raised
-    to fit them (the worker inherits it), else what fits, with a warning.
-
-    Python does not raise the soft limit by itself, and a common default of 1,024 would stop
-    the worker accepting long before Granian's own limit.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = wanted + RESERVED_FILES
-    if soft < needed:
-        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    fits = soft - min(RESERVED_FILES, soft // 4)
-    if fits < wanted:
-        log.warning(
-            "the open-file limit lowers the connection limit",
-            extra={"max_connections": wanted, "allowed": fits, "open_file_limit": soft},
-        )
-    return min(wanted, fits)

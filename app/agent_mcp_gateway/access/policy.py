@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from fnmatch import translate
 from functools import lru_cache
 
-from . import tracing
-from .config import AgentRules, RulesConfig
-from .errors import DeniedByPolicy, InvalidAgentId
+from agent_mcp_gateway.config import AgentRules, RulesConfig
+from agent_mcp_gateway.errors import DeniedByPolicy, InvalidAgentId
+from agent_mcp_gateway.observe import tracing
 
 DEFAULT_DENY = "default-deny"
 SERVER_CACHE_SIZE = 1024

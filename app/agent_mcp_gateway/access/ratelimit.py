@@ -30,8 +30,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
-from .errors import RateLimited
-from .metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMIT_STORAGE_FALLBACK
+from agent_mcp_gateway.errors import RateLimited
+from agent_mcp_gateway.observe.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMIT_STORAGE_FALLBACK
 
 log = logging.getLogger("agent_mcp_gateway")
 
