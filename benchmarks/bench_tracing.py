@@ -27,22 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_gateway import (
-    ROOT,
-    BenchError,
-    Child,
-    Session,
-    Stack,
-    alternated,
-    children_of,
-    cpu_seconds,
-    free_port,
-    log,
-    spawn,
-    summarize_ms,
-    wait_http,
-    warm_up,
-)
+from gateway.common import ROOT, BenchError, log, summarize_ms
+from gateway.load import Session, alternated, warm_up
+from gateway.stack import Child, Stack, children_of, cpu_seconds, free_port, spawn, wait_http
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider

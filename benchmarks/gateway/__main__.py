@@ -1,0 +1,7 @@
+"""`python -m gateway` from benchmarks/: the same as `python benchmarks/bench_gateway.py`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
