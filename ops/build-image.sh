@@ -15,6 +15,14 @@
 # Prints the image name on stdout; progress goes to stderr, podman build's output to
 # <CI_WORK_DIR>/build-image.log (its tail on stderr when it fails).
 #
+# Skipped when nothing it builds from changed: the image carries the label
+# agent-mcp-gateway.inputs, a SHA-256 over the build inputs (Containerfile, .containerignore,
+# both lock files, pyproject.toml, every file under app/, this script, and the base image's id);
+# when the image named IMAGE exists with the same value, it is not rebuilt (about 40 s saved).
+# README.md is left out on purpose: it only reaches the wheel's long description. The image's
+# revision label then names the commit it was built at, not the current one.
+#   podman image inspect --format '{{index .Labels "agent-mcp-gateway.inputs"}}' localhost/agent-mcp-gateway:dev
+#
 # Environment:
 #   IMAGE                    tag to build            (default localhost/agent-mcp-gateway:dev)
 #   BASE_IMAGE               base image              (default: the local base built by
@@ -25,6 +33,7 @@
 #   SERVER_CONSTRAINTS       lock that pins mcp-server-time and its dependencies
 #                            (default <repo>/requirements-test.lock)
 #   CI_WORK_DIR              scratch folder          (default <repo>/.ci-work, gitignored)
+#   FORCE_BUILD=1            build even when the image's inputs label matches
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,6 +73,32 @@ fi
 
 if [[ -z "${BASE_IMAGE:-}" ]]; then
     BASE_IMAGE="$("$repo_root/ops/build-base-image.sh")"
+fi
+
+# The build inputs' hash (see the top): file names and contents, sorted, plus the base image.
+inputs_hash() {
+    local base_id
+    base_id="$(podman image inspect --format '{{.Id}}' "$BASE_IMAGE")"
+    {
+        find Containerfile .containerignore pyproject.toml ops/build-image.sh app -type f \
+            ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 \
+            | LC_ALL=C sort -z | xargs -0 sha256sum
+        echo "requirements $(sha256sum <"$requirements" | cut -d' ' -f1)"
+        echo "server-constraints $(sha256sum <"$server_constraints" | cut -d' ' -f1)"
+        echo "base $base_id"
+    } | sha256sum | cut -d' ' -f1
+}
+inputs="$(inputs_hash)"
+label_key="agent-mcp-gateway.inputs"
+built_from="$(podman image inspect --format "{{index .Labels \"$label_key\"}}" "$image" 2>/dev/null || true)"
+[[ "$built_from" != "<no value>" ]] || built_from=""   # an image built before the label existed
+if [[ "$built_from" == "$inputs" && "${FORCE_BUILD:-0}" != 1 ]]; then
+    log "$image is up to date (its $label_key label matches the build inputs, ${inputs:0:12}...): not rebuilt (FORCE_BUILD=1 rebuilds)"
+    echo "$image"
+    exit 0
+fi
+if [[ -n "$built_from" ]]; then
+    log "build inputs changed since $image was built (${built_from:0:12}... -> ${inputs:0:12}...): rebuilding"
 fi
 
 start=$(date +%s)
@@ -111,6 +146,7 @@ if ! podman build --format docker \
     --build-arg VERSION="$version" \
     --build-arg VCS_REF="$vcs_ref" \
     --build-arg BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --label "$label_key=$inputs" \
     -f Containerfile -t "$image" . >"$build_log" 2>&1; then
     tail -n 40 "$build_log" >&2
     log "podman build failed (full output: $build_log)"

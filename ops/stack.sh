@@ -10,7 +10,14 @@
 #   ops/stack.sh down     # remove the containers (every profile's), the network and the volumes
 #                         # (named and anonymous); non-zero if any of them is left
 #
-# `up` starts containers that already exist as they are; after rebuilding an image, `down` first.
+# `up` rebuilds the gateway image only when its inputs changed (ops/build-image.sh compares a
+# hash of them with the image's agent-mcp-gateway.inputs label), and starts containers that
+# already exist as they are: when an image was rebuilt, it says so; `down` first, then `up`.
+#
+# The stack runs on the project's podman settings (ops/podman-setup.sh writes a containers.conf:
+# runc, cgroupfs, netavark); plain `podman` without them does not see the stack's network. To
+# inspect it yourself: eval "$(ops/podman-setup.sh env)" (or export the CONTAINERS_CONF that
+# `up` and `status` print), then podman ps / podman network ls / podman logs.
 #
 # Why a wrapper: Debian bookworm's podman-compose 1.0.3 exits 0 when a container fails to start,
 # does not wait for `depends_on: condition: service_healthy`, its `down` leaves the network
@@ -108,7 +115,7 @@ images() {
     if [[ -n "${GATEWAY_IMAGE:-}" ]]; then
         podman image exists "$GATEWAY_IMAGE" || die "GATEWAY_IMAGE $GATEWAY_IMAGE does not exist"
     else
-        log "building the gateway image (ops/build-image.sh)"
+        log "the gateway image (ops/build-image.sh: built when its inputs changed, else reused)"
         GATEWAY_IMAGE="$(PYTHON="$(build_python)" "$repo_root/ops/build-image.sh")"
     fi
     if [[ -n "${PROMETHEUS_IMAGE:-}" ]]; then
@@ -238,6 +245,30 @@ up() {
     log "up: gateway http://127.0.0.1:${GATEWAY_PORT:-8000}/mcp (/ready, /metrics)," \
         "Prometheus http://127.0.0.1:${PROMETHEUS_PORT:-9090}"
     [[ "$profile" != scale ]] || log "up: gateway replicas behind HAProxy http://127.0.0.1:${HAPROXY_PORT:-8080}/mcp"
+    stale_containers
+    inspect_hint
+}
+
+# Containers made from an older build of their image (`up` does not replace running containers).
+stale_containers() {
+    local name image_id image_name want
+    while read -r name; do
+        [[ -n "$name" ]] || continue
+        read -r image_id image_name < <(podman inspect --format '{{.Image}} {{.ImageName}}' "$name" \
+            2>/dev/null </dev/null || true)
+        [[ -n "${image_name:-}" ]] || continue
+        want="$(podman image inspect --format '{{.Id}}' "$image_name" 2>/dev/null </dev/null || true)"
+        if [[ -n "$want" && "$want" != "$image_id" ]]; then
+            log "note: $name runs an older build of $image_name; to use the new one: ops/stack.sh down && ops/stack.sh up"
+        fi
+    done < <(podman ps -a --filter "label=$label" --format '{{.Names}}' </dev/null)
+}
+
+# How to look at the stack with podman directly: with the project's settings, not the defaults.
+inspect_hint() {
+    log "to inspect it with podman, use the project's settings (plain podman does not see its network):"
+    log "    export CONTAINERS_CONF=$CONTAINERS_CONF    # or: eval \"\$(ops/podman-setup.sh env)\""
+    log "    podman ps --filter label=$label; podman network ls; podman logs ${project}_gateway_1"
 }
 
 status() {
@@ -252,6 +283,7 @@ status() {
             case "$line" in "running healthy" | "running none") ;; *) ok=1 ;; esac
         done <<<"$rows"
     done <<<"$all"
+    inspect_hint
     return "$ok"
 }
 

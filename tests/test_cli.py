@@ -216,6 +216,14 @@ def test_validate_without_files(cli: Cli) -> None:
     result = cli("validate")
     assert result.returncode == 1
     assert "error: .mcp.json: not found; set GATEWAY_MCP_CONFIG" in result.stderr
+    assert "'agent-mcp-gateway init' writes commented examples there" in result.stderr
+
+
+def test_serve_without_files_suggests_init(cli: Cli) -> None:
+    result = cli("serve")  # stdio; stops before reading stdin
+    assert result.returncode == 2
+    assert ".mcp.json: not found" in result.stderr
+    assert "'agent-mcp-gateway init' writes commented examples there" in result.stderr
 
 
 def test_validate_follows_env_vars(configured: Cli, tmp_path: Path) -> None:
@@ -278,6 +286,32 @@ def test_init_writes_examples_that_validate(cli: Cli, tmp_path: Path) -> None:
     assert cli("check-policy", *decide, "researcher", "files", "write_file").returncode == 1
     assert cli("check-policy", *decide, "researcher", "files", "read_text_file").returncode == 0
     assert cli("check-policy", *decide, "coder", "search").stdout.startswith("DENY agents.coder.deny")
+
+
+def test_init_says_what_the_examples_need(cli: Cli, tmp_path: Path) -> None:
+    bare = tmp_path / "bare-path"  # neither mcp-server-time nor npx on PATH
+    bare.mkdir()
+    result = cli("init", "--dir", str(tmp_path / "config"), PATH=str(bare))
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("Before these servers work:\n", 1)[1].splitlines()
+    assert notes[:4] == [
+        "  time: 'mcp-server-time' is not on PATH: pip install mcp-server-time "
+        "(or: uv tool install mcp-server-time)",
+        "  files: 'npx' is not on PATH: Node.js 18 or newer with npm "
+        "(Debian/Ubuntu: apt-get install nodejs npm)",
+        "  search: https://search.example.com/mcp is a placeholder; "
+        "put your server's URL there, or remove it",
+        "  (the gateway starts without them: calls to them get SERVER_UNAVAILABLE)",
+    ]
+    checked = cli(
+        "validate",
+        "--mcp-config",
+        str(tmp_path / "config" / ".mcp.json"),
+        "--rules",
+        str(tmp_path / "config" / ".mcp-gateway-rules.json"),
+        PATH=str(bare),
+    )
+    assert "'mcp-server-time' is not found on PATH (install: pip install mcp-server-time" in checked.stdout
 
 
 def test_init_never_overwrites(cli: Cli, tmp_path: Path) -> None:

@@ -261,6 +261,8 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         discover(None, config.MCP_CONFIG_ENV, ".mcp.json")
     assert raised.value.file == ".mcp.json"
     assert config.MCP_CONFIG_ENV in raised.value.reason
+    assert str(user_dir) in raised.value.reason
+    assert "'agent-mcp-gateway init' writes commented examples there" in raised.value.reason
 
     user_dir.mkdir(parents=True)
     write(user_dir / ".mcp.json", GOOD_SERVERS)

@@ -29,6 +29,11 @@ EXAMPLES = {
     "mcp.json": config.MCP_CONFIG_NAME,
     "mcp-gateway-rules.json": config.RULES_NAME,
 }
+# What a command of the example servers needs, when it is not on PATH.
+INSTALL_HINTS = {
+    "mcp-server-time": "pip install mcp-server-time (or: uv tool install mcp-server-time)",
+    "npx": "Node.js 18 or newer with npm (Debian/Ubuntu: apt-get install nodejs npm)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,6 +214,7 @@ def _reachability_warnings(loaded: config.GatewayConfig, engine: PolicyEngine) -
     access to nothing."""
     warnings = [
         f"mcpServers.{name}.command: {server.command!r} is not found on PATH"
+        + (f" (install: {INSTALL_HINTS[server.command]})" if server.command in INSTALL_HINTS else "")
         for name, server in loaded.servers.items()
         if server.command and shutil.which(server.command) is None
     ]
@@ -323,8 +329,33 @@ def _init(args: argparse.Namespace) -> int:
             f"The gateway looks in the current directory and ~/.config/{PROG}/; point it here "
             f"with {config.MCP_CONFIG_ENV} and {config.RULES_ENV}."
         )
+    _first_start_notes(directory / config.MCP_CONFIG_NAME)
     print(f"Edit them, then check them with: {PROG} validate")
     return 0
+
+
+def _first_start_notes(mcp_path: Path) -> None:
+    """What the servers file needs before its servers work: commands to install, placeholder
+    URLs. The gateway starts without them; those servers are reported unavailable."""
+    try:
+        servers = config.load_mcp_config(mcp_path).mcpServers
+    except (config.ConfigError, OSError):
+        return  # an existing file of the user's that does not load: `validate` says why
+    notes = [
+        f"  {name}: {server.command!r} is not on PATH: "
+        f"{INSTALL_HINTS.get(server.command, 'install it, or remove this server')}"
+        for name, server in servers.items()
+        if server.command and shutil.which(server.command) is None
+    ]
+    notes += [
+        f"  {name}: {server.url} is a placeholder; put your server's URL there, or remove it"
+        for name, server in servers.items()
+        if server.url and ".example." in server.url
+    ]
+    if notes:
+        print("Before these servers work:")
+        print("\n".join(notes))
+        print("  (the gateway starts without them: calls to them get SERVER_UNAVAILABLE)")
 
 
 def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

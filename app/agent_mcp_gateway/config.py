@@ -294,7 +294,8 @@ def discover(explicit: Path | None, env_var: str, filename: str) -> Path:
     raise ConfigError(
         filename,
         "",
-        f"not found; set {env_var}, or create it in the current directory or {user_config_dir()}",
+        f"not found; set {env_var}, or create it in the current directory or {user_config_dir()} "
+        "('agent-mcp-gateway init' writes commented examples there)",
     )
 
 
