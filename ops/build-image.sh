@@ -88,6 +88,10 @@ inputs_hash() {
         echo "base $base_id"
     } | sha256sum | cut -d' ' -f1
 }
+if ! podman image exists "$BASE_IMAGE"; then
+    log "base image $BASE_IMAGE does not exist (unset BASE_IMAGE to build the local one)"
+    exit 2
+fi
 inputs="$(inputs_hash)"
 label_key="agent-mcp-gateway.inputs"
 built_from="$(podman image inspect --format "{{index .Labels \"$label_key\"}}" "$image" 2>/dev/null || true)"

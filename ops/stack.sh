@@ -255,7 +255,7 @@ stale_containers() {
     while read -r name; do
         [[ -n "$name" ]] || continue
         read -r image_id image_name < <(podman inspect --format '{{.Image}} {{.ImageName}}' "$name" \
-            2>/dev/null </dev/null || true)
+            2>/dev/null </dev/null || true) || continue
         [[ -n "${image_name:-}" ]] || continue
         want="$(podman image inspect --format '{{.Id}}' "$image_name" 2>/dev/null </dev/null || true)"
         if [[ -n "$want" && "$want" != "$image_id" ]]; then
