@@ -313,6 +313,19 @@ def test_init_says_what_the_examples_need(cli: Cli, tmp_path: Path) -> None:
     )
     assert "'mcp-server-time' is not found on PATH (install: pip install mcp-server-time" in checked.stdout
 
+    installed = tmp_path / "installed"  # both commands there: npx still fetches its package
+    installed.mkdir()
+    for command in ("mcp-server-time", "npx"):
+        (installed / command).write_text("#!/bin/sh\n")
+        (installed / command).chmod(0o755)
+    again = cli("init", "--dir", str(tmp_path / "again"), PATH=str(installed))
+    assert again.stdout.split("Before these servers work:\n", 1)[1].splitlines()[:2] == [
+        "  files: npx fetches @modelcontextprotocol/server-filesystem at its first start "
+        "(needs the network; the server is reported down until it is there)",
+        "  search: https://search.example.com/mcp is a placeholder; "
+        "put your server's URL there, or remove it",
+    ]
+
 
 def test_init_never_overwrites(cli: Cli, tmp_path: Path) -> None:
     target = tmp_path / "config"

@@ -348,6 +348,12 @@ def _first_start_notes(mcp_path: Path) -> None:
         if server.command and shutil.which(server.command) is None
     ]
     notes += [
+        f"  {name}: {server.command} fetches {_package(server.args)} at its first start (needs the "
+        "network; the server is reported down until it is there)"
+        for name, server in servers.items()
+        if server.command in ("npx", "uvx") and shutil.which(server.command) is not None
+    ]
+    notes += [
         f"  {name}: {server.url} is a placeholder; put your server's URL there, or remove it"
         for name, server in servers.items()
         if server.url and ".example." in server.url
@@ -356,6 +362,11 @@ def _first_start_notes(mcp_path: Path) -> None:
         print("Before these servers work:")
         print("\n".join(notes))
         print("  (the gateway starts without them: calls to them get SERVER_UNAVAILABLE)")
+
+
+def _package(args: Sequence[str]) -> str:
+    """The package an `npx`/`uvx` command line runs: its first argument that is not an option."""
+    return next((arg for arg in args if not arg.startswith("-")), "its package")
 
 
 def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
