@@ -188,6 +188,10 @@ show_failure() {  # show_failure CONTAINER
             | tail -n 15 | cut -c1-400 | sed 's/^/    /' >&2 || true
     fi
     log "the stack is left as it is for inspection; remove it with: ops/stack.sh down"
+    if [[ -z "${hinted:-}" ]]; then
+        hinted=1
+        inspect_hint
+    fi
 }
 
 up() {
