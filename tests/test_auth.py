@@ -331,7 +331,7 @@ def test_no_secret_leaves_the_gateway(secured: HttpGateway, creds: Credentials) 
             )
         )
         remote = next(s for s in listed["result"]["structuredContent"]["servers"] if s["name"] == "remote")
-        assert remote["url"] == "http://127.0.0.1:9/mcp"
+        assert remote["url"] == "http://127.0.0.1:9"
         assert remote["headers"] == ["Authorization"]
         shown = json.dumps(listed)
         for secret in (SECRET_URL_PASSWORD, SECRET_URL_QUERY, SECRET_HEADER, "gateway-user"):

@@ -109,7 +109,7 @@ async def test_all_configured_headers_are_sent(
         assert headers["authorization"] == "Bearer s3cret"
         assert headers["x-tenant"] == "blue"
         listed = await gateway_call(client, "list_servers", agent_id="dev", include_metadata=True)
-        assert listed["servers"][0]["url"] == echo_http.url
+        assert listed["servers"][0]["url"] == echo_http.url.removesuffix("/mcp")
         assert "s3cret" not in str(listed)
 
 
