@@ -415,7 +415,8 @@ def _add_tools_commands(
     approve.add_argument(
         "--hash",
         metavar="PREFIX",
-        help="approve only if the quarantined definition's hash starts with PREFIX (from tools status)",
+        help="approve only if the quarantined definition's hash starts with PREFIX: at least 12 hex digits "
+        "of it, or all of it (tools status shows both)",
     )
     approve.set_defaults(run=_tools_approve)
 

@@ -77,7 +77,8 @@ class ServerConfig(BaseModel):
     # server's name when unset, "" for bare names.
     prefix: Annotated[str, StringConstraints(pattern=PREFIX_PATTERN)] | None = None
     # Pin each tool's definition at first sight and quarantine it when it changes (pins.py).
-    pin_tools: StrictBool = False
+    # true: pin each tool at first sight; "strict": pin at the server's first sight, hold new tools.
+    pin_tools: StrictBool | Literal["strict"] = False
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)
