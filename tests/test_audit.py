@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,15 @@ from typing import Any
 import pytest
 from mcp import MCPError
 
-from agent_mcp_gateway.observe.audit import GENESIS, AuditLog, AuditRecord, ChainCheck, verify
+from agent_mcp_gateway.observe.audit import (
+    FIELD_LIMIT,
+    GENESIS,
+    AuditLog,
+    AuditRecord,
+    ChainCheck,
+    session_ref,
+    verify,
+)
 from agent_mcp_gateway.observe.metrics import REGISTRY
 from agent_mcp_gateway.settings import load_settings
 
@@ -84,13 +93,59 @@ def test_line_has_every_spec_field(tmp_path: Path) -> None:
 
     first, second = lines(tmp_path / "audit.jsonl")
     assert set(first) == AUDIT_SPEC_FIELDS | EXTRA_FIELDS
-    assert first == {"timestamp": first["timestamp"], **asdict(record()), "prev_hash": GENESIS}
+    expected = {**asdict(record()), "session_id": session_ref("4f2c")}
+    assert first == {"timestamp": first["timestamp"], **expected, "prev_hash": GENESIS}
     assert first["timestamp"].endswith("Z")
     assert datetime.fromisoformat(first["timestamp"]).utcoffset().total_seconds() == 0
     assert set(second) == AUDIT_SPEC_FIELDS | EXTRA_FIELDS
     assert (second["agent_id"], second["tool"], second["rule"]) == (None, None, None)
     assert second["server"] == "café"
     assert "café" in (tmp_path / "audit.jsonl").read_text(encoding="utf-8")
+
+
+def test_session_ids_are_recorded_as_references_never_as_ids(tmp_path: Path) -> None:
+    session_id = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.write(record(session_id=session_id))
+    audit.write(record(session_id=None))
+    audit.close()
+
+    first, second = lines(tmp_path / "audit.jsonl")
+    assert session_id not in (tmp_path / "audit.jsonl").read_text()
+    assert first["session_id"] == session_ref(session_id) != session_ref("another session")
+    assert second["session_id"] is None
+    found = subprocess.run(
+        [sys.executable, "-m", "agent_mcp_gateway", "audit", "ref", session_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert found.stdout.strip() == first["session_id"]
+
+
+def test_values_are_bounded_so_refused_headers_cannot_fill_the_file(tmp_path: Path) -> None:
+    huge = "x" * 190_000
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.write(record(agent_id=None, claimed_agent_id=huge, session_id=huge, request_id=huge, tool=huge))
+    audit.close()
+
+    assert (tmp_path / "audit.jsonl").stat().st_size < 2 * 1024
+    (line,) = lines(tmp_path / "audit.jsonl")
+    assert line["claimed_agent_id"] == "x" * FIELD_LIMIT + f"...[{190_000 - FIELD_LIMIT} more]"
+
+
+def test_audit_files_are_readable_by_the_gateway_user_only(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text("")
+    path.chmod(0o644)  # an older file, written before the gateway kept them private
+    audit = AuditLog(path, max_bytes=1000, backups=2)
+    for index in range(30):
+        audit.write(record(request_id=f"r-{index}"))
+    audit.close()
+
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 3
+    assert {stat.S_IMODE(file.stat().st_mode) for file in files} == {0o600}
 
 
 def test_path_from_settings_creates_directories(tmp_path: Path) -> None:

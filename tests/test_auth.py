@@ -31,6 +31,7 @@ from agent_mcp_gateway.access.identity import checked_claim, resolve_agent
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.errors import InvalidAgentId
+from agent_mcp_gateway.observe.audit import session_ref
 
 from conftest import (
     ACCEPT_BOTH,
@@ -261,7 +262,7 @@ def test_header_claim_of_another_agent_is_refused(secured: HttpGateway, creds: C
         assert refused["error"]["code"] == -32003
 
     def refusal() -> list[dict[str, Any]]:
-        return [line for line in secured.files.audit_lines() if line["session_id"] == session_id]
+        return [line for line in secured.files.audit_lines() if line["session_id"] == session_ref(session_id)]
 
     assert wait_until(refusal, 5)
     line = refusal()[-1]
@@ -301,7 +302,9 @@ def test_audit_and_metrics_use_the_authenticated_agent(secured: HttpGateway, cre
         metrics = client.get("/metrics").text
 
     def lines() -> list[dict[str, Any]]:
-        return [entry for entry in secured.files.audit_lines() if entry["session_id"] == session_id]
+        return [
+            entry for entry in secured.files.audit_lines() if entry["session_id"] == session_ref(session_id)
+        ]
 
     assert wait_until(lines, 5)
     line = lines()[-1]
@@ -328,7 +331,7 @@ def test_no_secret_leaves_the_gateway(secured: HttpGateway, creds: Credentials) 
             )
         )
         remote = next(s for s in listed["result"]["structuredContent"]["servers"] if s["name"] == "remote")
-        assert remote["url"] == "http://127.0.0.1:9/mcp"
+        assert remote["url"] == "http://127.0.0.1:9"
         assert remote["headers"] == ["Authorization"]
         shown = json.dumps(listed)
         for secret in (SECRET_URL_PASSWORD, SECRET_URL_QUERY, SECRET_HEADER, "gateway-user"):

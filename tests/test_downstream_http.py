@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import aiohttp.abc
+import aiohttp.web
 import httpx
 import httpx2
 import pytest
@@ -109,7 +110,7 @@ async def test_all_configured_headers_are_sent(
         assert headers["authorization"] == "Bearer s3cret"
         assert headers["x-tenant"] == "blue"
         listed = await gateway_call(client, "list_servers", agent_id="dev", include_metadata=True)
-        assert listed["servers"][0]["url"] == echo_http.url
+        assert listed["servers"][0]["url"] == echo_http.url.removesuffix("/mcp")
         assert "s3cret" not in str(listed)
 
 
@@ -337,3 +338,47 @@ async def test_a_call_still_looking_up_its_host_when_the_connection_closes_fails
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(call, 5)
     assert not call.cancelled()
+
+
+async def test_a_redirect_is_not_followed_and_no_header_reaches_another_origin() -> None:
+    """A downstream answering 307 to another origin: the call fails with the downstream's error
+    and the other origin never hears from the gateway, so the server's configured headers
+    (an API key) stay with the server they were configured for."""
+    heard: list[dict[str, str]] = []
+
+    async def elsewhere(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        heard.append(dict(request.headers))
+        return aiohttp.web.json_response({"jsonrpc": "2.0", "id": "x", "result": {}})
+
+    other = aiohttp.web.Application()
+    other.router.add_post("/mcp", elsewhere)
+    other_runner = aiohttp.web.AppRunner(other)
+    await other_runner.setup()
+    other_port = free_port()
+    await aiohttp.web.TCPSite(other_runner, "127.0.0.1", other_port).start()
+
+    async def redirect(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        raise aiohttp.web.HTTPTemporaryRedirect(f"http://127.0.0.1:{other_port}/mcp")
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/mcp", redirect)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+
+    calls = HttpCalls(
+        f"http://localhost:{port}/mcp",
+        {"X-Api-Key": "downstream-only-key"},
+        KeepAlive(httpx2.AsyncHTTPTransport()),
+        1 << 20,
+        LastGoodResolver(),
+    )
+    try:
+        with pytest.raises(MCPError, match=r"307 .*does not follow"):
+            await calls.request("tools/call", {"name": "echo"}, NoMessages())
+        assert heard == []
+    finally:
+        await calls.aclose()
+        await runner.cleanup()
+        await other_runner.cleanup()

@@ -20,6 +20,8 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from mcp import MCPError
 
+from agent_mcp_gateway.observe.audit import session_ref
+
 from conftest import (
     PY,
     STANDARD_RULES,
@@ -84,7 +86,7 @@ async def test_granian_serves_a_full_client_session(served: HttpGateway) -> None
         assert http.get("/health").status_code == 200
 
     def session_lines() -> list[dict[str, Any]]:
-        return [line for line in served.files.audit_lines() if line["session_id"] == session_id]
+        return [line for line in served.files.audit_lines() if line["session_id"] == session_ref(session_id)]
 
     assert wait_until(lambda: len(session_lines()) == 4, 5)
     logged = [json.loads(line) for line in served.log_text().splitlines() if line.startswith("{")]

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from mcp import MCPError
 
+from agent_mcp_gateway.observe.audit import session_ref
+
 from conftest import (
     ACCEPT_BOTH,
     STANDARD_RULES,
@@ -313,7 +315,9 @@ async def test_rate_limit_per_agent(service: AsgiGateway) -> None:
 
     def refusals() -> list[dict[str, Any]]:
         lines = service.files.audit_lines()
-        return [line for line in lines if line["session_id"] == session_id and line["error_code"]]
+        return [
+            line for line in lines if line["session_id"] == session_ref(session_id) and line["error_code"]
+        ]
 
     assert await eventually(refusals)
     assert [(line["agent_id"], line["decision"], line["rule"]) for line in refusals()] == [
@@ -388,7 +392,7 @@ async def test_metrics_show_the_calls_just_made(service: AsgiGateway) -> None:
     assert [s["value"] for s in operations["samples"] if s["labels"] == labels] == [calls_before + 3]
 
     def lines() -> list[dict[str, Any]]:
-        return [line for line in service.files.audit_lines() if line["session_id"] == session_id]
+        return [line for line in service.files.audit_lines() if line["session_id"] == session_ref(session_id)]
 
     assert await eventually(lambda: len(lines()) == 3)
     assert all(line["tool"] == "echo" and line["decision"] == "ALLOW" for line in lines())
@@ -411,7 +415,7 @@ async def test_request_id_is_returned_and_audited(service: AsgiGateway) -> None:
         assert len(generated.headers["x-request-id"]) == 32
 
     def lines() -> list[dict[str, Any]]:
-        return [line for line in service.files.audit_lines() if line["session_id"] == session_id]
+        return [line for line in service.files.audit_lines() if line["session_id"] == session_ref(session_id)]
 
     assert await eventually(lines)
     assert [line["request_id"] for line in lines()] == ["trace-42.a_b"]

@@ -27,7 +27,7 @@ async def tools(tmp_path: Path) -> AsyncIterator[GatewayTools]:
                 "mcpServers": {
                     "echo": fixture_server("echo"),
                     "remote": {
-                        "url": "https://user:hunter2@mcp.example:8443/base/mcp?api_key=s3cret#frag",
+                        "url": "https://user:hunter2@mcp.example:8443/s/SK-live-123/mcp;jsessionid=j5?api_key=s3cret#frag",
                         "headers": {"X-Api-Key": "s3cret", "Authorization": "Bearer s3cret"},
                     },
                 }
@@ -89,9 +89,10 @@ async def test_get_server_tools_filters_by_policy_then_by_request(tools: Gateway
 async def test_list_servers_metadata_shows_no_secret(tools: GatewayTools) -> None:
     listed = tools.list_servers(op("builder", "list_servers"), include_metadata=True)
     by_name = {server["name"]: server for server in listed["servers"]}
-    assert by_name["remote"]["url"] == "https://mcp.example:8443/base/mcp"
+    assert by_name["remote"]["url"] == "https://mcp.example:8443"
     assert by_name["remote"]["headers"] == ["Authorization", "X-Api-Key"]
-    assert "s3cret" not in json.dumps(listed) and "hunter2" not in json.dumps(listed)
+    shown = json.dumps(listed)
+    assert not any(secret in shown for secret in ("s3cret", "hunter2", "SK-live-123", "jsessionid"))
     assert by_name["echo"]["command"].endswith("python") or "python" in by_name["echo"]["command"]
     assert "args" not in by_name["echo"]
     assert [server["name"] for server in tools.list_servers(op("reader", "list_servers"))["servers"]] == [

@@ -380,6 +380,20 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     verify.add_argument("files", nargs="+", type=_path, metavar="FILE")
     verify.set_defaults(run=_audit_verify)
+    ref = audit_commands.add_parser(
+        "ref",
+        help="print what audit lines record of a session id (they never hold the id itself)",
+        description="Find a known session's lines: grep the printed reference in the audit files.",
+    )
+    ref.add_argument("session_id", metavar="SESSION_ID")
+    ref.set_defaults(run=_audit_ref)
+
+
+def _audit_ref(args: argparse.Namespace) -> int:
+    from agent_mcp_gateway.observe.audit import session_ref
+
+    print(session_ref(args.session_id))
+    return 0
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -443,7 +457,8 @@ def _add_tools_commands(
     approve.add_argument(
         "--hash",
         metavar="PREFIX",
-        help="approve only if the quarantined definition's hash starts with PREFIX (from tools status)",
+        help="approve only if the quarantined definition's hash starts with PREFIX: at least 12 hex digits "
+        "of it, or all of it (tools status shows both)",
     )
     approve.set_defaults(run=_tools_approve)
 

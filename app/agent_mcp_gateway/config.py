@@ -77,7 +77,8 @@ class ServerConfig(BaseModel):
     # server's name when unset, "" for bare names.
     prefix: Annotated[str, StringConstraints(pattern=PREFIX_PATTERN)] | None = None
     # Pin each tool's definition at first sight and quarantine it when it changes (pins.py).
-    pin_tools: StrictBool = False
+    # true: pin each tool at first sight; "strict": pin at the server's first sight, hold new tools.
+    pin_tools: StrictBool | Literal["strict"] = False
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)
@@ -189,17 +190,39 @@ class Defaults(BaseModel):
     view: View = "discovery"
 
 
+# Asymmetric algorithms only: with HS* the rules file would hold the signing secret, and anyone
+# who could read it could sign as any agent.
+JWT_ALGORITHMS = frozenset(
+    {
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "EdDSA",
+        "Ed25519",
+        "Ed448",
+    }
+)
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
 class JwtConfig(BaseModel):
     """An OAuth 2.1 / JWT issuer whose access tokens name the agent in one claim."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    issuer: Annotated[str, StringConstraints(min_length=1)]
-    audience: Annotated[str, StringConstraints(min_length=1)] | tuple[str, ...]
+    issuer: NonEmpty
+    # One audience, or a non-empty list of them: an empty list would switch the check off.
+    audience: NonEmpty | Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
     public_key: str | None = None
     jwks_uri: str | None = None
     algorithms: tuple[str, ...] = ("RS256",)
-    agent_claim: Annotated[str, StringConstraints(min_length=1)] = "sub"
+    agent_claim: NonEmpty = "sub"
     authorization_servers: tuple[str, ...] = ()
 
     @model_validator(mode="after")
@@ -210,7 +233,44 @@ class JwtConfig(BaseModel):
             raise ValueError("'jwks_uri' must start with http:// or https://")
         if not self.algorithms:
             raise ValueError("'algorithms' must name at least one algorithm")
+        for algorithm in self.algorithms:
+            if algorithm.startswith("HS"):
+                raise ValueError(
+                    f"algorithm {algorithm!r} is symmetric: the rules file would hold the signing "
+                    "secret; use an asymmetric algorithm (RS256, ES256, EdDSA, ...) with 'public_key' "
+                    "or 'jwks_uri'"
+                )
+            if algorithm not in JWT_ALGORITHMS:
+                raise ValueError(f"algorithm {algorithm!r} is not one of {', '.join(sorted(JWT_ALGORITHMS))}")
+            if self.public_key:
+                _check_public_key(self.public_key, algorithm)
         return self
+
+
+def _check_public_key(pem: str, algorithm: str) -> None:
+    """Refuse a `public_key` the verifier would refuse at every request: not a PEM public key
+    (or certificate), or a key of another family than `algorithm` signs with."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    data = pem.strip().encode()
+    try:
+        key = (
+            x509.load_pem_x509_certificate(data).public_key()
+            if b"BEGIN CERTIFICATE" in data
+            else load_pem_public_key(data)
+        )
+    except (ValueError, TypeError):
+        raise ValueError("'public_key' is not a PEM public key or certificate") from None
+    families: dict[str, tuple[type, ...]] = {
+        "RS": (rsa.RSAPublicKey,),
+        "PS": (rsa.RSAPublicKey,),
+        "ES": (ec.EllipticCurvePublicKey,),
+        "Ed": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey),
+    }
+    if not isinstance(key, families[algorithm[:2]]):
+        raise ValueError(f"'public_key' is not a key for algorithm {algorithm!r}")
 
 
 class AuthConfig(BaseModel):

@@ -45,7 +45,8 @@ class Snapshot:
 
     @classmethod
     def build(cls, config: GatewayConfig, settings: Settings) -> Snapshot:
-        return cls(config, PolicyEngine(config.rules, settings.default_agent), Authenticator(config.rules))
+        engine = PolicyEngine(config.rules, settings.default_agent)
+        return cls(config, engine, Authenticator(config.rules, settings.jwt_max_lifetime))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +173,13 @@ class Gateway:
                 problem = identity_problem(self.settings, new.rules)
                 if problem is not None:
                     raise ConfigError(rules_path, "", problem)
+                snapshot = _build_snapshot(new, self.settings, rules_path)
             except ConfigError as exc:
                 CONFIG_RELOADS.labels("failure").inc()
                 CONFIG_LAST_RELOAD_OK.set(0)
                 self.reloads.append(ReloadEvent(time.time(), source, False, str(exc)))
                 log.error("configuration reload rejected", extra={"source": source, "error": str(exc)})
                 return False
-            snapshot = Snapshot.build(new, self.settings)
             try:
                 await self.pool.apply(new.servers)
             except Exception:
@@ -217,6 +218,15 @@ class Gateway:
         await self.pool.close()
         await self.rate_limits.close()
         self.audit.close()
+
+
+def _build_snapshot(config: GatewayConfig, settings: Settings, rules_path: Path) -> Snapshot:
+    """The snapshot of a new configuration; anything that fails compiling it (a verifier that
+    refuses what validation let through) is a rejected reload, never a half-applied one."""
+    try:
+        return Snapshot.build(config, settings)
+    except Exception as exc:
+        raise ConfigError(rules_path, "", f"cannot be compiled: {type(exc).__name__}: {exc}") from None
 
 
 def _log_warnings(config: GatewayConfig) -> None:

@@ -138,6 +138,7 @@ EXPECTED: dict[str, str] = {
     "agent": f"an agent id matching {AGENT_ID_PATTERN}",
     "auth": "'none' (serve without credentials on a non-loopback bind) or unset",
     "public_url": "the gateway's external base URL, e.g. https://gateway.example",
+    "jwt_max_lifetime": "a positive number (seconds)",
     "mcp_config": "a file path",
     "rules": "a file path",
     "otel_endpoint": "an OTLP/HTTP collector URL such as http://collector:4318",
@@ -187,6 +188,8 @@ class Settings(BaseSettings):
     agent: AgentId | None = None
     auth: Annotated[Literal["none"] | None, BeforeValidator(_lower)] = None
     public_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    # The longest-lived JWT accepted (exp - iat, and exp - now): a leaked token expires.
+    jwt_max_lifetime: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 86_400.0
     mcp_config: Path | None = None
     rules: Path | None = None
     # Traces are exported over OTLP/HTTP only when a collector is named (see tracing.py).

@@ -14,20 +14,28 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import secrets
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 
 from agent_mcp_gateway.config import JwtConfig, RulesConfig
 
+log = logging.getLogger("agent_mcp_gateway.auth")
+
 Method = Literal["token", "jwt", "claim", "pinned"]
 # Where the HTTP edge leaves the verified principal for the MCP layer (an ASGI scope key).
 PRINCIPAL_SCOPE_KEY = "agent_mcp_gateway.principal"
 TOKEN_BYTES = 32  # 256 bits of randomness per API token
 HASH_PREFIX = "sha256:"
+CLOCK_LEEWAY = 60.0  # seconds of clock skew forgiven on a JWT's nbf and iat
+DEFAULT_MAX_LIFETIME = 86_400.0  # GATEWAY_JWT_MAX_LIFETIME: the longest-lived JWT accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +107,47 @@ def _jwt_verifiers(config: JwtConfig) -> tuple[JWTVerifier, ...]:
     )
 
 
+def _instant(value: Any) -> float | None:
+    """A NumericDate claim as seconds, or None when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def time_problem(claims: Mapping[str, Any], now: float, max_lifetime: float) -> str | None:
+    """Why a verified JWT's time claims make it unacceptable now, or None.
+
+    fastmcp's verifier checks `exp` only when present and ignores `nbf` and `iat`, so a token
+    without `exp` (or with `exp` far away) would be accepted forever: `exp` is required and no
+    further than `max_lifetime` ahead, `nbf` and `iat` may not lie in the future (beyond a small
+    leeway), and `exp - iat` may not exceed `max_lifetime` either.
+    """
+    exp = _instant(claims.get("exp"))
+    if exp is None:
+        return "no valid exp claim"
+    if exp <= now:
+        return "expired"
+    if exp - now > max_lifetime:
+        return "expires further ahead than the maximum lifetime"
+    for name in ("nbf", "iat"):
+        if name not in claims:
+            continue
+        at = _instant(claims[name])
+        if at is None:
+            return f"{name} is not a number"
+        if at > now + CLOCK_LEEWAY:
+            return f"{name} is in the future"
+    iat = _instant(claims.get("iat"))
+    if iat is not None and exp - iat > max_lifetime:
+        return "lifetime exceeds the maximum"
+    return None
+
+
 class Authenticator:
     """The credentials one rules snapshot accepts."""
 
-    def __init__(self, rules: RulesConfig) -> None:
+    def __init__(self, rules: RulesConfig, max_lifetime: float = DEFAULT_MAX_LIFETIME) -> None:
+        self._max_lifetime = max_lifetime
         self._agents = frozenset(rules.agents)
         self._tokens = HashedTokenVerifier(rules)
         jwt = rules.auth.jwt
@@ -127,7 +172,12 @@ class Authenticator:
             access = await verifier.verify_token(credential)
             if access is None:
                 continue
-            agent = (access.claims or {}).get(self._agent_claim)
+            claims = access.claims or {}
+            problem = time_problem(claims, time.time(), self._max_lifetime)
+            if problem is not None:
+                log.info("bearer JWT refused", extra={"reason": problem})
+                return None
+            agent = claims.get(self._agent_claim)
             if isinstance(agent, str) and agent in self._agents:
                 return Principal(agent, "jwt", fingerprint(credential))
             return None

@@ -1,7 +1,9 @@
 """Pinned tool definitions: protection against a downstream silently rewriting its tools.
 
 For a server with `pin_tools: true` the gateway records the SHA-256 of each tool's definition
-at first sight. A tool whose definition later differs from its pin is quarantined: left out of
+at first sight; with `pin_tools: "strict"` only at the server's first sight, and a tool that
+appears later is held like a changed one until approved (a server cannot publish a poisoned
+tool under a new name). A tool whose definition later differs from its pin is quarantined: left out of
 the tool list every view is built from (`PinStore.review`, the one filter the downstream tool
 cache goes through) and refused when called, until an operator accepts the new definition with
 `agent-mcp-gateway tools approve SERVER TOOL`. Quarantining records the candidate's hash (and
@@ -22,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,13 +45,16 @@ from agent_mcp_gateway.settings import Settings
 log = logging.getLogger("agent_mcp_gateway.pins")
 
 PINS_NAME = "tool-pins.json"
-# What a client is shown of a tool, so what a poisoned downstream would change.
-DEFINITION_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+# What a client is shown of a tool, so what a poisoned downstream would change; `_meta` too,
+# where extensions point clients at more content (e.g. `ui.resourceUri`).
+DEFINITION_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations", "_meta")
+MIN_PREFIX = 12  # hex digits an approval's --hash must give, at least
 SHORT = 12  # hex digits of a hash shown to people
 POLL_SECONDS = 0.5  # how often the running gateway checks the pins file for changes by others
 
 Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 Stamp = tuple[int, int, int] | None
+Pinning = bool | Literal["strict"]
 
 
 def pins_path(settings: Settings) -> Path:
@@ -84,11 +90,12 @@ def _now() -> str:
 
 
 class Pin(BaseModel):
-    """One tool's pin and, while it is quarantined, the definition it was seen with instead."""
+    """One tool's pin and, while it is quarantined, the definition it was seen with instead. A
+    tool new to a strict server has no pin until approved."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pin: Digest
+    pin: Digest | None = None
     pinned_at: str | None = None
     candidate: Digest | None = None
     candidate_seen_at: str | None = None
@@ -136,9 +143,10 @@ class PinStore:
 
     # --- the gateway's side ----------------------------------------------------------------
 
-    def review(self, server: str, tools: Sequence[mt.Tool], pinned: bool) -> list[mt.Tool]:
+    def review(self, server: str, tools: Sequence[mt.Tool], pinned: Pinning) -> list[mt.Tool]:
         """The tools a client may see: all of them for an unpinned server; for a pinned one those
-        whose definition matches its pin, pinning new ones and quarantining changed ones."""
+        whose definition matches its pin, pinning new ones (holding them, when strict and the
+        server was seen before) and quarantining changed ones."""
         if not pinned:
             self._set_quarantined(server, set())
             return list(tools)
@@ -147,7 +155,7 @@ class PinStore:
             with self._locked():
                 state = self._read()
                 pins = state.servers.setdefault(server, {})
-                if self._record(server, pins, tools, digests):
+                if self._record(server, pins, tools, digests, strict=pinned == "strict"):
                     self._write(state)
             self._trusted = state
             self._reported = None
@@ -197,15 +205,23 @@ class PinStore:
             seen = now
 
     def _record(
-        self, server: str, pins: dict[str, Pin], tools: Sequence[mt.Tool], digests: dict[str, str]
+        self,
+        server: str,
+        pins: dict[str, Pin],
+        tools: Sequence[mt.Tool],
+        digests: dict[str, str],
+        strict: bool = False,
     ) -> bool:
-        """Pin new tools and note changed ones as candidates; whether `pins` changed."""
+        """Pin new tools (or, strict on a server seen before, hold them) and note changed ones
+        as candidates; whether `pins` changed."""
         changed = False
+        held = strict and bool(pins)
         new = [tool.name for tool in tools if tool.name not in pins]
         for name in new:
-            pins[name] = Pin(pin=digests[name], pinned_at=_now())
+            pins[name] = Pin(pin=None) if held else Pin(pin=digests[name], pinned_at=_now())
         if new:
-            log.info("tools pinned at first sight", extra={"server": server, "tools": new})
+            message = "new tools held until approved" if held else "tools pinned at first sight"
+            (log.warning if held else log.info)(message, extra={"server": server, "tools": new})
             changed = True
         for tool in tools:
             digest, pin = digests[tool.name], pins[tool.name]
@@ -217,7 +233,9 @@ class PinStore:
                     changed = True
             elif pin.candidate != digest:
                 log.warning(
-                    "tool definition changed since it was pinned; quarantined until approved",
+                    "new tool held until approved"
+                    if pin.pin is None
+                    else "tool definition changed since it was pinned; quarantined until approved",
                     extra={
                         **where,
                         "pin": short(pin.pin),
@@ -257,7 +275,9 @@ class PinStore:
                 raise ApprovalError(f"no pin for tool '{tool}' on server '{server}' in {self.path}")
             if pin.candidate is None:
                 raise ApprovalError(f"tool '{tool}' on server '{server}' is not quarantined")
-            if expected is not None and not short(pin.candidate).startswith(expected.removeprefix("sha256:")):
+            if expected is not None and not pin.candidate.removeprefix("sha256:").startswith(
+                _prefix(expected)
+            ):
                 raise ApprovalError(
                     f"tool '{tool}' on server '{server}' now has candidate {short(pin.candidate)}, "
                     f"not {expected}; check it again with tools status"
@@ -318,6 +338,18 @@ class PinStore:
             Path(temporary).unlink(missing_ok=True)
             raise PinsFileError(f"cannot be written ({exc.strerror or exc})") from None
         self._written = _stamp(self.path)
+
+
+def _prefix(expected: str) -> str:
+    """The hex digits of an approval's expected hash: at least `MIN_PREFIX` of them, so an
+    empty or short prefix cannot approve whatever the definition has become."""
+    digits = expected.strip().removeprefix("sha256:")
+    if not re.fullmatch(f"[0-9a-f]{{{MIN_PREFIX},64}}", digits):
+        raise ApprovalError(
+            f"--hash must be at least {MIN_PREFIX} hex digits of the candidate's hash "
+            "(as tools status shows it, with or without sha256:)"
+        )
+    return digits
 
 
 def _stamp(path: Path) -> Stamp:

@@ -263,7 +263,14 @@ class HttpCalls:
         """One request whose answer's unread rest is drained once it is answered, so its
         connection is kept; a kept-alive connection closed under it is retried once (see
         `KeepAlive`)."""
-        options: dict[str, Any] = {"data": body, "headers": headers, "proxy": self._proxy}
+        # Redirects are never followed: aiohttp would follow one to another origin and send the
+        # server's configured headers (an X-Api-Key, say) along. A 3xx is a failed call.
+        options: dict[str, Any] = {
+            "data": body,
+            "headers": headers,
+            "proxy": self._proxy,
+            "allow_redirects": False,
+        }
         if self._proxy_auth is not None:
             options["proxy_auth"] = self._proxy_auth
         try:
@@ -299,6 +306,11 @@ class HttpCalls:
             message = None
         if rpc.is_answer(message, request_id):
             return message  # type: ignore[no-any-return]  # is_answer checked it is a dict
+        if 300 <= response.status < 400:
+            raise MCPError(
+                rpc.INTERNAL_ERROR,
+                f"the server answered HTTP {response.status} (a redirect, which the gateway does not follow)",
+            )
         raise MCPError(rpc.INTERNAL_ERROR, f"the server answered HTTP {response.status}")
 
     async def _events(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 from platformdirs import user_cache_dir
 
@@ -44,6 +45,8 @@ GENESIS = "0" * 64
 # readers (str.splitlines, JavaScript, many log shippers), plus lone surrogates, which UTF-8
 # cannot encode. Inside JSON they only occur in strings, where the \uXXXX escape is equivalent.
 _UNSAFE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+FILE_MODE = 0o600  # session references and agent ids are for the operator only
+FIELD_LIMIT = 256  # characters kept of any one value: a refused request's headers cannot fill the file
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,21 @@ class AuditRecord:
 # double the writer thread's time per line.
 _FIELDS = tuple(field.name for field in fields(AuditRecord))
 _LOGGER = "agent_mcp_gateway.observe.audit"
+
+
+def session_ref(session_id: str | None) -> str | None:
+    """What the audit line records of a session id: enough to tell sessions apart and to find a
+    known session's lines (`agent-mcp-gateway audit ref ID`), never the id, which is a bearer
+    secret while the session lives."""
+    if session_id is None:
+        return None
+    return "s-" + sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def _bounded(value: object) -> object:
+    if isinstance(value, str) and len(value) > FIELD_LIMIT:
+        return f"{value[:FIELD_LIMIT]}...[{len(value) - FIELD_LIMIT} more]"
+    return value
 
 
 def default_path() -> Path:
@@ -97,15 +115,22 @@ class _AuditFileHandler(logging.handlers.RotatingFileHandler):
             audit = entry["audit"]
             values = {
                 "timestamp": entry["timestamp"],
-                **{name: getattr(audit, name) for name in _FIELDS},
+                **{name: _bounded(getattr(audit, name)) for name in _FIELDS},
                 "prev_hash": self._prev_hash,
             }
+            values["session_id"] = session_ref(audit.session_id)
             record.msg = line = _UNSAFE.sub(_escape, json.dumps(values, ensure_ascii=False))
             self._prev_hash = sha256(line.encode()).hexdigest()
         except Exception:
             self.handleError(record)
         else:
             super().emit(record)
+
+    def _open(self) -> Any:
+        """The file, created (and kept) readable by the gateway's user only."""
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)
         AUDIT_WRITE_FAILURES.inc()

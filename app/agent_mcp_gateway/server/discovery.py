@@ -207,8 +207,9 @@ def register_tools(mcp: FastMCP, tools: GatewayTools) -> dict[str, Tool]:
 
 
 def _metadata(config: ServerConfig) -> dict[str, Any]:
-    """How a server is reached, with nothing secret: no args or env of a command, no userinfo
-    or query of a URL, and headers by name only."""
+    """How a server is reached, with nothing secret: no args or env of a command, a URL's
+    scheme, host and port only (userinfo, path and query can all carry credentials, e.g.
+    `/s/SK-.../mcp;jsessionid=...`), and headers by name only."""
     if config.command:
         return {"transport": config.kind, "command": config.command}
     assert config.url is not None
@@ -219,7 +220,7 @@ def _metadata(config: ServerConfig) -> dict[str, Any]:
     netloc = f"{host}:{parts.port}" if parts.port else host
     return {
         "transport": config.kind,
-        "url": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+        "url": urlunsplit((parts.scheme, netloc, "", "", "")),
         "headers": sorted(config.headers),
     }
 
