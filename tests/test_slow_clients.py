@@ -96,7 +96,7 @@ async def flood_scenario(gateway: HttpGateway, port: int) -> None:
 
     # Bodies that never end: each gets 408 once the body deadline passes.
     head = (
-        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Accept: application/json, text/event-stream\r\nContent-Length: 1000\r\n\r\n{"
     )
     slow_bodies = await many(lambda: connect(port, head))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "GATEWAY_"
@@ -116,6 +116,8 @@ EXPECTED: dict[str, str] = {
     "http_port": "an integer from 1 to 65535",
     "cors_origins": "comma-separated origins such as https://app.example",
     "allowed_origins": "comma-separated origins such as https://app.example",
+    "metrics_token": "a token of at least 16 characters",
+    "allowed_hosts": "comma-separated host names (optionally with :port) such as gateway.example",
     "max_body_bytes": "a positive integer (bytes)",
     "rate_limit": "a rate limit such as '600/minute' or '10/second'",
     "rate_limit_storage": "'memory' or a Redis URL such as redis://redis:6379/0",
@@ -158,6 +160,10 @@ class Settings(BaseSettings):
     http_port: Annotated[int, Field(ge=1, le=65535)] = 8000
     cors_origins: Origins = Field(default_factory=list)
     allowed_origins: Origins = Field(default_factory=list)
+    # When set, /metrics answers only requests bearing it (it names every agent and server).
+    metrics_token: Annotated[SecretStr, Field(min_length=16)] | None = None
+    # The Host names of this gateway; others get 403 (default: loopback names on a loopback bind).
+    allowed_hosts: CommaList = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BODY
     rate_limit: Annotated[str, AfterValidator(_rate_limit)] = "600/minute"
     # Where the per-agent counters live: this process, or a Redis that gateway replicas share.
@@ -246,4 +252,6 @@ def _describe(exc: ValidationError) -> str:
     shown = value if isinstance(value, str) else ", ".join(value) if isinstance(value, list) else value
     if field == "rate_limit_storage" and isinstance(shown, str):
         shown = without_password(shown)
+    if field == "metrics_token":
+        shown = "***"
     return f"{env_name(field)}={shown!r} is not valid: expected {EXPECTED.get(field, error['msg'])}"

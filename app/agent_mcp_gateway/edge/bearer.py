@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent_mcp_gateway.access.credentials import PRINCIPAL_SCOPE_KEY, Principal
+from agent_mcp_gateway.edge.host import HostNames
 from agent_mcp_gateway.edge.middleware import SESSION_HEADER, current_caller, error_response
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import logs
@@ -35,13 +36,6 @@ log = logging.getLogger("agent_mcp_gateway.http")
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 MCP_PATHS = frozenset({"/mcp", "/mcp/"})
-
-
-def public_base(request_scope: Scope, configured: str | None) -> str:
-    """The gateway's external base URL: the configured one, else what this request used."""
-    if configured:
-        return configured.rstrip("/")
-    return str(Request(request_scope).base_url).rstrip("/")
 
 
 class BearerAuth:
@@ -117,8 +111,10 @@ class BearerAuth:
             else "Authentication required: send 'Authorization: Bearer <token>'."
         )
         response = error_response(401, message, "UNAUTHENTICATED")
-        metadata = f"{public_base(scope, self.gateway.settings.public_url)}{METADATA_PATH}/mcp"
-        challenge = f'Bearer realm="agent-mcp-gateway", resource_metadata="{metadata}"'
+        challenge = 'Bearer realm="agent-mcp-gateway"'
+        base = HostNames.of(self.gateway.settings).public_base(scope, self.gateway.settings.public_url)
+        if base is not None:  # a spoofed Host must not point clients at another metadata document
+            challenge += f', resource_metadata="{base}{METADATA_PATH}/mcp"'
         if presented:
             challenge += ', error="invalid_token"'
         response.headers["WWW-Authenticate"] = challenge
@@ -132,7 +128,10 @@ def protected_resource_metadata(gateway: Gateway) -> Any:
         authenticator = gateway.snapshot.authenticator
         if not authenticator.enabled:
             return JSONResponse({"error": "this gateway does not require credentials"}, 404)
-        base = public_base(request.scope, gateway.settings.public_url)
+        base = HostNames.of(gateway.settings).public_base(request.scope, gateway.settings.public_url)
+        if base is None:
+            message = "set GATEWAY_PUBLIC_URL (or GATEWAY_ALLOWED_HOSTS) to publish this gateway's metadata"
+            return JSONResponse({"error": message}, 404)
         body: dict[str, Any] = {
             "resource": f"{base}/mcp",
             "bearer_methods_supported": ["header"],

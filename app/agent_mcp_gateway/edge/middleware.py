@@ -171,7 +171,9 @@ class RequestContext:
                 self.sessions.open(issued, principal.agent_id if principal else None)
         elif current_caller().session_refused:
             return  # a caller refused a session it does not own must not end it for its owner
-        elif status == 404 or (method == "DELETE" and status < 300):
+        elif method == "DELETE" and status < 300:
+            # Only the owner's DELETE (or expiry) ends a session: a 404 also answers an OPTIONS
+            # or a GET from anyone who knows the id, which must not end it for its owner.
             self.sessions.close(sent)
         else:
             self.sessions.touch(sent)

@@ -7,6 +7,7 @@ Streamable HTTP transport and its sessions from the SDK via fastmcp's `http_app`
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from agent_mcp_gateway import __version__
 from agent_mcp_gateway.edge.bearer import METADATA_PATH, BearerAuth, protected_resource_metadata
 from agent_mcp_gateway.edge.drain import Drain
+from agent_mcp_gateway.edge.host import HostGuard, HostNames
 from agent_mcp_gateway.edge.middleware import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
@@ -51,6 +53,7 @@ def create_app(gateway: Gateway) -> Starlette:
             *([Middleware(tracing.TraceContext)] if tracing.enabled() else []),
             Middleware(RequestContext, sessions=gateway.sessions),
             Middleware(RootAlias),
+            Middleware(HostGuard, names=HostNames.of(settings)),
             Middleware(
                 OriginGuard,
                 allowed=settings.allowed_origins + settings.cors_origins,
@@ -117,8 +120,16 @@ def _add_routes(mcp: FastMCP, gateway: Gateway) -> None:
         }
         return JSONResponse(body, status_code=200 if gateway.ready else 503)
 
+    metrics_token = gateway.settings.metrics_token
+
     @mcp.custom_route("/metrics", methods=["GET"])
     async def metrics(request: Request) -> Response:
+        if metrics_token is not None and not _bearer_matches(request, metrics_token.get_secret_value()):
+            return JSONResponse(
+                {"error": "metrics need 'Authorization: Bearer <GATEWAY_METRICS_TOKEN>'"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
         wants_json = request.query_params.get("format") == "json" or request.headers.get(
             "accept", ""
         ).startswith("application/json")
@@ -129,6 +140,13 @@ def _add_routes(mcp: FastMCP, gateway: Gateway) -> None:
     metadata = protected_resource_metadata(gateway)
     mcp.custom_route(METADATA_PATH, methods=["GET"])(metadata)
     mcp.custom_route(f"{METADATA_PATH}/mcp", methods=["GET"])(metadata)
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    """Whether the request presents `token` as its bearer credential (compared in constant time:
+    /metrics names every configured agent and server)."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token.encode())
 
 
 def _metrics_summary() -> dict[str, Any]:
