@@ -6,6 +6,10 @@ server sets its own; "" gives bare names). Resources keep their URIs, which alre
 they are; a URI two servers offer belongs to the first in the servers file. Tools follow the
 agent's tool rules; prompts and resources its server rules.
 
+A name resolves to one server or to none, never onward to another: a quarantined or denied tool
+keeps its public name from every later server, and a bare name shaped like another server's
+public name (`{prefix}__...`) is never shown or routed (it would shadow that server's tool).
+
 A view is computed from the downstream caches on demand: listing is rare next to calling, and
 a call routes by the prefix without building a view.
 """
@@ -54,6 +58,12 @@ class Catalog:
         self.engine = engine
         self.pool = pool
         self.agent_id = agent_id
+        self._prefixes = {config.public_prefix(name) for name, config in servers.items()} - {""}
+
+    def _reserved(self, bare: str) -> bool:
+        """Whether a bare name is shaped like another server's public name."""
+        head, separator, _ = bare.partition(NAME_SEPARATOR)
+        return bool(separator) and head in self._prefixes
 
     def _servers(self) -> Iterator[tuple[str, str, Downstream]]:
         """(name, prefix, downstream) of each server the agent may use, in file order."""
@@ -66,16 +76,26 @@ class Catalog:
     def tools(self) -> dict[str, Routed[mt.Tool]]:
         engine = self.engine
         named: dict[str, Routed[mt.Tool]] = {}
+        taken: set[str] = set()  # names a denied or quarantined tool keeps from later servers
         for server, prefix, downstream in self._servers():
+            for name in downstream.pins.quarantined_tools(server):
+                taken.add(public_name(prefix, name))
             for tool in downstream.tools.values():
+                public = public_name(prefix, tool.name)
+                if public in taken or (not prefix and self._reserved(tool.name)):
+                    continue
                 if engine.decide(self.agent_id, server, tool.name).allowed:
-                    _add(named, public_name(prefix, tool.name), Routed(server, tool.name, tool))
+                    _add(named, public, Routed(server, tool.name, tool))
+                else:
+                    taken.add(public)
         return named
 
     def prompts(self) -> dict[str, Routed[mt.Prompt]]:
         named: dict[str, Routed[mt.Prompt]] = {}
         for server, prefix, downstream in self._servers():
             for prompt in downstream.prompts.values():
+                if not prefix and self._reserved(prompt.name):
+                    continue
                 _add(named, public_name(prefix, prompt.name), Routed(server, prompt.name, prompt))
         return named
 
@@ -87,17 +107,22 @@ class Catalog:
         return by_uri
 
     def templates(self) -> list[Routed[mt.ResourceTemplate]]:
-        return [
-            Routed(server, template.uri_template, template)
-            for server, _, downstream in self._servers()
-            for template in downstream.templates
-        ]
+        """The agent's resource templates; a template two servers offer belongs to the first."""
+        by_template: dict[str, Routed[mt.ResourceTemplate]] = {}
+        for server, _, downstream in self._servers():
+            for template in downstream.templates:
+                _add(by_template, template.uri_template, Routed(server, template.uri_template, template))
+        return list(by_template.values())
 
     def tool(self, name: str) -> Routed[mt.Tool] | None:
         """The tool a public name stands for, if the agent may call it (else None: unknown)."""
         for server, downstream_name in self.candidates(name):
             downstream = self.pool.get(server)
-            tool = downstream.tools.get(downstream_name) if downstream is not None else None
+            if downstream is None:
+                continue
+            if downstream.pins.quarantined(server, downstream_name):
+                return None  # its name is not handed on to another server
+            tool = downstream.tools.get(downstream_name)
             if tool is not None:
                 if self.engine.decide(self.agent_id, server, downstream_name).allowed:
                     return Routed(server, downstream_name, tool)
@@ -136,6 +161,8 @@ class Catalog:
             for server, prefix in named:
                 if prefix == head:
                     yield server, rest
+        if self._reserved(name):
+            return  # another server's public name: never a bare server's
         for server, prefix in named:
             if prefix == "":
                 yield server, name
@@ -160,7 +187,8 @@ def _add(named: dict[str, Routed[T]], key: str, routed: Routed[T]) -> None:
     if other is not routed:
         log.warning(
             "aggregate view name collision; the first server keeps the name",
-            extra={"name": key, "server": other.server, "hidden_server": routed.server},
+            # Not "name": a LogRecord attribute, which logging refuses to overwrite (KeyError).
+            extra={"public_name": key, "server": other.server, "hidden_server": routed.server},
         )
 
 

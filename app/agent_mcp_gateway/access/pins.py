@@ -177,6 +177,9 @@ class PinStore:
     def quarantined(self, server: str, tool: str) -> bool:
         return tool in self._quarantined.get(server, ())
 
+    def quarantined_tools(self, server: str) -> frozenset[str]:
+        return frozenset(self._quarantined.get(server, ()))
+
     def refuse(self, server: str, tool: str) -> None:
         """Raise ToolQuarantined for a quarantined tool; return for any other."""
         if not self.quarantined(server, tool):
