@@ -122,10 +122,15 @@ class GatewayFiles:
     def write_rules(self, rules: dict[str, Any]) -> None:
         _atomic_write(self.rules, rules)
 
-    def audit_lines(self) -> list[dict[str, Any]]:
-        if not self.audit.exists():
+    def audit_lines(self, path: Path | None = None) -> list[dict[str, Any]]:
+        path = path or self.audit
+        if not path.exists():
             return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def refusal_lines(self) -> list[dict[str, Any]]:
+        """The unauthenticated refusals, kept apart from the decision log."""
+        return self.audit_lines(self.audit.with_name(self.audit.name + ".refusals"))
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {

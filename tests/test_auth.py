@@ -209,7 +209,7 @@ def test_every_bad_credential_gets_401(secured: HttpGateway, creds: Credentials)
         assert client.get("/ready").json()["auth"] == {"credentials_required": True}
 
     def refused() -> list[dict[str, Any]]:
-        return [line for line in secured.files.audit_lines() if line["error_code"] == "UNAUTHENTICATED"]
+        return [line for line in secured.files.refusal_lines() if line["error_code"] == "UNAUTHENTICATED"]
 
     assert wait_until(lambda: sum(line["claimed_agent_id"] == "builder" for line in refused()) == 22, 5)
     assert all(line["agent_id"] is None and line["decision"] == "DENY" for line in refused())
@@ -317,6 +317,41 @@ def test_audit_and_metrics_use_the_authenticated_agent(secured: HttpGateway, cre
         if sample.name == "gateway_operations_total" and sample.labels["agent"] == "builder"
     ]
     assert operations and all(sample.labels["agent"] != "unknown" for sample in operations)
+
+
+REFUSAL_AUDIT_LIMIT = 4096  # bytes of audit one refused request may cause, whatever it sends
+header_value = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=64).map(
+    lambda text: text * 3000  # up to ~190 KB per header, what the review sent
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(session=header_value, agent=header_value, request_id=header_value, credential=header_value)
+def test_property_no_refused_request_writes_more_than_a_fixed_amount_of_audit(
+    secured: HttpGateway, session: str, agent: str, request_id: str, credential: str
+) -> None:
+    """Whatever headers an unauthenticated request carries (the review sent ~190 KB of them), it
+    adds at most a fixed number of bytes of audit, and never to the decision log."""
+    files = secured.files
+    headers = {"mcp-session-id": session, "x-agent-id": agent, "x-request-id": request_id}
+    if credential:
+        headers["authorization"] = f"Bearer {credential}"
+
+    def written() -> tuple[int, int]:
+        refusals = files.audit.with_name(files.audit.name + ".refusals")
+        return (
+            files.audit.stat().st_size if files.audit.exists() else 0,
+            refusals.stat().st_size if refusals.exists() else 0,
+        )
+
+    decisions_before, refusals_before = written()
+    with httpx.Client(base_url=secured.base_url, timeout=30) as client:
+        status = client.post("/mcp", json=INIT, headers={**BOTH, **headers}).status_code
+    assert status in (400, 401, 404, 413, 431), status
+    time.sleep(0.05)  # the writer thread; a late line only makes the next example's bound stricter
+    decisions_after, refusals_after = written()
+    assert decisions_after == decisions_before
+    assert refusals_after - refusals_before <= REFUSAL_AUDIT_LIMIT
 
 
 def test_no_secret_leaves_the_gateway(secured: HttpGateway, creds: Credentials) -> None:

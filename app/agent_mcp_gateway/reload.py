@@ -68,16 +68,14 @@ async def watch_config(gateway: Gateway, stop: asyncio.Event) -> None:
 
 
 class _NotAudit:
-    """A watch filter that drops changes to the audit log and its rotated files."""
+    """A watch filter that drops changes to the audit logs and their rotated files."""
 
     def __init__(self, audit_path: Path) -> None:
         self.path = os.path.abspath(audit_path)
 
     def __call__(self, change: Change, path: str) -> bool:
-        if path == self.path:
-            return False
-        rotated = path.startswith(self.path + ".") and path[len(self.path) + 1 :].isdigit()
-        return not rotated
+        # The file itself, its rotations (.1, .2, ...) and the refusal log beside it (.refusals*).
+        return path != self.path and not path.startswith(self.path + ".")
 
 
 async def _watch(gateway: Gateway, stop: asyncio.Event) -> None:

@@ -22,6 +22,7 @@ import os
 import queue
 import re
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, fields
@@ -32,7 +33,7 @@ from typing import Any
 
 from platformdirs import user_cache_dir
 
-from agent_mcp_gateway.observe.metrics import AUDIT_WRITE_FAILURES
+from agent_mcp_gateway.observe.metrics import AUDIT_REFUSALS_SUPPRESSED, AUDIT_WRITE_FAILURES
 from agent_mcp_gateway.operation import Decision
 
 log = logging.getLogger("agent_mcp_gateway")
@@ -47,6 +48,13 @@ GENESIS = "0" * 64
 _UNSAFE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
 FILE_MODE = 0o600  # session references and agent ids are for the operator only
 FIELD_LIMIT = 256  # characters kept of any one value: a refused request's headers cannot fill the file
+# Unauthenticated refusals go to a file of their own (`<audit>.refusals`, same rotation), so no
+# number of them can rotate an authenticated agent's lines out of the decision log; and at most
+# this many per second (with a burst) are written at all, the rest counted.
+REFUSALS_SUFFIX = ".refusals"
+REFUSAL_RATE = 20.0
+REFUSAL_BURST = 200.0
+SUPPRESSED_LOG_INTERVAL = 10.0  # seconds between warnings about suppressed refusal lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +149,49 @@ class _AuditFileHandler(logging.handlers.RotatingFileHandler):
         )
 
 
+def is_refusal(record: AuditRecord) -> bool:
+    """An unauthenticated request refused at the edge: anyone can cause one."""
+    return record.error_code == "UNAUTHENTICATED"
+
+
+class _Split(logging.Handler):
+    """Hands each line to the decision log or the refusal log, on the writer thread."""
+
+    def __init__(self, decisions: _AuditFileHandler, refusals: _AuditFileHandler) -> None:
+        super().__init__()
+        self.decisions, self.refusals = decisions, refusals
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        target = self.refusals if is_refusal(vars(record)["audit"]) else self.decisions
+        return target.handle(record)
+
+    def close(self) -> None:
+        self.decisions.close()
+        self.refusals.close()
+        super().close()
+
+
+class _Bucket:
+    """A token bucket: `rate` per second, up to `burst` at once (event-loop thread only)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class AuditLog:
     def __init__(self, path: Path | None = None, max_bytes: int = 10 * 2**20, backups: int = 5) -> None:
         self.path = path or default_path()
+        self.refusals_path = self.path.with_name(self.path.name + REFUSALS_SUFFIX)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -152,14 +200,32 @@ class AuditLog:
                 "audit log directory could not be created",
                 extra={"audit_path": str(self.path), "error": type(exc).__name__},
             )
-        self._handler = _AuditFileHandler(self.path, max_bytes, backups)
+        self._handler = _Split(
+            _AuditFileHandler(self.path, max_bytes, backups),
+            _AuditFileHandler(self.refusals_path, max_bytes, backups),
+        )
+        self._refusals = _Bucket(REFUSAL_RATE, REFUSAL_BURST)
+        self._suppressed_logged = 0.0
         self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self._listener = logging.handlers.QueueListener(self._queue, self._handler)
         self._listener.start()
         self._closed = False
 
     def write(self, record: AuditRecord) -> None:
-        """Queue the line; it is formatted, chained and written on the writer thread."""
+        """Queue the line; it is formatted, chained and written on the writer thread. A refusal
+        over the refusal rate is counted instead of written."""
+        if is_refusal(record) and not self._refusals.take():
+            AUDIT_REFUSALS_SUPPRESSED.inc()
+            if time.monotonic() - self._suppressed_logged > SUPPRESSED_LOG_INTERVAL:
+                self._suppressed_logged = time.monotonic()
+                log.warning(
+                    "unauthenticated refusals over the audit rate are counted, not written",
+                    extra={
+                        "rate_per_second": REFUSAL_RATE,
+                        "metric": "gateway_audit_refusals_suppressed_total",
+                    },
+                )
+            return
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self._queue.put_nowait(logging.makeLogRecord({"name": _LOGGER, "timestamp": now, "audit": record}))
 

@@ -140,6 +140,11 @@ CONFIG_LAST_RELOAD_OK = Gauge(
     "1 when the last configuration reload was applied, 0 when it was rejected.",
     registry=REGISTRY,
 )
+AUDIT_REFUSALS_SUPPRESSED = Counter(
+    "gateway_audit_refusals_suppressed_total",
+    "Unauthenticated refusals over the audit rate: counted here instead of written.",
+    registry=REGISTRY,
+)
 AUDIT_WRITE_FAILURES = Counter(
     "gateway_audit_write_failures_total",
     "Audit lines that could not be written.",
