@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -144,7 +145,12 @@ def test_audit_files_are_readable_by_the_gateway_user_only(tmp_path: Path) -> No
     audit.close()
 
     files = sorted(tmp_path.iterdir())
-    assert len(files) == 3
+    assert [file.name for file in files] == [
+        "audit.jsonl",
+        "audit.jsonl.1",
+        "audit.jsonl.2",
+        "audit.jsonl.checkpoints",
+    ]
     assert {stat.S_IMODE(file.stat().st_mode) for file in files} == {0o600}
 
 
@@ -165,7 +171,7 @@ def test_rotation_by_size(tmp_path: Path) -> None:
         audit.write(record(request_id=f"r-{index}"))
     audit.close()
 
-    files = sorted(tmp_path.iterdir())
+    files = sorted(file for file in tmp_path.iterdir() if not file.name.endswith(".checkpoints"))
     assert files == [path, *(tmp_path / f"audit.jsonl.{n}" for n in (1, 2, 3))]
     kept: list[str] = []
     for file in files:
@@ -416,12 +422,20 @@ def test_audit_verify_command(tmp_path: Path) -> None:
     result = run_verify(*files)
     assert result.returncode == 0, result.stdout + result.stderr
     first_prev_hash = lines(files[0])[0]["prev_hash"]
-    assert result.stdout.splitlines() == [
-        f"OK: {count} lines",
-        f"chain starts at: {first_prev_hash} (an earlier file)",
-        f"last line hash:  {digest(path.read_bytes().splitlines()[-1])}",
-    ]
+    ok, start, last = result.stdout.splitlines()
+    assert ok == f"OK: {count} lines"
+    assert re.fullmatch(
+        f"chain starts at: {first_prev_hash} \\(a file of \\d+ lines rotated away at \\S+Z\\)", start
+    ), start
+    assert last == f"last line hash:  {digest(path.read_bytes().splitlines()[-1])}"
 
+    # Without the checkpoints, the start is not explained: lines may have been cut from it.
+    path.with_name("audit.jsonl.checkpoints").unlink()
+    unexplained = run_verify(*files)
+    assert unexplained.returncode == 0
+    assert "(an earlier file; no rotation checkpoint explains it)" in unexplained.stdout
+
+    write_lines(path, 0)  # nothing written: the checkpoints stay as they were
     result = run_verify(files[1], files[0], path)
     assert result.returncode == 1
     assert result.stdout.startswith(f"BROKEN: {files[0]}:1: prev_hash is not the hash of the last line of")

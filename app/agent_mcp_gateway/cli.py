@@ -399,7 +399,7 @@ def _audit_ref(args: argparse.Namespace) -> int:
 def _audit_verify(args: argparse.Namespace) -> int:
     import io
 
-    from agent_mcp_gateway.observe.audit import GENESIS, verify
+    from agent_mcp_gateway.observe.audit import GENESIS, checkpoints, verify
 
     # A file name may hold bytes stdout's encoding cannot show: print them escaped, no traceback.
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -416,10 +416,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
     print(f"OK: {_count(check.lines, 'line')}")
     if check.lines:
         # The ends of the chain: kept elsewhere, they show lines cut from either end.
-        start = (
-            "genesis" if check.first_prev_hash == GENESIS else f"{check.first_prev_hash} (an earlier file)"
-        )
-        print(f"chain starts at: {start}")
+        first = check.first_prev_hash
+        if first == GENESIS:
+            print("chain starts at: genesis")
+        else:
+            rotated = checkpoints(args.files[-1]).get(first or "")
+            if rotated is None:
+                print(f"chain starts at: {first} (an earlier file; no rotation checkpoint explains it)")
+            else:
+                print(
+                    f"chain starts at: {first} (a file of {_count(rotated.file_lines, 'line')} "
+                    f"rotated away at {rotated.rotated_at})"
+                )
         print(f"last line hash:  {check.last_hash}")
     return 0
 

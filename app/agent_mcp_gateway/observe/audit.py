@@ -55,6 +55,10 @@ REFUSALS_SUFFIX = ".refusals"
 REFUSAL_RATE = 20.0
 REFUSAL_BURST = 200.0
 SUPPRESSED_LOG_INTERVAL = 10.0  # seconds between warnings about suppressed refusal lines
+# Beside each audit file, one JSON line per file that rotation deleted: the hash of its last
+# line and how many lines it held, so `verify` can tell a chain start that rotation explains
+# from one that lines were cut from.
+CHECKPOINTS_SUFFIX = ".checkpoints"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +117,7 @@ class _AuditFileHandler(logging.handlers.RotatingFileHandler):
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
-        self._prev_hash = _chain_head(path)
+        self._prev_hash: str | None = None  # read at the first line: a log never written costs nothing
 
     def emit(self, record: logging.LogRecord) -> None:
         # The line becomes the record's message, which the default formatter writes as is; the
@@ -121,6 +125,8 @@ class _AuditFileHandler(logging.handlers.RotatingFileHandler):
         try:
             entry = vars(record)
             audit = entry["audit"]
+            if self._prev_hash is None:
+                self._prev_hash = _chain_head(Path(self.baseFilename))
             values = {
                 "timestamp": entry["timestamp"],
                 **{name: _bounded(getattr(audit, name)) for name in _FIELDS},
@@ -133,6 +139,28 @@ class _AuditFileHandler(logging.handlers.RotatingFileHandler):
             self.handleError(record)
         else:
             super().emit(record)
+
+    def doRollover(self) -> None:  # noqa: N802 (stdlib name)
+        """Rotate; first record a checkpoint of the oldest kept file, which rotation deletes."""
+        if self.backupCount > 0:
+            oldest = Path(f"{self.baseFilename}.{self.backupCount}")
+            try:
+                lines, last = _summary(oldest)
+            except FileNotFoundError:
+                lines = 0
+            if lines:
+                checkpoint = {"rotated_at": _timestamp(), "file_lines": lines, "last_hash": last}
+                with open(
+                    os.open(
+                        self.baseFilename + CHECKPOINTS_SUFFIX,
+                        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                        FILE_MODE,
+                    ),
+                    "a",
+                    encoding="utf-8",
+                ) as out:
+                    out.write(json.dumps(checkpoint) + "\n")
+        super().doRollover()
 
     def _open(self) -> Any:
         """The file, created (and kept) readable by the gateway's user only."""
@@ -226,7 +254,7 @@ class AuditLog:
                     },
                 )
             return
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = _timestamp()
         self._queue.put_nowait(logging.makeLogRecord({"name": _LOGGER, "timestamp": now, "audit": record}))
 
     def close(self) -> None:
@@ -235,6 +263,47 @@ class AuditLog:
             self._closed = True
             self._listener.stop()
             self._handler.close()
+
+
+def _timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _summary(path: Path) -> tuple[int, str]:
+    """How many lines a file holds and the hash of its last one."""
+    lines, last = 0, GENESIS
+    with path.open("rb") as file:
+        for raw in file:
+            lines += 1
+            last = sha256(raw.rstrip(b"\n")).hexdigest()
+    return lines, last
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A file rotation deleted: when, how many lines it held, and its last line's hash."""
+
+    rotated_at: str
+    file_lines: int
+    last_hash: str
+
+
+def checkpoints(path: Path) -> dict[str, Checkpoint]:
+    """The checkpoints recorded beside audit file `path` (the live one), by last-line hash."""
+    found: dict[str, Checkpoint] = {}
+    try:
+        text = Path(str(path) + CHECKPOINTS_SUFFIX).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return found
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            found[entry["last_hash"]] = Checkpoint(
+                entry["rotated_at"], int(entry["file_lines"]), entry["last_hash"]
+            )
+        except (ValueError, KeyError, TypeError):
+            continue  # an unreadable checkpoint explains nothing
+    return found
 
 
 def _chain_head(path: Path) -> str:
