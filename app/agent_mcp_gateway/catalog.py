@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 import mcp_types as mt
 from mcp.shared.uri_template import UriTemplate
 
-from agent_mcp_gateway.access.policy import PolicyEngine
+from agent_mcp_gateway.access.policy import Decision, PolicyEngine
 from agent_mcp_gateway.config import NAME_SEPARATOR, ServerConfig
 from agent_mcp_gateway.downstream.session import Downstream, DownstreamPool, Kind
 
@@ -38,6 +38,7 @@ class Routed(Generic[T]):
     server: str
     name: str
     item: T
+    decision: Decision | None = None  # the policy decision that admitted it, where one was made
 
 
 def public_name(prefix: str, name: str) -> str:
@@ -94,14 +95,14 @@ class Catalog:
         ]
 
     def tool(self, name: str) -> Routed[mt.Tool] | None:
-        """The tool a public name stands for, if the agent may call it (else None: unknown)."""
+        """The tool a public name stands for, with the decision that allows it, if the agent
+        may call it (else None: unknown). The decision travels on, so it is not made twice."""
         for server, downstream_name in self.candidates(name):
             downstream = self.pool.get(server)
             tool = downstream.tools.get(downstream_name) if downstream is not None else None
             if tool is not None:
-                if self.engine.decide(self.agent_id, server, downstream_name).allowed:
-                    return Routed(server, downstream_name, tool)
-                return None
+                decision = self.engine.decide(self.agent_id, server, downstream_name)
+                return Routed(server, downstream_name, tool, decision) if decision.allowed else None
         return None
 
     def prompt(self, name: str) -> Routed[mt.Prompt] | None:
