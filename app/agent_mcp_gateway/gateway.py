@@ -21,11 +21,12 @@ from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.access.ratelimit import RateLimits
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.config import ConfigError, GatewayConfig
-from agent_mcp_gateway.downstream.session import DownstreamPool, Kind, Shared
+from agent_mcp_gateway.downstream.session import DownstreamPool, Shared
 from agent_mcp_gateway.errors import GatewayError, InvalidAgentId
 from agent_mcp_gateway.observe.audit import AuditLog
 from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
 from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.protocol import Kind
 from agent_mcp_gateway.sessions.list_changed import LOCAL_PREFIX, ListChanged
 from agent_mcp_gateway.sessions.registry import SessionRegistry
 from agent_mcp_gateway.sessions.subscriptions import Subscriptions

@@ -1,7 +1,8 @@
 """The gateway operation in progress: who asked for what, and what decided it.
 
-The middleware opens one per gateway tool call; identity, tools and error handling fill it in,
-and it becomes the audit line and the metric samples when the call ends.
+The pipeline opens one per request the gateway serves itself (`server.operations`); identity,
+the views and error handling fill it in, and `observe.record` makes it the audit line, the
+metric samples and the span when the call ends.
 """
 
 from __future__ import annotations

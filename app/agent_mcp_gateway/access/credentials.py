@@ -25,7 +25,6 @@ from agent_mcp_gateway.config import JwtConfig, RulesConfig
 
 Method = Literal["token", "jwt", "claim", "pinned"]
 # Where the HTTP edge leaves the verified principal for the MCP layer (an ASGI scope key).
-PRINCIPAL_SCOPE_KEY = "agent_mcp_gateway.principal"
 TOKEN_BYTES = 32  # 256 bits of randomness per API token
 HASH_PREFIX = "sha256:"
 

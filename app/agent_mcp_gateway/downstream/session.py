@@ -50,12 +50,11 @@ from agent_mcp_gateway.observe.metrics import (
     DOWNSTREAM_UP,
     downstream_series,
 )
+from agent_mcp_gateway.protocol import KINDS, Kind
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
 State = Literal["connecting", "up", "down", "closed"]
-Kind = Literal["tools", "prompts", "resources"]
-KINDS: tuple[Kind, ...] = ("tools", "prompts", "resources")
 ChangeListener = Callable[[str, Kind], None]
 UpdateListener = Callable[[str, str], Awaitable[None]]  # server, resource URI
 

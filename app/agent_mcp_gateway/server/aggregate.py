@@ -25,11 +25,9 @@ from agent_mcp_gateway.downstream.session import Downstream
 from agent_mcp_gateway.errors import DeniedByPolicy
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.protocol import INVALID_PARAMS, RESOURCE_NOT_FOUND
 from agent_mcp_gateway.server.forward import Forward
 from agent_mcp_gateway.server.relay import ClientRelay
-
-INVALID_PARAMS = -32602
-RESOURCE_NOT_FOUND = -32002
 
 
 class ListedTool(Tool):

@@ -148,7 +148,7 @@ class GatewayTools:
 
 def register_tools(mcp: FastMCP, tools: GatewayTools) -> dict[str, Tool]:
     """The MCP face of `GatewayTools`: schemas and descriptions agents see. Returns the tools by
-    name, for the middleware to run them (see `GatewayMiddleware.on_call_tool`)."""
+    name, for the pipeline to run them (see `ViewSelection.on_call_tool`)."""
 
     async def list_servers(
         agent_id: AgentId = None,
