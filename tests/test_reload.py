@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import MCPError
 
 from agent_mcp_gateway import reload
 from agent_mcp_gateway.config import load
@@ -17,7 +18,7 @@ from agent_mcp_gateway.observe.audit import AuditRecord
 from agent_mcp_gateway.reload import watch_config
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import GatewayFiles, fixture_server, stdio_gateway
+from conftest import GatewayFiles, eventually, fixture_server, memory_gateway, metric, stdio_gateway
 
 SERVERS = {"mcpServers": {"echo": fixture_server("echo")}}
 
@@ -147,3 +148,44 @@ async def test_audit_writes_beside_the_config_do_not_wake_the_watcher(
         stop.set()
         await asyncio.wait_for(watcher, 5)
         gateway.audit.close()
+
+
+async def test_a_call_keeps_the_configuration_it_started_under(gateway_files: GatewayFiles) -> None:
+    """A reload while a call is in flight changes the next call, not this one: its identity,
+    policy decision, metrics and audit line all come from the snapshot taken when it started."""
+    gateway_files.write_servers({"slow": fixture_server("slow")})
+    gateway_files.write_rules({"agents": {"reader": {"allow": {"servers": ["slow"]}}}})
+    async with memory_gateway(gateway_files) as served:
+        before = metric(
+            "gateway_operations_total",
+            operation="execute_tool",
+            agent="reader",
+            server="slow",
+            outcome="ALLOW",
+        )
+        async with served.client() as client:
+            call = asyncio.create_task(
+                client.call_tool_mcp(
+                    "execute_tool",
+                    {"agent_id": "reader", "server": "slow", "tool": "sleep", "args": {"seconds": 1.5}},
+                )
+            )
+            await asyncio.sleep(0.5)  # the call is at the downstream now
+            gateway_files.write_rules({"agents": {"writer": {"allow": {"servers": ["other-*", "slow"]}}}})
+            assert await served.gateway.reload("test")
+            result = await call
+            assert not result.is_error, result
+            with pytest.raises(MCPError) as refused:  # the next call runs under the new rules
+                await client.call_tool_mcp("list_servers", {"agent_id": "reader"})
+            assert "'reader' is not configured" in refused.value.message
+
+    after = metric(
+        "gateway_operations_total", operation="execute_tool", agent="reader", server="slow", outcome="ALLOW"
+    )
+    assert after == before + 1, "the call was counted under the configuration that replaced its own"
+    lines = await eventually(
+        lambda: [line for line in gateway_files.audit_lines() if line["operation"] == "execute_tool"]
+    )
+    assert [(line["agent_id"], line["decision"], line["rule"]) for line in lines] == [
+        ("reader", "ALLOW", "agents.reader.allow.servers[0]")
+    ]

@@ -26,9 +26,10 @@ from typing import Generic, TypeVar
 import mcp_types as mt
 from mcp.shared.uri_template import UriTemplate
 
-from agent_mcp_gateway.access.policy import PolicyEngine
+from agent_mcp_gateway.access.policy import Decision, PolicyEngine
 from agent_mcp_gateway.config import NAME_SEPARATOR, ServerConfig
-from agent_mcp_gateway.downstream.session import Downstream, DownstreamPool, Kind
+from agent_mcp_gateway.downstream.session import Downstream, DownstreamPool
+from agent_mcp_gateway.protocol import Kind
 
 log = logging.getLogger("agent_mcp_gateway.catalog")
 
@@ -42,6 +43,7 @@ class Routed(Generic[T]):
     server: str
     name: str
     item: T
+    decision: Decision | None = None  # the policy decision that admitted it, where one was made
 
 
 def public_name(prefix: str, name: str) -> str:
@@ -115,7 +117,8 @@ class Catalog:
         return list(by_template.values())
 
     def tool(self, name: str) -> Routed[mt.Tool] | None:
-        """The tool a public name stands for, if the agent may call it (else None: unknown)."""
+        """The tool a public name stands for, with the decision that allows it, if the agent
+        may call it (else None: unknown). The decision travels on, so it is not made twice."""
         for server, downstream_name in self.candidates(name):
             downstream = self.pool.get(server)
             if downstream is None:
@@ -124,9 +127,8 @@ class Catalog:
                 return None  # its name is not handed on to another server
             tool = downstream.tools.get(downstream_name)
             if tool is not None:
-                if self.engine.decide(self.agent_id, server, downstream_name).allowed:
-                    return Routed(server, downstream_name, tool)
-                return None
+                decision = self.engine.decide(self.agent_id, server, downstream_name)
+                return Routed(server, downstream_name, tool, decision) if decision.allowed else None
         return None
 
     def prompt(self, name: str) -> Routed[mt.Prompt] | None:

@@ -21,10 +21,12 @@ from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.access.ratelimit import RateLimits
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.config import ConfigError, GatewayConfig
-from agent_mcp_gateway.downstream.session import DownstreamPool, Kind, Shared
+from agent_mcp_gateway.downstream.session import DownstreamPool, Shared
 from agent_mcp_gateway.errors import GatewayError, InvalidAgentId
 from agent_mcp_gateway.observe.audit import AuditLog
 from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
+from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.protocol import Kind
 from agent_mcp_gateway.sessions.list_changed import LOCAL_PREFIX, ListChanged
 from agent_mcp_gateway.sessions.registry import SessionRegistry
 from agent_mcp_gateway.sessions.subscriptions import Subscriptions
@@ -111,9 +113,17 @@ class Gateway:
     def engine(self) -> PolicyEngine:
         return self.snapshot.engine
 
-    def catalog(self, agent_id: str) -> Catalog:
-        """`agent_id`'s aggregate view of the downstream servers, as configured now."""
-        snapshot = self.snapshot
+    def pinned(self, op: Operation) -> Snapshot:
+        """The configuration `op` runs under: the one current when it first asked, kept for
+        the rest of the operation however many reloads happen meanwhile."""
+        if op.snapshot is None:
+            op.snapshot = self.snapshot
+        return op.snapshot
+
+    def catalog(self, agent_id: str, snapshot: Snapshot | None = None) -> Catalog:
+        """`agent_id`'s aggregate view of the downstream servers, under `snapshot` (an
+        operation's) or else as configured now."""
+        snapshot = snapshot or self.snapshot
         return Catalog(snapshot.config.servers, snapshot.engine, self.pool, agent_id)
 
     def session_alive(self, key: str) -> bool:

@@ -1,14 +1,18 @@
 """The gateway operation in progress: who asked for what, and what decided it.
 
-The middleware opens one per gateway tool call; identity, tools and error handling fill it in,
-and it becomes the audit line and the metric samples when the call ends.
+The pipeline opens one per request the gateway serves itself (`server.operations`); identity,
+the views and error handling fill it in, and `observe.record` makes it the audit line, the
+metric samples and the span when the call ends.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from agent_mcp_gateway.gateway import Snapshot
 
 Decision = Literal["ALLOW", "DENY", "ERROR"]
 
@@ -28,6 +32,9 @@ class Operation:
     credential: str | None = None  # the credential's fingerprint, never the credential
     claimed_agent_id: str | None = None  # what the caller said it was, kept when refused
     trace_id: str | None = None  # the W3C trace id, when the call is traced
+    # The configuration the operation runs under, taken when it starts (`Gateway.pinned`):
+    # identity, policy, failure mapping and audit of one call never see two configurations.
+    snapshot: Snapshot | None = None
 
 
 _current: ContextVar[Operation] = ContextVar("gateway_operation")

@@ -31,7 +31,6 @@ log = logging.getLogger("agent_mcp_gateway.auth")
 
 Method = Literal["token", "jwt", "claim", "pinned"]
 # Where the HTTP edge leaves the verified principal for the MCP layer (an ASGI scope key).
-PRINCIPAL_SCOPE_KEY = "agent_mcp_gateway.principal"
 TOKEN_BYTES = 32  # 256 bits of randomness per API token
 HASH_PREFIX = "sha256:"
 CLOCK_LEEWAY = 60.0  # seconds of clock skew forgiven on a JWT's nbf and iat

@@ -39,7 +39,6 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from agent_mcp_gateway.errors import DeniedByPolicy
 from agent_mcp_gateway.observe.metrics import QUARANTINED_CALLS, TOOLS_QUARANTINED
-from agent_mcp_gateway.operation import current_operation
 from agent_mcp_gateway.settings import Settings
 
 log = logging.getLogger("agent_mcp_gateway.pins")
@@ -180,16 +179,12 @@ class PinStore:
     def quarantined_tools(self, server: str) -> frozenset[str]:
         return frozenset(self._quarantined.get(server, ()))
 
-    def refuse(self, server: str, tool: str) -> None:
-        """Raise ToolQuarantined for a quarantined tool; return for any other."""
+    def refuse(self, agent_id: str, operation: str, server: str, tool: str) -> None:
+        """Raise ToolQuarantined (naming who asked, for the audit) for a quarantined tool;
+        return for any other."""
         if not self.quarantined(server, tool):
             return
         QUARANTINED_CALLS.labels(server).inc()
-        try:
-            op = current_operation()
-            agent_id, operation = op.agent_id, op.name
-        except LookupError:  # a call outside a gateway operation
-            agent_id, operation = "", "call_tool"
         raise ToolQuarantined(agent_id, operation, server, tool)
 
     async def watch(self, on_change: Callable[[], None]) -> None:

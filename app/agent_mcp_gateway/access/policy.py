@@ -14,7 +14,6 @@ from functools import lru_cache
 
 from agent_mcp_gateway.config import AgentRules, RulesConfig
 from agent_mcp_gateway.errors import DeniedByPolicy, InvalidAgentId
-from agent_mcp_gateway.observe import tracing
 
 DEFAULT_DENY = "default-deny"
 SERVER_CACHE_SIZE = 1024
@@ -172,9 +171,9 @@ class PolicyEngine:
         server: str,
         tool: str | None = None,
     ) -> Decision:
-        """Like `decide`, but a denial raises DENIED_BY_POLICY carrying the rule."""
+        """Like `decide`, but a denial raises DENIED_BY_POLICY carrying the rule. The caller
+        records the decision (span, audit): the engine stays pure."""
         decision = self.decide(agent_id, server, tool)
-        tracing.policy_decided(agent_id, server, tool, decision.allowed, decision.rule)
         if not decision.allowed:
             raise DeniedByPolicy(agent_id, operation, server, tool, decision.rule)
         return decision

@@ -22,12 +22,12 @@ import anyio
 import httpx2
 import pydantic_core
 import yarl
-from aiohttp.helpers import get_env_proxy_for_url
 from fastmcp.client.transports import ClientTransport
 from fastmcp.client.transports.base import SessionKwargs, TransportOptions
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
+from agent_mcp_gateway.compat import get_env_proxy_for_url
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.observe import tracing

@@ -42,7 +42,6 @@ from agent_mcp_gateway.errors import (
     GatewayTimeout,
     ResultTooLarge,
     ServerUnavailable,
-    ToolNotFound,
 )
 from agent_mcp_gateway.observe import logs, tracing
 from agent_mcp_gateway.observe.metrics import (
@@ -51,12 +50,11 @@ from agent_mcp_gateway.observe.metrics import (
     DOWNSTREAM_UP,
     downstream_series,
 )
+from agent_mcp_gateway.protocol import KINDS, Kind
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
 State = Literal["connecting", "up", "down", "closed"]
-Kind = Literal["tools", "prompts", "resources"]
-KINDS: tuple[Kind, ...] = ("tools", "prompts", "resources")
 ChangeListener = Callable[[str, Kind], None]
 UpdateListener = Callable[[str, str], Awaitable[None]]  # server, resource URI
 
@@ -441,15 +439,15 @@ class Downstream:
         return calls
 
     async def call_tool(
-        self, tool: str, arguments: dict[str, Any], timeout_ms: int, relay: Relay | None = None
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        timeout_ms: int,
+        relay: Relay | None,
+        known: Callable[[], None],
     ) -> mt.CallToolResult:
-        """Call a tool; the timeout covers the whole call, including waiting for start-up."""
-
-        def known() -> None:
-            if tool not in self.tools:
-                self.pins.refuse(self.name, tool)
-                raise ToolNotFound(self.name, tool)
-
+        """Call a tool; the timeout covers the whole call, including waiting for start-up.
+        `known` (built by `server.forward`) checks the tool is listed once the server is up."""
         params = {"name": tool, "arguments": arguments}
         call = _Request("execute_tool", tool, "tools/call", params, mt.CallToolResult, known)
         return await self._request(call, timeout_ms, relay)

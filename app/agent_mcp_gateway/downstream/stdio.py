@@ -37,11 +37,10 @@ from fastmcp.client.transports import ClientTransport
 from fastmcp.client.transports.base import SessionKwargs, TransportOptions
 from mcp import ClientSession, MCPError
 from mcp.client.stdio import get_default_environment
-from mcp.shared._context_streams import create_context_streams
-from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from agent_mcp_gateway.compat import coerce_request_id, create_context_streams
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.messages import current_call

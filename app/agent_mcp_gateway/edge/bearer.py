@@ -16,38 +16,37 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastmcp.server.auth import AccessToken
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent_mcp_gateway.access.credentials import PRINCIPAL_SCOPE_KEY, Principal
+from agent_mcp_gateway import compat
+from agent_mcp_gateway.access.credentials import Principal
+from agent_mcp_gateway.access.identity import RequestFacts, check_session, facts_of
 from agent_mcp_gateway.edge.host import HostNames
-from agent_mcp_gateway.edge.middleware import SESSION_HEADER, current_caller, error_response
+from agent_mcp_gateway.edge.middleware import error_response
+from agent_mcp_gateway.errors import InvalidAgentId
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import logs
-from agent_mcp_gateway.observe.audit import AuditRecord
-from agent_mcp_gateway.observe.metrics import ERRORS
+from agent_mcp_gateway.observe.record import Recorder
+from agent_mcp_gateway.protocol import MCP_PATHS, METADATA_PATH
 
 log = logging.getLogger("agent_mcp_gateway.http")
-
-METADATA_PATH = "/.well-known/oauth-protected-resource"
-MCP_PATHS = frozenset({"/mcp", "/mcp/"})
 
 
 class BearerAuth:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
+        self.recorder = Recorder(gateway.audit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in MCP_PATHS or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        facts = facts_of(scope)
         principal: Principal | None = None
         authenticator = self.gateway.snapshot.authenticator
         if authenticator.enabled:
@@ -57,28 +56,30 @@ class BearerAuth:
             if principal is None:
                 await self._unauthorized(scope, receive, send, presented=bool(credential.strip()))
                 return
-            scope[PRINCIPAL_SCOPE_KEY] = principal
-            # The SDK's session manager compares this with the session's creator on every request.
-            token = AccessToken(token=principal.fingerprint or "", client_id=principal.agent_id, scopes=[])
-            scope["user"] = AuthenticatedUser(token)
-            scope["auth"] = AuthCredentials([])
-            current_caller().principal = principal
-        session_id = headers.get(SESSION_HEADER)
-        if session_id is not None and not self._may_use_session(session_id, principal):
-            current_caller().session_refused = True
-            await error_response(404, "Session not found; initialize a new session.", "SESSION_NOT_FOUND")(
-                scope, receive, send
+            compat.mark_session_owner(scope, principal.agent_id, principal.fingerprint)
+            facts.principal = principal
+        if facts.session_id is not None and not self._may_use_session(facts, principal):
+            facts.session_refused = True
+            refusal = error_response(
+                scope, 404, "Session not found; initialize a new session.", "SESSION_NOT_FOUND"
             )
+            await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def _may_use_session(self, session_id: str, principal: Principal | None) -> bool:
-        record = self.gateway.sessions.get(session_id)
+    def _may_use_session(self, facts: RequestFacts, principal: Principal | None) -> bool:
+        """Whether the gateway holds the session and (with a credential) it is the credential's
+        agent's, by `identity.check_session`, the rule the MCP layer binds claims by; the record
+        goes into the facts so no layer below looks it up again."""
+        assert facts.session_id is not None
+        record = facts.session = self.gateway.sessions.get(facts.session_id)
         if record is None:
             return False
-        if principal is None or record.agent_id is None:
+        if principal is None:
             return True
-        if record.agent_id != principal.agent_id:
+        try:
+            check_session(record, principal.agent_id)
+        except InvalidAgentId:
             log.warning(
                 "session refused: opened by another agent",
                 extra={"session_agent": record.agent_id, "agent_id": principal.agent_id},
@@ -87,30 +88,16 @@ class BearerAuth:
         return True
 
     async def _unauthorized(self, scope: Scope, receive: Receive, send: Send, presented: bool) -> None:
-        caller = current_caller()
-        ERRORS.labels("UNAUTHENTICATED").inc()
-        self.gateway.audit.write(
-            AuditRecord(
-                agent_id=None,
-                operation=caller.method or "http",
-                server=None,
-                tool=None,
-                decision="DENY",
-                rule="authentication",
-                error_code="UNAUTHENTICATED",
-                latency_ms=0.0,
-                session_id=caller.session_id,
-                request_id=logs.request_id.get(),
-                auth="none" if not presented else "invalid",
-                claimed_agent_id=caller.agent_id,
-            )
+        facts = facts_of(scope)
+        self.recorder.unauthenticated(
+            facts.method, facts.session_id, logs.request_id.get(), facts.claimed_agent, presented
         )
         message = (
             "The bearer credential is not valid for this gateway."
             if presented
             else "Authentication required: send 'Authorization: Bearer <token>'."
         )
-        response = error_response(401, message, "UNAUTHENTICATED")
+        response = error_response(scope, 401, message, "UNAUTHENTICATED")
         challenge = 'Bearer realm="agent-mcp-gateway"'
         base = HostNames.of(self.gateway.settings).public_base(scope, self.gateway.settings.public_url)
         if base is not None:  # a spoofed Host must not point clients at another metadata document

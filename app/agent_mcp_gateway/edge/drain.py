@@ -32,7 +32,9 @@ import anyio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_mcp_gateway.edge.middleware import current_caller, error_response
+from agent_mcp_gateway.access.identity import facts_of
+from agent_mcp_gateway.edge.middleware import error_response
+from agent_mcp_gateway.protocol import MCP_PATH, SERVER_ERROR
 
 log = logging.getLogger("agent_mcp_gateway.http")
 
@@ -40,7 +42,6 @@ CLOSE_SECONDS = 10  # after a drain, how long closing the downstream servers may
 LINGER = 0.5  # seconds without a request in flight before the worker stops
 REFUSED_METHODS = frozenset({"initialize", "tools/call"})
 STREAM_METHODS = frozenset({"subscriptions/listen"})
-SHUTTING_DOWN = -32000
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -63,8 +64,8 @@ class Drain:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method = current_caller().method
-        standing = (scope["method"] == "GET" and scope["path"] == "/mcp") or method in STREAM_METHODS
+        method = facts_of(scope).method
+        standing = (scope["method"] == "GET" and scope["path"] == MCP_PATH) or method in STREAM_METHODS
         if self._draining and (standing or method in REFUSED_METHODS or scope["path"] == "/ready"):
             await self._refuse(scope, receive, send)
         elif standing:
@@ -152,10 +153,11 @@ class Drain:
             response = JSONResponse({"status": "draining"}, status_code=503)
         else:
             response = error_response(
+                scope,
                 503,
                 "The gateway is shutting down; send the request again later.",
                 "SHUTTING_DOWN",
-                code=SHUTTING_DOWN,
+                code=SERVER_ERROR,
             )
         response.headers["connection"] = "close"
         await response(scope, receive, send)

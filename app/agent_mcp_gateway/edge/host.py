@@ -74,6 +74,8 @@ class HostGuard:
             host = Headers(scope=scope).get("host", "")
             if self.names.verdict(host) is False:
                 log.warning("host refused", extra={"host": host[:200]})
-                await error_response(403, "Host not allowed.", "HOST_NOT_ALLOWED")(scope, receive, send)
+                await error_response(scope, 403, "Host not allowed.", "HOST_NOT_ALLOWED")(
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)

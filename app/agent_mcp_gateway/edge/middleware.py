@@ -4,7 +4,9 @@ Each class is a small pure-ASGI middleware (no buffering of streamed responses) 
 request ids, access logs, HTTP metrics and the session registry (`RequestContext`); browser
 Origin checks (`OriginGuard`); reading the body within its size and time limits, and the peek at
 who is calling (`RequestBody`); and JSON answers for clients that do not accept SSE
-(`JsonOnly`). CORS is Starlette's middleware, wired in `http.py`.
+(`JsonOnly`). CORS is Starlette's middleware, wired in `http.py`. What they learn of the caller
+goes into the request's `RequestFacts` in the ASGI scope (`access.identity`), which every layer
+below reads.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,30 +24,27 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_mcp_gateway.access.credentials import Principal
-from agent_mcp_gateway.access.identity import AGENT_HEADER
+from agent_mcp_gateway.access.identity import FACTS_SCOPE_KEY, RequestFacts, facts_of
 from agent_mcp_gateway.observe import logs
 from agent_mcp_gateway.observe.metrics import http_series
+from agent_mcp_gateway.protocol import (
+    AGENT_HEADER,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    MCP_PATH,
+    MCP_PATHS,
+    METADATA_PATH,
+    REQUEST_ID_HEADER,
+    SESSION_HEADER,
+)
 from agent_mcp_gateway.sessions.registry import SessionRegistry
 from agent_mcp_gateway.settings import is_loopback_host
 
 log = logging.getLogger("agent_mcp_gateway.http")
 
-KNOWN_ROUTES = {
-    "/mcp",
-    "/mcp/",
-    "/",
-    "/health",
-    "/ready",
-    "/metrics",
-    "/.well-known/oauth-protected-resource",
-    "/.well-known/oauth-protected-resource/mcp",
-}
+KNOWN_ROUTES = {*MCP_PATHS, "/", "/health", "/ready", "/metrics", METADATA_PATH, f"{METADATA_PATH}/mcp"}
 KNOWN_METHODS = {"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"}  # bounded labels
-SESSION_HEADER = "mcp-session-id"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-INVALID_REQUEST = -32600
-INTERNAL_ERROR = -32603
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Bounds on what a message may carry, well below the body limit where the protocol allows it:
 # an `initialize` or a `ping` is a few KB, so only tool calls and answers to the gateway's own
@@ -57,38 +54,15 @@ SMALL_MESSAGE_BYTES = 64 * 1024
 LARGE_METHODS = frozenset({"tools/call"})
 
 
-@dataclass(slots=True)
-class Caller:
-    """Who a request is from, as far as the edge can tell before the MCP layer runs."""
-
-    agent_id: str | None = None
-    session_id: str | None = None
-    client: str = "unknown"
-    rpc_id: Any = None
-    method: str | None = None
-    principal: Principal | None = None  # set by the bearer check when credentials are required
-    session_refused: bool = False  # the edge refused the session: it stays as it was
-
-
-caller: ContextVar[Caller | None] = ContextVar("caller", default=None)
-
-
-def current_caller() -> Caller:
-    found = caller.get()
-    if found is None:
-        found = Caller()
-        caller.set(found)
-    return found
-
-
 def error_response(
-    status: int, message: str, name: str, code: int = INVALID_REQUEST, **fields: Any
+    scope: Scope, status: int, message: str, name: str, code: int = INVALID_REQUEST, **fields: Any
 ) -> JSONResponse:
-    """A JSON-RPC shaped error body, so MCP clients can show the message."""
+    """A JSON-RPC shaped error body (answering the request's id), so MCP clients can show the
+    message."""
     return JSONResponse(
         {
             "jsonrpc": "2.0",
-            "id": current_caller().rpc_id,
+            "id": facts_of(scope).rpc_id,
             "error": {"code": code, "message": message, "data": {"code": name, **fields}},
         },
         status_code=status,
@@ -107,16 +81,17 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        supplied = headers.get("x-request-id", "")
+        supplied = headers.get(REQUEST_ID_HEADER, "")
         request_id = supplied if _REQUEST_ID.match(supplied) else logs.new_request_id()
         request_token = logs.request_id.set(request_id)
         session_id = headers.get(SESSION_HEADER)
         client = scope.get("client")
-        caller_token = caller.set(Caller(session_id=session_id, client=client[0] if client else "unknown"))
+        facts = RequestFacts(session_id=session_id, client=client[0] if client else "unknown")
+        scope[FACTS_SCOPE_KEY] = facts
         path = scope["path"]
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         route = path if path in KNOWN_ROUTES else "other"
-        route = "/mcp" if route in ("/", "/mcp/") else route
+        route = MCP_PATH if route in ("/", "/mcp/") else route
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -127,9 +102,9 @@ class RequestContext:
                 response_started = True
                 status = message["status"]
                 out = MutableHeaders(scope=message)
-                out["x-request-id"] = request_id
-                if route == "/mcp":
-                    self._track_session(method, session_id, out.get(SESSION_HEADER), status)
+                out[REQUEST_ID_HEADER] = request_id
+                if route == MCP_PATH:
+                    self._track_session(facts, method, out.get(SESSION_HEADER), status)
             await send(message)
 
         try:
@@ -139,6 +114,7 @@ class RequestContext:
             if not response_started:
                 status = 500
                 await error_response(
+                    scope,
                     500,
                     f"Internal error; the gateway's log has request id {request_id}.",
                     "INTERNAL_ERROR",
@@ -148,7 +124,7 @@ class RequestContext:
             seconds = time.perf_counter() - started
             count, duration = http_series(route, method, status)
             count.inc()
-            if not (route == "/mcp" and method == "GET"):  # a GET on /mcp is a long-lived stream
+            if not (route == MCP_PATH and method == "GET"):  # a GET on /mcp is a long-lived stream
                 duration.observe(seconds)
             if route != "/metrics" and route != "/health":
                 log.info(
@@ -161,15 +137,15 @@ class RequestContext:
                         "session_id": session_id,
                     },
                 )
-            caller.reset(caller_token)
             logs.request_id.reset(request_token)
 
-    def _track_session(self, method: str, sent: str | None, issued: str | None, status: int) -> None:
+    def _track_session(self, facts: RequestFacts, method: str, issued: str | None, status: int) -> None:
+        sent = facts.session_id
         if sent is None:
             if issued is not None and status < 400:
-                principal = current_caller().principal
+                principal = facts.principal
                 self.sessions.open(issued, principal.agent_id if principal else None)
-        elif current_caller().session_refused:
+        elif facts.session_refused:
             return  # a caller refused a session it does not own must not end it for its owner
         elif method == "DELETE" and status < 300:
             # Only the owner's DELETE (or expiry) ends a session: a 404 also answers an OPTIONS
@@ -187,7 +163,7 @@ class RootAlias:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/":
-            scope = {**scope, "path": "/mcp", "raw_path": b"/mcp"}
+            scope = {**scope, "path": MCP_PATH, "raw_path": MCP_PATH.encode()}
         await self.app(scope, receive, send)
 
 
@@ -218,7 +194,8 @@ class OriginGuard:
             origin = Headers(scope=scope).get("origin")
             if origin is not None and not self.allows(origin):
                 log.warning("origin refused", extra={"origin": origin[:200]})
-                await error_response(403, "Origin not allowed.", "ORIGIN_NOT_ALLOWED")(scope, receive, send)
+                refusal = error_response(scope, 403, "Origin not allowed.", "ORIGIN_NOT_ALLOWED")
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -265,16 +242,16 @@ class RequestBody:
                 if not message.get("more_body", False):
                     break
         if deadline.cancelled_caught:
-            response = error_response(
-                408, f"The request body did not arrive within {self.seconds:g} seconds.", "BODY_TIMEOUT"
-            )
+            late = f"The request body did not arrive within {self.seconds:g} seconds."
+            response = error_response(scope, 408, late, "BODY_TIMEOUT")
             response.headers["connection"] = "close"
             await response(scope, receive, send)
             return
         body = b"".join(chunks)
-        problem = self._inspect(body, headers)
+        problem = self._inspect(body, headers, facts_of(scope))
         if problem is not None:
-            await error_response(400, f"Invalid Request: {problem}.", "INVALID_REQUEST")(scope, receive, send)
+            invalid = error_response(scope, 400, f"Invalid Request: {problem}.", "INVALID_REQUEST")
+            await invalid(scope, receive, send)
             return
         replayed = False
 
@@ -289,6 +266,7 @@ class RequestBody:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await error_response(
+            scope,
             413,
             f"Request body is larger than {self.max_bytes} bytes.",
             "BODY_TOO_LARGE",
@@ -296,10 +274,14 @@ class RequestBody:
         )(scope, receive, send)
 
     @staticmethod
-    def _inspect(body: bytes, headers: Headers) -> str | None:
-        """Note who is calling; return what is wrong with the message, if anything."""
-        current = current_caller()
-        current.agent_id = headers.get(AGENT_HEADER)
+    def _inspect(body: bytes, headers: Headers, current: RequestFacts) -> str | None:
+        """Note who is calling; return what is wrong with the message, if anything.
+
+        The only parse of the body in the gateway; the SDK's transport parses it again into its
+        own message model (it takes the body, not a parsed message), which cannot be avoided
+        without replacing the transport.
+        """
+        current.header_agent = current.claimed_agent = headers.get(AGENT_HEADER)
         try:
             message = json.loads(body)
         except RecursionError:
@@ -327,7 +309,7 @@ class RequestBody:
         params = message.get("params")
         arguments = params.get("arguments") if isinstance(params, dict) else None
         if isinstance(arguments, dict) and isinstance(arguments.get("agent_id"), str):
-            current.agent_id = arguments["agent_id"][:200]
+            current.claimed_agent = arguments["agent_id"][:200]
         return None
 
 

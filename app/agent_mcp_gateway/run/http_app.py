@@ -1,7 +1,7 @@
 """The HTTP service: the MCP endpoint plus /health, /ready, /metrics and the RFC 9728
 metadata, served by Granian.
 
-Wiring only: the edge middlewares come from `edge.py` and `bearer.py`, CORS from Starlette, the
+Wiring only: the edge middlewares come from `edge/`, CORS from Starlette, the
 Streamable HTTP transport and its sessions from the SDK via fastmcp's `http_app`.
 """
 
@@ -13,8 +13,6 @@ import time
 from typing import Any
 
 from fastmcp import FastMCP
-from fastmcp.server.http import StreamableHTTPASGIApp
-from mcp.server.transport_security import RequestBodyLimitMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,14 +20,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from agent_mcp_gateway import __version__
-from agent_mcp_gateway.edge.bearer import METADATA_PATH, BearerAuth, protected_resource_metadata
+from agent_mcp_gateway import __version__, compat
+from agent_mcp_gateway.edge.bearer import BearerAuth, protected_resource_metadata
 from agent_mcp_gateway.edge.drain import Drain
 from agent_mcp_gateway.edge.host import HostGuard, HostNames
 from agent_mcp_gateway.edge.middleware import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.metrics import REGISTRY
+from agent_mcp_gateway.protocol import EXPOSED_HEADERS, MCP_PATH, METADATA_PATH
 from agent_mcp_gateway.server.build import build_server
 
 log = logging.getLogger("agent_mcp_gateway.http")
@@ -42,12 +41,12 @@ def create_app(gateway: Gateway) -> Starlette:
 
     def raise_sdk_body_limit() -> None:
         if app is not None:
-            _apply_body_limit(app, settings.max_body_bytes)
+            compat.set_body_limit(app.routes, settings.max_body_bytes)
 
     mcp = build_server(gateway, on_start=raise_sdk_body_limit)
     _add_routes(mcp, gateway)
     app = mcp.http_app(
-        path="/mcp",
+        path=MCP_PATH,
         session_idle_timeout=settings.session_ttl,
         middleware=[
             *([Middleware(tracing.TraceContext)] if tracing.enabled() else []),
@@ -64,7 +63,7 @@ def create_app(gateway: Gateway) -> Starlette:
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["Mcp-Session-Id", "Retry-After", "X-Request-Id", "WWW-Authenticate"],
+                expose_headers=list(EXPOSED_HEADERS),
             ),
             Middleware(RequestBody, max_bytes=settings.max_body_bytes, seconds=settings.body_timeout),
             Middleware(Drain, grace=settings.shutdown_grace),
@@ -73,22 +72,6 @@ def create_app(gateway: Gateway) -> Starlette:
         ],
     )
     return app
-
-
-def _apply_body_limit(app: Starlette, max_bytes: int) -> None:
-    """Make `GATEWAY_MAX_BODY_BYTES` the SDK's limit too, above or below its 4 MiB default.
-
-    fastmcp 4.1.2 creates the SDK's session manager without passing a body limit; the manager
-    wraps its handler in the SDK's public `RequestBodyLimitMiddleware`, whose limit is set here
-    once the manager exists (this runs inside its lifespan).
-    """
-    for route in app.routes:
-        endpoint = getattr(route, "endpoint", None)
-        if isinstance(endpoint, StreamableHTTPASGIApp) and endpoint.session_manager is not None:
-            manager = endpoint.session_manager
-            manager.max_request_body_size = max_bytes
-            if isinstance(manager.asgi_app, RequestBodyLimitMiddleware):
-                manager.asgi_app.max_body_size = max_bytes
 
 
 def _add_routes(mcp: FastMCP, gateway: Gateway) -> None:

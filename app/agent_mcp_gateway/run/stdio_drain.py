@@ -23,7 +23,8 @@ import time
 from types import TracebackType
 from typing import Any
 
-from agent_mcp_gateway.edge.drain import CLOSE_SECONDS, LINGER, REFUSED_METHODS, SHUTTING_DOWN
+from agent_mcp_gateway.edge.drain import CLOSE_SECONDS, LINGER, REFUSED_METHODS
+from agent_mcp_gateway.protocol import SERVER_ERROR
 
 log = logging.getLogger("agent_mcp_gateway")
 
@@ -171,7 +172,7 @@ class StdioDrain:
 
     def _refuse(self, request_id: Any) -> None:
         error = {
-            "code": SHUTTING_DOWN,
+            "code": SERVER_ERROR,
             "message": "The gateway is shutting down; send the request again later.",
             "data": {"code": "SHUTTING_DOWN"},
         }

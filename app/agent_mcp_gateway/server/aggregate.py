@@ -25,10 +25,9 @@ from agent_mcp_gateway.downstream.session import Downstream
 from agent_mcp_gateway.errors import DeniedByPolicy
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.protocol import INVALID_PARAMS, RESOURCE_NOT_FOUND
+from agent_mcp_gateway.server.forward import Forward
 from agent_mcp_gateway.server.relay import ClientRelay
-
-INVALID_PARAMS = -32602
-RESOURCE_NOT_FOUND = -32002
 
 
 class ListedTool(Tool):
@@ -78,6 +77,7 @@ class AggregateView:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.forward = Forward(gateway)
 
     async def _catalog(self, op: Operation) -> Catalog:
         """The agent's view once every server has had its first try at connecting, so a
@@ -88,7 +88,7 @@ class AggregateView:
             await asyncio.wait(tasks, timeout=self.gateway.settings.connect_timeout)
             for task in tasks:
                 task.cancel()
-        return self.gateway.catalog(op.agent_id)
+        return self.gateway.catalog(op.agent_id, self.gateway.pinned(op))
 
     async def list_tools(self, op: Operation) -> list[Tool]:
         return [
@@ -126,14 +126,8 @@ class AggregateView:
         if routed is None:
             self._refuse(op, name)
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}")
-        op.tool = routed.name
-        downstream = self._admit(op, routed.server, "execute_tool", routed.name)
-        result = await downstream.call_tool(routed.name, arguments, self._timeout(routed.server), relay)
-        return ToolResult(
-            content=result.content,
-            structured_content=result.structured_content,
-            meta=result.meta,
-            is_error=result.is_error,
+        return await self.forward.call_tool(
+            op, routed.server, routed.name, arguments, relay, decision=routed.decision
         )
 
     async def get_prompt(
@@ -143,13 +137,15 @@ class AggregateView:
         if routed is None:
             raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name!r}")
         op.tool = routed.name
-        downstream = self._admit(op, routed.server, "prompts/get")
-        result = await downstream.get_prompt(routed.name, arguments, self._timeout(routed.server), relay)
+        downstream = self.forward.admit(op, "prompts/get", routed.server)
+        result = await downstream.get_prompt(
+            routed.name, arguments, self.forward.timeout_ms(downstream), relay
+        )
         return RelayedPrompt.model_construct(messages=[], result=result)
 
     async def read_resource(self, op: Operation, uri: str, relay: ClientRelay | None) -> ResourceResult:
         downstream = await self._resource_server(op, uri, "resources/read")
-        result = await downstream.read_resource(uri, self._timeout(downstream.name), relay)
+        result = await downstream.read_resource(uri, self.forward.timeout_ms(downstream), relay)
         return RelayedResource.model_construct(contents=[], result=result)
 
     async def subscribe(self, op: Operation, uri: str, key: str, session: ServerSession) -> None:
@@ -160,7 +156,7 @@ class AggregateView:
         subscriptions = self.gateway.subscriptions
         if subscriptions.add(key, session, op.agent_id, server, uri):
             try:
-                await downstream.subscribe(uri, self._timeout(server))
+                await downstream.subscribe(uri, self.forward.timeout_ms(downstream))
             except BaseException:
                 await subscriptions.remove(key, server, uri)
                 raise
@@ -194,23 +190,24 @@ class AggregateView:
                 return None
             server, target = owners[0], ref
             op.tool = ref.uri
-        downstream = self._admit(op, server, "completion/complete")
-        result = await downstream.complete(target, argument, context, self._timeout(server))
+        downstream = self.forward.admit(op, "completion/complete", server)
+        result = await downstream.complete(target, argument, context, self.forward.timeout_ms(downstream))
         return result.completion
 
     def _refuse(self, op: Operation, name: str) -> None:
         """Record why a name is unknown to this agent when policy is the reason: the audit
         line says DENY and the rule, the caller hears only that the name is unknown. A
         quarantined tool the agent may use is refused as such (pins.py), as in execute_tool."""
-        engine, pins = self.gateway.engine, self.gateway.pins
-        for server, tool in self.gateway.catalog(op.agent_id).candidates(name, every=True):
+        snapshot, pins = self.gateway.pinned(op), self.gateway.pins
+        engine = snapshot.engine
+        for server, tool in self.gateway.catalog(op.agent_id, snapshot).candidates(name, every=True):
             downstream = self.gateway.pool.get(server)
             if downstream is None:
                 continue
             if tool not in downstream.tools:
                 if pins.quarantined(server, tool) and engine.decide(op.agent_id, server, tool).allowed:
                     op.server, op.tool = server, tool
-                    pins.refuse(server, tool)
+                    pins.refuse(op.agent_id, op.name, server, tool)
                 continue
             decision = engine.decide(op.agent_id, server, tool)
             if not decision.allowed:
@@ -222,17 +219,4 @@ class AggregateView:
         server = (await self._catalog(op)).resource_server(uri)
         if server is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
-        return self._admit(op, server, operation)
-
-    def _admit(self, op: Operation, server: str, operation: str, tool: str | None = None) -> Downstream:
-        """Check policy once more (and record the deciding rule) for what the catalog found."""
-        op.server = server
-        op.rule = self.gateway.engine.check(op.agent_id, operation, server, tool).rule
-        downstream = self.gateway.pool.get(server)
-        assert downstream is not None  # a catalog entry comes from a live pool member
-        return downstream
-
-    def _timeout(self, server: str) -> int:
-        downstream = self.gateway.pool.get(server)
-        configured = downstream.config.timeout_ms if downstream is not None else None
-        return configured or self.gateway.settings.default_timeout_ms
+        return self.forward.admit(op, operation, server)

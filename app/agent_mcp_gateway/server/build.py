@@ -10,12 +10,12 @@ from contextlib import asynccontextmanager
 import mcp_types as mt
 from fastmcp import FastMCP
 
-from agent_mcp_gateway import __version__
+from agent_mcp_gateway import __version__, compat
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.reload import install_sighup, watch_config
 from agent_mcp_gateway.server.discovery import GatewayTools, register_tools
-from agent_mcp_gateway.server.pipeline import GatewayMiddleware
+from agent_mcp_gateway.server.pipeline import Pipeline
 
 INSTRUCTIONS = (
     "This gateway fronts several MCP servers. Discover before you call: list_servers, then "
@@ -63,16 +63,16 @@ def build_server(
         lifespan=lifespan,
         mask_error_details=True,
     )
-    middleware = GatewayMiddleware(gateway, register_tools(mcp, GatewayTools(gateway)))
-    mcp.add_middleware(middleware)
-    mcp.completion(middleware.complete)
-    low_level = mcp._mcp_server
-    low_level.get_tool_input_schema = middleware.input_schema
+    pipeline = Pipeline(gateway, register_tools(mcp, GatewayTools(gateway)))
+    for middleware in pipeline.middlewares:
+        mcp.add_middleware(middleware)
+    mcp.completion(pipeline.complete)
+    compat.route_tool_input_schema(mcp, pipeline.view.input_schema)
     # fastmcp serves no resources/subscribe and has no hook for it: the handlers go on its
     # low-level server, which then advertises `resources.subscribe`.
-    low_level.add_request_handler("resources/subscribe", mt.SubscribeRequestParams, middleware.subscribe)
-    low_level.add_request_handler(
-        "resources/unsubscribe", mt.UnsubscribeRequestParams, middleware.unsubscribe
+    compat.add_request_handler(mcp, "resources/subscribe", mt.SubscribeRequestParams, pipeline.subscribe)
+    compat.add_request_handler(
+        mcp, "resources/unsubscribe", mt.UnsubscribeRequestParams, pipeline.unsubscribe
     )
     return mcp
 

@@ -1,7 +1,8 @@
 """The gateway tools agents see: discover servers, inspect their tools, execute one.
 
-Identity is already resolved by the middleware when these run (`operation.get()`); each tool
-asks the policy engine and records the deciding rule on the operation for the audit line.
+Identity is already resolved by the pipeline when these run (`operation.get()`); each tool
+decides policy under the operation's snapshot through `forward.py`, which records the deciding
+rule on the operation for the audit line.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from fastmcp.tools.function_tool import FunctionTool
 from pydantic import Field
 
 from agent_mcp_gateway.config import ServerConfig
-from agent_mcp_gateway.downstream.session import Downstream
-from agent_mcp_gateway.errors import ServerUnavailable
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation, current_operation
+from agent_mcp_gateway.server.forward import Forward
 from agent_mcp_gateway.server.relay import ClientRelay
 
 AgentId = Annotated[
@@ -62,9 +62,10 @@ class GatewayTools:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.forward = Forward(gateway)
 
     def list_servers(self, op: Operation, include_metadata: bool = False) -> dict[str, Any]:
-        snapshot = self.gateway.snapshot
+        snapshot = self.gateway.pinned(op)
         names = snapshot.engine.visible_servers(op.agent_id, list(snapshot.config.servers))
         servers = []
         for name in names:
@@ -85,10 +86,8 @@ class GatewayTools:
         pattern: str | None = None,
         max_schema_tokens: int | None = None,
     ) -> dict[str, Any]:
-        op.server = server
-        engine = self.gateway.engine
-        op.rule = engine.check(op.agent_id, "get_server_tools", server).rule
-        downstream = _downstream(self.gateway, server)
+        engine = self.gateway.pinned(op).engine
+        downstream = self.forward.admit(op, "get_server_tools", server)
         allowed = [
             tool
             for tool in await downstream.list_tools()
@@ -126,17 +125,7 @@ class GatewayTools:
         timeout_ms: int | None = None,
         relay: ClientRelay | None = None,
     ) -> ToolResult:
-        op.server, op.tool = server, tool
-        op.rule = self.gateway.engine.check(op.agent_id, "execute_tool", server, tool).rule
-        downstream = _downstream(self.gateway, server)
-        limit = timeout_ms or downstream.config.timeout_ms or self.gateway.settings.default_timeout_ms
-        result = await downstream.call_tool(tool, args or {}, limit, relay)
-        return ToolResult(
-            content=result.content,
-            structured_content=result.structured_content,
-            meta=result.meta,
-            is_error=result.is_error,
-        )
+        return await self.forward.call_tool(op, server, tool, args or {}, relay, timeout_ms)
 
     def gateway_status(self) -> dict[str, Any]:
         gateway = self.gateway
@@ -159,7 +148,7 @@ class GatewayTools:
 
 def register_tools(mcp: FastMCP, tools: GatewayTools) -> dict[str, Tool]:
     """The MCP face of `GatewayTools`: schemas and descriptions agents see. Returns the tools by
-    name, for the middleware to run them (see `GatewayMiddleware.on_call_tool`)."""
+    name, for the pipeline to run them (see `ViewSelection.on_call_tool`)."""
 
     async def list_servers(
         agent_id: AgentId = None,
@@ -223,13 +212,6 @@ def _metadata(config: ServerConfig) -> dict[str, Any]:
         "url": urlunsplit((parts.scheme, netloc, "", "", "")),
         "headers": sorted(config.headers),
     }
-
-
-def _downstream(gateway: Gateway, server: str) -> Downstream:
-    downstream = gateway.pool.get(server)
-    if downstream is None:
-        raise ServerUnavailable(server, "not configured on this gateway")
-    return downstream
 
 
 def _describe_tool(tool: mt.Tool) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
-METHOD_NOT_FOUND = -32601
+from agent_mcp_gateway.protocol import METHOD_NOT_FOUND
+
 R = TypeVar("R", bound=BaseModel)
 
 

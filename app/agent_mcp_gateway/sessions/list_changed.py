@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from mcp.server.session import ServerSession
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from agent_mcp_gateway.downstream.session import Kind
+from agent_mcp_gateway.protocol import Kind
 
 log = logging.getLogger("agent_mcp_gateway.notifications")
 

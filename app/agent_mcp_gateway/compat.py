@@ -1,0 +1,85 @@
+"""Every reach into fastmcp 4.1.2, the MCP SDK 2 and aiohttp beyond their documented APIs.
+
+Each seam is a private attribute, an undocumented class or helper, or an attribute set on a
+library object after it was built. They live here, each with the reason it is needed, so that
+upgrading a pinned dependency means reading one module, and `tests/test_compat.py` (which
+asserts that each seam still exists and still behaves as relied on) fails in one place when
+one is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp.helpers import get_env_proxy_for_url
+from fastmcp import FastMCP
+from fastmcp.server.auth import AccessToken
+from fastmcp.server.dependencies import bind_request_context
+from fastmcp.server.http import StreamableHTTPASGIApp
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.lowlevel import Server
+from mcp.server.transport_security import RequestBodyLimitMiddleware
+from mcp.shared._context_streams import create_context_streams
+from mcp.shared.dispatcher import coerce_request_id
+from starlette.authentication import AuthCredentials
+from starlette.routing import BaseRoute
+from starlette.types import Scope
+
+__all__ = [
+    "add_request_handler",
+    "bind_request_context",  # runs a low-level handler with fastmcp's request context bound
+    "coerce_request_id",  # the SDK's own key for pending requests, so ids match the session's
+    "create_context_streams",  # the SDK's streams that carry each message's context
+    "get_env_proxy_for_url",  # aiohttp's reading of HTTP(S)_PROXY / NO_PROXY for one URL
+    "mark_session_owner",
+    "route_tool_input_schema",
+    "set_body_limit",
+]
+
+
+def _low_level(mcp: FastMCP) -> Server[Any]:
+    """fastmcp's SDK server (a private attribute): the only way to register handlers for
+    requests fastmcp does not route (`resources/subscribe`) or to answer the SDK's hooks."""
+    server: Server[Any] = mcp._mcp_server
+    return server
+
+
+def route_tool_input_schema(mcp: FastMCP, schema: Callable[[str], Mapping[str, Any] | None]) -> None:
+    """Answer the SDK's per-call input-schema lookup (for `Mcp-Param-*` headers) directly; the
+    SDK's default lists every tool on every call. fastmcp exposes no hook, so the SDK server's
+    constructor argument is set after the fact."""
+    _low_level(mcp).get_tool_input_schema = schema
+
+
+def add_request_handler(
+    mcp: FastMCP, method: str, params: type[Any], handler: Callable[[Any, Any], Awaitable[Any]]
+) -> None:
+    """Serve `method` on fastmcp's SDK server (fastmcp has no hook for it, and adding the
+    handler makes the SDK advertise the matching capability)."""
+    _low_level(mcp).add_request_handler(method, params, handler)
+
+
+def mark_session_owner(scope: Scope, agent_id: str, fingerprint: str | None) -> None:
+    """Tell the SDK's session manager who the request is from: it compares `scope["user"]`'s
+    access token with the session's creator on every request (undocumented), which keeps a
+    session with the agent that opened it even below the gateway's own check."""
+    token = AccessToken(token=fingerprint or "", client_id=agent_id, scopes=[])
+    scope["user"] = AuthenticatedUser(token)
+    scope["auth"] = AuthCredentials([])
+
+
+def set_body_limit(routes: list[BaseRoute], max_bytes: int) -> None:
+    """Make `max_bytes` the SDK's request body limit too, above or below its 4 MiB default.
+
+    fastmcp 4.1.2 creates the SDK's session manager without passing a body limit; the manager
+    (reached through fastmcp's undocumented endpoint class) wraps its handler in the SDK's
+    `RequestBodyLimitMiddleware`, whose limit is set here once the manager exists.
+    """
+    for route in routes:
+        endpoint = getattr(route, "endpoint", None)
+        if isinstance(endpoint, StreamableHTTPASGIApp) and endpoint.session_manager is not None:
+            manager = endpoint.session_manager
+            manager.max_request_body_size = max_bytes
+            if isinstance(manager.asgi_app, RequestBodyLimitMiddleware):
+                manager.asgi_app.max_body_size = max_bytes

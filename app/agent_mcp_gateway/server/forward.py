@@ -1,0 +1,110 @@
+"""The one way a view reaches a downstream: policy decided once, the timeout, the call, the result.
+
+Both views (the discovery view's `execute_tool` and the aggregate view's own names) forward
+through here, so a call is admitted, timed and answered the same way whichever view the agent
+has. Each policy decision is recorded once: on the operation (its rule, for the audit line) and
+as the `policy_decided` span. A decision the aggregate catalog already made while resolving a
+public name is passed in rather than made again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastmcp.tools.base import ToolResult
+
+from agent_mcp_gateway.access.policy import Decision
+from agent_mcp_gateway.downstream.session import Downstream
+from agent_mcp_gateway.errors import DeniedByPolicy, ServerUnavailable, ToolNotFound
+from agent_mcp_gateway.gateway import Gateway
+from agent_mcp_gateway.observe import tracing
+from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.server.relay import ClientRelay
+
+
+class Forward:
+    """Admission and calls to the downstream servers, for operations whose agent is settled."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def _downstream(self, server: str, op: Operation) -> Downstream | None:
+        """The downstream instance that serves `op` on `server` (the one seam for choosing it)."""
+        return self.gateway.pool.get(server)
+
+    def decide(
+        self,
+        op: Operation,
+        operation: str,
+        server: str,
+        tool: str | None = None,
+        decision: Decision | None = None,
+    ) -> Decision:
+        """The policy decision for `op` on `server` (and `tool`), made now unless `decision`
+        was made already under the operation's snapshot; recorded on `op` and as a span, and
+        raised as DENIED_BY_POLICY when it denies."""
+        op.server = server
+        if decision is None:
+            decision = self.gateway.pinned(op).engine.decide(op.agent_id, server, tool)
+        op.rule = decision.rule
+        tracing.policy_decided(op.agent_id, server, tool, decision.allowed, decision.rule)
+        if not decision.allowed:
+            raise DeniedByPolicy(op.agent_id, operation, server, tool, decision.rule)
+        return decision
+
+    def admit(
+        self,
+        op: Operation,
+        operation: str,
+        server: str,
+        tool: str | None = None,
+        decision: Decision | None = None,
+    ) -> Downstream:
+        """The downstream `op` may use for `operation`, once policy allows it."""
+        self.decide(op, operation, server, tool, decision)
+        return self.downstream(op, server)
+
+    def downstream(self, op: Operation, server: str) -> Downstream:
+        downstream = self._downstream(server, op)
+        if downstream is None:
+            raise ServerUnavailable(server, "not configured on this gateway")
+        return downstream
+
+    def timeout_ms(self, downstream: Downstream, requested: int | None = None) -> int:
+        """The caller's timeout, else the server's, else the gateway's default."""
+        return requested or downstream.config.timeout_ms or self.gateway.settings.default_timeout_ms
+
+    async def call_tool(
+        self,
+        op: Operation,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any],
+        relay: ClientRelay | None,
+        timeout_ms: int | None = None,
+        decision: Decision | None = None,
+    ) -> ToolResult:
+        """Call `tool` on `server` for `op` and hand its result back as the server gave it."""
+        op.tool = tool
+        downstream = self.admit(op, "execute_tool", server, tool, decision)
+        result = await downstream.call_tool(
+            tool, arguments, self.timeout_ms(downstream, timeout_ms), relay, self._known(op, downstream, tool)
+        )
+        return ToolResult(
+            content=result.content,
+            structured_content=result.structured_content,
+            meta=result.meta,
+            is_error=result.is_error,
+        )
+
+    def _known(self, op: Operation, downstream: Downstream, tool: str) -> Callable[[], None]:
+        """The check that `tool` is listed, run by the downstream once the server is up (a
+        server still starting has no list yet): a quarantined tool is refused as such."""
+
+        def known() -> None:
+            if tool not in downstream.tools:
+                self.gateway.pins.refuse(op.agent_id, op.name, downstream.name, tool)
+                raise ToolNotFound(downstream.name, tool)
+
+        return known

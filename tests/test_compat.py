@@ -1,0 +1,101 @@
+"""Each seam in `compat.py` still exists and still does what the gateway relies on.
+
+When a pinned dependency (fastmcp, the MCP SDK, aiohttp) is upgraded, a seam that moved fails
+here, by name, rather than somewhere deep in a gateway test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import anyio
+import mcp_types as mt
+import yarl
+from fastmcp import FastMCP
+from fastmcp.server.http import StreamableHTTPASGIApp
+from fastmcp.server.middleware import MiddlewareContext
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import RequestBodyLimitMiddleware
+from starlette.routing import Route
+
+from agent_mcp_gateway import compat
+from agent_mcp_gateway.server.call import Planned, planned
+
+
+def test_fastmcp_keeps_its_sdk_server_in_a_private_attribute() -> None:
+    mcp = FastMCP("compat")
+    server = mcp._mcp_server
+    assert isinstance(server, Server)
+    assert hasattr(server, "get_tool_input_schema")
+
+
+def test_the_sdk_input_schema_hook_can_be_routed() -> None:
+    mcp = FastMCP("compat")
+
+    def schema(name: str) -> dict[str, Any] | None:
+        return {"type": "object"} if name == "known" else None
+
+    compat.route_tool_input_schema(mcp, schema)
+    assert mcp._mcp_server.get_tool_input_schema is schema
+
+
+def test_a_request_handler_can_be_added_to_the_sdk_server() -> None:
+    mcp = FastMCP("compat")
+
+    async def handler(ctx: Any, params: mt.SubscribeRequestParams) -> mt.EmptyResult:
+        return mt.EmptyResult()
+
+    compat.add_request_handler(mcp, "resources/subscribe", mt.SubscribeRequestParams, handler)
+    assert mcp._mcp_server.get_request_handler("resources/subscribe") is not None
+
+
+def test_the_sdk_body_limit_is_reached_through_fastmcps_endpoint() -> None:
+    manager = StreamableHTTPSessionManager(app=Server("compat"))
+    assert isinstance(manager.asgi_app, RequestBodyLimitMiddleware)
+    route = Route("/mcp", endpoint=StreamableHTTPASGIApp(manager))
+    compat.set_body_limit([route], 12345)
+    assert manager.max_request_body_size == 12345
+    assert manager.asgi_app.max_body_size == 12345
+
+
+def test_the_session_owner_is_what_the_sdk_compares() -> None:
+    scope: dict[str, Any] = {"type": "http"}
+    compat.mark_session_owner(scope, "researcher", "sha256:abc")
+    assert isinstance(scope["user"], AuthenticatedUser)
+    assert authorization_context(scope["user"])["client_id"] == "researcher"
+    other: dict[str, Any] = {"type": "http"}
+    compat.mark_session_owner(other, "builder", "sha256:abc")
+    assert authorization_context(other["user"]) != authorization_context(scope["user"])
+
+
+def test_context_streams_and_request_ids() -> None:
+    async def main() -> None:
+        send, receive = compat.create_context_streams[int](1)
+        async with send, receive:
+            await send.send(7)
+            assert await receive.receive() == 7
+
+    anyio.run(main)
+    assert compat.coerce_request_id("7") == compat.coerce_request_id(7)
+
+
+def test_aiohttp_reads_the_proxy_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    proxy, _ = compat.get_env_proxy_for_url(yarl.URL("https://example.com/mcp"))
+    assert str(proxy) == "http://proxy.example:3128"
+
+
+def test_fastmcp_middleware_context_is_a_dataclass_a_planned_call_extends() -> None:
+    """The pipeline hands its plan down in a subclass of fastmcp's context: fastmcp must keep
+    it a dataclass whose `copy` keeps the subclass."""
+    context = MiddlewareContext(message=None, method="tools/call")
+    fields = {field.name: getattr(context, field.name) for field in dataclasses.fields(context)}
+    call: Any = object()
+    extended = Planned(**fields, call=call)
+    assert planned(extended.copy(method="tools/call")) is call
+    assert planned(context) is None
+    assert callable(compat.bind_request_context)
