@@ -27,7 +27,7 @@ from mcp import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_mcp_gateway.access.credentials import Authenticator, token_hash
-from agent_mcp_gateway.access.identity import checked_claim, resolve_agent
+from agent_mcp_gateway.access.identity import RequestFacts, checked_claim, resolve, resolve_agent
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.config import RulesConfig
 from agent_mcp_gateway.errors import InvalidAgentId
@@ -662,3 +662,22 @@ def test_jwt_verified_against_a_jwks_endpoint(creds: Credentials) -> None:
         assert asyncio.run(authenticator.authenticate(foreign)) is None
     finally:
         server.shutdown()
+
+
+def test_the_caller_is_resolved_once_per_request() -> None:
+    """The view, the input schema and the operation read one answer per request and claim; a
+    refused request is still answered in the view of the agent it names, and binds nothing."""
+    from agent_mcp_gateway.sessions.registry import SessionRecord
+
+    engine = PolicyEngine(RulesConfig.model_validate({"agents": {"a": {}, "b": {}}}))
+    owned = SessionRecord("s", "b")
+    facts = RequestFacts(session_id="s", header_agent="a", session=owned)
+    first = resolve(engine, facts, None)
+    assert first.agent == "a" and first.principal is None
+    assert first.refusal is not None and "belongs to agent 'b'" in first.refusal.message
+    assert resolve(engine, facts, None) is first
+    assert resolve(engine, facts, 5).refusal is not None
+    fresh = SessionRecord("t")
+    settled = resolve(engine, RequestFacts(session_id="t", session=fresh), "b")
+    assert settled.agent == "b" and settled.principal is not None and settled.principal.method == "claim"
+    assert fresh.agent_id is None  # bound by the operation that takes the answer on, not here

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from agent_mcp_gateway.gateway import Snapshot
 
 FACTS_SCOPE_KEY = "agent_mcp_gateway.facts"
+_NOT_TEXT = "\0not-a-string"  # the cache key of a claim that is not a string (never an agent id)
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
 
 
@@ -53,7 +54,7 @@ class RequestFacts:
     session: SessionRecord | None = None  # the gateway's record of `session_id`, looked up once
     session_refused: bool = False  # the edge refused the session: it stays as it was
     snapshot: Snapshot | None = None  # the configuration the request is served under
-    resolved: dict[object, Resolution] = field(default_factory=dict)  # by claim
+    resolved: dict[str | None, Resolution] = field(default_factory=dict)  # by claim (`resolve`)
 
 
 def facts_of(scope: MutableMapping[str, Any]) -> RequestFacts:
@@ -79,7 +80,7 @@ class Resolution:
 def resolve(engine: PolicyEngine, facts: RequestFacts, claim: object) -> Resolution:
     """What `facts` (and an `agent_id` argument `claim`) make of the caller, cached on the
     facts so the view, `input_schema` and the operation read one answer."""
-    key = claim if isinstance(claim, str) or claim is None else id(claim)
+    key = claim if isinstance(claim, str) or claim is None else _NOT_TEXT  # all refused alike
     found = facts.resolved.get(key)
     if found is None:
         found = facts.resolved[key] = _resolve(engine, facts, claim)
