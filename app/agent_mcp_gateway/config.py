@@ -172,6 +172,7 @@ class AgentRules(BaseModel):
     allow: RuleSet = RuleSet()
     deny: RuleSet = RuleSet()
     rate_limit: str | None = None
+    max_sessions: Annotated[StrictInt, Field(gt=0)] | None = None  # else GATEWAY_MAX_SESSIONS_PER_AGENT
     # Hashes of the agent's bearer tokens ("sha256:<64 hex>"), never the tokens themselves.
     tokens: tuple[TokenHash, ...] = ()
 

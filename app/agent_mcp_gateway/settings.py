@@ -133,6 +133,7 @@ EXPECTED: dict[str, str] = {
     "header_timeout": "a positive number (seconds)",
     "body_timeout": "a positive number (seconds)",
     "max_connections": "a positive integer",
+    "max_sessions_per_agent": "a positive integer",
     "audit_log": "a file path",
     "audit_max_bytes": "a positive integer (bytes)",
     "audit_backups": "an integer of 0 or more",
@@ -187,6 +188,8 @@ class Settings(BaseSettings):
     # Above what the SDK's 10,000-session cap can hold open (one GET stream per session), so
     # standing streams cannot lock out other requests; Granian's default is 1,024.
     max_connections: Annotated[int, Field(gt=0)] = 12_000
+    # Open sessions one agent may hold (rules: agents.<id>.max_sessions); the SDK holds 10,000.
+    max_sessions_per_agent: Annotated[int, Field(gt=0)] = 1_000
     audit_log: Path | None = None
     audit_max_bytes: Annotated[int, Field(gt=0)] = 10 * 2**20
     audit_backups: Annotated[int, Field(ge=0)] = 5

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from agent_mcp_gateway.errors import GatewayError
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.audit import AuditLog, AuditRecord
 from agent_mcp_gateway.observe.metrics import ERRORS, bounded, operation_series, policy_series
@@ -66,6 +67,32 @@ class Recorder:
                 credential=op.credential,
                 claimed_agent_id=op.claimed_agent_id if op.claimed_agent_id != op.agent_id else None,
                 trace_id=op.trace_id,
+            )
+        )
+
+    def refused(
+        self,
+        agent_id: str,
+        operation: str,
+        error: GatewayError,
+        session_id: str | None,
+        request_id: str | None,
+    ) -> None:
+        """A request the edge refused for an authenticated agent before any operation opened
+        (an `initialize` over the agent's rate limit or session cap)."""
+        ERRORS.labels(error.name).inc()
+        self.audit.write(
+            AuditRecord(
+                agent_id=agent_id,
+                operation=operation,
+                server=None,
+                tool=None,
+                decision="DENY",
+                rule="rate_limit",
+                error_code=error.name,
+                latency_ms=0.0,
+                session_id=session_id,
+                request_id=request_id,
             )
         )
 

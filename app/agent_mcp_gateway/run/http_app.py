@@ -25,6 +25,7 @@ from agent_mcp_gateway.edge.bearer import BearerAuth, protected_resource_metadat
 from agent_mcp_gateway.edge.drain import Drain
 from agent_mcp_gateway.edge.host import HostGuard, HostNames
 from agent_mcp_gateway.edge.middleware import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
+from agent_mcp_gateway.edge.quota import SessionQuota
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.metrics import REGISTRY
@@ -68,6 +69,7 @@ def create_app(gateway: Gateway) -> Starlette:
             Middleware(RequestBody, max_bytes=settings.max_body_bytes, seconds=settings.body_timeout),
             Middleware(Drain, grace=settings.shutdown_grace),
             Middleware(BearerAuth, gateway=gateway),
+            Middleware(SessionQuota, gateway=gateway),
             Middleware(JsonOnly),
         ],
     )

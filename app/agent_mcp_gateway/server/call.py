@@ -35,7 +35,6 @@ class Call:
     server: str | None = None
     tool: str | None = None
     identify: bool = True  # False for the debug tool, which acts as no agent
-    charge: bool = True  # False for listings and unsubscribing: not charged to the rate limit
     op: Operation | None = None  # set once the operation is open
 
 

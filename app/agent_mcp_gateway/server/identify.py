@@ -38,6 +38,5 @@ class Identify(Middleware):
         assert principal is not None
         bind(facts.session, principal.agent_id)
         op.agent_id, op.auth, op.credential = principal.agent_id, principal.method, principal.fingerprint
-        if call.charge:
-            rules = call.snapshot.config.rules.agents.get(principal.agent_id)
-            await self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)
+        rules = call.snapshot.config.rules.agents.get(principal.agent_id)
+        await self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)

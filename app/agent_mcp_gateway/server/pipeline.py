@@ -26,6 +26,7 @@ from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.protocol import METHOD_NOT_FOUND
 from agent_mcp_gateway.server.aggregate import AggregateView
 from agent_mcp_gateway.server.call import Call, Planned, planned, text
+from agent_mcp_gateway.server.charge import ChargeUnplanned
 from agent_mcp_gateway.server.identify import Identify
 from agent_mcp_gateway.server.operations import Operations
 from agent_mcp_gateway.server.view import ViewSelection
@@ -57,6 +58,7 @@ class Pipeline:
         self.middlewares: list[Middleware] = [
             self.view,
             Operations(Recorder(gateway.audit)),
+            ChargeUnplanned(self.view, gateway.rate_limits),
             Identify(gateway.rate_limits),
             Dispatch(),
         ]
@@ -94,7 +96,7 @@ class Pipeline:
             async def unsubscribe(op: Operation) -> None:
                 await self.aggregate.unsubscribe(op, uri, session_key(op.session_id, ctx.session))
 
-            call = self.view.plan("resources/unsubscribe", unsubscribe, tool=text(uri), charge=False)
+            call = self.view.plan("resources/unsubscribe", unsubscribe, tool=text(uri))
             if call is None:
                 raise MCPError(METHOD_NOT_FOUND, "Method not found")
             await self._run("resources/unsubscribe", params, call)

@@ -39,6 +39,11 @@ class SessionRegistry:
             ACTIVE_SESSIONS.set(len(self._records))
         return record
 
+    def count(self, agent_id: str) -> int:
+        """How many open sessions are bound to `agent_id` (a scan: asked once per `initialize`,
+        over at most the SDK's 10,000 sessions, about 0.5 ms)."""
+        return sum(1 for record in self._records.values() if record.agent_id == agent_id)
+
     def get(self, session_id: str) -> SessionRecord | None:
         return self._records.get(session_id)
 
