@@ -425,7 +425,7 @@ def test_strict_pinning_holds_tools_that_appear_after_the_first_sight(tmp_path: 
     assert store.review("s", [tool(name="x"), poisoned], pinned="strict") == [tool(name="x")]
     assert store.quarantined("s", "y")
     with pytest.raises(ToolQuarantined):
-        store.refuse("s", "y")
+        store.refuse("dev", "tools/call", "s", "y")
     held = store.load().servers["s"]["y"]
     assert held.pin is None and held.candidate == definition_hash(poisoned)
     store.approve("s", "y", definition_hash(poisoned))
