@@ -1,6 +1,7 @@
 """Rate-limit findings of the security review (SECURITY.md, "One agent against the others"):
 opening a session is charged and capped per agent, and every request an agent makes is charged
-(`ping`, lists, `logging/setLevel` included). In process: the real ASGI app and its lifespan.
+(`ping`, lists, `logging/setLevel` included: against the allowance for cheap requests, ten times
+the agent's limit). In process: the real ASGI app and its lifespan.
 """
 
 from __future__ import annotations
@@ -101,17 +102,18 @@ async def test_opening_a_session_is_charged(gateway_files: GatewayFiles) -> None
     ],
 )
 async def test_every_request_is_charged(gateway_files: GatewayFiles, method: str, params: Any) -> None:
-    configure(gateway_files, rate_limit="4/minute")
+    configure(gateway_files, rate_limit="1/minute")  # cheap requests: 10 a minute
     async with asgi_gateway(gateway_files) as served, served.http() as http:
-        headers = await session(http, DEV)  # the initialize: 1 of 4
+        headers = await session(http, DEV)  # the initialize: the one full charge
         answers = []
-        for request_id in range(4):
+        for request_id in range(11):
             message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
             if params is not None:
                 message["params"] = params
             answers.append(answer_of(await http.post("/mcp", json=message, headers=headers)))
-        assert all("result" in answer for answer in answers[:3]), answers
-        assert rate_limited_answer(answers[3])["agent_id"] == "dev"
+        assert all("result" in answer for answer in answers[:10]), answers
+        refused = rate_limited_answer(answers[10])
+        assert refused["agent_id"] == "dev" and refused["limit"] == "10 per 1 minute"
 
 
 def answer_of(response: httpx.Response) -> dict[str, Any]:

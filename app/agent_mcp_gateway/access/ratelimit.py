@@ -47,11 +47,24 @@ PROBE_SECONDS = 2.0
 PROBE_ITEM = parse("1/second")
 
 State = Literal["local", "shared", "fallback"]
+# Cheap requests (ping, lists, logging/setLevel) count against an allowance of their own, this
+# many times the agent's limit: every request counts, and a client's housekeeping (fastmcp's
+# client lists the tools before its first call) does not spend its calls.
+CHEAP_FACTOR = 10
 
 
 @lru_cache(maxsize=256)
 def _parse(limit: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(limit))
+
+
+@lru_cache(maxsize=256)
+def cheap_limit(limit: str) -> str:
+    """The allowance for cheap requests: each of `limit`'s amounts times CHEAP_FACTOR (its own
+    windows: a limit's counters are keyed by its amount)."""
+    return "; ".join(
+        f"{item.amount * CHEAP_FACTOR} per {item.multiples} {item.GRANULARITY.name}" for item in _parse(limit)
+    )
 
 
 class RateLimits:
@@ -115,9 +128,12 @@ class RateLimits:
         if self._pool is not None:
             await self._pool.aclose()
 
-    async def charge(self, agent_id: str, limit: str | None) -> None:
-        """Count one operation for `agent_id`; raise RATE_LIMITED when over its limit."""
+    async def charge(self, agent_id: str, limit: str | None, cheap: bool = False) -> None:
+        """Count one request for `agent_id`; raise RATE_LIMITED when over its limit (a cheap
+        request: over its allowance for cheap requests)."""
         text = limit or self.default
+        if cheap:
+            text = cheap_limit(text)
         if self._shared is not None and self.state == "shared":
             try:
                 await _charge(self._shared, agent_id, text)

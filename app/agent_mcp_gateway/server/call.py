@@ -35,6 +35,7 @@ class Call:
     server: str | None = None
     tool: str | None = None
     identify: bool = True  # False for the debug tool, which acts as no agent
+    cheap: bool = False  # listings: charged to the agent's allowance for cheap requests
     op: Operation | None = None  # set once the operation is open
 
 

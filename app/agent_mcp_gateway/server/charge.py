@@ -2,11 +2,12 @@
 
 Planned operations are charged where their agent is settled (`identify.py`); this middleware
 charges the rest: `ping`, `logging/setLevel`, `server/discover`, the discovery view's lists and
-whatever else fastmcp answers itself, to the agent the request resolves to. Each costs one, the
-same as a call: they are cheap for the gateway, but uncharged they let an agent that may use
-nothing keep the gateway busy without limit. `initialize` is charged by the HTTP edge, which
-also caps the agent's open sessions (`edge/quota.py`); over stdio there is one per process.
-A request that names no usable agent is not charged here: the operation it leads to is refused.
+whatever else fastmcp answers itself, to the agent the request resolves to. These are cheap:
+they count against the agent's allowance for cheap requests (`CHEAP_FACTOR` times its limit,
+`access/ratelimit.py`), so they cannot be sent without limit, yet a client's housekeeping does
+not spend its calls. `initialize` is charged in full by the HTTP edge, which also caps the
+agent's open sessions (`edge/quota.py`); over stdio there is one per process. A request that
+names no usable agent is not charged here: the operation it leads to is refused.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class ChargeUnplanned(Middleware):
         agents = snapshot.config.rules.agents
         rules = agents.get(principal.agent_id)
         try:
-            await self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)
+            await self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None, cheap=True)
         except RateLimited as refused:
             RATE_LIMITED.labels(bounded(principal.agent_id, agents)).inc()
             raise refused.to_mcp_error() from None

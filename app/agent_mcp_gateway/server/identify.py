@@ -39,4 +39,6 @@ class Identify(Middleware):
         bind(facts.session, principal.agent_id)
         op.agent_id, op.auth, op.credential = principal.agent_id, principal.method, principal.fingerprint
         rules = call.snapshot.config.rules.agents.get(principal.agent_id)
-        await self.rate_limits.charge(principal.agent_id, rules.rate_limit if rules else None)
+        await self.rate_limits.charge(
+            principal.agent_id, rules.rate_limit if rules else None, cheap=call.cheap
+        )

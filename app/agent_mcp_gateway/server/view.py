@@ -205,7 +205,7 @@ class ViewSelection(Middleware):
             self._shown(context, call.facts, op.agent_id, kind)
             return await listing(op)
 
-        call = self._call(self.facts(), method, aggregate, None)
+        call = self._call(self.facts(), method, aggregate, None, cheap=True)
         if self._aggregate(call):
             return await call_next(_planned(context, call))
         items = await call_next(context)
