@@ -24,7 +24,8 @@ from mcp.shared.uri_template import UriTemplate
 
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.config import NAME_SEPARATOR, ServerConfig
-from agent_mcp_gateway.downstream.session import Downstream, DownstreamPool, Kind
+from agent_mcp_gateway.downstream.pool import DownstreamPool
+from agent_mcp_gateway.downstream.session import Downstream, Kind
 
 log = logging.getLogger("agent_mcp_gateway.catalog")
 

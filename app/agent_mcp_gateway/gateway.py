@@ -21,10 +21,13 @@ from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.access.ratelimit import RateLimits
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.config import ConfigError, GatewayConfig
-from agent_mcp_gateway.downstream.session import DownstreamPool, Kind, Shared
+from agent_mcp_gateway.downstream.messages import Relay
+from agent_mcp_gateway.downstream.pool import DownstreamPool, Owner
+from agent_mcp_gateway.downstream.session import Downstream, Kind, Shared
 from agent_mcp_gateway.errors import GatewayError, InvalidAgentId
 from agent_mcp_gateway.observe.audit import AuditLog
 from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
+from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.sessions.list_changed import LOCAL_PREFIX, ListChanged
 from agent_mcp_gateway.sessions.registry import SessionRegistry
 from agent_mcp_gateway.sessions.subscriptions import Subscriptions
@@ -87,6 +90,10 @@ class Gateway:
             self.settings.ping_timeout,
             on_change=lambda server, kind: self.list_changed.changed(),
             on_update=lambda server, uri: self.subscriptions.updated(server, uri),
+            isolation=settings.isolation,
+            idle_timeout=settings.idle_timeout,
+            max_instances=settings.max_instances,
+            session_alive=lambda session_id: self.sessions.get(session_id) is not None,
         )
         self.pool = DownstreamPool(shared)
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
@@ -115,6 +122,17 @@ class Gateway:
         snapshot = self.snapshot
         return Catalog(snapshot.config.servers, snapshot.engine, self.pool, agent_id)
 
+    def instance(self, server: str, op: Operation, relay: Relay | None = None) -> Downstream:
+        """The downstream session `op`'s calls to `server` use: its agent's or its client
+        session's under the server's isolation, started on first use (`DownstreamPool.instance`,
+        which raises ServerUnavailable for an unknown server or one at its instance limit)."""
+        return self.pool.instance(server, Owner(op.agent_id, op.session_id, relay))
+
+    def listing(self, server: str, op: Operation) -> Downstream:
+        """Where `op`'s agent reads `server`'s catalog: its own session once that is up, else
+        the shared one (the last list seen)."""
+        return self.pool.listing(server, Owner(op.agent_id, op.session_id))
+
     def session_alive(self, key: str) -> bool:
         """Whether a client connection named by `notifications.session_key` is still open (a
         local one is, until sending to it fails)."""
@@ -127,13 +145,13 @@ class Gateway:
             return False
 
     async def _unsubscribe(self, server: str, uri: str) -> None:
-        downstream = self.pool.get(server)
-        if downstream is None:
-            return
-        try:
-            await downstream.unsubscribe(uri, self.settings.default_timeout_ms)
-        except GatewayError as exc:
-            log.info("downstream unsubscribe failed", extra={"server": server, "error": str(exc)})
+        for downstream in self.pool.instances(server):
+            if uri not in downstream.subscribed:
+                continue
+            try:
+                await downstream.unsubscribe(uri, self.settings.default_timeout_ms)
+            except GatewayError as exc:
+                log.info("downstream unsubscribe failed", extra={"server": server, "error": str(exc)})
 
     def view_fingerprint(self, agent_id: str, kind: Kind) -> str:
         """What `agent_id` is shown of `kind`, as a digest: the view's name in the discovery
@@ -199,7 +217,7 @@ class Gateway:
 
     def _pins_changed(self) -> None:
         """An approval in the pins file: list the pinned servers' tools again, to show it."""
-        for server in self.pool:
+        for server in self.pool.every():
             if server.config.pin_tools:
                 server.schedule_refresh("tools")
 

@@ -127,7 +127,7 @@ class AggregateView:
             self._refuse(op, name)
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}")
         op.tool = routed.name
-        downstream = self._admit(op, routed.server, "execute_tool", routed.name)
+        downstream = self._admit(op, routed.server, "execute_tool", routed.name, relay)
         result = await downstream.call_tool(routed.name, arguments, self._timeout(routed.server), relay)
         return ToolResult(
             content=result.content,
@@ -143,12 +143,12 @@ class AggregateView:
         if routed is None:
             raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name!r}")
         op.tool = routed.name
-        downstream = self._admit(op, routed.server, "prompts/get")
+        downstream = self._admit(op, routed.server, "prompts/get", relay=relay)
         result = await downstream.get_prompt(routed.name, arguments, self._timeout(routed.server), relay)
         return RelayedPrompt.model_construct(messages=[], result=result)
 
     async def read_resource(self, op: Operation, uri: str, relay: ClientRelay | None) -> ResourceResult:
-        downstream = await self._resource_server(op, uri, "resources/read")
+        downstream = await self._resource_server(op, uri, "resources/read", relay)
         result = await downstream.read_resource(uri, self._timeout(downstream.name), relay)
         return RelayedResource.model_construct(contents=[], result=result)
 
@@ -218,19 +218,27 @@ class AggregateView:
                 op.decision, op.error_code = "DENY", DeniedByPolicy.name
             return
 
-    async def _resource_server(self, op: Operation, uri: str, operation: str) -> Downstream:
+    async def _resource_server(
+        self, op: Operation, uri: str, operation: str, relay: ClientRelay | None = None
+    ) -> Downstream:
         server = (await self._catalog(op)).resource_server(uri)
         if server is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
-        return self._admit(op, server, operation)
+        return self._admit(op, server, operation, relay=relay)
 
-    def _admit(self, op: Operation, server: str, operation: str, tool: str | None = None) -> Downstream:
-        """Check policy once more (and record the deciding rule) for what the catalog found."""
+    def _admit(
+        self,
+        op: Operation,
+        server: str,
+        operation: str,
+        tool: str | None = None,
+        relay: ClientRelay | None = None,
+    ) -> Downstream:
+        """Check policy once more (and record the deciding rule) for what the catalog found;
+        the downstream session is the caller's (`Gateway.instance`)."""
         op.server = server
         op.rule = self.gateway.engine.check(op.agent_id, operation, server, tool).rule
-        downstream = self.gateway.pool.get(server)
-        assert downstream is not None  # a catalog entry comes from a live pool member
-        return downstream
+        return self.gateway.instance(server, op, relay)
 
     def _timeout(self, server: str) -> int:
         downstream = self.gateway.pool.get(server)

@@ -20,8 +20,6 @@ from fastmcp.tools.function_tool import FunctionTool
 from pydantic import Field
 
 from agent_mcp_gateway.config import ServerConfig
-from agent_mcp_gateway.downstream.session import Downstream
-from agent_mcp_gateway.errors import ServerUnavailable
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation, current_operation
 from agent_mcp_gateway.server.relay import ClientRelay
@@ -88,7 +86,7 @@ class GatewayTools:
         op.server = server
         engine = self.gateway.engine
         op.rule = engine.check(op.agent_id, "get_server_tools", server).rule
-        downstream = _downstream(self.gateway, server)
+        downstream = self.gateway.listing(server, op)
         allowed = [
             tool
             for tool in await downstream.list_tools()
@@ -128,7 +126,7 @@ class GatewayTools:
     ) -> ToolResult:
         op.server, op.tool = server, tool
         op.rule = self.gateway.engine.check(op.agent_id, "execute_tool", server, tool).rule
-        downstream = _downstream(self.gateway, server)
+        downstream = self.gateway.instance(server, op, relay)
         limit = timeout_ms or downstream.config.timeout_ms or self.gateway.settings.default_timeout_ms
         result = await downstream.call_tool(tool, args or {}, limit, relay)
         return ToolResult(
@@ -222,13 +220,6 @@ def _metadata(config: ServerConfig) -> dict[str, Any]:
         "url": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
         "headers": sorted(config.headers),
     }
-
-
-def _downstream(gateway: Gateway, server: str) -> Downstream:
-    downstream = gateway.pool.get(server)
-    if downstream is None:
-        raise ServerUnavailable(server, "not configured on this gateway")
-    return downstream
 
 
 def _describe_tool(tool: mt.Tool) -> dict[str, Any]:
