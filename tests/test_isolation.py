@@ -53,6 +53,12 @@ async def call(client: Client, agent: str, server: str, tool: str, **args: Any) 
     return structured["result"] if set(structured) == {"result"} else structured
 
 
+async def tool_names(client: Client, agent: str, server: str) -> set[str]:
+    result = await client.call_tool_mcp("get_server_tools", {"agent_id": agent, "server": server})
+    assert not result.is_error and result.structured_content is not None, result.content
+    return {tool["name"] for tool in result.structured_content["tools"]}
+
+
 async def refusal(client: Client, agent: str, server: str, tool: str, **args: Any) -> MCPError:
     with pytest.raises(MCPError) as caught:
         await client.call_tool_mcp(
@@ -107,7 +113,11 @@ async def test_each_agent_gets_its_own_roots_from_server_everything(gateway_file
         service.client(roots=["file:///work/beta"]) as beta,
     ):
         assert await eventually(lambda: service.gateway.ready, 30)
+        # The shared session declares no roots, so server-everything does not offer the tool there;
+        # an agent's own session does, and once it is up the agent's list is read from it.
+        assert "get-roots-list" not in await tool_names(alpha, "alpha", "everything")
         alpha_roots = str(await call(alpha, "alpha", "everything", "get-roots-list"))
+        assert "get-roots-list" in await tool_names(alpha, "alpha", "everything")
         beta_roots = str(await call(beta, "beta", "everything", "get-roots-list"))
     assert "file:///work/alpha" in alpha_roots and "file:///work/beta" not in alpha_roots, alpha_roots
     assert "file:///work/beta" in beta_roots and "file:///work/alpha" not in beta_roots, beta_roots

@@ -6,6 +6,8 @@ server sets its own; "" gives bare names). Resources keep their URIs, which alre
 they are; a URI two servers offer belongs to the first in the servers file. Tools follow the
 agent's tool rules; prompts and resources its server rules.
 
+Each server's lists are the agent's own downstream session's once it is up (a server may list
+differently per session), else the server's shared session's (`DownstreamPool.listing`).
 A view is computed from the downstream caches on demand: listing is rare next to calling, and
 a call routes by the prefix without building a view.
 """
@@ -24,7 +26,7 @@ from mcp.shared.uri_template import UriTemplate
 
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.config import NAME_SEPARATOR, ServerConfig
-from agent_mcp_gateway.downstream.pool import DownstreamPool
+from agent_mcp_gateway.downstream.pool import DownstreamPool, Owner
 from agent_mcp_gateway.downstream.session import Downstream, Kind
 
 log = logging.getLogger("agent_mcp_gateway.catalog")
@@ -55,12 +57,13 @@ class Catalog:
         self.engine = engine
         self.pool = pool
         self.agent_id = agent_id
+        self.owner = Owner(agent_id)
 
     def _servers(self) -> Iterator[tuple[str, str, Downstream]]:
         """(name, prefix, downstream) of each server the agent may use, in file order."""
         servers = self.servers
         for name in self.engine.visible_servers(self.agent_id, list(servers)):
-            downstream = self.pool.get(name)
+            downstream = self.pool.listing(name, self.owner)
             if downstream is not None:
                 yield name, servers[name].public_prefix(name), downstream
 
@@ -97,7 +100,7 @@ class Catalog:
     def tool(self, name: str) -> Routed[mt.Tool] | None:
         """The tool a public name stands for, if the agent may call it (else None: unknown)."""
         for server, downstream_name in self.candidates(name):
-            downstream = self.pool.get(server)
+            downstream = self.pool.listing(server, self.owner)
             tool = downstream.tools.get(downstream_name) if downstream is not None else None
             if tool is not None:
                 if self.engine.decide(self.agent_id, server, downstream_name).allowed:
@@ -107,7 +110,7 @@ class Catalog:
 
     def prompt(self, name: str) -> Routed[mt.Prompt] | None:
         for server, downstream_name in self.candidates(name):
-            downstream = self.pool.get(server)
+            downstream = self.pool.listing(server, self.owner)
             prompt = downstream.prompts.get(downstream_name) if downstream is not None else None
             if prompt is not None:
                 return Routed(server, downstream_name, prompt)

@@ -24,7 +24,7 @@ from agent_mcp_gateway.config import ConfigError, GatewayConfig
 from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.downstream.pool import DownstreamPool, Owner
 from agent_mcp_gateway.downstream.session import Downstream, Kind, Shared
-from agent_mcp_gateway.errors import GatewayError, InvalidAgentId
+from agent_mcp_gateway.errors import GatewayError, InvalidAgentId, ServerUnavailable
 from agent_mcp_gateway.observe.audit import AuditLog
 from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
 from agent_mcp_gateway.operation import Operation
@@ -131,7 +131,10 @@ class Gateway:
     def listing(self, server: str, op: Operation) -> Downstream:
         """Where `op`'s agent reads `server`'s catalog: its own session once that is up, else
         the shared one (the last list seen)."""
-        return self.pool.listing(server, Owner(op.agent_id, op.session_id))
+        downstream = self.pool.listing(server, Owner(op.agent_id, op.session_id))
+        if downstream is None:
+            raise ServerUnavailable(server, "not configured on this gateway")
+        return downstream
 
     def session_alive(self, key: str) -> bool:
         """Whether a client connection named by `notifications.session_key` is still open (a

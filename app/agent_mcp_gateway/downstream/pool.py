@@ -100,15 +100,13 @@ class DownstreamPool:
         instance.claim(owner.relay)
         return instance
 
-    def listing(self, name: str, owner: Owner) -> Downstream:
+    def listing(self, name: str, owner: Owner) -> Downstream | None:
         """Where `owner` reads server `name`'s catalog: its own session once that is up (its
-        lists may differ from others'), else the shared one, which lists for everyone.
-
-        Raises ServerUnavailable for a server not configured.
-        """
+        lists may differ from others'), else the shared one, which lists for everyone; None for
+        a server not configured."""
         server = self.servers.get(name)
         if server is None:
-            raise ServerUnavailable(name, "not configured on this gateway")
+            return None
         own = self.owned.get(name, {}).get(owner_key(server.isolation, owner))
         return own if own is not None and own.state == "up" else server
 
