@@ -22,6 +22,7 @@ from conftest import (
     fixture_server,
     metric,
     process_alive,
+    served_over_http,
 )
 
 RULES = {"agents": {agent: {"allow": {"servers": ["*"]}} for agent in ("alpha", "beta")}}
@@ -124,8 +125,8 @@ async def test_each_agent_gets_its_own_roots_from_server_everything(gateway_file
 
 
 async def test_late_messages_reach_their_own_agent_only(isolated: AsgiGateway) -> None:
-    """Sent after alpha's call returned, while beta's call waits: they reach alpha's client on
-    its standalone stream, answered there, and never beta's."""
+    """Sent over stdio after alpha's call returned, while beta's call waits: they reach alpha's
+    client on its standalone stream, answered there, and never beta's."""
     alpha_heard, beta_heard = Heard(), Heard()
     async with (
         isolated.client(**alpha_heard.handlers()) as alpha,
@@ -135,10 +136,34 @@ async def test_late_messages_reach_their_own_agent_only(isolated: AsgiGateway) -
         owned = isolated.gateway.pool.owned
         assert await eventually(lambda: owned.get("isolated", {}).get("agent:beta", None) is not None, 30)
         assert await eventually(lambda: owned["isolated"]["agent:beta"].in_flight == 1, 30)
-        assert await call(alpha, "alpha", "isolated", "late", tag="from-alpha") == "scheduled"
-        assert await eventually(lambda: len(alpha_heard.about("from-alpha")) == 3, 30), alpha_heard.messages
+        await late_messages_reach_alpha_only(alpha, alpha_heard, beta_heard)
         assert await waiting == {"timed_out": "yes"}  # beta's own process sent nothing
-        outcomes = await call(alpha, "alpha", "isolated", "hold", seconds=30)
+    assert beta_heard.about("from-alpha") == []
+
+
+async def test_late_messages_on_an_http_servers_get_stream_reach_their_own_agent_only(
+    gateway_files: GatewayFiles,
+) -> None:
+    """An HTTP server sends them on the standalone GET stream of alpha's own MCP session with it
+    (refused before isolation: that stream names no call)."""
+    alpha_heard, beta_heard = Heard(), Heard()
+    with served_over_http("isolated") as url:
+        serve(gateway_files, isolated={"description": "isolated over HTTP", "url": url})
+        async with (
+            asgi_gateway(gateway_files) as service,
+            service.client(**alpha_heard.handlers()) as alpha,
+            service.client(**beta_heard.handlers()) as beta,
+        ):
+            assert await eventually(lambda: service.gateway.ready, 30)
+            await call(beta, "beta", "isolated", "whoami")  # beta has a session of its own too
+            await late_messages_reach_alpha_only(alpha, alpha_heard, beta_heard)
+    assert beta_heard.about("from-alpha") == []
+
+
+async def late_messages_reach_alpha_only(alpha: Client, alpha_heard: Heard, beta_heard: Heard) -> None:
+    assert await call(alpha, "alpha", "isolated", "late", tag="from-alpha") == "scheduled"
+    assert await eventually(lambda: len(alpha_heard.about("from-alpha")) == 3, 30), alpha_heard.messages
+    outcomes = await call(alpha, "alpha", "isolated", "hold", seconds=30)
     assert outcomes["elicitation"] == "answered accept", outcomes
     assert outcomes["sampling"].startswith("answered") and "sampled" in outcomes["sampling"], outcomes
     assert beta_heard.about("from-alpha") == []
