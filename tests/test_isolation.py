@@ -124,6 +124,29 @@ async def test_each_agent_gets_its_own_roots_from_server_everything(gateway_file
     assert "file:///work/beta" in beta_roots and "file:///work/alpha" not in beta_roots, beta_roots
 
 
+async def test_a_clients_changed_roots_reach_its_own_downstream_session(gateway_files: GatewayFiles) -> None:
+    serve(gateway_files, everything=everything_server())
+    alpha_roots = ["file:///work/before"]
+    async with (
+        asgi_gateway(gateway_files) as service,
+        service.client(roots=lambda context: alpha_roots) as alpha,
+        service.client(roots=["file:///work/beta"]) as beta,
+    ):
+        assert "file:///work/before" in str(await call(alpha, "alpha", "everything", "get-roots-list"))
+        assert "file:///work/beta" in str(await call(beta, "beta", "everything", "get-roots-list"))
+        alpha_roots[:] = ["file:///work/after"]
+        await alpha.send_roots_list_changed()
+        seen: list[str] = []
+        for _ in range(100):  # the server asks again on the notification; poll until it has
+            seen.append(str(await call(alpha, "alpha", "everything", "get-roots-list")))
+            if "file:///work/after" in seen[-1]:
+                break
+            await asyncio.sleep(0.1)
+        assert "file:///work/after" in seen[-1], seen[-1]
+        beta_roots = str(await call(beta, "beta", "everything", "get-roots-list"))
+    assert "file:///work/beta" in beta_roots and "file:///work/after" not in beta_roots, beta_roots
+
+
 async def test_late_messages_reach_their_own_agent_only(isolated: AsgiGateway) -> None:
     """Sent over stdio after alpha's call returned, while beta's call waits: they reach alpha's
     client on its standalone stream, answered there, and never beta's."""

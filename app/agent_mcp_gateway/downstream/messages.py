@@ -43,6 +43,16 @@ class Relay(Protocol):
         """Whether the client can answer `roots/list`."""
         ...
 
+    @property
+    def client(self) -> str:
+        """The id of the client connection it reaches, to tell clients apart."""
+        ...
+
+    @property
+    def live(self) -> bool:
+        """Whether it can still carry a request: its call is still running (or it is detached)."""
+        ...
+
     def detached(self) -> Relay:
         """The same client outside any call (its standalone stream): where an isolated
         session's messages sent between its owner's calls go."""

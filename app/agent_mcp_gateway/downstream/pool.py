@@ -110,6 +110,19 @@ class DownstreamPool:
         own = self.owned.get(name, {}).get(owner_key(server.isolation, owner))
         return own if own is not None and own.state == "up" else server
 
+    def roots_changed(self, client: str) -> int:
+        """A client said its roots changed: tell the servers of the isolated sessions whose
+        owner's client it is; returns how many were told."""
+        told = [
+            instance
+            for owned in self.owned.values()
+            for instance in owned.values()
+            if instance.outside is not None and instance.outside.client == client
+        ]
+        for instance in told:
+            instance.roots_changed()
+        return len(told)
+
     def instances(self, name: str) -> list[Downstream]:
         """Every session of server `name`: its shared one first, then its owners'."""
         server = self.servers.get(name)

@@ -235,6 +235,7 @@ class Downstream:
         self._client: Client[Any] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._notices: set[asyncio.Task[None]] = set()
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
         # Kept across reconnects: its last good answers are what outlive a name server outage.
@@ -268,9 +269,26 @@ class Downstream:
         self.last_used = time.monotonic()
         if relay is None:
             return
-        outside = relay.detached()
-        if self.outside is None or outside.declares_roots or not self.outside.declares_roots:
+        outside, current = relay.detached(), self.outside
+        if current is None or outside.declares_roots or not current.declares_roots:
             self.outside = outside
+            if current is not None and current.client != outside.client and outside.declares_roots:
+                self.roots_changed()  # another client of the owner's: its roots may differ
+
+    def roots_changed(self) -> None:
+        """Tell the server its owner's roots may have changed, so it asks for them again."""
+        client = self._client
+        if client is None or self.state != "up":
+            return
+        task = asyncio.create_task(self._send_roots_changed(client))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _send_roots_changed(self, client: Client[Any]) -> None:
+        try:
+            await client.send_roots_list_changed()
+        except Exception as exc:  # a session being lost says so elsewhere
+            log.info("roots change not sent", extra={"server": self.name, "error": repr(exc)})
 
     def idle_for(self, now: float) -> float:
         """Seconds since the session was last used; 0 while a call runs on it."""
@@ -625,8 +643,11 @@ class Downstream:
         return relay
 
     def _owning_relay(self) -> Relay | None:
+        """The call `current_call` names; on an isolated session, once that call has ended
+        (stdio names the call a message was read during, which may end before it is handled),
+        or when none is named, the owner's client outside a call."""
         call = current_call.get()
-        if isinstance(call, _Call) and call.relay is not None:
+        if isinstance(call, _Call) and call.relay is not None and (call.relay.live or not self.isolated):
             return call.relay
         return self.outside if self.isolated else None
 

@@ -70,6 +70,16 @@ class GatewayMiddleware(Middleware):
         # stdio with GATEWAY_AGENT: the process acts as that agent and nothing else.
         self.pinned = Principal(gateway.settings.agent, "pinned") if gateway.settings.agent else None
 
+    async def on_notification(
+        self, context: MiddlewareContext[mt.Notification[Any, Any]], call_next: CallNext[Any, Any]
+    ) -> Any:
+        """A client's changed roots reach the servers of its agent's (or session's) own
+        downstream sessions, which then ask for them again (`DownstreamPool.roots_changed`)."""
+        fastmcp_context = context.fastmcp_context
+        if context.method == "notifications/roots/list_changed" and fastmcp_context is not None:
+            self.gateway.pool.roots_changed(fastmcp_context.session_id)
+        return await call_next(context)
+
     # --- tools -----------------------------------------------------------------------------
 
     async def on_call_tool(

@@ -31,6 +31,8 @@ class ClientRelay:
         self._token = meta.get("progressToken") if meta else None
         self._session: ServerSession = ctx.session
         self._request_id: str | None = ctx.request_id
+        # Stable for a handshake-era client connection (the SDK builds a session per request).
+        self._client = ctx.session_id
 
     @property
     def wants_progress(self) -> bool:
@@ -44,6 +46,14 @@ class ClientRelay:
         return session.protocol_version not in MODERN_PROTOCOL_VERSIONS and session.check_client_capability(
             capability
         )
+
+    @property
+    def client(self) -> str:
+        return self._client
+
+    @property
+    def live(self) -> bool:
+        return self._request_id is None or self._session.can_send_request
 
     def detached(self) -> ClientRelay:
         """This client outside its call: messages go on its standalone stream."""
