@@ -317,7 +317,8 @@ async def test_cancelling_a_call_cancels_it_downstream(
         asgi_gateway(gateway_files) as service,
         service.client("legacy", headers=as_agent("ide")) as ide,
     ):
-        await ide.list_tools()  # the servers are up: the call below reaches the studio at once
+        await ide.list_tools()
+        await ide.read_resource("note://cancelled")  # ide's own studio is up: the call reaches it at once
         call = asyncio.create_task(ide.call_tool("st__wait", {"seconds": 30}))
         await asyncio.sleep(1.0)
         call.cancel()

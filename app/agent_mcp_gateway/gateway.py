@@ -89,7 +89,7 @@ class Gateway:
             self.settings.ping_interval,
             self.settings.ping_timeout,
             on_change=lambda server, kind: self.list_changed.changed(),
-            on_update=lambda server, uri: self.subscriptions.updated(server, uri),
+            on_update=lambda server, uri, owner: self.subscriptions.updated(server, uri, owner),
             isolation=settings.isolation,
             idle_timeout=settings.idle_timeout,
             max_instances=settings.max_instances,
@@ -147,14 +147,14 @@ class Gateway:
         except InvalidAgentId:  # an agent a reload removed
             return False
 
-    async def _unsubscribe(self, server: str, uri: str) -> None:
-        for downstream in self.pool.instances(server):
-            if uri not in downstream.subscribed:
-                continue
-            try:
-                await downstream.unsubscribe(uri, self.settings.default_timeout_ms)
-            except GatewayError as exc:
-                log.info("downstream unsubscribe failed", extra={"server": server, "error": str(exc)})
+    async def _unsubscribe(self, server: str, uri: str, owner: str) -> None:
+        downstream = next((d for d in self.pool.instances(server) if d.owner == owner), None)
+        if downstream is None:  # closed (reaped, reloaded) with its subscriptions
+            return
+        try:
+            await downstream.unsubscribe(uri, self.settings.default_timeout_ms)
+        except GatewayError as exc:
+            log.info("downstream unsubscribe failed", extra={"server": server, "error": str(exc)})
 
     def view_fingerprint(self, agent_id: str, kind: Kind) -> str:
         """What `agent_id` is shown of `kind`, as a digest: the view's name in the discovery

@@ -64,7 +64,7 @@ State = Literal["connecting", "up", "down", "closed"]
 Kind = Literal["tools", "prompts", "resources"]
 KINDS: tuple[Kind, ...] = ("tools", "prompts", "resources")
 ChangeListener = Callable[[str, Kind], None]
-UpdateListener = Callable[[str, str], Awaitable[None]]  # server, resource URI
+UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource URI, owner key
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -142,7 +142,7 @@ class _Notifications(MessageHandler):
 
     async def on_resource_updated(self, message: mt.ResourceUpdatedNotification) -> None:
         if self.server.on_update is not None:
-            await self.server.on_update(self.server.name, str(message.params.uri))
+            await self.server.on_update(self.server.name, str(message.params.uri), self.server.owner)
 
     async def on_logging_message(self, message: mt.LoggingMessageNotification) -> None:
         await self.server.forward_log(message.params)
@@ -173,7 +173,7 @@ class _CallMessages:
             if kind in KINDS:
                 server.schedule_refresh(kind)
         elif method == "notifications/resources/updated" and params and server.on_update is not None:
-            await server.on_update(server.name, str(params.get("uri")))
+            await server.on_update(server.name, str(params.get("uri")), server.owner)
 
     async def answer(self, method: str, params: rpc.Message | None) -> rpc.Message:
         result: mt.Result
@@ -291,8 +291,9 @@ class Downstream:
             log.info("roots change not sent", extra={"server": self.name, "error": repr(exc)})
 
     def idle_for(self, now: float) -> float:
-        """Seconds since the session was last used; 0 while a call runs on it."""
-        return 0.0 if self.in_flight else now - self.last_used
+        """Seconds since the session was last used; 0 while a call runs on it or a client is
+        subscribed through it."""
+        return 0.0 if self.in_flight or self.subscribed else now - self.last_used
 
     async def close(self) -> None:
         self.state = "closed"
@@ -527,8 +528,11 @@ class Downstream:
         complete = _Request("completion/complete", name, "completion/complete", params, mt.CompleteResult)
         return await self._request(complete, timeout_ms, None)
 
-    @property
-    def supports_subscriptions(self) -> bool:
+    async def supports_subscriptions(self) -> bool:
+        """Whether the server declared resource subscriptions (once it first tried to connect:
+        an isolated session may have just been started)."""
+        if self.state == "connecting":
+            await asyncio.wait([asyncio.ensure_future(self.tried.wait())], timeout=self.connect_timeout)
         capabilities = _capabilities(self._client)
         resources = capabilities.resources if capabilities is not None else None
         return bool(resources is not None and resources.subscribe)

@@ -155,10 +155,10 @@ class AggregateView:
     async def subscribe(self, op: Operation, uri: str, key: str, session: ServerSession) -> None:
         downstream = await self._resource_server(op, uri, "resources/subscribe")
         server = downstream.name
-        if not downstream.supports_subscriptions:
+        if not await downstream.supports_subscriptions():
             raise MCPError(INVALID_PARAMS, f"Resource {uri!r} does not support subscriptions.")
         subscriptions = self.gateway.subscriptions
-        if subscriptions.add(key, session, op.agent_id, server, uri):
+        if subscriptions.add(key, session, op.agent_id, server, uri, downstream.owner):
             try:
                 await downstream.subscribe(uri, self._timeout(server))
             except BaseException:
