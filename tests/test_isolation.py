@@ -6,12 +6,16 @@ attribute exactly. Real gateway (in process, over Streamable HTTP), real server 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from fastmcp import Client
 from mcp import MCPError
+
+from agent_mcp_gateway.config import ConfigError, load_mcp_config
+from agent_mcp_gateway.settings import SettingsError, load_settings
 
 from conftest import (
     AsgiGateway,
@@ -99,6 +103,28 @@ def pids_of(service: AsgiGateway, server: str) -> dict[str, int | None]:
         connection = getattr(instance._wire, "calls", None)
         pids[instance.owner] = connection.pgid if connection is not None else None
     return pids
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def test_bad_isolation_settings_are_clear_errors(tmp_path: Any) -> None:
+    with pytest.raises(
+        SettingsError, match="GATEWAY_ISOLATION='per-call' is not valid: expected 'agent', 'session'"
+    ):
+        load_settings({"GATEWAY_ISOLATION": "per-call"})
+    with pytest.raises(
+        SettingsError, match="GATEWAY_MAX_INSTANCES='0' is not valid: expected a positive integer"
+    ):
+        load_settings({"GATEWAY_MAX_INSTANCES": "0"})
+    assert load_settings({"GATEWAY_ISOLATION": "Shared"}).isolation == "shared"
+    path = tmp_path / ".mcp.json"
+    path.write_text(json.dumps({"mcpServers": {"s": {"command": "x", "isolation": "per-call"}}}))
+    with pytest.raises(ConfigError, match=r"mcpServers\.s\.isolation: .*'agent', 'session' or 'shared'"):
+        load_mcp_config(path)
+    path.write_text(json.dumps({"mcpServers": {"s": {"command": "x", "idle_timeout": 0}}}))
+    with pytest.raises(ConfigError, match=r"mcpServers\.s\.idle_timeout"):
+        load_mcp_config(path)
 
 
 # --- exact routing ----------------------------------------------------------------------------------
