@@ -21,6 +21,7 @@ from mcp import MCPError
 from mcp.server.session import ServerSession
 
 from agent_mcp_gateway.catalog import Catalog
+from agent_mcp_gateway.downstream.pool import Owner
 from agent_mcp_gateway.downstream.session import Downstream
 from agent_mcp_gateway.errors import DeniedByPolicy
 from agent_mcp_gateway.gateway import Gateway
@@ -204,7 +205,7 @@ class AggregateView:
         quarantined tool the agent may use is refused as such (pins.py), as in execute_tool."""
         engine, pins = self.gateway.engine, self.gateway.pins
         for server, tool in self.gateway.catalog(op.agent_id).candidates(name, every=True):
-            downstream = self.gateway.pool.get(server)
+            downstream = self.gateway.pool.listing(server, Owner(op.agent_id, op.session_id))
             if downstream is None:
                 continue
             if tool not in downstream.tools:
