@@ -158,10 +158,10 @@ class DownstreamPool:
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_forever(), name="downstream:reaper")
 
-    async def reap(self, now: float | None = None) -> int:
+    async def reap(self) -> int:
         """Close the owners' sessions idle past their `idle_timeout`, and those whose client
         session has ended; returns how many were closed."""
-        now = time.monotonic() if now is None else now
+        now = time.monotonic()
         alive = self.shared.session_alive
         reaped: list[Downstream] = []
         for name, owned in self.owned.items():
