@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,15 +20,19 @@ from agent_mcp_gateway.config import ConfigError, load_mcp_config
 from agent_mcp_gateway.settings import SettingsError, load_settings
 
 from conftest import (
+    EVERYTHING,
     AsgiGateway,
     GatewayFiles,
     asgi_gateway,
     eventually,
     everything_server,
     fixture_server,
+    free_port,
+    listening,
     metric,
     process_alive,
     served_over_http,
+    wait_until,
 )
 
 RULES = {"agents": {agent: {"allow": {"servers": ["*"]}} for agent in ("alpha", "beta")}}
@@ -146,6 +152,35 @@ async def test_each_agent_gets_its_own_roots_from_server_everything(gateway_file
         alpha_roots = str(await call(alpha, "alpha", "everything", "get-roots-list"))
         assert "get-roots-list" in await tool_names(alpha, "alpha", "everything")
         beta_roots = str(await call(beta, "beta", "everything", "get-roots-list"))
+    assert "file:///work/alpha" in alpha_roots and "file:///work/beta" not in alpha_roots, alpha_roots
+    assert "file:///work/beta" in beta_roots and "file:///work/alpha" not in beta_roots, beta_roots
+
+
+async def test_each_agent_gets_its_own_roots_from_server_everything_over_http(
+    gateway_files: GatewayFiles,
+) -> None:
+    """Over Streamable HTTP each agent has its own MCP session with the server, which asks for
+    roots on that session's standalone GET stream (or on a call's stream)."""
+    port = free_port()
+    command = ["node", str(EVERYTHING), "streamableHttp"]
+    environment = {**os.environ, "PORT": str(port)}
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert await asyncio.to_thread(wait_until, lambda: listening(port), 30), (
+            "server-everything did not start"
+        )
+        serve(gateway_files, everything={"description": "everything", "url": f"http://127.0.0.1:{port}/mcp"})
+        async with (
+            asgi_gateway(gateway_files) as service,
+            service.client(roots=["file:///work/alpha"]) as alpha,
+            service.client(roots=["file:///work/beta"]) as beta,
+        ):
+            assert await eventually(lambda: service.gateway.ready, 30)
+            alpha_roots = str(await call(alpha, "alpha", "everything", "get-roots-list"))
+            beta_roots = str(await call(beta, "beta", "everything", "get-roots-list"))
+    finally:
+        process.terminate()
+        process.wait(10)
     assert "file:///work/alpha" in alpha_roots and "file:///work/beta" not in alpha_roots, alpha_roots
     assert "file:///work/beta" in beta_roots and "file:///work/alpha" not in beta_roots, beta_roots
 
