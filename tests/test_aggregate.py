@@ -278,8 +278,8 @@ async def test_server_requests_go_to_the_calling_client_only(
         service.client("legacy", headers=as_agent("ide"), **answering("red", bystander_calls)) as bystander,
     ):
         await bystander.list_tools()
-        # One call at a time: a stdio server's request names no call, so the gateway relays it
-        # only while exactly one call to that server is waiting (else the server is refused).
+        # One call at a time: a stdio server's request names no call, so on ide's own session the
+        # gateway relays it to ide's only waiting call (else to ide's client outside a call).
         assert (await caller.call_tool("st__ask_colour", {})).data == "colour blue"
         assert (await caller.call_tool("st__summarise", {"text": "long"})).data == "summary short (blue)"
         assert (await caller.call_tool("st__client_roots", {})).data == ["file:///blue"]
@@ -317,7 +317,8 @@ async def test_cancelling_a_call_cancels_it_downstream(
         asgi_gateway(gateway_files) as service,
         service.client("legacy", headers=as_agent("ide")) as ide,
     ):
-        await ide.list_tools()  # the servers are up: the call below reaches the studio at once
+        await ide.list_tools()
+        await ide.read_resource("note://cancelled")  # ide's own studio is up: the call reaches it at once
         call = asyncio.create_task(ide.call_tool("st__wait", {"seconds": 30}))
         await asyncio.sleep(1.0)
         call.cancel()

@@ -90,7 +90,8 @@ def scrape(gateway: HttpGateway, name: str, server: str) -> float:
 
 
 async def test_junk_on_stdout_is_logged_rate_limited_and_skipped(gateway_files: GatewayFiles) -> None:
-    gateway_files.write_servers({"raw": raw_server(env={"RAW_BANNER": "1"})})
+    # One session: the junk count below is one process's (each agent's would add its own banner).
+    gateway_files.write_servers({"raw": raw_server(env={"RAW_BANNER": "1"}, isolation="shared")})
     gateway_files.write_rules(RULES)
     async with http_gateway(gateway_files) as gateway, Client(gateway.mcp_url) as client:
         pid = await value(client, "pid")
@@ -195,7 +196,8 @@ async def test_children_die_with_a_killed_granian_gateway(gateway_files: Gateway
 async def test_circuit_opens_after_repeated_timeouts_and_a_probe_closes_it(
     gateway_files: GatewayFiles,
 ) -> None:
-    gateway_files.write_servers({"raw": raw_server()})
+    # The shared session, whose circuit /ready and the gauge report (an agent's session has its own).
+    gateway_files.write_servers({"raw": raw_server(isolation="shared")})
     gateway_files.write_rules(RULES)
     async with http_gateway(gateway_files) as gateway, Client(gateway.mcp_url) as client:
         for _ in range(5):

@@ -233,8 +233,7 @@ async def test_a_kept_alive_connection_closed_under_a_request_costs_no_call(
     """One failed POST used to end the whole downstream session (and every call in flight)."""
     proxy = Proxy(echo_http.port, one_request_per_connection=True)
     async with through_proxy(gateway_files, echo_http, proxy) as (gateway, client):
-        remote = gateway.gateway.pool.get("remote")
-        assert remote is not None
+        remote = gateway.gateway.pool.owned["remote"]["agent:dev"]  # the session dev's calls use
         connected_at = remote.connected_at
         await echo_calls(client, 10)
         assert remote.connected_at == connected_at and remote.state == "up"  # no reconnect

@@ -79,7 +79,9 @@ def gateway(
 ) -> Iterator[HttpGateway]:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {name_server.address}\n")  # type: ignore[attr-defined]
-    gateway_files.write_servers({"demo": {"url": f"http://{NAME}:{demo_server}/mcp"}})
+    # One session, connected before the outage: a session started during one (an agent's own,
+    # on its first call, in the default `agent` isolation) cannot look the name up at all.
+    gateway_files.write_servers({"demo": {"url": f"http://{NAME}:{demo_server}/mcp", "isolation": "shared"}})
     dev = {"allow": {"servers": ["demo"]}, "rate_limit": "100000/minute"}
     gateway_files.write_rules({"agents": {"dev": dev}})
     launcher = ["unshare", "-m", "sh", "-c", f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh"]

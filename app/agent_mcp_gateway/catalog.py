@@ -10,6 +10,8 @@ A name resolves to one server or to none, never onward to another: a quarantined
 keeps its public name from every later server, and a bare name shaped like another server's
 public name (`{prefix}__...`) is never shown or routed (it would shadow that server's tool).
 
+Each server's lists are the agent's own downstream session's once it is up (a server may list
+differently per session), else the server's shared session's (`DownstreamPool.listing`).
 A view is computed from the downstream caches on demand: listing is rare next to calling, and
 a call routes by the prefix without building a view.
 """
@@ -28,7 +30,8 @@ from mcp.shared.uri_template import UriTemplate
 
 from agent_mcp_gateway.access.policy import Decision, PolicyEngine
 from agent_mcp_gateway.config import NAME_SEPARATOR, ServerConfig
-from agent_mcp_gateway.downstream.session import Downstream, DownstreamPool
+from agent_mcp_gateway.downstream.pool import DownstreamPool, Owner
+from agent_mcp_gateway.downstream.session import Downstream
 from agent_mcp_gateway.protocol import Kind
 
 log = logging.getLogger("agent_mcp_gateway.catalog")
@@ -60,6 +63,7 @@ class Catalog:
         self.engine = engine
         self.pool = pool
         self.agent_id = agent_id
+        self.owner = Owner(agent_id)
         self._prefixes = {config.public_prefix(name) for name, config in servers.items()} - {""}
 
     def _reserved(self, bare: str) -> bool:
@@ -71,7 +75,7 @@ class Catalog:
         """(name, prefix, downstream) of each server the agent may use, in file order."""
         servers = self.servers
         for name in self.engine.visible_servers(self.agent_id, list(servers)):
-            downstream = self.pool.get(name)
+            downstream = self.pool.listing(name, self.owner)
             if downstream is not None:
                 yield name, servers[name].public_prefix(name), downstream
 
@@ -120,7 +124,7 @@ class Catalog:
         """The tool a public name stands for, with the decision that allows it, if the agent
         may call it (else None: unknown). The decision travels on, so it is not made twice."""
         for server, downstream_name in self.candidates(name):
-            downstream = self.pool.get(server)
+            downstream = self.pool.listing(server, self.owner)
             if downstream is None:
                 continue
             if downstream.pins.quarantined(server, downstream_name):
@@ -133,7 +137,7 @@ class Catalog:
 
     def prompt(self, name: str) -> Routed[mt.Prompt] | None:
         for server, downstream_name in self.candidates(name):
-            downstream = self.pool.get(server)
+            downstream = self.pool.listing(server, self.owner)
             prompt = downstream.prompts.get(downstream_name) if downstream is not None else None
             if prompt is not None:
                 return Routed(server, downstream_name, prompt)

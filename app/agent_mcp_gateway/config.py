@@ -33,6 +33,7 @@ RULES_ENV = "GATEWAY_RULES"
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 PREFIX_PATTERN = r"^[A-Za-z0-9_.-]*$"
 NAME_SEPARATOR = "__"
+Isolation = Literal["agent", "session", "shared"]
 M = TypeVar("M", bound=BaseModel)
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # JSON has no comments: any object in either file may carry this key for the reader.
@@ -79,6 +80,13 @@ class ServerConfig(BaseModel):
     # Pin each tool's definition at first sight and quarantine it when it changes (pins.py).
     # true: pin each tool at first sight; "strict": pin at the server's first sight, hold new tools.
     pin_tools: StrictBool | Literal["strict"] = False
+    # Whose downstream session a call uses: one per agent, one per client session, or one shared
+    # by all agents (for caller-agnostic servers); unset: the GATEWAY_ISOLATION default. An idle
+    # instance is closed after `idle_timeout` seconds; at most `max_instances` run at once
+    # (unset: GATEWAY_IDLE_TIMEOUT, GATEWAY_MAX_INSTANCES).
+    isolation: Isolation | None = None
+    idle_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    max_instances: Annotated[StrictInt, Field(gt=0)] | None = None
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)

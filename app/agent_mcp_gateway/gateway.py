@@ -21,8 +21,10 @@ from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.access.ratelimit import RateLimits
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.config import ConfigError, GatewayConfig
-from agent_mcp_gateway.downstream.session import DownstreamPool, Shared
-from agent_mcp_gateway.errors import GatewayError, InvalidAgentId
+from agent_mcp_gateway.downstream.messages import Relay
+from agent_mcp_gateway.downstream.pool import DownstreamPool, Owner
+from agent_mcp_gateway.downstream.session import Downstream, Shared
+from agent_mcp_gateway.errors import GatewayError, InvalidAgentId, ServerUnavailable
 from agent_mcp_gateway.observe.audit import AuditLog
 from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
 from agent_mcp_gateway.operation import Operation
@@ -89,7 +91,11 @@ class Gateway:
             self.settings.ping_interval,
             self.settings.ping_timeout,
             on_change=lambda server, kind: self.list_changed.changed(),
-            on_update=lambda server, uri: self.subscriptions.updated(server, uri),
+            on_update=lambda server, uri, owner: self.subscriptions.updated(server, uri, owner),
+            isolation=settings.isolation,
+            idle_timeout=settings.idle_timeout,
+            max_instances=settings.max_instances,
+            session_alive=lambda session_id: self.sessions.get(session_id) is not None,
         )
         self.pool = DownstreamPool(shared)
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
@@ -126,6 +132,20 @@ class Gateway:
         snapshot = snapshot or self.snapshot
         return Catalog(snapshot.config.servers, snapshot.engine, self.pool, agent_id)
 
+    def instance(self, server: str, op: Operation, relay: Relay | None = None) -> Downstream:
+        """The downstream session `op`'s calls to `server` use: its agent's or its client
+        session's under the server's isolation, started on first use (`DownstreamPool.instance`,
+        which raises ServerUnavailable for an unknown server or one at its instance limit)."""
+        return self.pool.instance(server, Owner(op.agent_id, op.session_id, relay))
+
+    def listing(self, server: str, op: Operation) -> Downstream:
+        """Where `op`'s agent reads `server`'s catalog: its own session once that is up, else
+        the shared one (the last list seen)."""
+        downstream = self.pool.listing(server, Owner(op.agent_id, op.session_id))
+        if downstream is None:
+            raise ServerUnavailable(server, "not configured on this gateway")
+        return downstream
+
     def session_alive(self, key: str) -> bool:
         """Whether a client connection named by `notifications.session_key` is still open (a
         local one is, until sending to it fails)."""
@@ -137,9 +157,9 @@ class Gateway:
         except InvalidAgentId:  # an agent a reload removed
             return False
 
-    async def _unsubscribe(self, server: str, uri: str) -> None:
-        downstream = self.pool.get(server)
-        if downstream is None:
+    async def _unsubscribe(self, server: str, uri: str, owner: str) -> None:
+        downstream = next((d for d in self.pool.instances(server) if d.owner == owner), None)
+        if downstream is None:  # closed (reaped, reloaded) with its subscriptions
             return
         try:
             await downstream.unsubscribe(uri, self.settings.default_timeout_ms)
@@ -210,7 +230,7 @@ class Gateway:
 
     def _pins_changed(self) -> None:
         """An approval in the pins file: list the pinned servers' tools again, to show it."""
-        for server in self.pool:
+        for server in self.pool.every():
             if server.config.pin_tools:
                 server.schedule_refresh("tools")
 

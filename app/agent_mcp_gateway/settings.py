@@ -129,6 +129,9 @@ EXPECTED: dict[str, str] = {
     "ping_interval": "a positive number (seconds)",
     "ping_timeout": "a positive number (seconds)",
     "session_ttl": "a positive number (seconds)",
+    "isolation": "'agent', 'session' or 'shared'",
+    "idle_timeout": "a positive number (seconds)",
+    "max_instances": "a positive integer",
     "shutdown_grace": "a positive integer (seconds)",
     "header_timeout": "a positive number (seconds)",
     "body_timeout": "a positive number (seconds)",
@@ -181,6 +184,12 @@ class Settings(BaseSettings):
     ping_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
     ping_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
     session_ttl: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3600.0
+    # Defaults for servers that do not set their own (`.mcp.json`): whose downstream session a
+    # call uses (one per agent, per client session, or one shared), how long an instance may sit
+    # unused before it is closed, and how many instances one server may run at once.
+    isolation: Annotated[Literal["agent", "session", "shared"], BeforeValidator(_lower)] = "agent"
+    idle_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 600.0
+    max_instances: Annotated[int, Field(gt=0)] = 32
     shutdown_grace: Annotated[int, Field(gt=0)] = 30
     # Seconds to send a request's headers; also how long a keep-alive connection may sit idle.
     header_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0

@@ -20,7 +20,8 @@ current_call: contextvars.ContextVar[object | None] = contextvars.ContextVar("cu
 
 
 class Relay(Protocol):
-    """The one client a call was made by: what a downstream sends during it goes there only."""
+    """The one client a call was made by: what a downstream sends during it goes there only
+    (and, for an isolated session, what it sends between its owner's calls: `detached`)."""
 
     @property
     def wants_progress(self) -> bool:
@@ -36,3 +37,23 @@ class Relay(Protocol):
     async def sample(self, params: mt.CreateMessageRequestParams) -> mt.CreateMessageResult: ...
 
     async def list_roots(self) -> mt.ListRootsResult: ...
+
+    @property
+    def declares_roots(self) -> bool:
+        """Whether the client can answer `roots/list`."""
+        ...
+
+    @property
+    def client(self) -> str:
+        """The id of the client connection it reaches, to tell clients apart."""
+        ...
+
+    @property
+    def live(self) -> bool:
+        """Whether it can still carry a request: its call is still running (or it is detached)."""
+        ...
+
+    def detached(self) -> Relay:
+        """The same client outside any call (its standalone stream): where an isolated
+        session's messages sent between its owner's calls go."""
+        ...

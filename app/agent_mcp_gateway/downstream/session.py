@@ -1,24 +1,29 @@
-"""Downstream connections: one persistent MCP session per configured server.
+"""Downstream connections: one persistent MCP session per server and owner (`downstream.pool`).
 
-Each server is owned by a supervisor task that connects, keeps the session alive, notices when
+Each session is owned by a supervisor task that connects, keeps the session alive, notices when
 it is lost (a failed call, a failed ping, the process exiting) and reconnects with exponential
 backoff. Calls never wait for a connection: a server that is not up fails fast with
 SERVER_UNAVAILABLE, and so does one whose circuit breaker is open after repeated failures.
 stdio servers run in their own process group (`downstream_stdio`), ended as a whole when the
 server exits, is closed or the gateway dies (`watchdog`).
 
-What a downstream says is relayed only to the call it belongs to: its JSON-RPC errors are
-retold in a clean sentence (the original goes to the gateway's log), and its log notifications
-reach the caller they were sent for, or the gateway's log when that cannot be told.
+What a downstream says is relayed only to the caller it belongs to: its JSON-RPC errors are
+retold in a clean sentence (the original goes to the gateway's log). On an isolated session
+(one agent's or one client session's) everything the server sends belongs to its owner: during
+a call it goes to the calling client, between calls to the owner's client outside any call. On
+the shared session only what names its call exactly (progress by token, anything on a call's own
+HTTP answer stream) reaches a caller; the rest is dropped and counted (DOWNSTREAM_UNROUTED),
+log messages to the gateway's log, because any other client may belong to another agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -30,7 +35,7 @@ from mcp import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent_mcp_gateway.access.pins import PinStore
-from agent_mcp_gateway.config import ServerConfig
+from agent_mcp_gateway.config import Isolation, ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.circuit import CircuitBreaker, CircuitOpen
 from agent_mcp_gateway.downstream.http import HttpServerTransport, LastGoodResolver
@@ -47,6 +52,7 @@ from agent_mcp_gateway.observe import logs, tracing
 from agent_mcp_gateway.observe.metrics import (
     DOWNSTREAM_CIRCUIT_OPEN,
     DOWNSTREAM_RESTARTS,
+    DOWNSTREAM_UNROUTED,
     DOWNSTREAM_UP,
     downstream_series,
 )
@@ -56,7 +62,7 @@ log = logging.getLogger("agent_mcp_gateway.downstream")
 
 State = Literal["connecting", "up", "down", "closed"]
 ChangeListener = Callable[[str, Kind], None]
-UpdateListener = Callable[[str, str], Awaitable[None]]  # server, resource URI
+UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource URI, owner key
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,7 +75,8 @@ ELICIT_PARAMS: TypeAdapter[mt.ElicitRequestParams] = TypeAdapter(mt.ElicitReques
 @dataclass(frozen=True, slots=True)
 class Shared:
     """What every downstream of a pool shares: its timeouts, whom it tells about catalog
-    changes and resource updates, and the pins its tools are checked against."""
+    changes and resource updates, the pins its tools are checked against, the instance
+    defaults of servers that set none, and whether a client session is still open."""
 
     pins: PinStore
     connect_timeout: float = 15.0
@@ -77,6 +84,10 @@ class Shared:
     ping_timeout: float = 10.0
     on_change: ChangeListener | None = None
     on_update: UpdateListener | None = None
+    isolation: Isolation = "agent"
+    idle_timeout: float = 600.0
+    max_instances: int = 32
+    session_alive: Callable[[str], bool] | None = None
 
 
 class Backoff:
@@ -129,35 +140,10 @@ class _Notifications(MessageHandler):
 
     async def on_resource_updated(self, message: mt.ResourceUpdatedNotification) -> None:
         if self.server.on_update is not None:
-            await self.server.on_update(self.server.name, str(message.params.uri))
+            await self.server.on_update(self.server.name, str(message.params.uri), self.server.owner)
 
     async def on_logging_message(self, message: mt.LoggingMessageNotification) -> None:
         await self.server.forward_log(message.params)
-
-
-def _calling_relay(what: str) -> Relay:
-    """The relay of the call a server's own request belongs to; refused when none can be told,
-    because the only other clients it could go to may belong to other agents."""
-    call = current_call.get()
-    if isinstance(call, _Call) and call.relay is not None:
-        return call.relay
-    raise MCPError(METHOD_NOT_FOUND, f"{what} requests are relayed only during a call from one client")
-
-
-async def _relay_elicitation(
-    message: str, response_type: Any, params: mt.ElicitRequestParams, context: Any
-) -> mt.ElicitResult:
-    return await _calling_relay("elicitation").elicit(params)
-
-
-async def _relay_sampling(
-    messages: list[mt.SamplingMessage], params: mt.CreateMessageRequestParams, context: Any
-) -> mt.CreateMessageResult:
-    return await _calling_relay("sampling").sample(params)
-
-
-async def _relay_roots(context: Any) -> list[mt.Root]:
-    return list((await _calling_relay("roots").list_roots()).roots)
 
 
 class _CallMessages:
@@ -185,29 +171,43 @@ class _CallMessages:
             if kind in KINDS:
                 server.schedule_refresh(kind)
         elif method == "notifications/resources/updated" and params and server.on_update is not None:
-            await server.on_update(server.name, str(params.get("uri")))
+            await server.on_update(server.name, str(params.get("uri")), server.owner)
 
     async def answer(self, method: str, params: rpc.Message | None) -> rpc.Message:
         result: mt.Result
         if method == "ping":
             return {}
         if method == "elicitation/create":
-            result = await _calling_relay("elicitation").elicit(ELICIT_PARAMS.validate_python(params))
+            relay = self.server.relay_for("elicitation", self.relay)
+            result = await relay.elicit(ELICIT_PARAMS.validate_python(params))
         elif method == "sampling/createMessage":
             request = mt.CreateMessageRequestParams.model_validate(params)
-            result = await _calling_relay("sampling").sample(request)
+            result = await self.server.relay_for("sampling", self.relay).sample(request)
         elif method == "roots/list":
-            result = await _calling_relay("roots").list_roots()
+            result = await self.server.relay_for("roots", self.relay).list_roots()
         else:
             raise MCPError(METHOD_NOT_FOUND, f"Method not found: {method}")
         return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class Downstream:
-    """A downstream MCP server and its one shared session."""
+    """One MCP session with a downstream server: its shared one (`owner` ""), or the one of an
+    agent or client session (`owner` names it; see `downstream.pool`)."""
 
-    def __init__(self, name: str, config: ServerConfig, watchdog: Watchdog, shared: Shared) -> None:
+    def __init__(
+        self, name: str, config: ServerConfig, watchdog: Watchdog, shared: Shared, owner: str = ""
+    ) -> None:
         self.name = name
+        self.owner = owner
+        # Everything an isolated session's server sends belongs to its owner.
+        self.isolated = bool(owner)
+        self.isolation: Isolation = config.isolation or shared.isolation
+        # The owner's client outside any call (its standalone stream), set by `claim`.
+        self.outside: Relay | None = None
+        self.last_used = time.monotonic()
+        self.in_flight = 0
+        # Set by the pool on a shared session: how many isolated ones the server runs beside it.
+        self.instances = 0
         self.on_change = shared.on_change
         self.on_update = shared.on_update
         self.pins = shared.pins
@@ -233,12 +233,13 @@ class Downstream:
         self._client: Client[Any] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._notices: set[asyncio.Task[None]] = set()
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
         # Kept across reconnects: its last good answers are what outlive a name server outage.
         self._resolver = LastGoodResolver()
-        DOWNSTREAM_UP.labels(name).set(0)
-        DOWNSTREAM_CIRCUIT_OPEN.labels(name).set(0)
+        self._gauge(DOWNSTREAM_UP, 0)
+        self._gauge(DOWNSTREAM_CIRCUIT_OPEN, 0)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -247,12 +248,56 @@ class Downstream:
         return self.state == "closed"
 
     def start(self) -> None:
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"downstream:{self.name}")
+        # A fresh context: an instance started by a call must not carry that call's request id,
+        # span or `current_call` into the session's own work.
+        self._supervisor = asyncio.create_task(
+            self._supervise(), name=f"downstream:{self.name}", context=contextvars.Context()
+        )
+
+    def _gauge(self, gauge: Any, value: float) -> None:
+        """Per-server health gauges follow the shared session only: labels stay bounded, and the
+        server's health is its shared session's."""
+        if not self.isolated:
+            gauge.labels(self.name).set(value)
+
+    def claim(self, relay: Relay | None) -> None:
+        """A use by the owner: it keeps the session from being reaped, and its client becomes
+        where messages sent between calls go (the latest that can answer roots, else the
+        latest)."""
+        self.last_used = time.monotonic()
+        if relay is None:
+            return
+        outside, current = relay.detached(), self.outside
+        if current is None or outside.declares_roots or not current.declares_roots:
+            self.outside = outside
+            if current is not None and current.client != outside.client and outside.declares_roots:
+                self.roots_changed()  # another client of the owner's: its roots may differ
+
+    def roots_changed(self) -> None:
+        """Tell the server its owner's roots may have changed, so it asks for them again."""
+        client = self._client
+        if client is None or self.state != "up":
+            return
+        task = asyncio.create_task(self._send_roots_changed(client))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _send_roots_changed(self, client: Client[Any]) -> None:
+        try:
+            await client.send_roots_list_changed()
+        except Exception as exc:  # a session being lost says so elsewhere
+            log.info("roots change not sent", extra={"server": self.name, "error": repr(exc)})
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the session was last used; 0 while a call runs on it or a client is
+        subscribed through it."""
+        return 0.0 if self.in_flight or self.subscribed else now - self.last_used
 
     async def close(self) -> None:
         self.state = "closed"
-        DOWNSTREAM_UP.remove(self.name)
-        DOWNSTREAM_CIRCUIT_OPEN.remove(self.name)
+        if not self.isolated:
+            DOWNSTREAM_UP.remove(self.name)
+            DOWNSTREAM_CIRCUIT_OPEN.remove(self.name)
         for task in (self._refresh, self._supervisor):
             if task is not None:
                 task.cancel()
@@ -279,7 +324,7 @@ class Downstream:
             self.circuit.record_probe()
             self._lost.clear()
             self.state, self.last_error, self.connected_at = "up", None, time.time()
-            DOWNSTREAM_UP.labels(self.name).set(1)
+            self._gauge(DOWNSTREAM_UP, 1)
             self.tried.set()
             log.info("downstream connected", extra={"server": self.name, "tools": len(self.tools)})
             await self._watch()
@@ -294,9 +339,10 @@ class Downstream:
             self._transport(),
             name="agent-mcp-gateway",
             message_handler=_Notifications(self),
-            elicitation_handler=_relay_elicitation,
-            sampling_handler=_relay_sampling,
-            roots=_relay_roots,
+            elicitation_handler=self._elicit,
+            sampling_handler=self._sample,
+            # A shared session declares no roots: whose roots they would be cannot be told.
+            roots=self._list_roots if self.isolated else None,
             init_timeout=self.connect_timeout,
             mode="legacy",
         )
@@ -354,12 +400,12 @@ class Downstream:
         if self.state == "up":
             log.warning("downstream lost", extra={"server": self.name, "reason": reason})
         self.state, self.last_error = "down", reason
-        DOWNSTREAM_UP.labels(self.name).set(0)
+        self._gauge(DOWNSTREAM_UP, 0)
 
     def _circuit_changed(self, is_open: bool) -> None:
         if self.closed:
             return
-        DOWNSTREAM_CIRCUIT_OPEN.labels(self.name).set(is_open)
+        self._gauge(DOWNSTREAM_CIRCUIT_OPEN, is_open)
         if is_open:
             log.warning(
                 "downstream circuit opened", extra={"server": self.name, "reason": self.circuit.last_failure}
@@ -480,8 +526,11 @@ class Downstream:
         complete = _Request("completion/complete", name, "completion/complete", params, mt.CompleteResult)
         return await self._request(complete, timeout_ms, None)
 
-    @property
-    def supports_subscriptions(self) -> bool:
+    async def supports_subscriptions(self) -> bool:
+        """Whether the server declared resource subscriptions (once it first tried to connect:
+        an isolated session may have just been started)."""
+        if self.state == "connecting":
+            await asyncio.wait([asyncio.ensure_future(self.tried.wait())], timeout=self.connect_timeout)
         capabilities = _capabilities(self._client)
         resources = capabilities.resources if capabilities is not None else None
         return bool(resources is not None and resources.subscribe)
@@ -507,6 +556,7 @@ class Downstream:
         started = time.perf_counter()
         outcome = "error"
         token = current_call.set(_Call(relay))
+        self.in_flight += 1
         span = tracing.begin_downstream(self.name, operation, target)
         trial = sent = False
         calls: rpc.Calls | None = None
@@ -546,6 +596,8 @@ class Downstream:
             raise ServerUnavailable(self.name, "connection lost during the call") from None
         finally:
             self.circuit.release(trial)
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
             current_call.reset(token)
             tracing.end_downstream(span, outcome)
             downstream_series(self.name, outcome).observe(time.perf_counter() - started)
@@ -581,28 +633,61 @@ class Downstream:
         heard = max(self._last_answer, wire.last_received if isinstance(wire, StdioServerTransport) else 0.0)
         return time.monotonic() - heard < seconds
 
+    def relay_for(self, what: str, relay: Relay | None = None) -> Relay:
+        """The client a server's own request goes to: the call it came with (`relay`, else the
+        one `current_call` names), else an isolated session's owner outside any call. Refused
+        otherwise, and counted: any other client may belong to another agent."""
+        relay = relay or self._owning_relay()
+        if relay is None:
+            DOWNSTREAM_UNROUTED.labels(self.name, "request").inc()
+            log.info("downstream request dropped: no caller it belongs to", extra={"server": self.name})
+            raise MCPError(METHOD_NOT_FOUND, f"{what} requests reach only the client they belong to")
+        return relay
+
+    def _owning_relay(self) -> Relay | None:
+        """The call `current_call` names; on an isolated session, once that call has ended
+        (stdio names the call a message was read during, which may end before it is handled),
+        or when none is named, the owner's client outside a call."""
+        call = current_call.get()
+        if isinstance(call, _Call) and call.relay is not None and (call.relay.live or not self.isolated):
+            return call.relay
+        return self.outside if self.isolated else None
+
+    async def _elicit(
+        self, message: str, response_type: Any, params: mt.ElicitRequestParams, context: Any
+    ) -> mt.ElicitResult:
+        return await self.relay_for("elicitation").elicit(params)
+
+    async def _sample(
+        self, messages: list[mt.SamplingMessage], params: mt.CreateMessageRequestParams, context: Any
+    ) -> mt.CreateMessageResult:
+        return await self.relay_for("sampling").sample(params)
+
+    async def _list_roots(self, context: Any) -> list[mt.Root]:
+        return list((await self.relay_for("roots").list_roots()).roots)
+
     async def forward_log(
         self, params: mt.LoggingMessageNotificationParams, relay: Relay | None = None
     ) -> None:
-        """Send a downstream log message to the call it belongs to, else to the gateway's log.
+        """Send a downstream log message to the client it belongs to, else to the gateway's log.
 
         A message read while a call of the gateway's own waits (`downstream_rpc`) comes with
         that call's `relay`: over Streamable HTTP the call's answer stream carried it, and over
-        stdio the transport names a call only when exactly one was waiting for its answer when
-        the message was read (stdio carries nothing to tell). Otherwise the SDK session runs
+        stdio the transport of an isolated session names the call only when exactly one was
+        waiting for its answer (stdio carries nothing to tell). Otherwise the SDK session runs
         this handler, in the context the message arrived in, where `current_call` may name the
-        call. A message that belongs to no call never goes to a caller, who may be a different
-        agent.
+        call; an isolated session's message then goes to its owner's client. On the shared
+        session a message that names no call never goes to a caller, who may be another agent.
         """
-        if relay is None:
-            call = current_call.get()
-            relay = call.relay if isinstance(call, _Call) else None
+        relay = relay or self._owning_relay()
         if relay is not None:
             try:
                 await relay.log(params)
                 return
             except Exception as exc:
                 log.warning("log forward failed", extra={"server": self.name, "error": repr(exc)})
+        else:
+            DOWNSTREAM_UNROUTED.labels(self.name, "log").inc()
         log.info(
             "downstream log",
             extra={"server": self.name, "log_level": params.level, "data": params.data},
@@ -616,57 +701,17 @@ class Downstream:
             "last_error": self.last_error,
             "connected_at": self.connected_at,
             "circuit": self.circuit.status(),
+            "isolation": self.isolation,
+            "instances": self.instances,
         }
 
     def _transport(self) -> StdioServerTransport | HttpServerTransport:
         config = self.config
         if config.command:
-            self._wire = StdioServerTransport(self.name, config, self.watchdog)
+            self._wire = StdioServerTransport(self.name, config, self.watchdog, exclusive=self.isolated)
         else:
             self._wire = HttpServerTransport(config, self._resolver)
         return self._wire
-
-
-class DownstreamPool:
-    """All downstream servers, keyed by name; reconciled against each new configuration."""
-
-    def __init__(self, shared: Shared) -> None:
-        self.shared = shared
-        self.servers: dict[str, Downstream] = {}
-        self.watchdog = Watchdog()
-
-    def get(self, name: str) -> Downstream | None:
-        return self.servers.get(name)
-
-    async def apply(self, configs: dict[str, ServerConfig]) -> None:
-        """Start new servers, restart changed ones, close removed ones; keep the rest."""
-        stale = [
-            server
-            for name, server in self.servers.items()
-            if name not in configs or configs[name] != server.config
-        ]
-        for server in stale:
-            del self.servers[server.name]
-        await asyncio.gather(*(server.close() for server in stale))
-        for name, config in configs.items():
-            if name not in self.servers:
-                server = Downstream(name, config, self.watchdog, self.shared)
-                self.servers[name] = server
-                server.start()
-            else:
-                self.servers[name].schedule_refresh()
-
-    @property
-    def all_tried(self) -> bool:
-        return all(server.tried.is_set() for server in self.servers.values())
-
-    async def close(self) -> None:
-        servers, self.servers = list(self.servers.values()), {}
-        await asyncio.gather(*(server.close() for server in servers))
-        await asyncio.to_thread(self.watchdog.close)
-
-    def __iter__(self) -> Iterator[Downstream]:
-        return iter(list(self.servers.values()))
 
 
 def _capabilities(client: Client[Any] | None) -> mt.ServerCapabilities | None:

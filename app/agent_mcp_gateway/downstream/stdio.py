@@ -139,9 +139,11 @@ class StdioServerTransport(ClientTransport):
 
     legacy_only = True
 
-    def __init__(self, name: str, config: ServerConfig, watchdog: Watchdog) -> None:
+    def __init__(self, name: str, config: ServerConfig, watchdog: Watchdog, exclusive: bool = False) -> None:
         assert config.command is not None
         self.name, self.config, self.watchdog = name, config, watchdog
+        # One owner's process: every message it sends is its owner's (see `_Connection._owner`).
+        self.exclusive = exclusive
         self.last_received = 0.0  # monotonic time bytes last arrived from the server
         self.calls: _Connection | None = None
 
@@ -286,12 +288,14 @@ class _Connection:
 
     def _own_call(self, notification: rpc.Message) -> tuple[str, rpc.CallMessages] | None:
         """The gateway's request a notification belongs to: the one its progress token names,
-        else (stdio names no call) the only call waiting for its answer, if that is ours."""
+        else, on one owner's process, the only call waiting for its answer, if that is ours."""
         if notification["method"] == "notifications/progress":
             params = notification.get("params")
             token = params.get("progressToken") if isinstance(params, dict) else None
             messages = self.own.get(token) if isinstance(token, str) else None
             return (token, messages) if isinstance(token, str) and messages is not None else None
+        if not self.transport.exclusive:
+            return None
         waiting = self._waiting_call()
         request_id = waiting[0] if waiting is not None else None
         if not isinstance(request_id, str) or request_id not in self.own:
@@ -337,7 +341,12 @@ class _Connection:
 
     def _owner(self) -> object | None:
         """The call a notification or a server's request belongs to: on stdio nothing names it,
-        so only when exactly one call is waiting for its answer at the moment it is read."""
+        so only on one owner's process (where any call is the owner's) and only when exactly one
+        call is waiting for its answer at the moment it is read. On a process all agents share,
+        a message sent after its call returned would otherwise reach whichever other agent's
+        call is the one waiting, so there it belongs to none."""
+        if not self.transport.exclusive:
+            return None
         waiting = self._waiting_call()
         return waiting[1] if waiting is not None else None
 

@@ -84,6 +84,20 @@ DOWNSTREAM_CIRCUIT_OPEN = Gauge(
     ["server"],
     registry=REGISTRY,
 )
+DOWNSTREAM_INSTANCES = Gauge(
+    "gateway_downstream_instances",
+    "Downstream sessions (stdio: processes) a server runs for agents or client sessions, "
+    "beside its shared one.",
+    ["server"],
+    registry=REGISTRY,
+)
+DOWNSTREAM_UNROUTED = Counter(
+    "gateway_downstream_unrouted_total",
+    "Messages a downstream server sent (its requests, log messages) that the gateway could not "
+    "attribute to exactly one caller's client, and so dropped.",
+    ["server", "kind"],
+    registry=REGISTRY,
+)
 DOWNSTREAM_JUNK_LINES = Counter(
     "gateway_downstream_junk_lines_total",
     "Lines a stdio downstream wrote to stdout that were not JSON-RPC messages (skipped).",

@@ -21,6 +21,7 @@ from mcp import MCPError
 from mcp.server.session import ServerSession
 
 from agent_mcp_gateway.catalog import Catalog
+from agent_mcp_gateway.downstream.pool import Owner
 from agent_mcp_gateway.downstream.session import Downstream
 from agent_mcp_gateway.errors import DeniedByPolicy
 from agent_mcp_gateway.gateway import Gateway
@@ -137,24 +138,24 @@ class AggregateView:
         if routed is None:
             raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name!r}")
         op.tool = routed.name
-        downstream = self.forward.admit(op, "prompts/get", routed.server)
+        downstream = self.forward.admit(op, "prompts/get", routed.server, relay=relay)
         result = await downstream.get_prompt(
             routed.name, arguments, self.forward.timeout_ms(downstream), relay
         )
         return RelayedPrompt.model_construct(messages=[], result=result)
 
     async def read_resource(self, op: Operation, uri: str, relay: ClientRelay | None) -> ResourceResult:
-        downstream = await self._resource_server(op, uri, "resources/read")
+        downstream = await self._resource_server(op, uri, "resources/read", relay)
         result = await downstream.read_resource(uri, self.forward.timeout_ms(downstream), relay)
         return RelayedResource.model_construct(contents=[], result=result)
 
     async def subscribe(self, op: Operation, uri: str, key: str, session: ServerSession) -> None:
         downstream = await self._resource_server(op, uri, "resources/subscribe")
         server = downstream.name
-        if not downstream.supports_subscriptions:
+        if not await downstream.supports_subscriptions():
             raise MCPError(INVALID_PARAMS, f"Resource {uri!r} does not support subscriptions.")
         subscriptions = self.gateway.subscriptions
-        if subscriptions.add(key, session, op.agent_id, server, uri):
+        if subscriptions.add(key, session, op.agent_id, server, uri, downstream.owner):
             try:
                 await downstream.subscribe(uri, self.forward.timeout_ms(downstream))
             except BaseException:
@@ -201,7 +202,7 @@ class AggregateView:
         snapshot, pins = self.gateway.pinned(op), self.gateway.pins
         engine = snapshot.engine
         for server, tool in self.gateway.catalog(op.agent_id, snapshot).candidates(name, every=True):
-            downstream = self.gateway.pool.get(server)
+            downstream = self.gateway.pool.listing(server, Owner(op.agent_id, op.session_id))
             if downstream is None:
                 continue
             if tool not in downstream.tools:
@@ -215,8 +216,10 @@ class AggregateView:
                 op.decision, op.error_code = "DENY", DeniedByPolicy.name
             return
 
-    async def _resource_server(self, op: Operation, uri: str, operation: str) -> Downstream:
+    async def _resource_server(
+        self, op: Operation, uri: str, operation: str, relay: ClientRelay | None = None
+    ) -> Downstream:
         server = (await self._catalog(op)).resource_server(uri)
         if server is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
-        return self.forward.admit(op, operation, server)
+        return self.forward.admit(op, operation, server, relay=relay)

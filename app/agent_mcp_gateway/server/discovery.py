@@ -87,7 +87,7 @@ class GatewayTools:
         max_schema_tokens: int | None = None,
     ) -> dict[str, Any]:
         engine = self.gateway.pinned(op).engine
-        downstream = self.forward.admit(op, "get_server_tools", server)
+        downstream = self.forward.listing(op, "get_server_tools", server)
         allowed = [
             tool
             for tool in await downstream.list_tools()

@@ -16,7 +16,7 @@ from fastmcp.tools.base import ToolResult
 
 from agent_mcp_gateway.access.policy import Decision
 from agent_mcp_gateway.downstream.session import Downstream
-from agent_mcp_gateway.errors import DeniedByPolicy, ServerUnavailable, ToolNotFound
+from agent_mcp_gateway.errors import DeniedByPolicy, ToolNotFound
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.operation import Operation
@@ -29,9 +29,11 @@ class Forward:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def _downstream(self, server: str, op: Operation) -> Downstream | None:
-        """The downstream instance that serves `op` on `server` (the one seam for choosing it)."""
-        return self.gateway.pool.get(server)
+    def _downstream(self, server: str, op: Operation, relay: ClientRelay | None) -> Downstream:
+        """The downstream session that serves `op` on `server`: its agent's or its client
+        session's under the server's isolation, started on first use (the one seam for choosing
+        it; ServerUnavailable for an unknown server or one at its instance limit)."""
+        return self.gateway.instance(server, op, relay)
 
     def decide(
         self,
@@ -60,16 +62,18 @@ class Forward:
         server: str,
         tool: str | None = None,
         decision: Decision | None = None,
+        relay: ClientRelay | None = None,
     ) -> Downstream:
-        """The downstream `op` may use for `operation`, once policy allows it."""
+        """The downstream session `op` may use for `operation`, once policy allows it; what the
+        server sends on it goes to `relay` (the caller) while the call runs."""
         self.decide(op, operation, server, tool, decision)
-        return self.downstream(op, server)
+        return self._downstream(server, op, relay)
 
-    def downstream(self, op: Operation, server: str) -> Downstream:
-        downstream = self._downstream(server, op)
-        if downstream is None:
-            raise ServerUnavailable(server, "not configured on this gateway")
-        return downstream
+    def listing(self, op: Operation, operation: str, server: str) -> Downstream:
+        """Where `op` reads `server`'s catalog once policy allows it: the agent's own session
+        once that is up, else the shared one (no session is started just to list)."""
+        self.decide(op, operation, server)
+        return self.gateway.listing(server, op)
 
     def timeout_ms(self, downstream: Downstream, requested: int | None = None) -> int:
         """The caller's timeout, else the server's, else the gateway's default."""
@@ -87,7 +91,7 @@ class Forward:
     ) -> ToolResult:
         """Call `tool` on `server` for `op` and hand its result back as the server gave it."""
         op.tool = tool
-        downstream = self.admit(op, "execute_tool", server, tool, decision)
+        downstream = self.admit(op, "execute_tool", server, tool, decision, relay)
         result = await downstream.call_tool(
             tool, arguments, self.timeout_ms(downstream, timeout_ms), relay, self._known(op, downstream, tool)
         )

@@ -48,6 +48,22 @@ async def _dispatch(context: MiddlewareContext[Any]) -> Any:
     return await call.run(call.op)
 
 
+class RootsChanged(Middleware):
+    """A client's changed roots reach the servers of its agent's (or session's) own downstream
+    sessions, which then ask for them again (`DownstreamPool.roots_changed`)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def on_notification(
+        self, context: MiddlewareContext[mt.Notification[Any, Any]], call_next: CallNext[Any, Any]
+    ) -> Any:
+        fastmcp_context = context.fastmcp_context
+        if context.method == "notifications/roots/list_changed" and fastmcp_context is not None:
+            self.gateway.pool.roots_changed(fastmcp_context.session_id)
+        return await call_next(context)
+
+
 class Pipeline:
     """The gateway's middlewares in order, and its handlers for the requests outside them."""
 
@@ -58,6 +74,7 @@ class Pipeline:
         self.middlewares: list[Middleware] = [
             self.view,
             Operations(Recorder(gateway.audit)),
+            RootsChanged(gateway),
             ChargeUnplanned(self.view, gateway.rate_limits),
             Identify(gateway.rate_limits),
             Dispatch(),

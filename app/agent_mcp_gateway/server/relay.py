@@ -9,6 +9,7 @@ request-scoped channel of the caller's request, never a broadcast.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, TypeVar
 
 import mcp_types as mt
@@ -30,12 +31,36 @@ class ClientRelay:
         meta = request.meta if request is not None else None
         self._token = meta.get("progressToken") if meta else None
         self._session: ServerSession = ctx.session
-        self._request_id = ctx.request_id
+        self._request_id: str | None = ctx.request_id
+        # Stable for a handshake-era client connection (the SDK builds a session per request).
+        self._client = ctx.session_id
 
     @property
     def wants_progress(self) -> bool:
         """Whether the caller asked for progress (gave a progress token)."""
         return self._token is not None
+
+    @property
+    def declares_roots(self) -> bool:
+        session = self._session
+        capability = mt.ClientCapabilities(roots=mt.RootsCapability())
+        return session.protocol_version not in MODERN_PROTOCOL_VERSIONS and session.check_client_capability(
+            capability
+        )
+
+    @property
+    def client(self) -> str:
+        return self._client
+
+    @property
+    def live(self) -> bool:
+        return self._request_id is None or self._session.can_send_request
+
+    def detached(self) -> ClientRelay:
+        """This client outside its call: messages go on its standalone stream."""
+        outside = copy.copy(self)
+        outside._token = outside._request_id = None
+        return outside
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         if self._token is None:

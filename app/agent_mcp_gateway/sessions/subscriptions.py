@@ -2,9 +2,11 @@
 which server, so that a downstream's `notifications/resources/updated` reaches those sessions
 and no other.
 
-The gateway holds one downstream subscription per (server, URI) however many sessions want it,
-and drops it when the last of them unsubscribes or ends. An update is delivered only to
-sessions whose agent may still use the server (a reload may have taken it away).
+The gateway holds one downstream subscription per (server, downstream session, URI) however many
+sessions want it, and drops it when the last of them unsubscribes or ends. An update is
+delivered only to sessions subscribed through the downstream session that sent it (an agent's
+own session speaks of that agent's state only: `downstream.pool`), and whose agent may still
+use the server (a reload may have taken it away).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ log = logging.getLogger("agent_mcp_gateway.subscriptions")
 
 Allowed = Callable[[str, str], bool]  # agent, server
 Alive = Callable[[str], bool]  # session key
-Release = Callable[[str, str], Awaitable[None]]  # server, URI: the last subscriber left
+Release = Callable[[str, str, str], Awaitable[None]]  # server, URI, owner: its last subscriber left
 
 
 @dataclass(slots=True)
 class _Subscriber:
     session: ServerSession
     agent_id: str
+    owner: str  # the downstream session subscribed through ("" the shared one)
 
 
 class Subscriptions:
@@ -35,11 +38,14 @@ class Subscriptions:
         self._release = release
         self._by_resource: dict[tuple[str, str], dict[str, _Subscriber]] = {}
 
-    def add(self, key: str, session: ServerSession, agent_id: str, server: str, uri: str) -> bool:
-        """Record a subscription; True when it is the first to this server's resource."""
+    def add(
+        self, key: str, session: ServerSession, agent_id: str, server: str, uri: str, owner: str = ""
+    ) -> bool:
+        """Record a subscription; True when it is the first to this resource through the
+        downstream session of `owner`."""
         subscribers = self._by_resource.setdefault((server, uri), {})
-        first = not subscribers
-        subscribers[key] = _Subscriber(session, agent_id)
+        first = all(subscriber.owner != owner for subscriber in subscribers.values())
+        subscribers[key] = _Subscriber(session, agent_id, owner)
         return first
 
     def server_of(self, key: str, uri: str) -> str | None:
@@ -51,15 +57,20 @@ class Subscriptions:
 
     async def remove(self, key: str, server: str, uri: str) -> None:
         subscribers = self._by_resource.get((server, uri))
-        if subscribers is None or subscribers.pop(key, None) is None:
+        gone = subscribers.pop(key, None) if subscribers is not None else None
+        if subscribers is None or gone is None:
             return
         if not subscribers:
             del self._by_resource[(server, uri)]
-            await self._release(server, uri)
+        if all(subscriber.owner != gone.owner for subscriber in subscribers.values()):
+            await self._release(server, uri, gone.owner)
 
-    async def updated(self, server: str, uri: str) -> None:
-        """Tell the sessions subscribed to this server's `uri` that it changed."""
+    async def updated(self, server: str, uri: str, owner: str = "") -> None:
+        """Tell the sessions subscribed to this server's `uri` through the downstream session
+        of `owner` that it changed."""
         for key, subscriber in list(self._by_resource.get((server, uri), {}).items()):
+            if subscriber.owner != owner:
+                continue
             if not self._alive(key):
                 await self.remove(key, server, uri)
                 continue
