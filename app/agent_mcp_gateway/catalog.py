@@ -160,7 +160,7 @@ def _add(named: dict[str, Routed[T]], key: str, routed: Routed[T]) -> None:
     if other is not routed:
         log.warning(
             "aggregate view name collision; the first server keeps the name",
-            extra={"name": key, "server": other.server, "hidden_server": routed.server},
+            extra={"public_name": key, "server": other.server, "hidden_server": routed.server},
         )
 
 
