@@ -1,13 +1,21 @@
-"""Shared harness for the two tiers of gateway tests, both in front of real downstream servers.
+"""Shared harness of the gateway tests; each folder below is a tier, marked by its name.
 
-In process, for behaviour: the gateway's ASGI app driven by httpx and by fastmcp's client over
-in-process transports (`asgi_gateway`), or its MCP server reached in memory (`memory_gateway`).
-Nothing listens on a port and no gateway process starts, so a test costs what its downstream
-servers cost, and a module can share one gateway.
+- `unit/` (marker `unit`): one module at a time, folders mirroring the package's; no gateway, no
+  process of the test's own (the ops checks run `promtool`).
+- `inprocess/` (`inprocess`): the gateway's ASGI app driven by httpx and by fastmcp's client over
+  in-process transports (`asgi_gateway`), or its MCP server reached in memory (`memory_gateway`),
+  in front of real downstream server processes. Nothing listens on a port of the gateway's and no
+  gateway process starts, so a test costs what its downstream servers cost.
+- `process/` (`process`): real gateway processes started as a client or an operator starts them
+  (`stdio_gateway`, `start_http_gateway`), Granian, signals, the CLI, start-up failures.
+- `container/` (`container`): images and compose stacks under podman.
 
-Process level, for what needs a process (stdio, signals, Granian, start-up failures): real
-gateway processes started as a client or an operator starts them (`stdio_gateway`,
-`start_http_gateway`).
+`pytest -m "not process and not container"` is the fast run. A top-level tests/test_*.py file
+gets no tier marker until it is moved into a folder.
+
+Waiting: helpers wait on what they wait for (a port answering, a process exiting, an event)
+with bounds generous enough for a loaded shared machine (`STARTUP_SECONDS`), and say what they
+waited for when the bound is reached.
 """
 
 from __future__ import annotations
@@ -47,6 +55,22 @@ SERVERS = ROOT / "tests" / "servers"
 NODE_MODULES = ROOT / "tests" / ".servers" / "node_modules"
 EVERYTHING = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 PY = sys.executable
+TIERS = ("unit", "inprocess", "process", "container")
+# How long a process may take to start answering (an interpreter importing fastmcp, Node.js):
+# about 1 s on an idle machine, measured at 10-20 s on a 2-core machine loaded 3-4 deep.
+STARTUP_SECONDS = 90.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, the first folder under tests/ it lives in."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            tier = item.path.resolve().relative_to(tests).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 ACCEPT_BOTH = {"Accept": "application/json, text/event-stream"}

@@ -17,7 +17,8 @@ import yaml
 
 from agent_mcp_gateway.observe import metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 PROM_DIR = ROOT / "prometheus"
 CONFIG = PROM_DIR / "prometheus.yml"
 ALERTS = PROM_DIR / "alerts.yml"

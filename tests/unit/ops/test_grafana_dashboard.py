@@ -20,7 +20,8 @@ import yaml
 
 from agent_mcp_gateway.observe import metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 DASHBOARD = ROOT / "ops" / "grafana" / "agent-mcp-gateway.json"
 PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus.yml"
 

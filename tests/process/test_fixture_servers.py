@@ -22,7 +22,8 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from mcp import MCPError
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 SERVERS = ROOT / "tests" / "servers"
 NODE_MODULES = ROOT / "tests" / ".servers" / "node_modules" / "@modelcontextprotocol"
 EVERYTHING = NODE_MODULES / "server-everything" / "dist" / "index.js"

@@ -28,7 +28,8 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from agent_mcp_gateway.config import ConfigError, load_mcp_config, load_rules
 from agent_mcp_gateway.settings import ENV_PREFIX, Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 K8S = ROOT / "ops" / "k8s"
 COMPOSE_CONFIG = ROOT / "ops" / "compose" / "config"
 

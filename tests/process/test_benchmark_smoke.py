@@ -12,9 +12,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 SCRIPT = ROOT / "benchmarks" / "bench_gateway.py"
 ERAS = ("2025-11-25", "2026-07-28")
 SMOKE = [
