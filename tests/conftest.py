@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,8 @@ import pytest
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 from fastmcp.utilities.asgi_transport import StreamingASGITransport
+from mcp import MCPError
+from mcp_types import CallToolResult
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
@@ -225,9 +227,37 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on right now (the OS's pick)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(
+    port: int,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = STARTUP_SECONDS,
+    what: str = "",
+) -> None:
+    """Until something accepts connections on 127.0.0.1:`port`. Fails at once when `process` (the
+    one meant to listen) exits, and after `timeout` saying what did not start and how loaded the
+    machine was: waiting for the process itself, not for a deadline it may miss under load."""
+    what = what or f"a server on port {port}"
+    started = time.monotonic()
+    while True:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what} exited with status {process.returncode} before it listened")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            pass
+        waited = time.monotonic() - started
+        if waited > timeout:
+            load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+            raise AssertionError(f"{what} did not listen within {waited:.0f} s (load average {load})")
+        time.sleep(0.05)
 
 
 def listening(port: int) -> bool:
@@ -238,21 +268,96 @@ def listening(port: int) -> bool:
         return False
 
 
+class HttpFixtureServer:
+    """A fixture server (tests/servers/NAME.py) as its own process speaking Streamable HTTP on a
+    loopback port (a free one unless given). `start` waits until it listens; `stop` and `start`
+    again restart it on the same port."""
+
+    def __init__(self, name: str = "echo", port: int | None = None) -> None:
+        self.name = name
+        self.port = port if port is not None else free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [PY, str(SERVERS / f"{self.name}.py"), "--http", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(self.port, self.process, what=f"the {self.name} fixture server over HTTP")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 @contextmanager
 def served_over_http(name: str) -> Iterator[str]:
     """A fixture server (tests/servers/NAME.py) over Streamable HTTP on a free port: its URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [PY, str(SERVERS / f"{name}.py"), "--http", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = HttpFixtureServer(name)
+    server.start()
     try:
-        assert wait_until(lambda: listening(port), 30), f"{name} server did not start"
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(10)
+        server.stop()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The process's children (of all its threads), from /proc."""
+    found: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in path.read_text().split()]
+        except OSError:  # the thread (or the process) ended meanwhile
+            continue
+    return found
+
+
+# --- calling the gateway's discovery tools -------------------------------------------------------
+
+
+async def execute(
+    client: Client,
+    server: str,
+    tool: str,
+    /,
+    *,
+    agent_id: str = "dev",
+    timeout_ms: int | None = None,
+    **args: Any,
+) -> CallToolResult:
+    """`execute_tool(server, tool, args)` as `agent_id`: its result as it came (an error result
+    included); a refusal, an MCP error, raises."""
+    arguments: dict[str, Any] = {"agent_id": agent_id, "server": server, "tool": tool, "args": args}
+    if timeout_ms is not None:
+        arguments["timeout_ms"] = timeout_ms
+    return await client.call_tool_mcp("execute_tool", arguments)
+
+
+async def gateway_call_tool(
+    client: Client, server: str, tool: str, /, *, agent_id: str = "dev", **args: Any
+) -> Any:
+    """The downstream tool's structured result through `execute_tool`, which must succeed."""
+    result = await execute(client, server, tool, agent_id=agent_id, **args)
+    assert not result.is_error, result.content
+    return result.structured_content["result"]
+
+
+async def error_of(call: Awaitable[Any]) -> MCPError:
+    """The MCP error a call raises, e.g. `await error_of(execute(client, "echo", "drop_table"))`."""
+    with pytest.raises(MCPError) as caught:
+        await call
+    return caught.value
 
 
 @dataclass
@@ -311,21 +416,6 @@ def start_http_gateway(
         time.sleep(0.1)
     gateway.stop()
     raise AssertionError(f"gateway did not become ready:\n{gateway.log_text()}")
-
-
-@pytest.fixture
-def http_gateway_factory(gateway_files: GatewayFiles) -> Iterator[Any]:
-    started: list[HttpGateway] = []
-
-    def start(**env: str) -> HttpGateway:
-        gateway = start_http_gateway(gateway_files, **env)
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in started:
-        if gateway.process.poll() is None:
-            gateway.stop()
 
 
 # --- in process ---------------------------------------------------------------------------------

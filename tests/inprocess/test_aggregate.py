@@ -1,6 +1,7 @@
 """The aggregate view: an agent's allowed downstream tools, prompts and resources as the
-gateway's own, over HTTP (both protocol eras) and stdio, with live list_changed, relayed
-elicitation/sampling/roots and cancellation; against real fixture servers over stdio."""
+gateway's own, over HTTP (both protocol eras) in process, with live list_changed, relayed
+elicitation/sampling/roots and cancellation; against real fixture servers over stdio. The view
+over a stdio gateway process is in tests/process/test_aggregate_stdio.py."""
 
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from conftest import (
     fixture_server,
     memory_gateway,
     served_over_http,
-    stdio_gateway,
 )
 
 DISCOVERY_TOOLS = {"list_servers", "get_server_tools", "execute_tool"}
@@ -168,22 +168,6 @@ async def test_denied_names_are_reported_as_unknown(gateway_files: GatewayFiles,
         ("narrow", "echo", "structured", "agents.narrow.allow.tools.echo"),
         ("ide", "echo", "fail", "agents.ide.deny.tools.echo[0]"),
     }
-
-
-@pytest.mark.parametrize("mode", ERAS)
-async def test_each_agent_sees_its_own_view_over_stdio(gateway_files: GatewayFiles, mode: str) -> None:
-    write_config(gateway_files)
-    async with (
-        stdio_gateway(gateway_files, mode, GATEWAY_AGENT="ide") as ide,
-        stdio_gateway(gateway_files, mode, GATEWAY_AGENT="narrow") as narrow,
-    ):
-        ide_tools, ide_prompts, ide_resources, _ = await names(ide)
-        assert "st__hello" in ide_tools and ide_prompts == {"st__review"} and "note://readme" in ide_resources
-        assert await names(narrow) == ({"echo__echo", "echo__add"}, set(), set(), set())
-        assert (await ide.call_tool("st__hello", {"name": "bo"})).data == "hello bo"
-        assert (await narrow.call_tool("echo__add", {"a": 2, "b": 3})).data == 5
-        with pytest.raises(MCPError, match="Unknown tool"):
-            await narrow.call_tool_mcp("st__hello", {"name": "bo"})
 
 
 class Notifications(MessageHandler):

@@ -2,7 +2,8 @@
 
 In-process (the ASGI app through httpx, the echo fixture as a real downstream subprocess) so
 that 10,000+ requests fit in CI; `FUZZ_EXAMPLES` raises the count for a longer run. The stdio
-transport gets its own junk, line by line, to a real gateway process.
+transport gets its own junk, line by line, to a real gateway process in
+tests/process/test_fuzz_stdio.py.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import asyncio
 import json
 import os
 import re
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.run.http_app import create_app
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import PY, fixture_server, initialize_message
+from conftest import fixture_server, initialize_message
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2600"))  # x4 requests each
 BOTH = "application/json, text/event-stream"
@@ -300,65 +299,3 @@ async def test_small_methods_cannot_carry_megabytes(fuzzer: Fuzzer) -> None:
         response = await fuzzer.send(json.dumps(body).encode(), {"accept": BOTH, "content-type": JSON})
         assert response.status_code == 400
         assert f"a '{method}' message carries at most" in response.json()["error"]["message"]
-
-
-def test_stdio_survives_junk_lines(tmp_path: Path) -> None:
-    """Junk on the gateway's stdin gets JSON-RPC errors (or nothing), never the process's end."""
-    servers, rules = config_dir(tmp_path / "config")
-    env = {
-        **os.environ,
-        "GATEWAY_MCP_CONFIG": str(servers),
-        "GATEWAY_RULES": str(rules),
-        "GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
-    }
-    junk = [
-        b"not json",
-        b"\xff\xfe\xfd",
-        b"{}",
-        b"[]",
-        b'{"jsonrpc":"2.0","id":1}',
-        deep(5000).encode(),
-        ('{"jsonrpc":"2.0","id":2,"method":"ping","params":{"x":' + deep(5000) + "}}").encode(),
-        b'{"jsonrpc":"2.0","id":3,"method":"nope"}',
-    ]
-    init = initialize_message("fuzz", request_id=10)
-    lines = [
-        json.dumps(init).encode(),
-        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode(),
-    ]
-    lines += junk
-    lines.append(
-        json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": 11,
-                "method": "tools/call",
-                "params": {"name": "list_servers", "arguments": {"agent_id": "builder"}},
-            }
-        ).encode()
-    )
-    process = subprocess.Popen(
-        [PY, "-m", "agent_mcp_gateway"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(b"\n".join(lines) + b"\n")
-    process.stdin.flush()
-    answers: dict[Any, Any] = {}
-    deadline = time.monotonic() + 60
-    while 11 not in answers and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        answer = json.loads(line)
-        answers[answer.get("id")] = answer
-    process.stdin.close()
-    stderr = process.stderr.read() if process.stderr else b""
-    process.wait(30)
-    assert 11 in answers, (answers, stderr[-2000:])
-    assert answers[11]["result"]["structuredContent"]["servers"][0]["name"] == "echo"
-    assert answers[3]["error"]["code"] == -32601
-    assert b"Traceback" not in stderr

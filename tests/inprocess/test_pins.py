@@ -38,7 +38,17 @@ from agent_mcp_gateway.access.pins import (
 )
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import PY, SERVERS, GatewayFiles, asgi_gateway, eventually, gateway_call, memory_gateway, metric
+from conftest import (
+    PY,
+    SERVERS,
+    GatewayFiles,
+    asgi_gateway,
+    eventually,
+    gateway_call,
+    gateway_call_tool,
+    memory_gateway,
+    metric,
+)
 
 RULES = {"agents": {"dev": {"allow": {"servers": ["*"]}}}}
 ORIGINAL = "Say hello to someone."
@@ -72,12 +82,6 @@ async def visible(client: Client, server: str) -> dict[str, str]:
     return {tool["name"]: tool["description"] for tool in listed["tools"]}
 
 
-async def execute(client: Client, server: str, tool: str) -> Any:
-    result = await client.call_tool_mcp("execute_tool", {"agent_id": "dev", "server": server, "tool": tool})
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
-
-
 async def refusal(client: Client, server: str, tool: str) -> MCPError:
     with pytest.raises(MCPError) as caught:
         await client.call_tool_mcp("execute_tool", {"agent_id": "dev", "server": server, "tool": tool})
@@ -86,13 +90,13 @@ async def refusal(client: Client, server: str, tool: str) -> MCPError:
 
 async def restart(client: Client, server: str) -> None:
     """Kill the downstream process and wait until the gateway has reconnected to a new one."""
-    old = await execute(client, server, "pid")
+    old = await gateway_call_tool(client, server, "pid")
     os.kill(old, signal.SIGKILL)
     codes = set()  # of the calls refused while it restarts: only "unavailable"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            if await execute(client, server, "pid") != old:
+            if await gateway_call_tool(client, server, "pid") != old:
                 assert codes <= {-32001}, codes
                 return
         except MCPError as error:
@@ -199,7 +203,7 @@ async def test_changed_definition_is_quarantined_refused_audited_and_approved(
 
         # The unpinned server is unaffected: the new description is shown and the tool runs.
         assert (await visible(client, "plain"))["greet"] == POISONED
-        assert await execute(client, "plain", "greet") == "greet"
+        assert await gateway_call_tool(client, "plain", "greet") == "greet"
 
         code, report = await status(files)
         greet = report["servers"]["pinned"]["tools"]["greet"]
@@ -223,7 +227,7 @@ async def test_changed_definition_is_quarantined_refused_audited_and_approved(
         # The running gateway picks the approval up from the file: no restart, no reconnect.
         shown = await eventually_async(lambda: visible(client, "pinned"), lambda tools: "greet" in tools)
         assert shown["greet"] == POISONED
-        assert await execute(client, "pinned", "greet") == "greet"
+        assert await gateway_call_tool(client, "pinned", "greet") == "greet"
         assert quarantined() == 0
         code, report = await status(files)
         assert code == 0 and report["servers"]["pinned"]["tools"]["greet"]["pin"] == greet["candidate"]
@@ -248,14 +252,14 @@ async def test_list_changed_pins_new_tools_and_a_vanished_tool_keeps_its_pin(
     async def change(tools: dict[str, str]) -> dict[str, str]:
         before = await visible(client, "pinned")
         tools_path(files, "pinned").write_text(json.dumps(tools))
-        await execute(client, "pinned", "reload")  # announces list_changed; the gateway re-lists
+        await gateway_call_tool(client, "pinned", "reload")  # announces list_changed; the gateway re-lists
         return await eventually_async(lambda: visible(client, "pinned"), lambda now: now != before, 5)
 
     async with memory_gateway(files) as running, running.client() as client:
         assert "greet" in await visible(client, "pinned")
         # A new tool is pinned at first sight.
         assert (await change({"greet": ORIGINAL, "extra": "More."}))["extra"] == "More."
-        assert await execute(client, "pinned", "extra") == "extra"
+        assert await gateway_call_tool(client, "pinned", "extra") == "extra"
         # A tool that disappears keeps its pin ...
         assert "greet" not in await change({"extra": "More."})
         pins = json.loads(pins_file(files).read_text())["servers"]["pinned"]

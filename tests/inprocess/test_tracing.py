@@ -2,54 +2,38 @@
 
 In process: the SDK's in-memory exporter collects the gateway's spans for calls sent over raw
 HTTP with a W3C `traceparent` header, and the echo fixture over Streamable HTTP reports the
-`traceparent` header it received. Process level: a Granian gateway exports over OTLP/HTTP to a
-receiver in this process that decodes the protobuf posts.
+`traceparent` header it received. The export over OTLP/HTTP from gateway processes (Granian,
+stdio) is in tests/process/test_tracing_otlp.py; the OTEL_* settings in
+tests/unit/observe/test_tracing.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gzip
-import http.server
 import json
 import secrets
-import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from agent_mcp_gateway.observe import tracing
-from agent_mcp_gateway.settings import SettingsError, load_settings
 
 from conftest import (
     ACCEPT_BOTH,
-    PY,
-    SERVERS,
     AsgiGateway,
     GatewayFiles,
+    HttpFixtureServer,
     asgi_gateway,
     eventually,
-    fixture_server,
-    free_port,
     initialize_message,
     new_gateway_files,
-    start_http_gateway,
-    stdio_gateway,
-    wait_until,
 )
 
 RULES = {
@@ -60,42 +44,15 @@ RULES = {
 }
 
 
-# --- the pieces: a downstream over HTTP, a client that sends traceparent, an OTLP receiver ------
-
-
-class EchoOverHttp:
-    """The echo fixture as its own process speaking Streamable HTTP; its `request_headers` tool
-    returns the headers a call arrived with."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
-        self.process = subprocess.Popen(
-            [PY, str(SERVERS / "echo.py"), "--http", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def up() -> bool:
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=0.5)
-            except httpx.HTTPError:
-                return False
-            return True
-
-        if not wait_until(up, timeout=30):
-            self.stop()
-            raise AssertionError("echo server did not start")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+# --- the pieces: a downstream over HTTP, a client that sends traceparent ----------------------
 
 
 @pytest.fixture(scope="module")
-def echo_http() -> Iterator[EchoOverHttp]:
-    server = EchoOverHttp()
+def echo_http() -> Iterator[HttpFixtureServer]:
+    """The echo fixture over HTTP; its `request_headers` tool returns the headers a call
+    arrived with."""
+    server = HttpFixtureServer("echo")
+    server.start()
     yield server
     server.stop()
 
@@ -170,60 +127,6 @@ def received_headers(answer: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-@dataclass
-class OtlpReceiver:
-    """An OTLP/HTTP trace receiver: decodes each protobuf post into (resource, span) pairs."""
-
-    port: int = field(default_factory=free_port)
-    spans: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
-    posts: int = 0
-
-    def __post_init__(self) -> None:
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                ok = self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
-                if ok:
-                    request = ExportTraceServiceRequest.FromString(body)
-                    for resource_spans in request.resource_spans:
-                        resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-                        for scope_spans in resource_spans.scope_spans:
-                            receiver.spans.extend((resource, span) for span in scope_spans.spans)
-                    receiver.posts += 1
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200 if ok else 404)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def of_trace(self, trace_id: str) -> list[tuple[dict[str, Any], Any]]:
-        return [(resource, span) for resource, span in list(self.spans) if span.trace_id.hex() == trace_id]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _value(value: Any) -> Any:
-    return getattr(value, value.WhichOneof("value"))
-
-
 # --- in process: the SDK's in-memory exporter -------------------------------------------------
 
 
@@ -246,7 +149,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture(scope="module")
 async def traced(
-    exporter: InMemorySpanExporter, echo_http: EchoOverHttp, tmp_path_factory: pytest.TempPathFactory
+    exporter: InMemorySpanExporter, echo_http: HttpFixtureServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AsgiGateway]:
     files = new_gateway_files(tmp_path_factory.mktemp("traced"))
     files.write_servers({"remote": {"description": "echo over HTTP", "url": echo_http.url}})
@@ -468,7 +371,7 @@ async def test_without_a_valid_traceparent_the_trace_starts_at_the_gateway(
 
 
 async def test_tracing_off_adds_no_spans_headers_or_trace_ids(
-    exporter: InMemorySpanExporter, echo_http: EchoOverHttp, gateway_files: GatewayFiles
+    exporter: InMemorySpanExporter, echo_http: HttpFixtureServer, gateway_files: GatewayFiles
 ) -> None:
     gateway_files.write_servers({"remote": {"description": "echo over HTTP", "url": echo_http.url}})
     gateway_files.write_rules(RULES)
@@ -487,89 +390,3 @@ async def test_tracing_off_adds_no_spans_headers_or_trace_ids(
     assert operation == [], "gateway attributes while off"
     lines = await eventually(gateway_files.audit_lines)
     assert [line["trace_id"] for line in lines] == [None]
-
-
-def test_otel_settings_are_read_under_their_own_names() -> None:
-    assert load_settings({}).otel_endpoint is None
-    assert load_settings({}).otel_service_name == "agent-mcp-gateway"
-    settings = load_settings(
-        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SERVICE_NAME": "edge-gw"}
-    )
-    assert (settings.otel_endpoint, settings.otel_service_name) == ("http://collector:4318", "edge-gw")
-    with pytest.raises(SettingsError) as refused:
-        load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"})
-    assert str(refused.value) == (
-        "OTEL_EXPORTER_OTLP_ENDPOINT='collector:4318' is not valid: "
-        "expected an OTLP/HTTP collector URL such as http://collector:4318"
-    )
-
-
-# --- process level: Granian, OTLP over HTTP -----------------------------------------------------
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    running = OtlpReceiver()
-    yield running
-    running.close()
-
-
-async def test_client_gateway_and_downstream_share_one_trace_over_otlp(
-    receiver: OtlpReceiver, echo_http: EchoOverHttp, gateway_files: GatewayFiles
-) -> None:
-    gateway_files.write_servers({"remote": {"description": "echo over HTTP", "url": echo_http.url}})
-    gateway_files.write_rules(RULES)
-    # Batches go out only at shutdown: the spans arrive only if the worker flushes on SIGTERM.
-    gateway = start_http_gateway(
-        gateway_files,
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        OTEL_SERVICE_NAME="gw-under-test",
-        OTEL_BSP_SCHEDULE_DELAY="600000",
-    )
-    header, trace_id, client_span = traceparent()
-    try:
-        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http:
-            client = RawClient(http)
-            await client.initialize()
-            answer = await client.execute("request_headers", headers={"traceparent": header})
-        sent_trace, sent_parent = parse_traceparent(received_headers(answer)["traceparent"])
-        assert sent_trace == trace_id
-        assert await eventually(lambda: audit_line(gateway_files, trace_id))
-        await asyncio.sleep(0.5)
-        assert receiver.of_trace(trace_id) == [], "exported before the shutdown flush"
-    finally:
-        assert gateway.stop() == 0, gateway.log_text()
-
-    exported = await eventually(lambda: receiver.of_trace(trace_id), timeout=10)
-    assert exported, gateway.log_text()
-    resource = exported[0][0]
-    host, _, pid = resource["service.instance.id"].rpartition("/")
-    assert resource["service.name"] == "gw-under-test" and host and pid.isdigit(), resource
-    assert resource["service.version"], resource
-    links = {span.span_id.hex(): (span.name, span.parent_span_id.hex() or None) for _, span in exported}
-    assert ancestry(links, sent_parent) == [*DOWNSTREAM_CHAIN, client_span]
-    names = sorted(name for name, _ in links.values())
-    assert names.count("gateway policy") == 1, names
-
-
-async def test_a_stdio_gateway_exports_its_spans_when_its_input_ends(
-    receiver: OtlpReceiver, gateway_files: GatewayFiles
-) -> None:
-    gateway_files.write_servers({"remote": fixture_server("echo")})
-    gateway_files.write_rules(RULES)
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "600000"}
-    async with stdio_gateway(gateway_files, **env) as client:
-        result = await client.call_tool_mcp(
-            "execute_tool", {"agent_id": "dev", "server": "remote", "tool": "echo", "args": {"text": "hi"}}
-        )
-        assert not result.is_error, result.content
-    lines = await eventually(gateway_files.audit_lines)
-    trace_id = lines[0]["trace_id"]
-    assert isinstance(trace_id, str) and len(trace_id) == 32, lines
-    exported = await eventually(lambda: receiver.of_trace(trace_id), timeout=10)
-    assert exported[0][0]["service.name"] == "agent-mcp-gateway"
-    spans = {span.name: span for _, span in exported}
-    operation = spans["tools/call execute_tool"]
-    assert {a.key: _value(a.value) for a in operation.attributes}["gateway.decision"] == "ALLOW"
-    for name in ("gateway policy", "gateway downstream"):
-        assert spans[name].parent_span_id == operation.span_id, name

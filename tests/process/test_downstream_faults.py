@@ -28,7 +28,10 @@ from conftest import (
     SERVERS,
     GatewayFiles,
     HttpGateway,
+    error_of,
+    execute,
     gateway_call,
+    gateway_call_tool,
     process_alive,
     served_over_http,
     start_http_gateway,
@@ -41,25 +44,6 @@ RULES = {"agents": {"dev": {"allow": {"servers": ["*"]}}}}
 
 def raw_server(**extra: Any) -> dict[str, Any]:
     return {"description": "raw JSON-RPC fixture", "command": PY, "args": [str(SERVERS / "raw.py")], **extra}
-
-
-async def execute(client: Client, tool: str, timeout_ms: int | None = None, **args: Any) -> Any:
-    arguments: dict[str, Any] = {"agent_id": "dev", "server": "raw", "tool": tool, "args": args}
-    if timeout_ms is not None:
-        arguments["timeout_ms"] = timeout_ms
-    return await client.call_tool_mcp("execute_tool", arguments)
-
-
-async def value(client: Client, tool: str, **args: Any) -> Any:
-    result = await execute(client, tool, **args)
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
-
-
-async def error_of(client: Client, tool: str, timeout_ms: int | None = None, **args: Any) -> MCPError:
-    with pytest.raises(MCPError) as caught:
-        await execute(client, tool, timeout_ms, **args)
-    return caught.value
 
 
 @asynccontextmanager
@@ -93,10 +77,10 @@ async def test_junk_on_stdout_is_logged_rate_limited_and_skipped(gateway_files: 
     gateway_files.write_servers({"raw": raw_server(env={"RAW_BANNER": "1"})})
     gateway_files.write_rules(RULES)
     async with http_gateway(gateway_files) as gateway, Client(gateway.mcp_url) as client:
-        pid = await value(client, "pid")
-        assert await value(client, "junk", lines=200) == "junk written"
-        assert await value(client, "echo", text="still here") == "still here"
-        assert await value(client, "pid") == pid  # the same session all along
+        pid = await gateway_call_tool(client, "raw", "pid")
+        assert await gateway_call_tool(client, "raw", "junk", lines=200) == "junk written"
+        assert await gateway_call_tool(client, "raw", "echo", text="still here") == "still here"
+        assert await gateway_call_tool(client, "raw", "pid") == pid  # the same session all along
         raw = httpx.get(f"{gateway.base_url}/ready").json()["servers"]["raw"]
         assert raw["state"] == "up" and raw["last_error"] is None
         # 4 junk lines in the banner, 160 among the 200 (every fifth line is empty, not junk)
@@ -117,18 +101,18 @@ async def test_result_over_max_result_bytes_is_refused_without_dropping_the_conn
     gateway_files.write_servers({"raw": raw_server(max_result_bytes=1_000_000)})
     gateway_files.write_rules(RULES)
     async with stdio_gateway(gateway_files) as client:
-        pid = await value(client, "pid")
-        bystander = asyncio.create_task(execute(client, "sleep", seconds=1.0))
+        pid = await gateway_call_tool(client, "raw", "pid")
+        bystander = asyncio.create_task(execute(client, "raw", "sleep", seconds=1.0))
         await asyncio.sleep(0.3)  # two calls pending: the error must find its call by id
-        refused = await error_of(client, "blob", size=2_000_000, id_last=id_last)
+        refused = await error_of(execute(client, "raw", "blob", size=2_000_000, id_last=id_last))
         assert refused.code == -32006
         assert refused.data["code"] == "RESULT_TOO_LARGE" and refused.data["limit"] == 1_000_000
         assert refused.data["size"] > 2_000_000 and refused.data["server"] == "raw"
         assert "max_result_bytes" in refused.message
         assert not (await bystander).is_error
-        fits = await execute(client, "blob", size=900_000, id_last=id_last)
+        fits = await execute(client, "raw", "blob", size=900_000, id_last=id_last)
         assert fits.content[0].text == "x" * 900_000
-        assert await value(client, "pid") == pid
+        assert await gateway_call_tool(client, "raw", "pid") == pid
 
 
 # --- process groups -------------------------------------------------------------------------------
@@ -138,15 +122,15 @@ async def test_crashed_server_group_is_ended_before_it_is_restarted(gateway_file
     gateway_files.write_servers({"raw": raw_server()})
     gateway_files.write_rules(RULES)
     async with stdio_gateway(gateway_files) as client:
-        first = await value(client, "pid")
-        sleeper = await value(client, "spawn_sleeper")
+        first = await gateway_call_tool(client, "raw", "pid")
+        sleeper = await gateway_call_tool(client, "raw", "spawn_sleeper")
         assert process_alive(sleeper)
-        crashed = await error_of(client, "crash")
+        crashed = await error_of(execute(client, "raw", "crash"))
         assert crashed.code == -32001
         deadline = time.monotonic() + 15
         while True:
             with suppress(MCPError):
-                second = await value(client, "pid")
+                second = await gateway_call_tool(client, "raw", "pid")
                 break
             assert time.monotonic() < deadline, "the server was not restarted"
             await asyncio.sleep(0.1)
@@ -158,8 +142,8 @@ async def test_server_group_is_ended_at_shutdown(gateway_files: GatewayFiles) ->
     gateway_files.write_servers({"raw": raw_server()})
     gateway_files.write_rules(RULES)
     async with stdio_gateway(gateway_files) as client:
-        server = await value(client, "pid")
-        sleeper = await value(client, "spawn_sleeper")
+        server = await gateway_call_tool(client, "raw", "pid")
+        sleeper = await gateway_call_tool(client, "raw", "spawn_sleeper")
     assert await asyncio.to_thread(wait_until, lambda: not process_alive(sleeper), 10)
     assert not process_alive(server)
 
@@ -169,7 +153,10 @@ async def test_children_die_with_a_killed_stdio_gateway(gateway_files: GatewayFi
     gateway_files.write_rules(RULES)
     async with stdio_gateway(gateway_files, GATEWAY_DEBUG="1") as client:
         gateway_pid = (await gateway_call(client, "get_gateway_status"))["pid"]
-        children = [await value(client, "pid"), await value(client, "spawn_sleeper")]
+        children = [
+            await gateway_call_tool(client, "raw", "pid"),
+            await gateway_call_tool(client, "raw", "spawn_sleeper"),
+        ]
         os.kill(gateway_pid, signal.SIGKILL)
         assert await asyncio.to_thread(wait_until, lambda: not any(map(process_alive, children)), 10)
 
@@ -182,7 +169,11 @@ async def test_children_die_with_a_killed_granian_gateway(gateway_files: Gateway
     async with http_gateway(gateway_files, GATEWAY_DEBUG="1") as gateway:
         async with Client(gateway.mcp_url) as client:
             worker = (await gateway_call(client, "get_gateway_status"))["pid"]
-            children = [worker, await value(client, "pid"), await value(client, "spawn_sleeper")]
+            children = [
+                worker,
+                await gateway_call_tool(client, "raw", "pid"),
+                await gateway_call_tool(client, "raw", "spawn_sleeper"),
+            ]
         os.kill(worker if victim == "worker" else gateway.process.pid, signal.SIGKILL)
         assert await asyncio.to_thread(wait_until, lambda: not any(map(process_alive, children[1:])), 10)
         if victim == "main":
@@ -199,10 +190,10 @@ async def test_circuit_opens_after_repeated_timeouts_and_a_probe_closes_it(
     gateway_files.write_rules(RULES)
     async with http_gateway(gateway_files) as gateway, Client(gateway.mcp_url) as client:
         for _ in range(5):
-            timed_out = await error_of(client, "sleep", timeout_ms=100, seconds=5)
+            timed_out = await error_of(execute(client, "raw", "sleep", timeout_ms=100, seconds=5))
             assert timed_out.code == -32004
         started = time.monotonic()
-        refused = await error_of(client, "echo", text="fails fast")
+        refused = await error_of(execute(client, "raw", "echo", text="fails fast"))
         assert time.monotonic() - started < 1
         assert refused.code == -32001 and refused.data["server"] == "raw"
         assert "circuit open" in refused.data["reason"] and "call timed out" in refused.data["reason"]
@@ -210,7 +201,7 @@ async def test_circuit_opens_after_repeated_timeouts_and_a_probe_closes_it(
         assert circuit["state"] == "open" and circuit["consecutive_failures"] == 5
         assert scrape(gateway, "gateway_downstream_circuit_open", "raw") == 1
         await asyncio.sleep(circuit["retry_in_seconds"] + 0.1)
-        assert await value(client, "echo", text="probe") == "probe"
+        assert await gateway_call_tool(client, "raw", "echo", text="probe") == "probe"
         circuit = httpx.get(f"{gateway.base_url}/ready").json()["servers"]["raw"]["circuit"]
         assert circuit == {"state": "closed", "consecutive_failures": 0}
         assert scrape(gateway, "gateway_downstream_circuit_open", "raw") == 0
@@ -224,8 +215,8 @@ async def test_downstream_errors_reach_the_caller_without_their_details(gateway_
     gateway_files.write_rules(RULES)
     async with http_gateway(gateway_files) as gateway:
         async with Client(gateway.mcp_url) as client:
-            custom = await error_of(client, "fail_rpc", code=-32099)
-            standard = await error_of(client, "fail_rpc", code=-32602)
+            custom = await error_of(execute(client, "raw", "fail_rpc", code=-32099))
+            standard = await error_of(execute(client, "raw", "fail_rpc", code=-32602))
         assert custom.code == -32007 and standard.code == -32602
         for error in (custom, standard):
             assert error.data["code"] == "DOWNSTREAM_ERROR" and error.data["server"] == "raw"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from mcp import MCPError
 
-from conftest import ROOT
+from conftest import ROOT, free_port, wait_for_port
 
 SERVERS = ROOT / "tests" / "servers"
 NODE_MODULES = ROOT / "tests" / ".servers" / "node_modules" / "@modelcontextprotocol"
@@ -50,25 +49,6 @@ async def tool_names(client: Client) -> set[str]:
     return {tool.name for tool in await client.list_tools()}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(process: subprocess.Popen[bytes], port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early with status {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listened on port {port} within {timeout}s")
-
-
 @pytest.fixture
 def http_server() -> Iterator[Any]:
     """Start a server process on a free loopback port; stopped at the end of the test."""
@@ -84,7 +64,7 @@ def http_server() -> Iterator[Any]:
             stderr=subprocess.DEVNULL,
         )
         started.append(process)
-        wait_for_port(process, port)
+        wait_for_port(port, process, what=" ".join(command))
         return f"http://127.0.0.1:{port}/mcp"
 
     yield start

@@ -19,8 +19,10 @@ import pytest
 from conftest import (
     STANDARD_RULES,
     GatewayFiles,
+    child_pids,
     fixture_server,
     gateway_call,
+    gateway_call_tool,
     process_alive,
     stdio_gateway,
     wait_until,
@@ -33,14 +35,6 @@ def two_children(gateway_files: GatewayFiles) -> GatewayFiles:
     gateway_files.write_servers({"slow": fixture_server("slow"), "crashing": fixture_server("crashing")})
     gateway_files.write_rules(STANDARD_RULES)
     return gateway_files
-
-
-async def gateway_call_tool(client: Any, server: str, tool: str, **args: Any) -> Any:
-    result = await client.call_tool_mcp(
-        "execute_tool", {"agent_id": "builder", "server": server, "tool": tool, "args": args}
-    )
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -88,7 +82,9 @@ async def test_stdio_session_end_to_end(gateway_files: GatewayFiles, mode: str) 
 
 async def test_no_child_process_outlives_the_gateway(two_children: GatewayFiles) -> None:
     async with stdio_gateway(two_children) as client:
-        pids = [await gateway_call_tool(client, name, "pid") for name in ("slow", "crashing")]
+        pids = [
+            await gateway_call_tool(client, name, "pid", agent_id="builder") for name in ("slow", "crashing")
+        ]
         assert all(process_alive(pid) for pid in pids)
     assert await asyncio.to_thread(wait_until, lambda: not any(process_alive(pid) for pid in pids), 15)
 
@@ -131,13 +127,6 @@ def test_sigterm_over_stdio_closes_servers_and_exits_0(two_children: GatewayFile
     finally:
         if gateway.poll() is None:
             gateway.kill()
-
-
-def child_pids(pid: int) -> list[int]:
-    found: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        found += [int(child) for child in path.read_text().split()]
-    return found
 
 
 def servers_started(pid: int) -> set[str]:

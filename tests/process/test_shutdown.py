@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +27,7 @@ from conftest import (
     STANDARD_RULES,
     GatewayFiles,
     HttpGateway,
+    child_pids,
     fixture_server,
     gateway_call,
     initialize_message,
@@ -150,13 +150,6 @@ def stop(gateway: HttpGateway) -> None:
     if gateway.process.poll() is None:
         gateway.process.kill()
         gateway.process.wait()
-
-
-def child_pids(pid: int) -> list[int]:
-    found: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        found += [int(child) for child in path.read_text().split()]
-    return found
 
 
 # --- stdio ----------------------------------------------------------------------------------------

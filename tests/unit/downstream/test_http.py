@@ -1,15 +1,23 @@
-"""KeepAlive: an HTTP downstream's answer closed early still gives its connection back."""
+"""The HTTP downstream's pieces without a server: KeepAlive gives a connection back when an
+answer is closed early, the resolver falls back to the last answer during a name server outage,
+and a call still looking up its host fails cleanly when the connection closes."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
+import aiohttp.abc
 import anyio
 import httpx2
 import pytest
 
 from agent_mcp_gateway.downstream import http as downstream_http
-from agent_mcp_gateway.downstream.http import KeepAlive
+from agent_mcp_gateway.downstream.http import HttpCalls, KeepAlive, LastGoodResolver
 
 
 class _Body(httpx2.AsyncByteStream):
@@ -72,3 +80,68 @@ async def test_a_large_tail_is_not_read_past_the_byte_bound(monkeypatch: pytest.
     await _read_first_part_and_close(body)
     assert body.closed
     assert body.read == body.parts[:3]
+
+
+class Outage(aiohttp.abc.AbstractResolver):
+    """A name server that has stopped answering: lookups fail, or hang."""
+
+    def __init__(self, hang: bool) -> None:
+        self.hang = hang
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        if self.hang:
+            await asyncio.sleep(3600)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["failing", "hanging"])
+async def test_a_name_server_outage_falls_back_to_the_last_answer(hang: bool) -> None:
+    system = aiohttp.ThreadedResolver()
+    resolver = LastGoodResolver(system)
+    answer = await resolver.resolve("localhost", 8000)
+    assert answer and all(entry["hostname"] == "localhost" for entry in answer)
+    resolver._system = Outage(hang)
+    started = time.monotonic()
+    assert await resolver.resolve("localhost", 8000) == answer
+    waited = time.monotonic() - started
+    # A hanging lookup is given up after RESOLVE_SECONDS (2 s), not after its own 3600 s; the
+    # bound leaves room for a loaded machine.
+    assert waited < 30, waited
+    # A name with no answer yet has nothing to fall back on: the lookup's own outcome stands.
+    with pytest.raises(TimeoutError if hang else socket.gaierror):
+        async with asyncio.timeout(0.5):
+            await resolver.resolve("never-looked-up.invalid", 8000)
+
+
+class NoMessages:
+    """A call that expects nothing from the server while it runs."""
+
+    wants_progress = False
+
+    async def progress(self, params: dict[str, Any]) -> None:
+        raise AssertionError(params)
+
+    async def notify(self, method: str, params: dict[str, Any] | None) -> None:
+        raise AssertionError(method)
+
+    async def answer(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        raise AssertionError(method)
+
+
+async def test_a_call_still_looking_up_its_host_when_the_connection_closes_fails_cleanly() -> None:
+    """aiohttp cancels such a request when its session closes; let through, that cancellation
+    ended the calling client's whole MCP session (its next request got 404), not just the call."""
+    resolver = LastGoodResolver(Outage(hang=True))
+    keep_alive = KeepAlive(httpx2.AsyncHTTPTransport())
+    calls = HttpCalls("http://downstream.invalid:9000/mcp", {}, keep_alive, 1 << 20, resolver)
+    call = asyncio.create_task(calls.request("tools/call", {"name": "echo"}, NoMessages()))
+    await asyncio.sleep(0.2)
+    await calls.aclose()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(call, 30)
+    assert not call.cancelled()

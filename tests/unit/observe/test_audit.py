@@ -1,14 +1,12 @@
 """The audit log: complete JSON lines, size rotation, a hash chain that `audit verify` checks,
-no tool arguments, and write failures that are never silent."""
+and write failures that are never silent. That a gateway writes no tool arguments is in
+tests/inprocess/test_audit.py; the `audit verify` command in tests/process/test_audit_verify.py."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime
@@ -17,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import MCPError
 
 from agent_mcp_gateway.observe.audit import GENESIS, AuditLog, AuditRecord, ChainCheck, verify
 from agent_mcp_gateway.observe.metrics import REGISTRY
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import AUDIT_SPEC_FIELDS, GatewayFiles, fixture_server, memory_gateway, wait_until
+from conftest import AUDIT_SPEC_FIELDS, wait_until
 
 # How the line was authenticated, and the chain.
 EXTRA_FIELDS = {"auth", "credential", "claimed_agent_id", "trace_id", "prev_hash"}
@@ -301,106 +298,3 @@ def test_a_line_that_could_not_be_written_leaves_a_gap_in_the_chain(
     assert verify([path]).first_prev_hash == kept["prev_hash"]
     messages = [entry.getMessage() for entry in gateway_errors]
     assert messages.count("audit line could not be written") == 1
-
-
-SECRET = "s3cr3t-argument-5f0e"
-
-
-async def test_tool_call_arguments_never_reach_the_audit_log(gateway_files: GatewayFiles) -> None:
-    gateway_files.write_servers({"echo": fixture_server("echo")})
-    gateway_files.write_rules(
-        {"agents": {"builder": {"allow": {"servers": ["echo"]}, "deny": {"tools": {"echo": ["drop_*"]}}}}}
-    )
-    calls = [  # (tool, arguments, how the call ends: a result, an error result, or an MCP error code)
-        ("echo", {"text": SECRET}, "result"),  # allowed
-        ("drop_table", {"table": SECRET}, -32000),  # denied by policy
-        ("fail", {"message": SECRET}, "error result"),  # the downstream tool fails with the argument
-        ("add", {"a": SECRET, "b": 1}, "error result"),  # the downstream server rejects the arguments
-        ("no_such_tool", {"anything": SECRET}, -32002),
-    ]
-    outcomes: list[str | int] = []
-    async with memory_gateway(gateway_files) as gateway, gateway.client() as client:
-        for tool, args, _ in calls:
-            arguments = {"agent_id": "builder", "server": "echo", "tool": tool, "args": args}
-            try:
-                result = await client.call_tool_mcp("execute_tool", arguments)
-            except MCPError as error:
-                outcomes.append(error.code)
-            else:
-                outcomes.append("error result" if result.is_error else "result")
-    assert outcomes == [expected for _, _, expected in calls]
-
-    raw = gateway_files.audit.read_bytes()
-    assert SECRET.encode() not in raw
-    executed = [line for line in gateway_files.audit_lines() if line["operation"] == "execute_tool"]
-    assert [line["tool"] for line in executed] == [tool for tool, _, _ in calls]
-    assert [line["decision"] for line in executed] == ["ALLOW", "DENY", "ALLOW", "ALLOW", "ERROR"]
-    assert all(set(line) == AUDIT_SPEC_FIELDS | EXTRA_FIELDS for line in executed)
-    assert verify([gateway_files.audit]).problem is None
-
-
-def run_verify(*files: Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "agent_mcp_gateway", "audit", "verify", *map(str, files)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
-
-
-def test_audit_verify_command(tmp_path: Path) -> None:
-    path = tmp_path / "audit.jsonl"
-    write_lines(path, 40, max_bytes=2500, backups=2)
-    files = [path.with_name("audit.jsonl.2"), path.with_name("audit.jsonl.1"), path]
-    count = sum(len(lines(file)) for file in files)
-
-    result = run_verify(*files)
-    assert result.returncode == 0, result.stdout + result.stderr
-    first_prev_hash = lines(files[0])[0]["prev_hash"]
-    assert result.stdout.splitlines() == [
-        f"OK: {count} lines",
-        f"chain starts at: {first_prev_hash} (an earlier file)",
-        f"last line hash:  {digest(path.read_bytes().splitlines()[-1])}",
-    ]
-
-    result = run_verify(files[1], files[0], path)
-    assert result.returncode == 1
-    assert result.stdout.startswith(f"BROKEN: {files[0]}:1: prev_hash is not the hash of the last line of")
-
-    tampered(files[1], "edit")
-    result = run_verify(*files)
-    assert result.returncode == 1
-    assert result.stdout.splitlines() == [
-        f"BROKEN: {files[1]}:3: prev_hash is not the hash of the line before "
-        "(a line was changed, removed or inserted)",
-        f"intact lines before it: {len(lines(files[0])) + 2}",
-    ]
-
-
-def test_audit_verify_command_on_new_and_unreadable_files(tmp_path: Path) -> None:
-    path = tmp_path / "audit.jsonl"
-    write_lines(path, 1)
-    result = run_verify(path)
-    assert (result.returncode, result.stdout.splitlines()[:2]) == (
-        0,
-        ["OK: 1 line", "chain starts at: genesis"],
-    )
-
-    empty = tmp_path / "empty.jsonl"
-    empty.write_bytes(b"")
-    result = run_verify(empty)
-    assert (result.returncode, result.stdout) == (0, "OK: 0 lines\n")
-
-    binary = tmp_path / "binary"
-    binary.write_bytes(bytes(range(256)) * 4)
-    result = run_verify(binary)
-    assert result.returncode == 1 and result.stdout.startswith(f"BROKEN: {binary}:1: ")
-
-    for unreadable in (tmp_path / "missing.jsonl", tmp_path):
-        result = run_verify(path, unreadable)
-        assert result.returncode == 2 and result.stdout == ""
-        assert result.stderr.startswith(f"error: cannot read {unreadable}: ")
