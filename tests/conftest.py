@@ -61,6 +61,10 @@ TIERS = ("unit", "inprocess", "process", "container")
 # How long a process may take to start answering (an interpreter importing fastmcp, Node.js):
 # about 1 s on an idle machine, measured at 10-20 s on a 2-core machine loaded 3-4 deep.
 STARTUP_SECONDS = 90.0
+# The least time a wait for something that must happen gets (`wait_until`, `eventually`): the
+# bound only decides how soon a failing test says so, and the figures tests name are what an
+# idle machine needs.
+WAIT_SECONDS = 60.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -159,7 +163,8 @@ class GatewayFiles:
             "GATEWAY_RULES": str(self.rules),
             "GATEWAY_AUDIT_LOG": str(self.audit),
             "GATEWAY_PING_INTERVAL": "1",
-            "GATEWAY_CONNECT_TIMEOUT": "20",
+            # One attempt to connect a downstream server; under load one has taken over 20 s.
+            "GATEWAY_CONNECT_TIMEOUT": "60",
             "PYTHONUNBUFFERED": "1",
         }
         env.update(extra)
@@ -217,8 +222,9 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
+def wait_until(predicate: Any, timeout: float = WAIT_SECONDS, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds, for at least `WAIT_SECONDS` whatever `timeout` says."""
+    deadline = time.monotonic() + max(timeout, WAIT_SECONDS)
     while time.monotonic() < deadline:
         if predicate():
             return True
@@ -403,7 +409,7 @@ def start_http_gateway(
             stderr=subprocess.STDOUT,
         )
     gateway = HttpGateway(process, f"http://127.0.0.1:{port}", files, log_path)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"gateway exited early:\n{gateway.log_text()}")
@@ -526,10 +532,11 @@ async def memory_gateway(files: GatewayFiles, **env: str) -> AsyncIterator[Memor
         yield MemoryGateway(server, gateway, files)
 
 
-async def eventually(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:
+async def eventually(predicate: Callable[[], T], timeout: float = WAIT_SECONDS, interval: float = 0.05) -> T:
     """`wait_until` for async tests: polls without blocking the loop an in-process gateway runs
-    on, and returns the predicate's last result (audit lines reach the file from a thread)."""
-    deadline = time.monotonic() + timeout
+    on, and returns the predicate's last result (audit lines reach the file from a thread). Like
+    `wait_until`, it waits at least `WAIT_SECONDS` before giving up."""
+    deadline = time.monotonic() + max(timeout, WAIT_SECONDS)
     while True:
         result = predicate()
         if result or time.monotonic() >= deadline:

@@ -23,6 +23,7 @@ from agent_mcp_gateway.config import ConfigError, load_mcp_config
 from conftest import (
     PY,
     SERVERS,
+    WAIT_SECONDS,
     GatewayFiles,
     asgi_gateway,
     eventually,
@@ -226,7 +227,7 @@ async def test_get_server_tools_answers_from_the_refreshed_cache(gateway_files: 
             result = await client.call_tool("get_server_tools", {"agent_id": "classic", "server": "changing"})
             return {tool["name"] for tool in result.structured_content["tools"]}  # type: ignore[index]
 
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_SECONDS
         while "x1" not in await listed() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert "x1" in await listed()
@@ -312,7 +313,7 @@ async def test_cancelling_a_call_cancels_it_downstream(
             contents = await ide.read_resource("note://cancelled")
             return json.loads(contents[0].text)  # type: ignore[union-attr]
 
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_SECONDS
         while not await cancelled() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert await cancelled() == [30]

@@ -19,6 +19,7 @@ from mcp import MCPError
 from conftest import (
     AUDIT_SPEC_FIELDS,
     STANDARD_RULES,
+    WAIT_SECONDS,
     GatewayFiles,
     MemoryGateway,
     error_of,
@@ -288,7 +289,7 @@ async def test_killed_stdio_server_is_unavailable_then_restarted(gateway_files: 
                 return None
 
         second = await current_pid()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + WAIT_SECONDS
         while second is None and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             second = await current_pid()
@@ -349,7 +350,7 @@ async def test_tool_list_changes_are_picked_up(gateway_files: GatewayFiles) -> N
             {"agent_id": "dev", "server": "changing", "tool": "add_tool", "args": {"name": "fresh_tool"}},
         )
         assert added.content[0].text == "added fresh_tool"
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_SECONDS
         names: set[str] = set()
         while time.monotonic() < deadline:
             after = await gateway_call(client, "get_server_tools", agent_id="dev", server="changing")

@@ -20,6 +20,7 @@ from mcp import MCPError
 from conftest import (
     ACCEPT_BOTH,
     STANDARD_RULES,
+    STARTUP_SECONDS,
     AsgiGateway,
     GatewayFiles,
     asgi_gateway,
@@ -59,7 +60,7 @@ async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Asg
         yield running
 
 
-async def until_ready(service: AsgiGateway, timeout: float = 30) -> dict[str, Any]:
+async def until_ready(service: AsgiGateway, timeout: float = STARTUP_SECONDS) -> dict[str, Any]:
     """/ready's body once it answers 200 (every downstream server has been tried)."""
     async with service.http() as http:
         response = await http.get("/ready")

@@ -41,6 +41,7 @@ from agent_mcp_gateway.settings import load_settings
 from conftest import (
     PY,
     SERVERS,
+    WAIT_SECONDS,
     GatewayFiles,
     asgi_gateway,
     eventually,
@@ -93,7 +94,7 @@ async def restart(client: Client, server: str) -> None:
     old = await gateway_call_tool(client, server, "pid")
     os.kill(old, signal.SIGKILL)
     codes = set()  # of the calls refused while it restarts: only "unavailable"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         try:
             if await gateway_call_tool(client, server, "pid") != old:
@@ -233,8 +234,8 @@ async def test_changed_definition_is_quarantined_refused_audited_and_approved(
         assert code == 0 and report["servers"]["pinned"]["tools"]["greet"]["pin"] == greet["candidate"]
 
 
-async def eventually_async(fetch: Any, done: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
+async def eventually_async(fetch: Any, done: Any) -> Any:
+    deadline = time.monotonic() + WAIT_SECONDS
     while True:
         value = await fetch()
         if done(value) or time.monotonic() >= deadline:
@@ -253,7 +254,7 @@ async def test_list_changed_pins_new_tools_and_a_vanished_tool_keeps_its_pin(
         before = await visible(client, "pinned")
         tools_path(files, "pinned").write_text(json.dumps(tools))
         await gateway_call_tool(client, "pinned", "reload")  # announces list_changed; the gateway re-lists
-        return await eventually_async(lambda: visible(client, "pinned"), lambda now: now != before, 5)
+        return await eventually_async(lambda: visible(client, "pinned"), lambda now: now != before)
 
     async with memory_gateway(files) as running, running.client() as client:
         assert "greet" in await visible(client, "pinned")

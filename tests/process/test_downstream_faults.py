@@ -26,6 +26,7 @@ from mcp import MCPError
 from conftest import (
     PY,
     SERVERS,
+    WAIT_SECONDS,
     GatewayFiles,
     HttpGateway,
     error_of,
@@ -127,7 +128,7 @@ async def test_crashed_server_group_is_ended_before_it_is_restarted(gateway_file
         assert process_alive(sleeper)
         crashed = await error_of(execute(client, "raw", "crash"))
         assert crashed.code == -32001
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + WAIT_SECONDS
         while True:
             with suppress(MCPError):
                 second = await gateway_call_tool(client, "raw", "pid")

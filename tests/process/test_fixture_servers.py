@@ -21,7 +21,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from mcp import MCPError
 
-from conftest import ROOT, free_port, wait_for_port
+from conftest import ROOT, WAIT_SECONDS, free_port, wait_for_port
 
 SERVERS = ROOT / "tests" / "servers"
 NODE_MODULES = ROOT / "tests" / ".servers" / "node_modules" / "@modelcontextprotocol"
@@ -142,7 +142,8 @@ async def test_crashing_server_dies_mid_call(tool: str, args: dict[str, Any]) ->
 
 
 def _alive(pid: int) -> bool:
-    deadline = time.monotonic() + 5
+    """Whether the process is still alive after a generous wait for it to end."""
+    deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
@@ -225,7 +226,7 @@ async def test_tool_list_change_outside_a_request_reaches_session_clients_only()
     sessionless = ListChanges()
     async with connect(fixture("list_changing"), mode="auto", message_handler=sessionless) as client:
         await client.call_tool("add_tool_later", {"name": "v3", "delay": 0.05})
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_SECONDS
         while "v3" not in await tool_names(client):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)

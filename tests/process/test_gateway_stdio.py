@@ -18,6 +18,7 @@ import pytest
 
 from conftest import (
     STANDARD_RULES,
+    WAIT_SECONDS,
     GatewayFiles,
     child_pids,
     fixture_server,
@@ -96,7 +97,7 @@ async def test_sighup_reloads(gateway_files: GatewayFiles) -> None:
         status = await gateway_call(client, "get_gateway_status")
         assert status["pid"] != os.getpid()
         os.kill(status["pid"], signal.SIGHUP)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_SECONDS
         sources: list[str] = []
         while time.monotonic() < deadline:
             status = await gateway_call(client, "get_gateway_status")
@@ -122,7 +123,7 @@ def test_sigterm_over_stdio_closes_servers_and_exits_0(two_children: GatewayFile
         assert wait_until(lambda: {"slow.py", "crashing.py"} <= servers_started(gateway.pid), timeout=30)
         children = child_pids(gateway.pid)
         gateway.send_signal(signal.SIGTERM)
-        assert gateway.wait(20) == 0
+        assert gateway.wait(WAIT_SECONDS) == 0
         assert wait_until(lambda: not any(process_alive(pid) for pid in children), timeout=10)
     finally:
         if gateway.poll() is None:
