@@ -167,6 +167,10 @@ class GatewayFiles:
             "GATEWAY_CONNECT_TIMEOUT": "60",
             "PYTHONUNBUFFERED": "1",
         }
+        # A stdio client passes the server only a few variables (HOME, PATH, ...): without this a
+        # gateway process started from a worktree would import another checkout's package.
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         env.update(extra)
         return env
 
