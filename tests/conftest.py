@@ -59,7 +59,8 @@ EVERYTHING = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dis
 PY = sys.executable
 TIERS = ("unit", "inprocess", "process", "container")
 # How long a process may take to start answering (an interpreter importing fastmcp, Node.js):
-# about 1 s on an idle machine, measured at 10-20 s on a 2-core machine loaded 3-4 deep.
+# about 1 s on an idle machine; CLI runs and server start-ups took 5-30 s on this 2-core machine
+# with a load average of 4-8 (other test runs beside this one).
 STARTUP_SECONDS = 90.0
 # The least time a wait for something that must happen gets (`wait_until`, `eventually`): the
 # bound only decides how soon a failing test says so, and the figures tests name are what an

@@ -17,12 +17,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from conftest import (
@@ -35,6 +33,7 @@ from conftest import (
     free_port,
     new_gateway_files,
     start_http_gateway,
+    wait_for_port,
 )
 
 CONFORMANCE = NODE_MODULES / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
@@ -120,17 +119,10 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=0.5)
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None, f"the conformance fixture exited:\n{log.read_text()}"
-                assert time.monotonic() < deadline, (
-                    f"the conformance fixture did not start:\n{log.read_text()}"
-                )
-                time.sleep(0.1)
+        try:
+            wait_for_port(port, process, what="the conformance fixture")
+        except AssertionError as error:
+            raise AssertionError(f"{error}:\n{log.read_text()}") from None
         return run_suite(f"http://127.0.0.1:{port}/mcp", root / "results")
     finally:
         process.terminate()
