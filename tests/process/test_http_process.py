@@ -23,6 +23,7 @@ from mcp import MCPError
 from conftest import (
     PY,
     STANDARD_RULES,
+    WAIT_SECONDS,
     GatewayFiles,
     HttpGateway,
     fixture_server,
@@ -39,7 +40,10 @@ from conftest import (
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
     """One Granian process for the module; the SIGTERM test, last, ends it."""
     files = new_gateway_files(tmp_path_factory.mktemp("served"))
-    files.write_servers({"echo": fixture_server("echo"), "slow": fixture_server("slow")})
+    started = files.directory.parent / "slow-started"
+    started.mkdir()
+    slow = fixture_server("slow", env={"SLOW_STARTED_DIR": str(started)})
+    files.write_servers({"echo": fixture_server("echo"), "slow": slow})
     files.write_rules(STANDARD_RULES)
     gateway = start_http_gateway(files)
     yield gateway
@@ -111,7 +115,10 @@ def test_sigterm_finishes_in_flight_calls(served: HttpGateway) -> None:
                 )
                 for _ in range(3)
             ]
-            await asyncio.sleep(0.5)
+            # Once the three calls have reached the slow server (each leaves a file as it starts).
+            started = served.files.directory.parent / "slow-started"
+            in_flight = await asyncio.to_thread(wait_until, lambda: len(list(started.iterdir())) >= 3)
+            assert in_flight, list(started.iterdir())
             served.process.send_signal(signal.SIGTERM)
             results = await asyncio.gather(*calls, return_exceptions=True)
             return results, pid
@@ -119,8 +126,8 @@ def test_sigterm_finishes_in_flight_calls(served: HttpGateway) -> None:
     results, downstream_pid = asyncio.run(scenario())
     assert all(not isinstance(r, BaseException) and not r.is_error for r in results), results
     assert [r.content[0].text for r in results] == ["slept 1.5"] * 3
-    assert served.process.wait(30) == 0
-    assert wait_until(lambda: not process_alive(downstream_pid), 10)
+    assert served.process.wait(WAIT_SECONDS) == 0
+    assert wait_until(lambda: not process_alive(downstream_pid))
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{served.base_url}/health", timeout=1)
 
