@@ -205,10 +205,12 @@ async def test_idle_session_expires(gateway_files: GatewayFiles) -> None:
     gateway_files.write_servers({})
     gateway_files.write_rules(STANDARD_RULES)
     list_call = {"jsonrpc": "2.0", "id": 5, "method": "tools/list"}
-    async with asgi_gateway(gateway_files, GATEWAY_SESSION_TTL="2") as service, service.http() as client:
+    async with asgi_gateway(gateway_files, GATEWAY_SESSION_TTL="3") as service, service.http() as client:
         idle = await initialize(client)
         kept = await initialize(client)
-        for _ in range(6):  # 3 s of use, every 0.5 s: never idle for the TTL
+        # 6 s of use, every 0.5 s: never idle for the TTL (a loaded machine may stretch a gap to
+        # a second or two), while the other is idle for twice the TTL (swept every second).
+        for _ in range(12):
             await asyncio.sleep(0.5)
             used = await client.post("/mcp", json=list_call, headers=session_headers(kept))
             assert used.status_code == 200
