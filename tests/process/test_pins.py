@@ -6,7 +6,8 @@ The downstream is the shifting fixture (tests/servers/shifting.py), a real stdio
 tools and descriptions come from a file the test rewrites; it picks the file up when it is
 restarted (killed, then reconnected by the gateway) or when its `reload` tool announces
 list_changed. The CLI runs as an operator runs it, in its own process, with the gateway's
-settings.
+settings: those runs dominate this module's time, hence the process tier (the gateways run in
+process). The pins store and definition hashes alone are in tests/unit/access/test_pins.py.
 """
 
 from __future__ import annotations
@@ -30,17 +31,14 @@ from mcp import MCPError
 
 from agent_mcp_gateway.access.pins import (
     PINS_NAME,
-    PinsFileError,
     PinStore,
-    definition_hash,
-    pins_path,
     short,
 )
-from agent_mcp_gateway.settings import load_settings
 
 from conftest import (
     PY,
     SERVERS,
+    STARTUP_SECONDS,
     WAIT_SECONDS,
     GatewayFiles,
     asgi_gateway,
@@ -114,7 +112,7 @@ async def cli(files: GatewayFiles, *args: str) -> subprocess.CompletedProcess[st
         env={**env, **files.env()},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=STARTUP_SECONDS,
     )
     assert "Traceback" not in result.stdout + result.stderr
     return result
@@ -377,53 +375,7 @@ async def test_pins_file_corrupted_while_running_keeps_the_pins_read_before(
         assert pins_file(files).read_text() == "{ truncated"
 
 
-# --- the store and the CLI, without a gateway -------------------------------------------------
-
-
-def tool(**fields: Any) -> mt.Tool:
-    return mt.Tool.model_validate({"name": "t", "inputSchema": {"type": "object"}, **fields})
-
-
-def test_definition_hash_is_canonical_and_covers_what_clients_see() -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}
-    reordered = {"properties": {"b": {"type": "integer"}, "a": {"type": "string"}}, "type": "object"}
-    base = definition_hash(tool(description="d", inputSchema=schema))
-    assert base == definition_hash(tool(description="d", inputSchema=reordered))
-    assert base == definition_hash(tool(description="d", inputSchema=schema, _meta={"seen": 1}))
-    changes = [
-        {"description": "d2", "inputSchema": schema},
-        {"description": "d", "inputSchema": {**schema, "required": ["a"]}},
-        {"description": "d", "inputSchema": schema, "outputSchema": {"type": "object"}},
-        {"description": "d", "inputSchema": schema, "annotations": {"destructiveHint": True}},
-        {"description": "d", "inputSchema": schema, "title": "T"},
-    ]
-    digests = {definition_hash(tool(**change)) for change in changes}
-    assert len(digests) == len(changes) and base not in digests
-
-
-def test_stores_sharing_a_file_merge_their_pins_and_write_atomically(tmp_path: Path) -> None:
-    path = tmp_path / PINS_NAME
-    first, second = PinStore(path), PinStore(path)
-    assert first.review("a", [tool(name="x")], pinned=True) == [tool(name="x")]
-    assert second.review("b", [tool(name="y")], pinned=True) == [tool(name="y")]
-    assert first.review("a", [tool(name="x", description="changed")], pinned=True) == []
-    saved = PinStore(path).load().servers
-    assert set(saved) == {"a", "b"} and saved["a"]["x"].candidate == definition_hash(
-        tool(name="x", description="changed")
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == [PINS_NAME, PINS_NAME + ".lock"]  # no temporary left
-    # An unpinned server is passed through and records nothing.
-    assert first.review("c", [tool(name="z")], pinned=False) == [tool(name="z")]
-    assert "c" not in PinStore(path).load().servers
-    path.write_text("[]")
-    with pytest.raises(PinsFileError):
-        PinStore(path).load()
-
-
-def test_pins_path_follows_the_audit_log(tmp_path: Path) -> None:
-    settings = load_settings({"GATEWAY_AUDIT_LOG": str(tmp_path / "logs" / "audit.jsonl")})
-    assert pins_path(settings) == tmp_path / "logs" / PINS_NAME
-    assert pins_path(load_settings({})).name == PINS_NAME
+# --- the CLI without a gateway ---------------------------------------------------------------
 
 
 async def test_cli_without_pins_and_with_nothing_to_approve(gateway_files: GatewayFiles) -> None:
@@ -433,7 +385,8 @@ async def test_cli_without_pins_and_with_nothing_to_approve(gateway_files: Gatew
     empty = await cli(files, "status")
     assert empty.returncode == 0 and "no tools pinned yet" not in empty.stdout  # the pinned server is listed
     assert "pinned (pin_tools on): 0 tools pinned, 0 quarantined" in empty.stdout
-    PinStore(pins_file(files)).review("pinned", [tool(name="greet")], pinned=True)
+    greet = mt.Tool.model_validate({"name": "greet", "inputSchema": {"type": "object"}})
+    PinStore(pins_file(files)).review("pinned", [greet], pinned=True)
     unknown = await cli(files, "approve", "pinned", "nope")
     assert (
         unknown.returncode == 1
