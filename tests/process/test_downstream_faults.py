@@ -196,7 +196,7 @@ async def test_circuit_opens_after_repeated_timeouts_and_a_probe_closes_it(
             assert timed_out.code == -32004
         started = time.monotonic()
         refused = await error_of(execute(client, "raw", "echo", text="fails fast"))
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 10  # refused at once, not after a call's timeout
         assert refused.code == -32001 and refused.data["server"] == "raw"
         assert "circuit open" in refused.data["reason"] and "call timed out" in refused.data["reason"]
         circuit = httpx.get(f"{gateway.base_url}/ready").json()["servers"]["raw"]["circuit"]
