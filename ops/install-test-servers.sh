@@ -56,10 +56,10 @@ for entry in "$EVERYTHING" "$FILESYSTEM" "$CONFORMANCE"; do
 done
 
 # The conformance suite (commander 14, undici 7) needs Node 20; on older Node the other servers
-# still run, and tests/test_conformance.py fails saying why.
+# still run, and tests/process/test_conformance.py fails saying why.
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 if ((node_major < 20)); then
-  echo "warning: @modelcontextprotocol/conformance needs Node 20 or newer, found $(node --version): tests/test_conformance.py will fail" >&2
+  echo "warning: @modelcontextprotocol/conformance needs Node 20 or newer, found $(node --version): tests/process/test_conformance.py will fail" >&2
 else
   # 0.1.16 imports fs.globSync (Node 22+) at the top of its bundle, for its tier-check report only;
   # on Node 20 that import alone stops the CLI. Replace the binding with a function that fails when

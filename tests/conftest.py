@@ -1,13 +1,21 @@
-"""Shared harness for the two tiers of gateway tests, both in front of real downstream servers.
+"""Shared harness of the gateway tests; each folder below is a tier, marked by its name.
 
-In process, for behaviour: the gateway's ASGI app driven by httpx and by fastmcp's client over
-in-process transports (`asgi_gateway`), or its MCP server reached in memory (`memory_gateway`).
-Nothing listens on a port and no gateway process starts, so a test costs what its downstream
-servers cost, and a module can share one gateway.
+- `unit/` (marker `unit`): one module at a time, folders mirroring the package's; no gateway, no
+  process of the test's own (the ops checks run `promtool`).
+- `inprocess/` (`inprocess`): the gateway's ASGI app driven by httpx and by fastmcp's client over
+  in-process transports (`asgi_gateway`), or its MCP server reached in memory (`memory_gateway`),
+  in front of real downstream server processes. Nothing listens on a port of the gateway's and no
+  gateway process starts, so a test costs what its downstream servers cost.
+- `process/` (`process`): real gateway processes started as a client or an operator starts them
+  (`stdio_gateway`, `start_http_gateway`), Granian, signals, the CLI, start-up failures.
+- `container/` (`container`): images and compose stacks under podman.
 
-Process level, for what needs a process (stdio, signals, Granian, start-up failures): real
-gateway processes started as a client or an operator starts them (`stdio_gateway`,
-`start_http_gateway`).
+`pytest -m "not process and not container"` is the fast run. A top-level tests/test_*.py file
+gets no tier marker until it is moved into a folder.
+
+Waiting: helpers wait on what they wait for (a port answering, a process exiting, an event)
+with bounds generous enough for a loaded shared machine (`STARTUP_SECONDS`), and say what they
+waited for when the bound is reached.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,8 @@ import pytest
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 from fastmcp.utilities.asgi_transport import StreamingASGITransport
+from mcp import MCPError
+from mcp_types import CallToolResult
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
@@ -47,6 +57,27 @@ SERVERS = ROOT / "tests" / "servers"
 NODE_MODULES = ROOT / "tests" / ".servers" / "node_modules"
 EVERYTHING = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 PY = sys.executable
+TIERS = ("unit", "inprocess", "process", "container")
+# How long a process may take to start answering (an interpreter importing fastmcp, Node.js):
+# about 1 s on an idle machine; CLI runs and server start-ups took 5-30 s on this 2-core machine
+# with a load average of 4-8 (other test runs beside this one).
+STARTUP_SECONDS = 90.0
+# The least time a wait for something that must happen gets (`wait_until`, `eventually`): the
+# bound only decides how soon a failing test says so, and the figures tests name are what an
+# idle machine needs.
+WAIT_SECONDS = 60.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, the first folder under tests/ it lives in."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            tier = item.path.resolve().relative_to(tests).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 ACCEPT_BOTH = {"Accept": "application/json, text/event-stream"}
@@ -138,9 +169,14 @@ class GatewayFiles:
             "GATEWAY_RULES": str(self.rules),
             "GATEWAY_AUDIT_LOG": str(self.audit),
             "GATEWAY_PING_INTERVAL": "1",
-            "GATEWAY_CONNECT_TIMEOUT": "20",
+            # One attempt to connect a downstream server; under load one has taken over 20 s.
+            "GATEWAY_CONNECT_TIMEOUT": "60",
             "PYTHONUNBUFFERED": "1",
         }
+        # A stdio client passes the server only a few variables (HOME, PATH, ...): without this a
+        # gateway process started from a worktree would import another checkout's package.
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         env.update(extra)
         return env
 
@@ -196,8 +232,9 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
+def wait_until(predicate: Any, timeout: float = WAIT_SECONDS, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds, for at least `WAIT_SECONDS` whatever `timeout` says."""
+    deadline = time.monotonic() + max(timeout, WAIT_SECONDS)
     while time.monotonic() < deadline:
         if predicate():
             return True
@@ -206,9 +243,37 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on right now (the OS's pick)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(
+    port: int,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = STARTUP_SECONDS,
+    what: str = "",
+) -> None:
+    """Until something accepts connections on 127.0.0.1:`port`. Fails at once when `process` (the
+    one meant to listen) exits, and after `timeout` saying what did not start and how loaded the
+    machine was: waiting for the process itself, not for a deadline it may miss under load."""
+    what = what or f"a server on port {port}"
+    started = time.monotonic()
+    while True:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what} exited with status {process.returncode} before it listened")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            pass
+        waited = time.monotonic() - started
+        if waited > timeout:
+            load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+            raise AssertionError(f"{what} did not listen within {waited:.0f} s (load average {load})")
+        time.sleep(0.05)
 
 
 def listening(port: int) -> bool:
@@ -219,21 +284,96 @@ def listening(port: int) -> bool:
         return False
 
 
+class HttpFixtureServer:
+    """A fixture server (tests/servers/NAME.py) as its own process speaking Streamable HTTP on a
+    loopback port (a free one unless given). `start` waits until it listens; `stop` and `start`
+    again restart it on the same port."""
+
+    def __init__(self, name: str = "echo", port: int | None = None) -> None:
+        self.name = name
+        self.port = port if port is not None else free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [PY, str(SERVERS / f"{self.name}.py"), "--http", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(self.port, self.process, what=f"the {self.name} fixture server over HTTP")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 @contextmanager
 def served_over_http(name: str) -> Iterator[str]:
     """A fixture server (tests/servers/NAME.py) over Streamable HTTP on a free port: its URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [PY, str(SERVERS / f"{name}.py"), "--http", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = HttpFixtureServer(name)
+    server.start()
     try:
-        assert wait_until(lambda: listening(port), 30), f"{name} server did not start"
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(10)
+        server.stop()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The process's children (of all its threads), from /proc."""
+    found: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in path.read_text().split()]
+        except OSError:  # the thread (or the process) ended meanwhile
+            continue
+    return found
+
+
+# --- calling the gateway's discovery tools -------------------------------------------------------
+
+
+async def execute(
+    client: Client,
+    server: str,
+    tool: str,
+    /,
+    *,
+    agent_id: str = "dev",
+    timeout_ms: int | None = None,
+    **args: Any,
+) -> CallToolResult:
+    """`execute_tool(server, tool, args)` as `agent_id`: its result as it came (an error result
+    included); a refusal, an MCP error, raises."""
+    arguments: dict[str, Any] = {"agent_id": agent_id, "server": server, "tool": tool, "args": args}
+    if timeout_ms is not None:
+        arguments["timeout_ms"] = timeout_ms
+    return await client.call_tool_mcp("execute_tool", arguments)
+
+
+async def gateway_call_tool(
+    client: Client, server: str, tool: str, /, *, agent_id: str = "dev", **args: Any
+) -> Any:
+    """The downstream tool's structured result through `execute_tool`, which must succeed."""
+    result = await execute(client, server, tool, agent_id=agent_id, **args)
+    assert not result.is_error, result.content
+    return result.structured_content["result"]
+
+
+async def error_of(call: Awaitable[Any]) -> MCPError:
+    """The MCP error a call raises, e.g. `await error_of(execute(client, "echo", "drop_table"))`."""
+    with pytest.raises(MCPError) as caught:
+        await call
+    return caught.value
 
 
 @dataclass
@@ -279,7 +419,7 @@ def start_http_gateway(
             stderr=subprocess.STDOUT,
         )
     gateway = HttpGateway(process, f"http://127.0.0.1:{port}", files, log_path)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"gateway exited early:\n{gateway.log_text()}")
@@ -292,21 +432,6 @@ def start_http_gateway(
         time.sleep(0.1)
     gateway.stop()
     raise AssertionError(f"gateway did not become ready:\n{gateway.log_text()}")
-
-
-@pytest.fixture
-def http_gateway_factory(gateway_files: GatewayFiles) -> Iterator[Any]:
-    started: list[HttpGateway] = []
-
-    def start(**env: str) -> HttpGateway:
-        gateway = start_http_gateway(gateway_files, **env)
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in started:
-        if gateway.process.poll() is None:
-            gateway.stop()
 
 
 # --- in process ---------------------------------------------------------------------------------
@@ -417,10 +542,11 @@ async def memory_gateway(files: GatewayFiles, **env: str) -> AsyncIterator[Memor
         yield MemoryGateway(server, gateway, files)
 
 
-async def eventually(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:
+async def eventually(predicate: Callable[[], T], timeout: float = WAIT_SECONDS, interval: float = 0.05) -> T:
     """`wait_until` for async tests: polls without blocking the loop an in-process gateway runs
-    on, and returns the predicate's last result (audit lines reach the file from a thread)."""
-    deadline = time.monotonic() + timeout
+    on, and returns the predicate's last result (audit lines reach the file from a thread). Like
+    `wait_until`, it waits at least `WAIT_SECONDS` before giving up."""
+    deadline = time.monotonic() + max(timeout, WAIT_SECONDS)
     while True:
         result = predicate()
         if result or time.monotonic() >= deadline:

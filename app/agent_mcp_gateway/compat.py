@@ -2,7 +2,7 @@
 
 Each seam is a private attribute, an undocumented class or helper, or an attribute set on a
 library object after it was built. They live here, each with the reason it is needed, so that
-upgrading a pinned dependency means reading one module, and `tests/test_compat.py` (which
+upgrading a pinned dependency means reading one module, and `tests/unit/test_compat.py` (which
 asserts that each seam still exists and still behaves as relied on) fails in one place when
 one is gone.
 """

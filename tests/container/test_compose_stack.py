@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -26,18 +25,13 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
 from .conftest import report
+from conftest import free_port
 
 pytestmark = pytest.mark.container
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "ops" / "stack.sh"
 SERVICES = ("demo-server", "gateway", "prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stack_sh(command: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
+from pathlib import Path
 
 import anyio
 from fastmcp import FastMCP
@@ -11,11 +13,16 @@ from fastmcp import FastMCP
 from _common import run
 
 mcp = FastMCP("slow")
+# Where each `sleep` call leaves a file as it starts, when set: tests wait for calls to be in
+# flight by counting them, not for a time a loaded machine can exceed.
+STARTED = os.environ.get("SLOW_STARTED_DIR")
 
 
 @mcp.tool
 async def sleep(seconds: float) -> str:
     """Sleep without blocking the server, then say how long."""
+    if STARTED:
+        Path(STARTED, uuid.uuid4().hex).touch()
     await anyio.sleep(seconds)
     return f"slept {seconds:g}"
 

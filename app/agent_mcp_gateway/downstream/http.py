@@ -142,7 +142,7 @@ class KeepAlive(httpx2.AsyncBaseTransport):
             # timeout met ours): it read nothing and answered nothing, so the request goes once
             # more, on a new connection. Without this the SDK ends the whole downstream session
             # on one failed POST, failing every call in flight (measured: 1 in 150-250 calls
-            # against a server with a 0.2 s keep-alive; tests/test_downstream_keepalive.py).
+            # against a server with a 0.2 s keep-alive; tests/unit/downstream/test_http.py).
             response = await self.inner.handle_async_request(request)
         if (session_id := response.headers.get(SESSION_ID)) is not None:
             self.session[SESSION_ID] = session_id

@@ -96,7 +96,8 @@ class LineFramer:
             tail = piece if len(piece) >= _EDGE else self._oversize.tail + piece
             self._oversize = _Oversize(self._size, self._oversize.head, tail[-_EDGE:])
         elif self._size > self.limit:
-            self._oversize = _Oversize(self._size, _prefix([*self._parts, piece]), piece[-_EDGE:])
+            parts = [*self._parts, piece]
+            self._oversize = _Oversize(self._size, _prefix(parts), _suffix(parts))
             self._parts = []
         else:
             self._parts.append(piece)
@@ -468,6 +469,16 @@ def _prefix(parts: list[bytes]) -> bytes:
         if len(head) >= _EDGE:
             break
     return head
+
+
+def _suffix(parts: list[bytes]) -> bytes:
+    """The last `_EDGE` bytes of `parts` joined (an id may straddle the read that crossed the limit)."""
+    tail = b""
+    for part in reversed(parts):
+        tail = part[max(0, len(part) - (_EDGE - len(tail))) :] + tail
+        if len(tail) >= _EDGE:
+            break
+    return tail
 
 
 def _problem(line: bytes) -> str:
