@@ -99,7 +99,9 @@ class Gateway:
         )
         self.pool = DownstreamPool(shared)
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
-        self.subscriptions = Subscriptions(self.may_use, self.session_alive, self._unsubscribe)
+        self.subscriptions = Subscriptions(
+            self.may_use, self.session_alive, self._unsubscribe, settings.max_subscriptions
+        )
         self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
         self.sessions = SessionRegistry(self.settings.session_ttl)
         self.rate_limits = RateLimits(settings.rate_limit, settings.rate_limit_storage)

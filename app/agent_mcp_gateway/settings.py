@@ -137,6 +137,7 @@ EXPECTED: dict[str, str] = {
     "body_timeout": "a positive number (seconds)",
     "max_connections": "a positive integer",
     "max_sessions_per_agent": "a positive integer",
+    "max_subscriptions": "a positive integer",
     "audit_log": "a file path",
     "audit_max_bytes": "a positive integer (bytes)",
     "audit_backups": "an integer of 0 or more",
@@ -199,6 +200,8 @@ class Settings(BaseSettings):
     max_connections: Annotated[int, Field(gt=0)] = 12_000
     # Open sessions one agent may hold (rules: agents.<id>.max_sessions); the SDK holds 10,000.
     max_sessions_per_agent: Annotated[int, Field(gt=0)] = 1_000
+    # Resources one agent may be subscribed to on one server (aggregate view).
+    max_subscriptions: Annotated[int, Field(gt=0)] = 100
     audit_log: Path | None = None
     audit_max_bytes: Annotated[int, Field(gt=0)] = 10 * 2**20
     audit_backups: Annotated[int, Field(ge=0)] = 5

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mcp import MCPError
 
 from agent_mcp_gateway.access.credentials import token_hash
 
@@ -130,3 +131,25 @@ def rate_limited_answer(answer: dict[str, Any]) -> dict[str, Any]:
     error = answer["error"]
     assert error["code"] == -32005 and error["data"]["code"] == "RATE_LIMITED", answer
     return error["data"]  # type: ignore[no-any-return]
+
+
+async def test_an_agent_holds_at_most_its_subscriptions_on_a_server(gateway_files: GatewayFiles) -> None:
+    """One agent's subscriptions are capped per server (they are renewed after every reconnect:
+    thousands of them once held a shared server from reconnecting)."""
+    gateway_files.write_servers({"studio": fixture_server("studio", prefix="st")})
+    gateway_files.write_rules({"agents": {"ide": {"view": "aggregate", "allow": {"servers": ["*"]}}}})
+    async with (
+        asgi_gateway(gateway_files, GATEWAY_MAX_SUBSCRIPTIONS="3") as served,
+        served.client("legacy", headers={"X-Agent-Id": "ide"}) as ide,
+    ):
+        for name in ("a", "b", "c"):
+            await ide.session.subscribe_resource(f"note://{name}")
+        await ide.session.subscribe_resource("note://a")  # already held: no more than before
+        with pytest.raises(MCPError) as refused:
+            await ide.session.subscribe_resource("note://d")
+        assert (
+            refused.value.code == -32005
+            and refused.value.data["limit"] == "3 subscriptions on server 'studio'"
+        )
+        await ide.session.unsubscribe_resource("note://a")
+        await ide.session.subscribe_resource("note://d")

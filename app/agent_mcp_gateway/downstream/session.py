@@ -66,6 +66,7 @@ UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource 
 
 M = TypeVar("M", bound=BaseModel)
 
+RENEWALS_AT_ONCE = 8  # subscriptions renewed in parallel after a reconnect
 CONNECTION_CLOSED = -32000
 METHOD_NOT_FOUND = -32601
 INVALID_RESULT = -32603
@@ -327,7 +328,9 @@ class Downstream:
             self._gauge(DOWNSTREAM_UP, 1)
             self.tried.set()
             log.info("downstream connected", extra={"server": self.name, "tools": len(self.tools)})
+            renewals = asyncio.create_task(self._renew_subscriptions())
             await self._watch()
+            renewals.cancel()
             await self._disconnect()
             if not self.closed:
                 DOWNSTREAM_RESTARTS.labels(self.name).inc()
@@ -349,8 +352,27 @@ class Downstream:
         self._client = client
         await client.__aenter__()  # type: ignore[no-untyped-call]  # fastmcp leaves it unannotated
         await self._load(client, KINDS)
-        for uri in self.subscribed:
-            await client.session.subscribe_resource(uri)
+
+    async def _renew_subscriptions(self) -> None:
+        """Subscribe again, after a reconnect, to what was subscribed before: once the session is
+        up (outside the connect deadline, so no number of subscriptions can keep a server from
+        reconnecting), `RENEWALS_AT_ONCE` at a time, each failure logged and left to the next
+        reconnect."""
+        client, gate = self._client, asyncio.Semaphore(RENEWALS_AT_ONCE)
+        if client is None:
+            return
+
+        async def renew(uri: str) -> None:
+            async with gate:
+                try:
+                    await asyncio.wait_for(client.session.subscribe_resource(uri), self.ping_timeout)
+                except Exception as exc:
+                    log.warning(
+                        "subscription renewal failed",
+                        extra={"server": self.name, "uri": uri[:200], "error": type(exc).__name__},
+                    )
+
+        await asyncio.gather(*(renew(uri) for uri in list(self.subscribed)))
 
     async def _watch(self) -> None:
         """Wait until the session is lost: a failed call says so, or a ping of an idle one."""

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 
 from mcp.server.session import ServerSession
 
+from agent_mcp_gateway.errors import RateLimited
+
 log = logging.getLogger("agent_mcp_gateway.subscriptions")
+CAP_RETRY_SECONDS = 60  # what a refused subscription is told: subscriptions end by unsubscribing
 
 Allowed = Callable[[str, str], bool]  # agent, server
 Alive = Callable[[str], bool]  # session key
@@ -32,17 +35,33 @@ class _Subscriber:
 
 
 class Subscriptions:
-    def __init__(self, allowed: Allowed, alive: Alive, release: Release) -> None:
+    def __init__(self, allowed: Allowed, alive: Alive, release: Release, cap: int = 100) -> None:
         self._allowed = allowed
         self._alive = alive
         self._release = release
+        self.cap = cap  # resources one agent may be subscribed to on one server
         self._by_resource: dict[tuple[str, str], dict[str, _Subscriber]] = {}
+
+    def held(self, agent_id: str, server: str) -> int:
+        """How many of `server`'s resources `agent_id` is subscribed to."""
+        return sum(
+            1
+            for (subscribed, _), subscribers in self._by_resource.items()
+            if subscribed == server and any(s.agent_id == agent_id for s in subscribers.values())
+        )
 
     def add(
         self, key: str, session: ServerSession, agent_id: str, server: str, uri: str, owner: str = ""
     ) -> bool:
         """Record a subscription; True when it is the first to this resource through the
-        downstream session of `owner`."""
+        downstream session of `owner`. RATE_LIMITED past the agent's cap on the server, so one
+        agent's subscriptions cannot hold a server's session hostage."""
+        known = self._by_resource.get((server, uri), {})
+        if (
+            not any(s.agent_id == agent_id for s in known.values())
+            and self.held(agent_id, server) >= self.cap
+        ):
+            raise RateLimited(agent_id, f"{self.cap} subscriptions on server '{server}'", CAP_RETRY_SECONDS)
         subscribers = self._by_resource.setdefault((server, uri), {})
         first = all(subscriber.owner != owner for subscriber in subscribers.values())
         subscribers[key] = _Subscriber(session, agent_id, owner)
