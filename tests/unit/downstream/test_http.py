@@ -152,6 +152,17 @@ async def test_a_call_still_looking_up_its_host_when_the_connection_closes_fails
     assert not call.cancelled()
 
 
+async def _serve_post(handler: Any) -> tuple[aiohttp.web.AppRunner, int]:
+    """An aiohttp server on a loopback port answering POST /mcp with `handler`."""
+    app = aiohttp.web.Application()
+    app.router.add_post("/mcp", handler)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
 async def test_a_redirect_is_not_followed_and_no_header_reaches_another_origin() -> None:
     """A downstream answering 307 to another origin: the call fails with the downstream's error
     and the other origin never hears from the gateway, so the server's configured headers
@@ -162,22 +173,12 @@ async def test_a_redirect_is_not_followed_and_no_header_reaches_another_origin()
         heard.append(dict(request.headers))
         return aiohttp.web.json_response({"jsonrpc": "2.0", "id": "x", "result": {}})
 
-    other = aiohttp.web.Application()
-    other.router.add_post("/mcp", elsewhere)
-    other_runner = aiohttp.web.AppRunner(other)
-    await other_runner.setup()
-    other_port = free_port()
-    await aiohttp.web.TCPSite(other_runner, "127.0.0.1", other_port).start()
+    other_runner, other_port = await _serve_post(elsewhere)
 
     async def redirect(request: aiohttp.web.Request) -> aiohttp.web.Response:
         raise aiohttp.web.HTTPTemporaryRedirect(f"http://127.0.0.1:{other_port}/mcp")
 
-    app = aiohttp.web.Application()
-    app.router.add_post("/mcp", redirect)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await _serve_post(redirect)
 
     calls = HttpCalls(
         f"http://localhost:{port}/mcp",

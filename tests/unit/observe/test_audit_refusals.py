@@ -1,33 +1,18 @@
 """Audit findings of the security review (SECURITY.md, "Audit history"): unauthenticated requests
 cannot evict authenticated history. Refusals go to a log of their own, each line is bounded, and
 over a rate they are counted instead of written. (The property over refused HTTP requests is in
-test_auth.py, against its shared secured gateway.)
+tests/process/test_auth.py, against its shared secured gateway.)
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from agent_mcp_gateway.observe.audit import REFUSAL_BURST, AuditLog, AuditRecord, verify
 from agent_mcp_gateway.observe.metrics import AUDIT_REFUSALS_SUPPRESSED
 
-
-def record(**changes: Any) -> AuditRecord:
-    fields: dict[str, Any] = {
-        "agent_id": "dev",
-        "operation": "tools/call",
-        "server": "echo",
-        "tool": "echo",
-        "decision": "ALLOW",
-        "rule": "agents.dev.allow.servers[0]",
-        "error_code": None,
-        "latency_ms": 1.0,
-        "session_id": "s",
-        "request_id": "r",
-    }
-    return AuditRecord(**{**fields, **changes})
+from unit.observe.test_audit import record
 
 
 def refusal(claimed: str = "someone") -> AuditRecord:
