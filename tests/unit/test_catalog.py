@@ -5,24 +5,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mcp_types as mt
 import pytest
 
+from agent_mcp_gateway.access.pins import PINS_NAME, PinStore
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.catalog import Catalog, public_name
 from agent_mcp_gateway.config import RulesConfig, ServerConfig
+from agent_mcp_gateway.downstream.pool import Owner
 
 
 @dataclass
 class Cached:
-    """What a `Downstream` holds of its server's catalog."""
+    """What a `Downstream` holds of its server's catalog (and the pins its tools pass: none
+    pinned here, so none quarantined)."""
 
     tools: dict[str, mt.Tool] = field(default_factory=dict)
     prompts: dict[str, mt.Prompt] = field(default_factory=dict)
     resources: dict[str, mt.Resource] = field(default_factory=dict)
     templates: list[mt.ResourceTemplate] = field(default_factory=list)
+    pins: PinStore = field(default_factory=lambda: PinStore(Path("unused") / PINS_NAME))
 
 
 class Pool:
@@ -30,6 +35,10 @@ class Pool:
         self.downstreams = downstreams
 
     def get(self, name: str) -> Cached | None:
+        return self.downstreams.get(name)
+
+    def listing(self, name: str, owner: Owner) -> Cached | None:
+        """Where an agent reads a server's lists: here, one cache per server for every agent."""
         return self.downstreams.get(name)
 
 
@@ -141,7 +150,10 @@ def test_a_denied_tool_is_unknown_even_where_a_bare_server_has_the_name(
 def test_candidates_prefixed_first_then_bare_servers(downstreams: dict[str, Cached]) -> None:
     servers = {"db": server(), "bare": server(prefix=""), "files": server(prefix="")}
     view = catalog("narrow", downstreams, servers)
-    assert list(view.candidates("db__query")) == [("db", "query"), ("bare", "db__query")]
+    # A bare server's name shaped like another server's public name is never routed (it would
+    # shadow that server's tool); one whose head is no server's prefix goes to the bare servers.
+    assert list(view.candidates("db__query")) == [("db", "query")]
+    assert list(view.candidates("nobody__query")) == [("bare", "nobody__query")]
     assert list(view.candidates("read")) == [("bare", "read")]  # files is not narrow's
     assert list(view.candidates("read", every=True)) == [("bare", "read"), ("files", "read")]
 
