@@ -17,6 +17,8 @@ NPM_PACKAGES=(
   "@modelcontextprotocol/server-everything@2026.8.31"
   "@modelcontextprotocol/server-filesystem@2026.8.31"
   "@modelcontextprotocol/conformance@0.1.16"
+  # The official TypeScript SDK, imported by tests/servers/ts_requests.mjs.
+  "@modelcontextprotocol/sdk@1.32.2"
 )
 
 command -v node >/dev/null || { echo "error: node is not installed (Node 20 or newer; ops/test.sh provides one)" >&2; exit 1; }
@@ -51,7 +53,8 @@ fi
 EVERYTHING="$PREFIX/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 FILESYSTEM="$PREFIX/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"
 CONFORMANCE="$PREFIX/node_modules/@modelcontextprotocol/conformance/dist/index.js"
-for entry in "$EVERYTHING" "$FILESYSTEM" "$CONFORMANCE"; do
+SDK_SERVER="$PREFIX/node_modules/@modelcontextprotocol/sdk/dist/cjs/server/mcp.js"
+for entry in "$EVERYTHING" "$FILESYSTEM" "$CONFORMANCE" "$SDK_SERVER"; do
   [[ -f "$entry" ]] || { echo "error: expected entry point $entry is missing" >&2; exit 1; }
 done
 
@@ -100,5 +103,6 @@ start commands (from the repository root):
   PORT=3001 node tests/.servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js streamableHttp   # http://127.0.0.1:3001/mcp
   node tests/.servers/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js DIR [DIR...]
   node tests/.servers/node_modules/@modelcontextprotocol/conformance/dist/index.js server --url URL --suite all   # list: ... list --server
+  node tests/servers/ts_requests.mjs 3002   # the TypeScript SDK fixture: http://127.0.0.1:3002/mcp
   python -m mcp_server_time
 EOT
