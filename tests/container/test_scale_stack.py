@@ -454,13 +454,14 @@ async def test_an_agents_limit_holds_across_replicas(fleet: Fleet) -> None:
 
 
 async def assert_limit_shared(fleet: Fleet, agent: str) -> None:
-    """SHARED_LIMIT calls spread over the three replicas pass; the next one is refused on each."""
+    """Opening a session on each replica (each charged) and the rest of SHARED_LIMIT in calls
+    spread over them pass; the next call is refused on each."""
     async with haproxy_http(fleet) as http:
         sessions = [Session(http, agent) for _ in range(REPLICAS)]
         for session in sessions:
             await session.open()
         assert {s.replica for s in sessions} == SLOTS  # one session per replica
-        for n in range(SHARED_LIMIT):
+        for n in range(SHARED_LIMIT - REPLICAS):
             response, body = await sessions[n % REPLICAS].echo(f"within-{n}")
             assert body is not None and "result" in body, (n, response.text)
         for session in sessions:
