@@ -84,7 +84,7 @@ class Catalog:
         named: dict[str, Routed[mt.Tool]] = {}
         taken: set[str] = set()  # names a denied or quarantined tool keeps from later servers
         for server, prefix, downstream in self._servers():
-            for name in downstream.pins.quarantined_tools(server):
+            for name in downstream.pins.quarantined_tools(server, downstream.owner):
                 taken.add(public_name(prefix, name))
             for tool in downstream.tools.values():
                 public = public_name(prefix, tool.name)
@@ -127,7 +127,7 @@ class Catalog:
             downstream = self.pool.listing(server, self.owner)
             if downstream is None:
                 continue
-            if downstream.pins.quarantined(server, downstream_name):
+            if downstream.pins.quarantined(server, downstream_name, downstream.owner):
                 return None  # its name is not handed on to another server
             tool = downstream.tools.get(downstream_name)
             if tool is not None:

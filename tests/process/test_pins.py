@@ -150,11 +150,13 @@ async def test_shifting_fixture_serves_the_tools_its_file_names(tmp_path: Path) 
 
 
 def pinned_and_plain(files: GatewayFiles) -> None:
-    """A pinned and an unpinned server offering the same tool, open to the test agent."""
+    """A pinned and an unpinned server offering the same tool, open to the test agent; one
+    session each (`isolation: shared`), so a restart brings back the only process that lists
+    the tool and the quarantine gauge speaks of that one session."""
     files.write_servers(
         {
-            "pinned": shifting(files, "pinned", {"greet": ORIGINAL}, pin_tools=True),
-            "plain": shifting(files, "plain", {"greet": ORIGINAL}),
+            "pinned": shifting(files, "pinned", {"greet": ORIGINAL}, pin_tools=True, isolation="shared"),
+            "plain": shifting(files, "plain", {"greet": ORIGINAL}, isolation="shared"),
         }
     )
     files.write_rules(RULES)

@@ -28,6 +28,7 @@ class Cached:
     resources: dict[str, mt.Resource] = field(default_factory=dict)
     templates: list[mt.ResourceTemplate] = field(default_factory=list)
     pins: PinStore = field(default_factory=lambda: PinStore(Path("unused") / PINS_NAME))
+    owner: str = ""  # the shared session's
 
 
 class Pool:

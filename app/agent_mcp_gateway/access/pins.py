@@ -136,18 +136,22 @@ class PinStore:
         self.path = path
         self._lock_path = path.with_name(path.name + ".lock")
         self._trusted = PinsFile()  # the pins last read from a good file
-        self._quarantined: dict[str, set[str]] = {}
+        # Quarantined tool names by (server, downstream session): sessions of one server may list
+        # different definitions (one per agent, `downstream.pool`), so each hides its own.
+        self._quarantined: dict[tuple[str, str], set[str]] = {}
         self._written: Stamp = None  # this process's last write, which the watcher ignores
         self._reported: str | None = None  # the last file problem logged, to log each once
 
     # --- the gateway's side ----------------------------------------------------------------
 
-    def review(self, server: str, tools: Sequence[mt.Tool], pinned: Pinning) -> list[mt.Tool]:
+    def review(
+        self, server: str, tools: Sequence[mt.Tool], pinned: Pinning, session: str = ""
+    ) -> list[mt.Tool]:
         """The tools a client may see: all of them for an unpinned server; for a pinned one those
         whose definition matches its pin, pinning new ones (holding them, when strict and the
         server was seen before) and quarantining changed ones."""
         if not pinned:
-            self._set_quarantined(server, set())
+            self._set_quarantined(server, session, set())
             return list(tools)
         digests = {tool.name: definition_hash(tool) for tool in tools}
         try:
@@ -168,21 +172,22 @@ class PinStore:
                 )
             pins = self._trusted.servers.get(server, {})
         hidden = {name for name, digest in digests.items() if name not in pins or pins[name].pin != digest}
-        for name in self._quarantined.get(server, set()) & (digests.keys() - hidden):
+        for name in self._quarantined.get((server, session), set()) & (digests.keys() - hidden):
             log.info("tool released from quarantine", extra={"server": server, "tool": name})
-        self._set_quarantined(server, hidden)
+        self._set_quarantined(server, session, hidden)
         return [tool for tool in tools if tool.name not in hidden]
 
-    def quarantined(self, server: str, tool: str) -> bool:
-        return tool in self._quarantined.get(server, ())
+    def quarantined(self, server: str, tool: str, session: str = "") -> bool:
+        """Whether `tool` is quarantined as downstream session `session` of `server` lists it."""
+        return tool in self._quarantined.get((server, session), ())
 
-    def quarantined_tools(self, server: str) -> frozenset[str]:
-        return frozenset(self._quarantined.get(server, ()))
+    def quarantined_tools(self, server: str, session: str = "") -> frozenset[str]:
+        return frozenset(self._quarantined.get((server, session), ()))
 
-    def refuse(self, agent_id: str, operation: str, server: str, tool: str) -> None:
+    def refuse(self, agent_id: str, operation: str, server: str, tool: str, session: str = "") -> None:
         """Raise ToolQuarantined (naming who asked, for the audit) for a quarantined tool;
         return for any other."""
-        if not self.quarantined(server, tool):
+        if not self.quarantined(server, tool, session):
             return
         QUARANTINED_CALLS.labels(server).inc()
         raise ToolQuarantined(agent_id, operation, server, tool)
@@ -251,9 +256,10 @@ class PinStore:
                 changed = True
         return changed
 
-    def _set_quarantined(self, server: str, tools: set[str]) -> None:
-        self._quarantined[server] = tools
-        TOOLS_QUARANTINED.labels(server).set(len(tools))
+    def _set_quarantined(self, server: str, session: str, tools: set[str]) -> None:
+        self._quarantined[(server, session)] = tools
+        hidden = set().union(*(names for (name, _), names in self._quarantined.items() if name == server))
+        TOOLS_QUARANTINED.labels(server).set(len(hidden))
 
     # --- the operator's side ---------------------------------------------------------------
 

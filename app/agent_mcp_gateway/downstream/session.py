@@ -453,7 +453,8 @@ class Downstream:
             if kind == "tools":
                 listed = await client.list_tools()
                 self.tools = {
-                    tool.name: tool for tool in self.pins.review(self.name, listed, self.config.pin_tools)
+                    tool.name: tool
+                    for tool in self.pins.review(self.name, listed, self.config.pin_tools, self.owner)
                 }
             elif kind == "prompts":
                 self.prompts = {prompt.name: prompt for prompt in await client.list_prompts()}

@@ -206,9 +206,10 @@ class AggregateView:
             if downstream is None:
                 continue
             if tool not in downstream.tools:
-                if pins.quarantined(server, tool) and engine.decide(op.agent_id, server, tool).allowed:
+                quarantined = pins.quarantined(server, tool, downstream.owner)
+                if quarantined and engine.decide(op.agent_id, server, tool).allowed:
                     op.server, op.tool = server, tool
-                    pins.refuse(op.agent_id, op.name, server, tool)
+                    pins.refuse(op.agent_id, op.name, server, tool, downstream.owner)
                 continue
             decision = engine.decide(op.agent_id, server, tool)
             if not decision.allowed:

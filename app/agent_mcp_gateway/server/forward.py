@@ -108,7 +108,7 @@ class Forward:
 
         def known() -> None:
             if tool not in downstream.tools:
-                self.gateway.pins.refuse(op.agent_id, op.name, downstream.name, tool)
+                self.gateway.pins.refuse(op.agent_id, op.name, downstream.name, tool, downstream.owner)
                 raise ToolNotFound(downstream.name, tool)
 
         return known
