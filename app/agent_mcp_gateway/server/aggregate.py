@@ -4,7 +4,9 @@ as if they were the gateway's own, with the same policy, audit and relay as `exe
 Listings are wrapped in fastmcp's component types only to pass through its list handlers: each
 wrapper returns the downstream's definition unchanged (under its public name), so descriptions,
 schemas and annotations reach the client as the server wrote them. Results go back the same way.
-A name the agent may not use is reported exactly like a name that does not exist.
+A name the agent may not use is reported exactly like a name that does not exist: `-32602`
+(Invalid Params) for an unknown tool, prompt or resource, as the 2026-07-28 specification asks
+(SEP-2164 retired `-32002` for resources), in every protocol era.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from agent_mcp_gateway.downstream.session import Downstream
 from agent_mcp_gateway.errors import DeniedByPolicy
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
-from agent_mcp_gateway.protocol import INVALID_PARAMS, RESOURCE_NOT_FOUND
+from agent_mcp_gateway.protocol import INVALID_PARAMS
 from agent_mcp_gateway.server.forward import Forward
 from agent_mcp_gateway.server.relay import ClientRelay
 
@@ -222,5 +224,5 @@ class AggregateView:
     ) -> Downstream:
         server = (await self._catalog(op)).resource_server(uri)
         if server is None:
-            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
+            raise MCPError(INVALID_PARAMS, f"Resource not found: {uri!r}", data={"uri": uri})
         return self.forward.admit(op, operation, server, relay=relay)

@@ -3,8 +3,9 @@
 The first of the pipeline's middlewares. It gathers the request's facts (from the edge, or made
 here over stdio), resolves once who is asking under the configuration current now, and chooses:
 the aggregate view (the agent's downstream tools, prompts and resources as the gateway's own), a
-gateway tool of the discovery view, or fastmcp's own answer (the discovery view's lists, an
-unknown tool). What the gateway serves itself goes on as a planned `Call`; the rest passes
+gateway tool of the discovery view, or fastmcp's own answer (the discovery view's lists). An
+unknown tool is a `-32602` error in both views, as the MCP specification asks (fastmcp answers
+it with an `isError` result). What the gateway serves itself goes on as a planned `Call`; the rest passes
 through unplanned.
 """
 
@@ -15,18 +16,20 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 import mcp_types as mt
+from fastmcp.exceptions import NotFoundError
 from fastmcp.prompts.base import Prompt, PromptResult
 from fastmcp.resources.base import Resource, ResourceResult
 from fastmcp.resources.template import ResourceTemplate
 from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import Tool
+from mcp import MCPError
 
 from agent_mcp_gateway.access.credentials import Principal
 from agent_mcp_gateway.access.identity import RequestFacts, facts_of, resolve
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
-from agent_mcp_gateway.protocol import Kind
+from agent_mcp_gateway.protocol import INVALID_PARAMS, Kind
 from agent_mcp_gateway.server.aggregate import AggregateView
 from agent_mcp_gateway.server.call import Call, Planned, text
 from agent_mcp_gateway.server.relay import ClientRelay
@@ -106,7 +109,10 @@ class ViewSelection(Middleware):
             return await call_next(_planned(context, call))
         tool = self.tools.get(name)
         if tool is None:
-            return await call_next(context)
+            try:
+                return await call_next(context)
+            except NotFoundError:  # fastmcp would answer with an isError result
+                raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}") from None
 
         async def gateway_tool(op: Operation) -> Any:
             # The gateway's own tool is run here, not looked up again by fastmcp: its lookup
