@@ -30,6 +30,7 @@ from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELO
 from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.protocol import Kind
 from agent_mcp_gateway.sessions.list_changed import LOCAL_PREFIX, ListChanged
+from agent_mcp_gateway.sessions.listen import ListenStreams
 from agent_mcp_gateway.sessions.registry import SessionRegistry
 from agent_mcp_gateway.sessions.subscriptions import Subscriptions
 from agent_mcp_gateway.settings import Settings
@@ -99,6 +100,7 @@ class Gateway:
         )
         self.pool = DownstreamPool(shared)
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
+        self.listens = ListenStreams(settings.max_sessions_per_agent)
         self.subscriptions = Subscriptions(
             self.may_use, self.session_alive, self._unsubscribe, settings.max_subscriptions
         )
@@ -149,9 +151,9 @@ class Gateway:
         return downstream
 
     def session_alive(self, key: str) -> bool:
-        """Whether a client connection named by `notifications.session_key` is still open (a
-        local one is, until sending to it fails)."""
-        return key.startswith(LOCAL_PREFIX) or self.sessions.get(key) is not None
+        """Whether a client connection named by `notifications.session_key` (or a listen
+        stream) is still open (a local one is, until sending to it fails)."""
+        return key.startswith(LOCAL_PREFIX) or key in self.listens or self.sessions.get(key) is not None
 
     def may_use(self, agent_id: str, server: str) -> bool:
         try:
@@ -243,6 +245,7 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self.listens.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)

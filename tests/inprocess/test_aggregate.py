@@ -86,10 +86,10 @@ async def test_each_agent_sees_its_own_view_over_http(gateway_files: GatewayFile
     write_config(gateway_files)
     async with asgi_gateway(gateway_files) as service:
         async with service.client(mode, headers=as_agent("ide")) as ide:
-            # listChanged is advertised only where the gateway can deliver it (not on 2026-07-28).
+            # listChanged in both eras: 2026-07-28 clients hear it on subscriptions/listen.
             capabilities = ide.server_capabilities
             assert capabilities is not None and capabilities.tools is not None
-            assert capabilities.tools.list_changed is (mode == "legacy")
+            assert capabilities.tools.list_changed is True
             tools, prompts, resources, templates = await names(ide)
             assert {"echo__echo", "echo__add", "st__hello", "st__ask_colour", "st__wait"} <= tools
             assert "echo__fail" not in tools and not tools & DISCOVERY_TOOLS

@@ -20,17 +20,18 @@ from fastmcp.resources.base import Resource, ResourceResult
 from fastmcp.resources.template import ResourceTemplate
 from fastmcp.tools.base import Tool, ToolResult
 from mcp import MCPError
-from mcp.server.session import ServerSession
 
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.downstream.pool import Owner
 from agent_mcp_gateway.downstream.session import Downstream
-from agent_mcp_gateway.errors import DeniedByPolicy
+from agent_mcp_gateway.errors import DeniedByPolicy, GatewayError
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.protocol import INVALID_PARAMS
 from agent_mcp_gateway.server.forward import Forward
 from agent_mcp_gateway.server.relay import ClientRelay
+from agent_mcp_gateway.sessions.listen import ListenStream
+from agent_mcp_gateway.sessions.subscriptions import Notify
 
 
 class ListedTool(Tool):
@@ -151,18 +152,49 @@ class AggregateView:
         result = await downstream.read_resource(uri, self.forward.timeout_ms(downstream), relay)
         return RelayedResource.model_construct(contents=[], result=result)
 
-    async def subscribe(self, op: Operation, uri: str, key: str, session: ServerSession) -> None:
+    async def subscribe(self, op: Operation, uri: str, key: str, notify: Notify) -> None:
+        """Subscribe the session or listen stream `key` to `uri`; `notify` tells it of updates."""
         downstream = await self._resource_server(op, uri, "resources/subscribe")
         server = downstream.name
         if not await downstream.supports_subscriptions():
             raise MCPError(INVALID_PARAMS, f"Resource {uri!r} does not support subscriptions.")
         subscriptions = self.gateway.subscriptions
-        if subscriptions.add(key, session, op.agent_id, server, uri, downstream.owner):
+        if subscriptions.add(key, notify, op.agent_id, server, uri, downstream.owner):
             try:
                 await downstream.subscribe(uri, self.forward.timeout_ms(downstream))
             except BaseException:
                 await subscriptions.remove(key, server, uri)
                 raise
+
+    async def listen(self, op: Operation, notifications: mt.SubscriptionFilter) -> ListenStream:
+        """Open a listen stream for `op`'s agent: it watches the kinds asked for, and is
+        subscribed to each URI the agent may read whose server offers subscriptions (the rest
+        are left out of the acknowledgement, an unknown URI and a forbidden one alike)."""
+        gateway = self.gateway
+        stream = gateway.listens.open(op.agent_id, notifications)
+        try:
+            gateway.list_changed.watch(stream.key, op.agent_id, stream.kinds, stream.kind_changed)
+            if gateway.pinned(op).config.rules.view_of(op.agent_id) == "aggregate":
+                for uri in notifications.resource_subscriptions or ():
+                    try:
+                        await self.subscribe(op, uri, stream.key, stream.resource_updated)
+                    except (MCPError, GatewayError):
+                        continue
+                    stream.uris.append(uri)
+        except BaseException:
+            await self.unlisten(stream)
+            raise
+        return stream
+
+    async def unlisten(self, stream: ListenStream) -> None:
+        """The stream ended: forget it and drop its subscriptions."""
+        self.gateway.listens.discard(stream)
+        self.gateway.list_changed.forget(stream.key)
+        subscriptions = self.gateway.subscriptions
+        for uri in stream.uris:
+            server = subscriptions.server_of(stream.key, uri)
+            if server is not None:
+                await subscriptions.remove(stream.key, server, uri)
 
     async def unsubscribe(self, op: Operation, uri: str, key: str) -> None:
         server = self.gateway.subscriptions.server_of(key, uri)

@@ -74,6 +74,11 @@ def build_server(
     compat.add_request_handler(
         mcp, "resources/unsubscribe", mt.UnsubscribeRequestParams, pipeline.unsubscribe
     )
+    # Served, `subscriptions/listen` makes the SDK advertise `listChanged` (and
+    # `resources.subscribe`) to 2026-07-28 clients, who hear of changes only on it.
+    compat.add_request_handler(
+        mcp, "subscriptions/listen", mt.SubscriptionsListenRequestParams, pipeline.listen
+    )
     return mcp
 
 

@@ -72,6 +72,10 @@ class ViewSelection(Middleware):
         call = self._call(facts, name, run, claim, **details)
         return call if self._aggregate(call) else None
 
+    def plan_any(self, name: str, run: Callable[[Operation], Awaitable[Any]]) -> Call:
+        """The call to run for an operation both views serve (`subscriptions/listen`)."""
+        return self._call(self.facts(), name, run, None)
+
     def _call(
         self,
         facts: RequestFacts,
