@@ -13,8 +13,6 @@ import time
 from typing import Any
 
 from fastmcp import FastMCP
-from fastmcp.server.event_store import EventStore
-from key_value.aio.stores.memory import MemoryStore
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -33,12 +31,11 @@ from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.metrics import REGISTRY
 from agent_mcp_gateway.protocol import EXPOSED_HEADERS, MCP_PATH, METADATA_PATH
 from agent_mcp_gateway.server.build import build_server
+from agent_mcp_gateway.sessions.events import BoundedEventStore
 
 log = logging.getLogger("agent_mcp_gateway.http")
 
 SSE_RETRY_MS = 1_000  # the `retry` a stream's priming event gives: reconnect after a second
-EVENTS_PER_STREAM = 100  # one call's progress, logs and result fit; a stream keeps its latest
-EVENT_TTL_SECONDS = 3_600
 
 
 def create_app(gateway: Gateway) -> Starlette:
@@ -55,7 +52,7 @@ def create_app(gateway: Gateway) -> Starlette:
     app = mcp.http_app(
         path=MCP_PATH,
         session_idle_timeout=settings.session_ttl,
-        event_store=event_store(settings.event_store_events),
+        event_store=BoundedEventStore(settings.event_store_events),
         retry_interval=SSE_RETRY_MS,
         middleware=[
             *([Middleware(tracing.TraceContext)] if tracing.enabled() else []),
@@ -82,18 +79,6 @@ def create_app(gateway: Gateway) -> Starlette:
         ],
     )
     return app
-
-
-def event_store(events: int) -> EventStore:
-    """Where the session-era streams' events are kept so that a client whose connection dropped
-    can resume with Last-Event-ID: fastmcp's store over an in-memory store that holds at most
-    `events` events (and as many stream indexes), the oldest evicted first; events expire after
-    an hour. It lives in this process: a restarted replica cannot replay what it had sent."""
-    return EventStore(
-        storage=MemoryStore(max_entries_per_collection=events),
-        max_events_per_stream=min(events, EVENTS_PER_STREAM),
-        ttl=EVENT_TTL_SECONDS,
-    )
 
 
 def _add_routes(mcp: FastMCP, gateway: Gateway) -> None:
