@@ -18,6 +18,7 @@ from fastmcp.server.auth import AccessToken
 from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.caching import CacheHint, validate_cache_hints
 from mcp.server.lowlevel import Server
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp.shared._context_streams import create_context_streams
@@ -35,6 +36,7 @@ __all__ = [
     "mark_session_owner",
     "route_tool_input_schema",
     "set_body_limit",
+    "set_cache_hints",
 ]
 
 
@@ -50,6 +52,13 @@ def route_tool_input_schema(mcp: FastMCP, schema: Callable[[str], Mapping[str, A
     SDK's default lists every tool on every call. fastmcp exposes no hook, so the SDK server's
     constructor argument is set after the fact."""
     _low_level(mcp).get_tool_input_schema = schema
+
+
+def set_cache_hints(mcp: FastMCP, hints: Mapping[str, CacheHint]) -> None:
+    """Per-method `ttlMs`/`cacheScope` for 2026-07-28 results (filled by the SDK's runner where a
+    result sets none): fastmcp takes one hint for every cacheable method, `resources/read`
+    included, whose freshness only the downstream knows; the SDK server takes one per method."""
+    _low_level(mcp).cache_hints = validate_cache_hints(hints)
 
 
 def add_request_handler(

@@ -6,6 +6,7 @@ servers over stdio."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,7 @@ RULES: dict[str, Any] = {
         "classic": {"allow": {"servers": ["*"]}},
     }
 }
+MODERN = "2026-07-28"
 EVENT_SECONDS = 60  # a generous bound for one event on a loaded machine
 
 
@@ -138,11 +140,86 @@ async def test_listen_hears_updates_of_resources_its_agent_may_read(gateway_file
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_sdk_client_in_both_eras(gateway_files: GatewayFiles, mode: str) -> None:
-    """The official SDK's client lists and calls in the aggregate view in either era."""
+    """The official SDK's client lists (in name order) and calls in the aggregate view in
+    either era."""
     write_config(gateway_files)
     async with asgi_gateway(gateway_files) as service, sdk_client(service, "ide", mode) as client:
         assert (client.session.protocol_version == "2026-07-28") is (mode == "auto")
-        names = {tool.name for tool in (await client.list_tools()).tools}
-        assert {"echo__echo", "st__hello"} <= names
+        listed = await client.list_tools()
+        names = [tool.name for tool in listed.tools]
+        assert {"echo__echo", "st__hello"} <= set(names) and names == sorted(names)
+        if mode == "auto":  # the agent's own list, which it may keep a while
+            assert (listed.ttl_ms, listed.cache_scope) == (30_000, "private")
         result = await client.call_tool("echo__echo", {"text": "hi"})
         assert not result.is_error and result.structured_content == {"result": "hi"}
+
+
+async def test_server_discover_answers_from_the_agents_view(gateway_files: GatewayFiles) -> None:
+    """A 2026-07-28 `server/discover` describes the asking agent's view: the discovery view
+    offers tools only; the aggregate view its own instructions, and the extensions its servers
+    declare merged in (those of a server the agent may not use stay out)."""
+    extension = {"io.example/widgets": {"colour": "blue"}}
+    raw = fixture_server("raw", env={"RAW_EXTENSIONS": json.dumps(extension)})
+    gateway_files.write_servers({"echo": fixture_server("echo"), "raw": raw})
+    gateway_files.write_rules(RULES)
+    async with asgi_gateway(gateway_files) as service:
+        await eventually(lambda: all(server.state == "up" for server in service.gateway.pool), timeout=30)
+        discovered: dict[str, dict[str, Any]] = {}
+        for agent in ("ide", "narrow", "classic"):
+            async with service.client("auto", headers={"X-Agent-Id": agent}) as client:
+                discovered[agent] = await client.session.send_discover(MODERN)  # as on the wire
+    ide, narrow, classic = discovered["ide"], discovered["narrow"], discovered["classic"]
+    assert ide["capabilities"]["extensions"]["io.example/widgets"] == {"colour": "blue"}
+    assert "io.example/widgets" not in narrow["capabilities"].get("extensions", {})
+    assert "{server}__{name}" in ide["instructions"] and "list_servers" in classic["instructions"]
+    assert {"prompts", "resources"} <= set(ide["capabilities"])
+    assert "tools" in classic["capabilities"] and not {"prompts", "resources"} & set(classic["capabilities"])
+    # The answer is the agent's own: private, and it may be kept a while.
+    assert (ide["ttlMs"], ide["cacheScope"]) == (30_000, "private")
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+}
+
+
+async def test_headers_that_disagree_with_the_body_get_32020(gateway_files: GatewayFiles) -> None:
+    """A 2026-07-28 request's `Mcp-Method`, `Mcp-Name` and `Mcp-Param-*` headers must match its
+    body: a mismatch (or a missing required header) is refused with HEADER_MISMATCH (-32020)."""
+    gateway_files.write_servers({"routed": fixture_server("routed")})
+    gateway_files.write_rules({"agents": {"ide": {"view": "aggregate", "allow": {"servers": ["*"]}}}})
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "routed__lookup", "arguments": {"region": "eu"}, "_meta": MODERN_META},
+    }
+    good = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "routed__lookup",
+        "Mcp-Param-Region": "eu",
+        "X-Agent-Id": "ide",
+    }
+    async with asgi_gateway(gateway_files) as service, service.http() as http:
+        assert await eventually(lambda: service.gateway.ready, 30)
+        answered = await http.post("/mcp", json=body, headers={**good, "Accept": "application/json"})
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["result"]["content"][0]["text"] == "region eu"
+        wrong: dict[str, dict[str, str]] = {
+            "method": {"Mcp-Method": "tools/list"},
+            "name": {"Mcp-Name": "routed__other"},
+            "param": {"Mcp-Param-Region": "us"},
+        }
+        for case, headers in wrong.items():
+            refused = await http.post(
+                "/mcp", json=body, headers={**good, **headers, "Accept": "application/json"}
+            )
+            assert refused.status_code == 400, (case, refused.text)
+            assert refused.json()["error"]["code"] == -32020, (case, refused.text)
+        missing = {name: value for name, value in good.items() if name != "Mcp-Name"}
+        refused = await http.post("/mcp", json=body, headers={**missing, "Accept": "application/json"})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == -32020, refused.text

@@ -549,6 +549,11 @@ class Downstream:
         complete = _Request("completion/complete", name, "completion/complete", params, mt.CompleteResult)
         return await self._request(complete, timeout_ms, None)
 
+    def extensions(self) -> dict[str, dict[str, Any]]:
+        """The extensions (SEP-2133) the server declared, by identifier ({} before it answered)."""
+        capabilities = _capabilities(self._client)
+        return dict(capabilities.extensions or {}) if capabilities is not None else {}
+
     async def supports_subscriptions(self) -> bool:
         """Whether the server declared resource subscriptions (once it first tried to connect:
         an isolated session may have just been started)."""

@@ -3,7 +3,8 @@ as if they were the gateway's own, with the same policy, audit and relay as `exe
 
 Listings are wrapped in fastmcp's component types only to pass through its list handlers: each
 wrapper returns the downstream's definition unchanged (under its public name), so descriptions,
-schemas and annotations reach the client as the server wrote them. Results go back the same way.
+schemas and annotations reach the client as the server wrote them; lists are ordered by name (by
+URI or template), so one view lists the same way every time. Results go back the same way.
 A name the agent may not use is reported exactly like a name that does not exist: `-32602`
 (Invalid Params) for an unknown tool, prompt or resource, as the 2026-07-28 specification asks
 (SEP-2164 retired `-32002` for resources), in every protocol era.
@@ -73,7 +74,8 @@ class RelayedResource(ResourceResult):
     result: mt.ReadResourceResult
 
     def to_mcp_result(self, uri: Any) -> mt.ReadResourceResult:
-        return self.result
+        # What one agent may read is its own: never cached for others, whatever the server said.
+        return self.result.model_copy(update={"cache_scope": "private"})
 
 
 class AggregateView:
@@ -97,19 +99,19 @@ class AggregateView:
     async def list_tools(self, op: Operation) -> list[Tool]:
         return [
             ListedTool.model_construct(name=name, parameters=routed.item.input_schema, definition=routed.item)
-            for name, routed in (await self._catalog(op)).tools().items()
+            for name, routed in sorted((await self._catalog(op)).tools().items())
         ]
 
     async def list_prompts(self, op: Operation) -> list[Prompt]:
         return [
             ListedPrompt.model_construct(name=name, definition=routed.item)
-            for name, routed in (await self._catalog(op)).prompts().items()
+            for name, routed in sorted((await self._catalog(op)).prompts().items())
         ]
 
     async def list_resources(self, op: Operation) -> list[Resource]:
         return [
             ListedResource.model_construct(name=routed.item.name, uri=uri, definition=routed.item)
-            for uri, routed in (await self._catalog(op)).resources().items()
+            for uri, routed in sorted((await self._catalog(op)).resources().items())
         ]
 
     async def list_templates(self, op: Operation) -> list[ResourceTemplate]:
@@ -120,7 +122,7 @@ class AggregateView:
                 parameters={},
                 definition=routed.item,
             )
-            for routed in (await self._catalog(op)).templates()
+            for routed in sorted((await self._catalog(op)).templates(), key=lambda routed: routed.name)
         ]
 
     async def call_tool(

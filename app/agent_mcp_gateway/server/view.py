@@ -41,6 +41,10 @@ R = TypeVar("R")
 AGENT_TOOLS = frozenset({"list_servers", "get_server_tools", "execute_tool"})
 DEBUG_TOOLS = frozenset({"get_gateway_status"})
 GATEWAY_TOOLS = AGENT_TOOLS | DEBUG_TOOLS
+AGGREGATE_INSTRUCTIONS = (
+    "This gateway fronts several MCP servers. Its tools, prompts and resources are theirs, named "
+    "{server}__{name} (resources keep their URIs), limited to what your agent may use."
+)
 
 
 class ViewSelection(Middleware):
@@ -92,6 +96,32 @@ class ViewSelection(Middleware):
     def _aggregate(call: Call) -> bool:
         agent = call.resolution.agent
         return agent is not None and call.snapshot.config.rules.view_of(agent) == "aggregate"
+
+    # --- server/discover (2026-07-28) --------------------------------------------------------
+
+    async def on_discover(
+        self,
+        context: MiddlewareContext[mt.DiscoverRequest],
+        call_next: CallNext[mt.DiscoverRequest, mt.DiscoverResult | dict[str, Any]],
+    ) -> mt.DiscoverResult | dict[str, Any]:
+        """What the server offers, as the asking agent's view has it: the discovery view has
+        tools only; the aggregate view has its own instructions and, besides the gateway's own
+        extensions, those its servers declare (the first server's settings where two differ)."""
+        result = await call_next(context)
+        facts = self.facts()
+        assert facts.snapshot is not None
+        agent = resolve(facts.snapshot.engine, facts, None).agent
+        if agent is None or not isinstance(result, mt.DiscoverResult):
+            return result
+        capabilities = result.capabilities
+        if facts.snapshot.config.rules.view_of(agent) == "aggregate":
+            own = capabilities.extensions or {}
+            extensions = {**self.gateway.catalog(agent, facts.snapshot).extensions(), **own}
+            capabilities = capabilities.model_copy(update={"extensions": extensions or None})
+            update: dict[str, Any] = {"capabilities": capabilities, "instructions": AGGREGATE_INSTRUCTIONS}
+            return result.model_copy(update=update)
+        unserved = {"prompts": None, "resources": None, "completions": None}
+        return result.model_copy(update={"capabilities": capabilities.model_copy(update=unserved)})
 
     # --- tools -----------------------------------------------------------------------------
 
