@@ -66,5 +66,12 @@ async def test_a_dropped_call_resumes_with_last_event_id(gateway_files: GatewayF
             answer = httpx.Response(200, content=event["data"]).json()
             assert answer["id"] == 7, answer
             assert answer["result"]["content"][0]["text"] == f"slept {SLEEP_SECONDS}", answer
+
+            # Another session cannot replay this one's stream: its resumption ends at once, empty.
+            other = await http.post("/mcp", json=initialize, headers=STREAM)
+            theirs = {**resume, "Mcp-Session-Id": other.headers["mcp-session-id"]}
+            replayed = await http.get("/mcp", headers=theirs)
+            assert replayed.status_code == 200, replayed.text
+            assert '"id":7' not in replayed.text.replace(" ", ""), replayed.text
     finally:
         gateway.stop()
