@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Unpack
@@ -19,6 +21,7 @@ from typing import Any, Unpack
 import aiohttp
 import aiohttp.abc
 import anyio
+import httpcore2
 import httpx2
 import pydantic_core
 import yarl
@@ -27,7 +30,7 @@ from fastmcp.client.transports.base import SessionKwargs, TransportOptions
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from agent_mcp_gateway.compat import get_env_proxy_for_url
+from agent_mcp_gateway.compat import get_env_proxy_for_url, set_network_backend
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.observe import tracing
@@ -73,22 +76,26 @@ class LastGoodResolver(aiohttp.abc.AbstractResolver):
         # One lookup at a time per name, left to finish when a caller stops waiting for it: a
         # stalled lookup holds one of the event loop's few resolver threads for up to 20 s, and
         # its late outcome would otherwise be logged as an exception nobody retrieved.
-        self._pending: dict[_Key, asyncio.Task[list[aiohttp.abc.ResolveResult]]] = {}
+        self._pending: dict[_Key, tuple[asyncio.Future[list[aiohttp.abc.ResolveResult]], float]] = {}
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[aiohttp.abc.ResolveResult]:
         key = (host, port, family)
-        lookup = self._pending.get(key)
-        if lookup is None:
+        pending = self._pending.get(key)
+        if pending is None:
             if self._system is None:
                 self._system = aiohttp.ThreadedResolver()
-            lookup = asyncio.ensure_future(self._system.resolve(host, port, family))
-            self._pending[key] = lookup
-            lookup.add_done_callback(lambda done: self._settle(key, done))
+            started = asyncio.ensure_future(self._system.resolve(host, port, family))
+            pending = self._pending[key] = (started, time.monotonic())
+            started.add_done_callback(lambda done: self._settle(key, done))
+        lookup, since = pending
         last = self._last.get(key)
+        # A lookup already stalled past the bound is not waited for again: every new connection
+        # during an outage (a session's several, each call's) would otherwise wait the bound.
+        bound = max(0.0, since + RESOLVE_SECONDS - time.monotonic()) if last is not None else None
         try:
-            async with asyncio.timeout(RESOLVE_SECONDS if last is not None else None):
+            async with asyncio.timeout(bound):
                 return await asyncio.shield(lookup)
         except (OSError, TimeoutError):
             if last is None:
@@ -102,7 +109,7 @@ class LastGoodResolver(aiohttp.abc.AbstractResolver):
         with contextlib.suppress(OSError, TimeoutError):
             await self.resolve(url.host, url.port, socket.AF_UNSPEC)
 
-    def _settle(self, key: _Key, lookup: asyncio.Task[list[aiohttp.abc.ResolveResult]]) -> None:
+    def _settle(self, key: _Key, lookup: asyncio.Future[list[aiohttp.abc.ResolveResult]]) -> None:
         del self._pending[key]
         if not lookup.cancelled() and lookup.exception() is None:
             self._last[key] = lookup.result()
@@ -110,6 +117,46 @@ class LastGoodResolver(aiohttp.abc.AbstractResolver):
     async def close(self) -> None:
         """Nothing to release: the system resolver holds nothing, and the last answers are
         kept for the next connection."""
+
+
+class LastGoodBackend(httpcore2.AnyIOBackend):
+    """The SDK session's connections, looked up through the pool's `LastGoodResolver`.
+
+    Without it the SDK's HTTP client asks the system on every new connection: a session that
+    starts while the name server is silent (an agent's own session, opened on its first call)
+    failed to connect to a server the gateway already reached (3 scale-stack tests in a CI
+    rehearsal). TLS still verifies the server's name: httpcore takes it from the URL, not from
+    the address connected to.
+    """
+
+    def __init__(self, resolver: LastGoodResolver) -> None:
+        self.resolver = resolver
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            try:
+                async with asyncio.timeout(timeout):
+                    answers = await self.resolver.resolve(host, port, socket.AF_UNSPEC)
+            except (OSError, TimeoutError) as exc:
+                raise httpcore2.ConnectError(f"cannot look up {host}: {exc}") from exc
+            addresses = list(dict.fromkeys(answer["host"] for answer in answers))
+        failure: httpcore2.ConnectError | httpcore2.ConnectTimeout | None = None
+        for address in addresses:
+            try:
+                return await super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None  # a lookup answers with at least one address
+        raise failure
 
 
 class KeepAlive(httpx2.AsyncBaseTransport):
@@ -434,6 +481,17 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def session_transport(resolver: LastGoodResolver) -> httpx2.AsyncHTTPTransport:
+    """The SDK session's HTTP transport: connections kept past the ping interval, names looked
+    up through the pool's resolver."""
+    limits = httpx2.Limits(
+        max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS
+    )
+    http = httpx2.AsyncHTTPTransport(limits=limits)
+    set_network_backend(http, LastGoodBackend(resolver))
+    return http
+
+
 class HttpServerTransport(ClientTransport):
     def __init__(self, config: ServerConfig, resolver: LastGoodResolver) -> None:
         assert config.url is not None
@@ -449,13 +507,7 @@ class HttpServerTransport(ClientTransport):
         **session_kwargs: Unpack[SessionKwargs],
     ) -> AsyncIterator[ClientSession]:
         options = transport_options or TransportOptions()
-        keep_alive = KeepAlive(
-            httpx2.AsyncHTTPTransport(
-                limits=httpx2.Limits(
-                    max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS
-                )
-            )
-        )
+        keep_alive = KeepAlive(session_transport(self.resolver))
         async with (
             httpx2.AsyncClient(headers=self.headers, timeout=TIMEOUT, transport=keep_alive) as http_client,
             streamable_http_client(self.url, http_client=http_client, max_sse_event_size=self.limit) as (

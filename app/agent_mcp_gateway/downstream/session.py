@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 import mcp_types as mt
@@ -89,6 +89,9 @@ class Shared:
     idle_timeout: float = 600.0
     max_instances: int = 32
     session_alive: Callable[[str], bool] | None = None
+    # One for all sessions: an agent's session started during a name server outage connects
+    # with the answer another session got (kept across reconnects too).
+    resolver: LastGoodResolver = field(default_factory=LastGoodResolver)
 
 
 class Backoff:
@@ -215,6 +218,7 @@ class Downstream:
         self.connect_timeout = shared.connect_timeout
         self.ping_interval = shared.ping_interval
         self.ping_timeout = shared.ping_timeout
+        self.resolver = shared.resolver
         # Resource URIs the gateway has subscribed to here, renewed after a reconnect.
         self.subscribed: set[str] = set()
         self._last_answer = 0.0
@@ -237,8 +241,6 @@ class Downstream:
         self._notices: set[asyncio.Task[None]] = set()
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
-        # Kept across reconnects: its last good answers are what outlive a name server outage.
-        self._resolver = LastGoodResolver()
         self._gauge(DOWNSTREAM_UP, 0)
         self._gauge(DOWNSTREAM_CIRCUIT_OPEN, 0)
 
@@ -733,7 +735,7 @@ class Downstream:
         if config.command:
             self._wire = StdioServerTransport(self.name, config, self.watchdog, exclusive=self.isolated)
         else:
-            self._wire = HttpServerTransport(config, self._resolver)
+            self._wire = HttpServerTransport(config, self.resolver)
         return self._wire
 
 
