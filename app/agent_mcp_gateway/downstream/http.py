@@ -34,6 +34,7 @@ from agent_mcp_gateway.compat import get_env_proxy_for_url, set_network_backend
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.observe import tracing
+from agent_mcp_gateway.protocol import INTERNAL_ERROR, PROTOCOL_VERSION_HEADER, SESSION_HEADER
 
 # The SDK's defaults: a response stream may stay open for a long-running call.
 TIMEOUT = httpx2.Timeout(30.0, read=300.0)
@@ -42,8 +43,6 @@ TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 # keeps streaming; past them the connection is closed as before.
 DRAIN_SECONDS = 0.5
 DRAIN_BYTES = 64 * 1024
-SESSION_ID = "mcp-session-id"
-PROTOCOL_VERSION = "mcp-protocol-version"
 # The SDK's own resumption rules: wait the server's retry (else 1 s), give up after 2 failures.
 RESUME_DELAY_MS = 1000
 RESUME_ATTEMPTS = 2
@@ -177,7 +176,7 @@ class KeepAlive(httpx2.AsyncBaseTransport):
         # The SDK sends each request in the context of the call it belongs to, so the current
         # span here is that call's (nothing is added when tracing is off).
         tracing.inject(request.headers)
-        for name in (SESSION_ID, PROTOCOL_VERSION):
+        for name in (SESSION_HEADER, PROTOCOL_VERSION_HEADER):
             if (value := request.headers.get(name)) is not None:
                 self.session[name] = value
         try:
@@ -191,8 +190,8 @@ class KeepAlive(httpx2.AsyncBaseTransport):
             # on one failed POST, failing every call in flight (measured: 1 in 150-250 calls
             # against a server with a 0.2 s keep-alive; tests/unit/downstream/test_http.py).
             response = await self.inner.handle_async_request(request)
-        if (session_id := response.headers.get(SESSION_ID)) is not None:
-            self.session[SESSION_ID] = session_id
+        if (session_id := response.headers.get(SESSION_HEADER)) is not None:
+            self.session[SESSION_HEADER] = session_id
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         response.stream = _DrainOnClose(response.stream)
         return response
@@ -342,7 +341,7 @@ class HttpCalls:
     async def _answer(
         self, response: aiohttp.ClientResponse, request_id: str, messages: rpc.CallMessages
     ) -> rpc.Message:
-        if response.status == 404 and SESSION_ID in self.keep_alive.session:
+        if response.status == 404 and SESSION_HEADER in self.keep_alive.session:
             raise ConnectionError("the server ended the session")
         if response.content_type == "text/event-stream" and response.status < 300:
             return await self._events(response, request_id, messages)
@@ -355,10 +354,10 @@ class HttpCalls:
             return message  # type: ignore[no-any-return]  # is_answer checked it is a dict
         if 300 <= response.status < 400:
             raise MCPError(
-                rpc.INTERNAL_ERROR,
+                INTERNAL_ERROR,
                 f"the server answered HTTP {response.status} (a redirect, which the gateway does not follow)",
             )
-        raise MCPError(rpc.INTERNAL_ERROR, f"the server answered HTTP {response.status}")
+        raise MCPError(INTERNAL_ERROR, f"the server answered HTTP {response.status}")
 
     async def _events(
         self, response: aiohttp.ClientResponse, request_id: str, messages: rpc.CallMessages
@@ -385,9 +384,9 @@ class HttpCalls:
         except httpx2.SSEError as exc:
             if "exceeded" in str(exc):
                 raise _too_large(self.limit) from None
-            raise MCPError(rpc.INTERNAL_ERROR, f"the server's event stream failed: {exc}") from None
+            raise MCPError(INTERNAL_ERROR, f"the server's event stream failed: {exc}") from None
         except ValueError:
-            raise MCPError(rpc.INTERNAL_ERROR, "the server sent an event that is not JSON") from None
+            raise MCPError(INTERNAL_ERROR, "the server sent an event that is not JSON") from None
         raise _Ended(last_event_id, retry_ms)
 
     async def _server_message(
@@ -467,7 +466,7 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
 
 
 def _too_large(limit: int) -> MCPError:
-    return MCPError(rpc.INTERNAL_ERROR, "result too large", rpc.TooLarge(None, limit))
+    return MCPError(INTERNAL_ERROR, "result too large", rpc.TooLarge(None, limit))
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:

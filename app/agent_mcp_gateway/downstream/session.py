@@ -56,7 +56,7 @@ from agent_mcp_gateway.observe.metrics import (
     DOWNSTREAM_UP,
     downstream_series,
 )
-from agent_mcp_gateway.protocol import KINDS, Kind
+from agent_mcp_gateway.protocol import INTERNAL_ERROR, KINDS, METHOD_NOT_FOUND, SERVER_ERROR, Kind
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
@@ -67,9 +67,6 @@ UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource 
 M = TypeVar("M", bound=BaseModel)
 
 RENEWALS_AT_ONCE = 8  # subscriptions renewed in parallel after a reconnect
-CONNECTION_CLOSED = -32000
-METHOD_NOT_FOUND = -32601
-INVALID_RESULT = -32603
 ELICIT_PARAMS: TypeAdapter[mt.ElicitRequestParams] = TypeAdapter(mt.ElicitRequestParams)
 
 
@@ -607,7 +604,7 @@ class Downstream:
             raise GatewayTimeout(operation, timeout_ms) from None
         except ValidationError:
             self._answered()
-            raise self._retold(target, MCPError(INVALID_RESULT, "the server's result is malformed")) from None
+            raise self._retold(target, MCPError(INTERNAL_ERROR, "the server's result is malformed")) from None
         except MCPError as exc:
             self._answered()
             if isinstance(exc.data, rpc.TooLarge):
@@ -757,7 +754,7 @@ def _offered(client: Client[Any]) -> set[Kind]:
 
 
 def _is_connection_loss(exc: MCPError) -> bool:
-    return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"
+    return exc.code == SERVER_ERROR and exc.message == "Connection closed"
 
 
 def _describe(exc: BaseException, during: str) -> str:
