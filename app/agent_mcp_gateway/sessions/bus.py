@@ -29,6 +29,8 @@ log = logging.getLogger("agent_mcp_gateway.bus")
 
 CHANNEL = "agent-mcp-gateway:changes"
 RECONNECT_SECONDS = 2.0
+TIMEOUT_SECONDS = 5.0
+HEALTH_SECONDS = 10
 
 Refresh = Callable[[str, Kind], None]  # server, kind: re-read this replica's copy of its catalog
 Updated = Callable[[str, str, str], Awaitable[None]]  # server, URI, owner: tell local subscribers
@@ -48,8 +50,14 @@ class ChangeBus:
     async def start(self) -> None:
         if self.url is None:
             return
-        self._redis = Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
-        self._listener = asyncio.get_running_loop().create_task(self._listen(self._redis))
+        timeout = TIMEOUT_SECONDS
+        self._redis = Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        # The subscriber waits for messages without a read timeout (one would end every quiet
+        # subscription); a health check every few seconds finds a dead connection instead.
+        listening = Redis.from_url(
+            self.url, socket_connect_timeout=timeout, health_check_interval=HEALTH_SECONDS
+        )
+        self._listener = asyncio.get_running_loop().create_task(self._listen(listening))
 
     def catalog_changed(self, server: str, kind: Kind) -> None:
         self._publish({"type": "catalog", "server": server, "kind": kind})
@@ -71,6 +79,12 @@ class ChangeBus:
             log.debug("change not published", extra={"error": repr(exc)})
 
     async def _listen(self, redis: Redis) -> None:
+        try:
+            await self._subscribe(redis)
+        finally:
+            await redis.aclose()
+
+    async def _subscribe(self, redis: Redis) -> None:
         failing = False
         while True:
             try:
