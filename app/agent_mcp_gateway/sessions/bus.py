@@ -53,9 +53,12 @@ class ChangeBus:
         timeout = TIMEOUT_SECONDS
         self._redis = Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
         # The subscriber waits for messages without a read timeout (one would end every quiet
-        # subscription); a health check every few seconds finds a dead connection instead.
+        # subscription); a closed connection ends the read, TCP keepalive finds a silent one.
         listening = Redis.from_url(
-            self.url, socket_connect_timeout=timeout, health_check_interval=HEALTH_SECONDS
+            self.url,
+            socket_connect_timeout=timeout,
+            socket_keepalive=True,
+            health_check_interval=HEALTH_SECONDS,
         )
         self._listener = asyncio.get_running_loop().create_task(self._listen(listening))
 
