@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StrictBool,
     StrictInt,
     StringConstraints,
@@ -36,6 +37,10 @@ NAME_SEPARATOR = "__"
 Isolation = Literal["agent", "session", "shared"]
 M = TypeVar("M", bound=BaseModel)
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A mounted secret in a credential header: `${file:/run/secrets/token}`, read at load time.
+_FILE_REFERENCE = re.compile(r"\$\{file:([^}]+)\}")
+# RFC 9110 field names; a value may not break the header block.
+_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 # JSON has no comments: any object in either file may carry this key for the reader.
 COMMENT_KEY = "$comment"
 
@@ -87,6 +92,9 @@ class ServerConfig(BaseModel):
     isolation: Isolation | None = None
     idle_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     max_instances: Annotated[StrictInt, Field(gt=0)] | None = None
+    # "per-agent": only agents with credentials of their own for this server (the rules file's
+    # `agents.<id>.credentials.<server>`) may call it; unset, others use the server's headers.
+    credentials: Literal["per-agent"] | None = None
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)
@@ -109,6 +117,8 @@ class ServerConfig(BaseModel):
             raise ValueError("'args', 'env' and 'cwd' are for stdio servers, not 'url' ones")
         if self.command and self.headers:
             raise ValueError("'headers' are for 'url' servers, not stdio ones")
+        if self.command and self.credentials:
+            raise ValueError("'credentials' are headers for 'url' servers, not stdio ones")
         if self.url and not re.match(r"^https?://", self.url):
             raise ValueError("'url' must start with http:// or https://")
         return self
@@ -169,6 +179,32 @@ TokenHash = Annotated[str, StringConstraints(pattern=TOKEN_HASH_PATTERN)]
 
 
 View = Literal["discovery", "aggregate"]
+HeaderName = Annotated[str, StringConstraints(pattern=_HEADER_NAME)]
+
+
+class DownstreamCredentials(BaseModel):
+    """An agent's own headers for one HTTP server, sent on that agent's downstream session
+    only, in place of the server's headers of the same name. Values are secrets: SecretStr
+    keeps them out of every repr, dump and error message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    headers: Annotated[dict[HeaderName, SecretStr], Field(min_length=1)]
+
+    @field_validator("headers")
+    @classmethod
+    def _values(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, value in headers.items():
+            text = value.get_secret_value()
+            if not text.strip():
+                raise ValueError(f"header {name!r} is empty")
+            if "\r" in text or "\n" in text or "\0" in text:
+                raise ValueError(f"header {name!r} holds a line break or NUL")
+        return headers
+
+    def plain(self) -> dict[str, str]:
+        """The headers to send."""
+        return {name: value.get_secret_value() for name, value in self.headers.items()}
 
 
 class AgentRules(BaseModel):
@@ -183,6 +219,8 @@ class AgentRules(BaseModel):
     max_sessions: Annotated[StrictInt, Field(gt=0)] | None = None  # else GATEWAY_MAX_SESSIONS_PER_AGENT
     # Hashes of the agent's bearer tokens ("sha256:<64 hex>"), never the tokens themselves.
     tokens: tuple[TokenHash, ...] = ()
+    # Per server name: the agent's own credentials for that downstream (see DownstreamCredentials).
+    credentials: dict[str, DownstreamCredentials] = Field(default_factory=dict)
 
     @field_validator("rate_limit")
     @classmethod
@@ -316,6 +354,11 @@ class RulesConfig(BaseModel):
         agent = self.agents.get(agent_id)
         return agent.view if agent is not None and agent.view is not None else self.defaults.view
 
+    def credentials_for(self, agent_id: str, server: str) -> DownstreamCredentials | None:
+        """`agent_id`'s own credentials for `server`, if the rules give it any."""
+        agent = self.agents.get(agent_id)
+        return agent.credentials.get(server) if agent is not None else None
+
     @property
     def credentials_configured(self) -> bool:
         """Whether HTTP callers must authenticate (any token hash or a JWT issuer)."""
@@ -374,6 +417,7 @@ def load(mcp_path: Path | None = None, rules_path: Path | None = None) -> Gatewa
     rules_path = discover(rules_path, RULES_ENV, RULES_NAME)
     mcp = load_mcp_config(mcp_path)
     rules = load_rules(rules_path)
+    _check_credentials(mcp, rules, rules_path)
     return GatewayConfig(mcp, rules, mcp_path, rules_path, tuple(cross_check(mcp, rules)))
 
 
@@ -390,11 +434,54 @@ def load_mcp_config(path: Path) -> McpConfig:
 
 
 def load_rules(path: Path) -> RulesConfig:
-    return _validate(RulesConfig, _substitute(_read_json(path), path, "", None), path)
+    raw = _substitute(_read_json(path), path, "", None)
+    if isinstance(raw, dict) and isinstance(raw.get("agents"), dict):
+        for agent_id, agent in raw["agents"].items():
+            if isinstance(agent, dict) and isinstance(agent.get("credentials"), dict):
+                agent["credentials"] = _read_secret_files(
+                    agent["credentials"], path, f"agents.{agent_id}.credentials"
+                )
+    return _validate(RulesConfig, raw, path)
+
+
+def _read_secret_files(value: Any, file: Path, path: str) -> Any:
+    """Replace each `${file:PATH}` in credential strings by that file's content, stripped of
+    surrounding whitespace (a mounted secret's trailing newline). A relative PATH is relative to
+    the rules file's folder. The error names the file, never what it holds."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            secret = Path(match.group(1).strip()).expanduser()
+            secret = secret if secret.is_absolute() else file.parent / secret
+            try:
+                return secret.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    file, path, f"secret file {str(secret)!r} cannot be read ({exc.__class__.__name__})"
+                ) from None
+
+        return _FILE_REFERENCE.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _read_secret_files(v, file, _join(path, k)) for k, v in value.items()}
+    return value
+
+
+def _check_credentials(mcp: McpConfig, rules: RulesConfig, rules_path: Path) -> None:
+    """Credentials are headers: credentials for a stdio server stop the load."""
+    for agent_id, agent in rules.agents.items():
+        for server in agent.credentials:
+            config = mcp.mcpServers.get(server)
+            where = f"agents.{agent_id}.credentials.{server}"
+            if config is not None and config.kind != "http":
+                raise ConfigError(
+                    rules_path,
+                    where,
+                    f"server {server!r} is a stdio server; credentials are headers for 'url' servers",
+                )
 
 
 def cross_check(mcp: McpConfig, rules: RulesConfig) -> list[str]:
-    """Rules naming servers that are not configured: likely typos, but not fatal."""
+    """Rules (and credentials) naming servers that are not configured: likely typos, but not fatal."""
     from fnmatch import fnmatchcase
 
     names = list(mcp.mcpServers)
@@ -408,6 +495,11 @@ def cross_check(mcp: McpConfig, rules: RulesConfig) -> list[str]:
                     warnings.append(
                         f"agents.{agent_id}.{kind}.{where}: {pattern!r} matches no server in the servers file"
                     )
+        warnings += [
+            f"agents.{agent_id}.credentials.{server}: no such server in the servers file"
+            for server in agent.credentials
+            if server not in mcp.mcpServers
+        ]
     return warnings
 
 
@@ -477,6 +569,8 @@ def _validate(model: type[M], raw: Any, file: Path) -> M:
 def _json_path(loc: tuple[Any, ...]) -> str:
     path = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a map key that is wrong itself
+            continue
         if isinstance(part, int):
             path += f"[{part}]"
         else:

@@ -97,7 +97,9 @@ class Gateway:
             max_instances=settings.max_instances,
             session_alive=lambda session_id: self.sessions.get(session_id) is not None,
         )
-        self.pool = DownstreamPool(shared)
+        self.pool = DownstreamPool(
+            shared, lambda agent_id, server: self.snapshot.config.rules.credentials_for(agent_id, server)
+        )
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
         self.subscriptions = Subscriptions(
             self.may_use, self.session_alive, self._unsubscribe, settings.max_subscriptions
@@ -222,6 +224,7 @@ class Gateway:
                 await self.pool.apply(self.config.servers)
                 return False
             self.snapshot = snapshot
+            self.pool.revise_credentials()
             self.list_changed.changed()
             CONFIG_RELOADS.labels("success").inc()
             CONFIG_LAST_RELOAD_OK.set(1)

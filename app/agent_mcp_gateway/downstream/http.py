@@ -435,9 +435,12 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 class HttpServerTransport(ClientTransport):
-    def __init__(self, config: ServerConfig, resolver: LastGoodResolver) -> None:
+    def __init__(
+        self, config: ServerConfig, resolver: LastGoodResolver, credentials: dict[str, str] | None = None
+    ) -> None:
         assert config.url is not None
-        self.url, self.headers, self.limit = config.url, dict(config.headers), config.max_result_bytes
+        self.url, self.limit = config.url, config.max_result_bytes
+        self.headers = with_credentials(config.headers, credentials or {})
         self.resolver = resolver
         self.calls: HttpCalls | None = None
 
@@ -474,6 +477,13 @@ class HttpServerTransport(ClientTransport):
                 remember.cancel()
                 calls, self.calls = self.calls, None
                 await calls.aclose()
+
+
+def with_credentials(headers: dict[str, str], credentials: dict[str, str]) -> dict[str, str]:
+    """The server's headers with an agent's own in place of those of the same name (header
+    names are case-insensitive)."""
+    replaced = {name.lower() for name in credentials}
+    return {**{k: v for k, v in headers.items() if k.lower() not in replaced}, **credentials}
 
 
 def _closed_before_answering(exc: httpx2.TransportError) -> bool:

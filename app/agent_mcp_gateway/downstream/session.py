@@ -35,7 +35,7 @@ from mcp import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent_mcp_gateway.access.pins import PinStore
-from agent_mcp_gateway.config import Isolation, ServerConfig
+from agent_mcp_gateway.config import DownstreamCredentials, Isolation, ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.circuit import CircuitBreaker, CircuitOpen
 from agent_mcp_gateway.downstream.http import HttpServerTransport, LastGoodResolver
@@ -196,10 +196,21 @@ class Downstream:
     agent or client session (`owner` names it; see `downstream.pool`)."""
 
     def __init__(
-        self, name: str, config: ServerConfig, watchdog: Watchdog, shared: Shared, owner: str = ""
+        self,
+        name: str,
+        config: ServerConfig,
+        watchdog: Watchdog,
+        shared: Shared,
+        owner: str = "",
+        credentials: DownstreamCredentials | None = None,
+        agent_id: str | None = None,
     ) -> None:
         self.name = name
         self.owner = owner
+        # The owning agent (None on the shared session) and its own credentials for an HTTP
+        # server, sent on this session only.
+        self.agent_id = agent_id
+        self.credentials = credentials
         # Everything an isolated session's server sends belongs to its owner.
         self.isolated = bool(owner)
         self.isolation: Isolation = config.isolation or shared.isolation
@@ -733,7 +744,8 @@ class Downstream:
         if config.command:
             self._wire = StdioServerTransport(self.name, config, self.watchdog, exclusive=self.isolated)
         else:
-            self._wire = HttpServerTransport(config, self._resolver)
+            headers = self.credentials.plain() if self.credentials is not None else {}
+            self._wire = HttpServerTransport(config, self._resolver, headers)
         return self._wire
 
 
