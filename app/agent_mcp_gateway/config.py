@@ -64,6 +64,59 @@ def user_config_dir() -> Path:
 # --- downstream servers ---------------------------------------------------------------------
 
 
+TokenEndpointAuth = Literal["client_secret_basic", "client_secret_post"]
+BASIC_AUTH: TokenEndpointAuth = "client_secret_basic"
+
+
+class OAuthClient(BaseModel):
+    """An OAuth client registered at a downstream's authorization server: the gateway's own
+    (`auth.oauth` in the servers file) or an agent's (`credentials.<server>.oauth` in the rules)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_id: Annotated[str, StringConstraints(min_length=1)]
+    client_secret: SecretStr
+    token_endpoint_auth_method: TokenEndpointAuth = BASIC_AUTH
+
+
+class OAuthConfig(BaseModel):
+    """How the gateway obtains tokens for a protected HTTP downstream (OAuth 2.1 client
+    credentials): the authorization server it must be (`issuer`, checked against the server's
+    RFC 9728 and RFC 8414 metadata), the scope to ask for first, and the gateway's own client
+    (optional when every agent brings its own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: Annotated[str, StringConstraints(pattern=r"^https?://")]
+    scope: str | None = None
+    client_id: Annotated[str, StringConstraints(min_length=1)] | None = None
+    client_secret: SecretStr | None = None
+    token_endpoint_auth_method: TokenEndpointAuth = BASIC_AUTH
+
+    @model_validator(mode="after")
+    def _whole_client(self) -> OAuthConfig:
+        if (self.client_id is None) != (self.client_secret is None):
+            raise ValueError("'client_id' and 'client_secret' go together")
+        return self
+
+    @property
+    def client(self) -> OAuthClient | None:
+        """The gateway's own client, if configured."""
+        if self.client_id is None or self.client_secret is None:
+            return None
+        return OAuthClient(
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            token_endpoint_auth_method=self.token_endpoint_auth_method,
+        )
+
+
+class ServerAuth(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    oauth: OAuthConfig
+
+
 class ServerConfig(BaseModel):
     """One downstream server: a stdio program (`command`) or a Streamable HTTP URL (`url`)."""
 
@@ -95,6 +148,8 @@ class ServerConfig(BaseModel):
     # "per-agent": only agents with credentials of their own for this server (the rules file's
     # `agents.<id>.credentials.<server>`) may call it; unset, others use the server's headers.
     credentials: Literal["per-agent"] | None = None
+    # OAuth 2.1 for a protected HTTP server: tokens obtained per agent or for the gateway.
+    auth: ServerAuth | None = None
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)
@@ -119,6 +174,8 @@ class ServerConfig(BaseModel):
             raise ValueError("'headers' are for 'url' servers, not stdio ones")
         if self.command and self.credentials:
             raise ValueError("'credentials' are headers for 'url' servers, not stdio ones")
+        if self.command and self.auth:
+            raise ValueError("'auth' is for 'url' servers, not stdio ones")
         if self.url and not re.match(r"^https?://", self.url):
             raise ValueError("'url' must start with http:// or https://")
         return self
@@ -183,13 +240,21 @@ HeaderName = Annotated[str, StringConstraints(pattern=_HEADER_NAME)]
 
 
 class DownstreamCredentials(BaseModel):
-    """An agent's own headers for one HTTP server, sent on that agent's downstream session
-    only, in place of the server's headers of the same name. Values are secrets: SecretStr
-    keeps them out of every repr, dump and error message."""
+    """An agent's own credentials for one HTTP server, used on that agent's downstream session
+    only: headers (in place of the server's of the same name) and, for a server with
+    `auth.oauth`, the agent's own OAuth client. Secrets are SecretStr: no repr, dump or error
+    message shows them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    headers: Annotated[dict[HeaderName, SecretStr], Field(min_length=1)]
+    headers: dict[HeaderName, SecretStr] = Field(default_factory=dict)
+    oauth: OAuthClient | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> DownstreamCredentials:
+        if not self.headers and self.oauth is None:
+            raise ValueError("needs 'headers' or 'oauth'")
+        return self
 
     @field_validator("headers")
     @classmethod
@@ -467,9 +532,10 @@ def _read_secret_files(value: Any, file: Path, path: str) -> Any:
 
 
 def _check_credentials(mcp: McpConfig, rules: RulesConfig, rules_path: Path) -> None:
-    """Credentials are headers: credentials for a stdio server stop the load."""
+    """Credentials for a stdio server, or an OAuth client for a server without `auth.oauth`,
+    stop the load: they could never be used."""
     for agent_id, agent in rules.agents.items():
-        for server in agent.credentials:
+        for server, credentials in agent.credentials.items():
             config = mcp.mcpServers.get(server)
             where = f"agents.{agent_id}.credentials.{server}"
             if config is not None and config.kind != "http":
@@ -477,6 +543,12 @@ def _check_credentials(mcp: McpConfig, rules: RulesConfig, rules_path: Path) -> 
                     rules_path,
                     where,
                     f"server {server!r} is a stdio server; credentials are headers for 'url' servers",
+                )
+            if config is not None and credentials.oauth is not None and config.auth is None:
+                raise ConfigError(
+                    rules_path,
+                    f"{where}.oauth",
+                    f"server {server!r} has no 'auth.oauth' to use an OAuth client with",
                 )
 
 

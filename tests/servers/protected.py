@@ -39,7 +39,13 @@ ADMIN_SCOPE = "admin"
 def caller() -> dict[str, Any]:
     token = get_access_token()
     assert token is not None  # the auth middleware let no request without one through
-    return {"subject": token.claims.get("sub"), "client_id": token.client_id, "scopes": sorted(token.scopes)}
+    return {
+        "subject": token.claims.get("sub"),
+        "client_id": token.client_id,
+        "scopes": sorted(token.scopes),
+        "token_id": token.claims.get("jti"),
+        "actor": token.claims.get("act"),
+    }
 
 
 def build(verifier: TokenVerifier) -> FastMCP:

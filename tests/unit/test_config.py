@@ -378,7 +378,7 @@ def test_credentials_come_from_the_environment_and_from_secret_files(
         ({"Bad Name": "v"}, "remote", "agents.a.credentials.remote.headers.Bad Name", "should match pattern"),
         ({"X-Key": "a\r\nX-Injected: 1"}, "remote", "agents.a.credentials.remote.headers", "line break"),
         ({"X-Key": " "}, "remote", "agents.a.credentials.remote.headers", "is empty"),
-        ({}, "remote", "agents.a.credentials.remote.headers", "at least 1"),
+        ({}, "remote", "agents.a.credentials.remote", "needs 'headers' or 'oauth'"),
         ({"X-Key": "v"}, "local", "agents.a.credentials.local", "stdio server"),
     ],
 )

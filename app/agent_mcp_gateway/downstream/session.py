@@ -40,6 +40,7 @@ from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.circuit import CircuitBreaker, CircuitOpen
 from agent_mcp_gateway.downstream.http import HttpServerTransport, LastGoodResolver
 from agent_mcp_gateway.downstream.messages import Relay, current_call
+from agent_mcp_gateway.downstream.oauth import oauth_session
 from agent_mcp_gateway.downstream.stdio import StdioServerTransport
 from agent_mcp_gateway.downstream.watchdog import Watchdog
 from agent_mcp_gateway.errors import (
@@ -211,6 +212,12 @@ class Downstream:
         # server, sent on this session only.
         self.agent_id = agent_id
         self.credentials = credentials
+        # A protected server's tokens for this session, kept across reconnects.
+        self._oauth = oauth_session(
+            config.url or "",
+            config.auth.oauth if config.auth is not None else None,
+            credentials.oauth if credentials is not None else None,
+        )
         # Everything an isolated session's server sends belongs to its owner.
         self.isolated = bool(owner)
         self.isolation: Isolation = config.isolation or shared.isolation
@@ -745,7 +752,7 @@ class Downstream:
             self._wire = StdioServerTransport(self.name, config, self.watchdog, exclusive=self.isolated)
         else:
             headers = self.credentials.plain() if self.credentials is not None else {}
-            self._wire = HttpServerTransport(config, self._resolver, headers)
+            self._wire = HttpServerTransport(config, self._resolver, headers, self._oauth)
         return self._wire
 
 
