@@ -92,11 +92,16 @@ class OAuthConfig(BaseModel):
     client_id: Annotated[str, StringConstraints(min_length=1)] | None = None
     client_secret: SecretStr | None = None
     token_endpoint_auth_method: TokenEndpointAuth = BASIC_AUTH
+    # "token-exchange" (RFC 8693): each JWT-authenticated agent's inbound token is exchanged, by
+    # the gateway's client, for a token of this server's audience that names the agent.
+    grant: Literal["client_credentials", "token-exchange"] = "client_credentials"
 
     @model_validator(mode="after")
     def _whole_client(self) -> OAuthConfig:
         if (self.client_id is None) != (self.client_secret is None):
             raise ValueError("'client_id' and 'client_secret' go together")
+        if self.grant == "token-exchange" and self.client_id is None:
+            raise ValueError("a token exchange needs the gateway's own 'client_id' and 'client_secret'")
         return self
 
     @property
@@ -179,6 +184,13 @@ class ServerConfig(BaseModel):
         if self.url and not re.match(r"^https?://", self.url):
             raise ValueError("'url' must start with http:// or https://")
         return self
+
+    @property
+    def per_agent(self) -> bool:
+        """Whether every agent needs a session of its own here: its own credentials are
+        required, or its own token is exchanged."""
+        exchanges = self.auth is not None and self.auth.oauth.grant == "token-exchange"
+        return self.credentials == "per-agent" or exchanges
 
     @property
     def kind(self) -> Literal["stdio", "http"]:

@@ -19,6 +19,7 @@ from agent_mcp_gateway.access.identity import claims_warning, identity_problem
 from agent_mcp_gateway.access.pins import PinStore, pins_path
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.access.ratelimit import RateLimits
+from agent_mcp_gateway.access.subject_tokens import SubjectTokens
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.config import ConfigError, GatewayConfig
 from agent_mcp_gateway.downstream.messages import Relay
@@ -96,7 +97,9 @@ class Gateway:
             idle_timeout=settings.idle_timeout,
             max_instances=settings.max_instances,
             session_alive=lambda session_id: self.sessions.get(session_id) is not None,
+            subject_token=lambda agent_id: self.subject_tokens.current(agent_id),
         )
+        self.subject_tokens = SubjectTokens()
         self.pool = DownstreamPool(
             shared, lambda agent_id, server: self.snapshot.config.rules.credentials_for(agent_id, server)
         )

@@ -10,6 +10,7 @@ grant: the agent's own client where the rules give one, else the gateway's.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import subprocess
@@ -39,6 +40,7 @@ from conftest import (
 OIDC_PROVIDER = NODE_MODULES / "oidc-provider" / "package.json"
 TOKEN_TTL = 12  # seconds: long enough for a call on a loaded machine, short enough to outlive
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GATEWAY_AUDIENCE = "http://gateway.test/mcp"  # the resource agents' own tokens are for
 SECRET = {name: f"{name}-secret-" + secrets.token_hex(12) for name in ("gw", "alpha", "beta", "stranger")}
 
 
@@ -79,6 +81,7 @@ def authorization_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
                     client_metadata("stranger", "mcp"),
                 ],
                 "access_token_ttl": TOKEN_TTL,
+                "exchange": {"subject_audience": GATEWAY_AUDIENCE},
             }
         )
     )
@@ -230,6 +233,78 @@ async def test_an_authorization_server_that_is_not_the_configured_issuer_is_refu
     assert authorization_server.issued("stranger") == 0
     assert "OAuthFlowError" in json.dumps(error.data)
     assert f"issuer mismatch: {authorization_server.issuer} != http://127.0.0.1:9/" in gateway.log_text()
+
+
+@pytest.fixture(scope="module")
+def exchanging(
+    tmp_path_factory: pytest.TempPathFactory, authorization_server: AuthorizationServer, protected: str
+) -> Iterator[HttpGateway]:
+    """A gateway whose agents authenticate with JWTs of the authorization server, and which
+    exchanges each agent's token for the protected server."""
+    issuer = authorization_server.issuer
+    files = new_gateway_files(tmp_path_factory.mktemp("exchange"))
+    oauth = {"issuer": issuer, "scope": "mcp", "client_id": "gw", "client_secret": "${GW_SECRET}"}
+    files.write_servers(
+        {"remote": {"url": protected, "auth": {"oauth": {**oauth, "grant": "token-exchange"}}}}
+    )
+    jwt = {"issuer": issuer, "audience": GATEWAY_AUDIENCE, "jwks_uri": f"{issuer}/jwks", "agent_claim": "sub"}
+    files.write_rules(
+        {
+            "agents": {agent: {"allow": {"servers": ["*"]}} for agent in ("alpha", "beta")},
+            "auth": {"jwt": jwt},
+        }
+    )
+    started = start_http_gateway(files, GW_SECRET=SECRET["gw"], GATEWAY_LOG_LEVEL="DEBUG")
+    yield started
+    started.stop()
+
+
+def agent_token(authorization_server: AuthorizationServer, agent: str) -> str:
+    """The agent's own access token for the gateway, from the authorization server."""
+    response = httpx.post(
+        f"{authorization_server.issuer}/token",
+        data={"grant_type": "client_credentials", "scope": "mcp", "resource": GATEWAY_AUDIENCE},
+        auth=(agent, SECRET[agent]),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def token_id(token: str) -> str:
+    payload = token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])
+
+
+async def test_token_exchange_acts_on_behalf_of_each_jwt_agent(
+    exchanging: HttpGateway, authorization_server: AuthorizationServer
+) -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    inbound: dict[str, str] = {}
+    for agent in ("alpha", "beta"):
+        inbound[agent] = agent_token(authorization_server, agent)
+        headers = {"Authorization": f"Bearer {inbound[agent]}"}
+        async with Client(
+            StreamableHttpTransport(exchanging.mcp_url, headers=headers), timeout=90
+        ) as session:
+            result = await session.call_tool_mcp(
+                "execute_tool", {"server": "remote", "tool": "whoami", "args": {}}
+            )
+        assert not result.is_error, result.content
+        assert result.structured_content is not None
+        seen[agent] = result.structured_content
+    for agent in ("alpha", "beta"):
+        # The downstream sees the agent, acted for by the gateway's client, on a token of its own
+        # audience: never the agent's inbound token (whose audience is the gateway).
+        assert seen[agent]["subject"] == agent
+        assert seen[agent]["actor"] == {"sub": "gw"}
+        assert seen[agent]["token_id"] != token_id(inbound[agent])
+    assert authorization_server.log.read_text().count('"issued":"token-exchange"') >= 2
+    written = exchanging.log_text() + exchanging.files.audit.read_text()
+    assert "whoami" in written
+    for token in inbound.values():
+        assert token not in written
+    assert SECRET["gw"] not in written
 
 
 async def test_no_secret_or_token_in_logs_audit_metrics_or_answers(gateway: HttpGateway) -> None:

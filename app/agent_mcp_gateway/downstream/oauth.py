@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx2
 from mcp.client.auth import OAuthFlowError, OAuthTokenError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
+from agent_mcp_gateway.compat import TokenExchangeProvider
 from agent_mcp_gateway.config import OAuthClient, OAuthConfig
+
+# The agent's current inbound token, for a token exchange (None: it presented none).
+SubjectToken = Callable[[], str | None]
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
@@ -63,9 +67,11 @@ class _Memory:
 class OAuthSession:
     """The tokens of one downstream session: obtained with one client, for one server."""
 
-    def __init__(self, server_url: str, config: OAuthConfig, client: OAuthClient) -> None:
+    def __init__(
+        self, server_url: str, config: OAuthConfig, client: OAuthClient, subject: SubjectToken | None = None
+    ) -> None:
         self._storage = _Memory()
-        self.provider = ClientCredentialsOAuthProvider(
+        arguments = (
             server_url,
             self._storage,
             client.client_id,
@@ -73,6 +79,11 @@ class OAuthSession:
             client.token_endpoint_auth_method,
             config.scope,
             config.issuer,
+        )
+        self.provider = (
+            TokenExchangeProvider(*arguments, subject=subject)
+            if subject is not None
+            else ClientCredentialsOAuthProvider(*arguments)
         )
         self.server_url = server_url
         self.client_id = client.client_id
@@ -143,12 +154,16 @@ def _kind(exc: Exception) -> str:
 
 
 def oauth_session(
-    server_url: str, config: OAuthConfig | None, own: OAuthClient | None
+    server_url: str, config: OAuthConfig | None, own: OAuthClient | None, subject: SubjectToken | None
 ) -> OAuthSession | None:
     """The tokens a downstream session uses: with the agent's own client (`own`) if it has
-    one, else the gateway's; None for a server without `auth.oauth`, or without a client to
-    use (its calls then go out without a token)."""
+    one, else the gateway's; for a token exchange, the gateway's client exchanging `subject`
+    (the owning agent's inbound token). None for a server without `auth.oauth`, or without a
+    client to use (its calls then go out without a token)."""
     if config is None:
         return None
+    if config.grant == "token-exchange":
+        assert config.client is not None  # the configuration requires it
+        return OAuthSession(server_url, config, config.client, subject or (lambda: None))
     client = own or config.client
     return OAuthSession(server_url, config, client) if client is not None else None

@@ -91,7 +91,7 @@ class DownstreamPool:
         if server is None:
             raise ServerUnavailable(name, "not configured on this gateway")
         credentials = self._credentials(name, server.config, owner)
-        key = owner_key(server.isolation, owner, credentials is not None)
+        key = owner_key(server.isolation, owner, credentials is not None or server.config.per_agent)
         if not key:
             return server
         owned = self.owned.setdefault(name, {})
@@ -122,14 +122,16 @@ class DownstreamPool:
     def listing(self, name: str, owner: Owner) -> Downstream | None:
         """Where `owner` reads server `name`'s catalog: its own session once that is up (its
         lists may differ from others'), else the shared one, which lists for everyone; None for
-        a server not configured. On a `"credentials": "per-agent"` server, whose shared session
-        has no identity to list with, the owner's own session is started for its list."""
+        a server not configured. On a server where every agent has a session of its own
+        (`per_agent`), whose shared session has no identity to list with, the owner's own
+        session is started for its list."""
         server = self.servers.get(name)
         if server is None:
             return None
         credentials = self.credentials(owner.agent_id, name)
-        own = self.owned.get(name, {}).get(owner_key(server.isolation, owner, credentials is not None))
-        if server.config.credentials == "per-agent" and credentials is not None:
+        personal = credentials is not None or server.config.per_agent
+        own = self.owned.get(name, {}).get(owner_key(server.isolation, owner, personal))
+        if server.config.per_agent and (credentials is not None or server.config.credentials is None):
             if own is not None and own.credentials == credentials:
                 return own
             try:

@@ -90,6 +90,8 @@ class Shared:
     idle_timeout: float = 600.0
     max_instances: int = 32
     session_alive: Callable[[str], bool] | None = None
+    # An agent's current inbound token, for servers that exchange it (RFC 8693).
+    subject_token: Callable[[str], str | None] | None = None
 
 
 class Backoff:
@@ -217,6 +219,7 @@ class Downstream:
             config.url or "",
             config.auth.oauth if config.auth is not None else None,
             credentials.oauth if credentials is not None else None,
+            _subject(shared, agent_id),
         )
         # Everything an isolated session's server sends belongs to its owner.
         self.isolated = bool(owner)
@@ -754,6 +757,15 @@ class Downstream:
             headers = self.credentials.plain() if self.credentials is not None else {}
             self._wire = HttpServerTransport(config, self._resolver, headers, self._oauth)
         return self._wire
+
+
+def _subject(shared: Shared, agent_id: str | None) -> Callable[[], str | None] | None:
+    """Where an agent's session finds the agent's current inbound token (none on the shared
+    session: it acts for no agent)."""
+    lookup = shared.subject_token
+    if lookup is None or agent_id is None:
+        return None
+    return lambda: lookup(agent_id)
 
 
 def _capabilities(client: Client[Any] | None) -> mt.ServerCapabilities | None:
