@@ -94,10 +94,16 @@ class OAuthConfig(BaseModel):
     token_endpoint_auth_method: TokenEndpointAuth = BASIC_AUTH
     # "token-exchange" (RFC 8693): each JWT-authenticated agent's inbound token is exchanged, by
     # the gateway's client, for a token of this server's audience that names the agent.
-    grant: Literal["client_credentials", "token-exchange"] = "client_credentials"
+    # "authorization_code": a person consents once (`agent-mcp-gateway auth login`), and the
+    # stored refresh token (per agent, else the gateway's) is used; `client_id` is a public client.
+    grant: Literal["client_credentials", "token-exchange", "authorization_code"] = "client_credentials"
 
     @model_validator(mode="after")
     def _whole_client(self) -> OAuthConfig:
+        if self.grant == "authorization_code":
+            if self.client_id is None:
+                raise ValueError("a login ('authorization_code') needs the public client's 'client_id'")
+            return self
         if (self.client_id is None) != (self.client_secret is None):
             raise ValueError("'client_id' and 'client_secret' go together")
         if self.grant == "token-exchange" and self.client_id is None:
@@ -106,7 +112,7 @@ class OAuthConfig(BaseModel):
 
     @property
     def client(self) -> OAuthClient | None:
-        """The gateway's own client, if configured."""
+        """The gateway's own confidential client, if configured."""
         if self.client_id is None or self.client_secret is None:
             return None
         return OAuthClient(
@@ -188,8 +194,8 @@ class ServerConfig(BaseModel):
     @property
     def per_agent(self) -> bool:
         """Whether every agent needs a session of its own here: its own credentials are
-        required, or its own token is exchanged."""
-        exchanges = self.auth is not None and self.auth.oauth.grant == "token-exchange"
+        required, its own token is exchanged, or its own login may be used."""
+        exchanges = self.auth is not None and self.auth.oauth.grant != "client_credentials"
         return self.credentials == "per-agent" or exchanges
 
     @property

@@ -16,6 +16,7 @@ from typing import Any
 from agent_mcp_gateway import config as config_module
 from agent_mcp_gateway.access.credentials import Authenticator
 from agent_mcp_gateway.access.identity import claims_warning, identity_problem
+from agent_mcp_gateway.access.logins import LoginStore, logins_path
 from agent_mcp_gateway.access.pins import PinStore, pins_path
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.access.ratelimit import RateLimits
@@ -98,6 +99,9 @@ class Gateway:
             max_instances=settings.max_instances,
             session_alive=lambda session_id: self.sessions.get(session_id) is not None,
             subject_token=lambda agent_id: self.subject_tokens.current(agent_id),
+            logins=LoginStore(logins_path(settings), settings.credentials_key)
+            if settings.credentials_key
+            else None,
         )
         self.subject_tokens = SubjectTokens()
         self.pool = DownstreamPool(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,14 +24,19 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from mcp import MCPError
+from pydantic import SecretStr
+
+from agent_mcp_gateway.access.logins import LoginStore
 
 from conftest import (
     NODE_MODULES,
     PY,
     SERVERS,
+    GatewayFiles,
     HttpGateway,
     free_port,
     new_gateway_files,
@@ -79,6 +86,15 @@ def authorization_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
                     client_metadata("alpha", "mcp admin"),
                     client_metadata("beta", "mcp"),
                     client_metadata("stranger", "mcp"),
+                    {
+                        "client_id": "console",
+                        "application_type": "native",
+                        "token_endpoint_auth_method": "none",
+                        "grant_types": ["authorization_code", "refresh_token"],
+                        "response_types": ["code"],
+                        "redirect_uris": ["http://127.0.0.1/callback"],
+                        "scope": "openid offline_access mcp",
+                    },
                 ],
                 "access_token_ttl": TOKEN_TTL,
                 "exchange": {"subject_audience": GATEWAY_AUDIENCE},
@@ -305,6 +321,105 @@ async def test_token_exchange_acts_on_behalf_of_each_jwt_agent(
     for token in inbound.values():
         assert token not in written
     assert SECRET["gw"] not in written
+
+
+CREDENTIALS_KEY = Fernet.generate_key().decode()
+
+
+@pytest.fixture(scope="module")
+def consenting(
+    tmp_path_factory: pytest.TempPathFactory, authorization_server: AuthorizationServer, protected: str
+) -> GatewayFiles:
+    """Configuration for a server reached with a person's login (authorization code + PKCE)."""
+    files = new_gateway_files(tmp_path_factory.mktemp("consent"))
+    oauth = {"issuer": authorization_server.issuer, "scope": "mcp", "client_id": "console"}
+    files.write_servers(
+        {"remote": {"url": protected, "auth": {"oauth": {**oauth, "grant": "authorization_code"}}}}
+    )
+    files.write_rules({"agents": {agent: {"allow": {"servers": ["*"]}} for agent in ("alpha", "beta")}})
+    return files
+
+
+def cli(files: GatewayFiles, *arguments: str) -> subprocess.Popen[str]:
+    env = {**os.environ, **files.env(GATEWAY_CREDENTIALS_KEY=CREDENTIALS_KEY)}
+    return subprocess.Popen(
+        [PY, "-m", "agent_mcp_gateway", *arguments],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def sign_in(url: str, person: str) -> None:
+    """What a person does in the browser, headless: the provider's development sign-in page
+    (any login name), then its consent page; the last redirect reaches the CLI's listener."""
+    with httpx.Client(follow_redirects=True, timeout=60) as browser:
+        page = browser.get(url)
+        assert page.status_code == 200 and 'name="login"' in page.text, page.text[:500]
+        page = browser.post(str(page.url), data={"prompt": "login", "login": person, "password": "any"})
+        assert page.status_code == 200, page.text[:500]
+        if 'value="consent"' in page.text:
+            page = browser.post(str(page.url), data={"prompt": "consent"})
+        assert page.status_code == 200 and "login received" in page.text, page.text[:500]
+
+
+def login_as(files: GatewayFiles, agent: str, person: str) -> None:
+    process = cli(files, "auth", "login", "remote", "--agent", agent, "--timeout", "120")
+    assert process.stdout is not None
+    url = ""
+    for line in process.stdout:
+        if line.startswith("http"):
+            url = line.strip()
+            break
+    assert url, process.communicate()[0]
+    sign_in(url, person)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert f"logged in: remote for {agent}" in output
+
+
+async def test_login_then_each_agent_acts_as_its_person_and_a_revoked_login_is_refused(
+    consenting: GatewayFiles, authorization_server: AuthorizationServer
+) -> None:
+    login_as(consenting, "alpha", "alice")
+    login_as(consenting, "beta", "bob")
+    status = cli(consenting, "auth", "status").communicate(timeout=60)[0]
+    assert "remote\talpha\t" in status and "remote\tbeta\t" in status
+    logins_file = consenting.audit.parent / "downstream-logins.json"  # beside the pins
+    assert stat.S_IMODE(logins_file.stat().st_mode) == 0o600
+    gateway = start_http_gateway(
+        consenting, GATEWAY_CREDENTIALS_KEY=CREDENTIALS_KEY, GATEWAY_LOG_LEVEL="DEBUG"
+    )
+    try:
+        assert (await execute(gateway, "alpha", "whoami"))["subject"] == "alice"
+        assert (await execute(gateway, "beta", "whoami"))["subject"] == "bob"
+        # bob's refresh token is revoked at the authorization server (RFC 7009); once the access
+        # token it gave expires, the gateway's refresh is refused and so is beta's call.
+        store = LoginStore(logins_file, SecretStr(CREDENTIALS_KEY))
+        found = store.find("remote", "beta")
+        assert found is not None
+        login, refresh = found
+        revoked = httpx.post(
+            str(login.revocation_endpoint),
+            data={"token": refresh, "token_type_hint": "refresh_token", "client_id": "console"},
+        )
+        assert revoked.status_code == 200, revoked.text
+        time.sleep(TOKEN_TTL + 1)
+        error = await refusal(gateway, "beta", "whoami")
+        # Refused on the call, or already when the session's own request needed a token.
+        said = error.data.get("reason") if error.code == -32001 else gateway.log_text()
+        assert "the stored login was refused (revoked or expired)" in said, error
+        assert "auth login remote --agent beta" in said
+        assert (await execute(gateway, "alpha", "whoami"))["subject"] == "alice"  # refreshed, rotated
+        written = gateway.log_text() + consenting.audit.read_text() + logins_file.read_text()
+        assert refresh not in written
+        assert "eyJ" not in gateway.log_text()
+    finally:
+        gateway.stop()
+    output = cli(consenting, "auth", "logout", "remote", "--agent", "alpha").communicate(timeout=60)[0]
+    assert "logged out: remote for alpha" in output
+    assert "alpha" not in cli(consenting, "auth", "status").communicate(timeout=60)[0].split("logins file")[1]
 
 
 async def test_no_secret_or_token_in_logs_audit_metrics_or_answers(gateway: HttpGateway) -> None:

@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 from agent_mcp_gateway.compat import get_env_proxy_for_url
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
-from agent_mcp_gateway.downstream.oauth import AuthorizationFailed, OAuthSession
+from agent_mcp_gateway.downstream.oauth import AuthorizationFailed, DownstreamTokens
 from agent_mcp_gateway.observe import tracing
 
 # The SDK's defaults: a response stream may stay open for a long-running call.
@@ -207,7 +207,7 @@ class HttpCalls:
         keep_alive: KeepAlive,
         limit: int,
         resolver: LastGoodResolver,
-        oauth: OAuthSession | None = None,
+        oauth: DownstreamTokens | None = None,
     ) -> None:
         self.url, self.keep_alive, self.limit = url, keep_alive, limit
         # A protected server's tokens (downstream.oauth): the header is renewed before each
@@ -268,7 +268,10 @@ class HttpCalls:
         request_id = rpc.new_id()
         body = pydantic_core.to_json(rpc.request(request_id, method, params, messages))
         if self._oauth is not None and self._oauth_http is not None:
-            self._authorization = await self._oauth.authorization(self._oauth_http)
+            try:
+                self._authorization = await self._oauth.authorization(self._oauth_http)
+            except AuthorizationFailed as exc:  # this call fails, saying why; the session stays
+                raise MCPError(rpc.INTERNAL_ERROR, f"no token for the call: {exc}") from None
         try:
             try:
                 async with self._send("POST", body, self._headers()) as response:
@@ -477,7 +480,7 @@ class HttpServerTransport(ClientTransport):
         config: ServerConfig,
         resolver: LastGoodResolver,
         credentials: dict[str, str] | None = None,
-        oauth: OAuthSession | None = None,
+        oauth: DownstreamTokens | None = None,
     ) -> None:
         assert config.url is not None
         self.url, self.limit = config.url, config.max_result_bytes

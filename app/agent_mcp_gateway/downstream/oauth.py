@@ -17,15 +17,18 @@ in memory only, one cache per downstream session, never logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Protocol
 
 import httpx2
 from mcp.client.auth import OAuthFlowError, OAuthTokenError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
+from agent_mcp_gateway.access.logins import LoginStore, LoginStoreError
 from agent_mcp_gateway.compat import TokenExchangeProvider
 from agent_mcp_gateway.config import OAuthClient, OAuthConfig
 
@@ -62,6 +65,17 @@ class _Memory:
 
     async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
         return None
+
+
+class DownstreamTokens(Protocol):
+    """What an HTTP downstream session asks of its tokens, however they are obtained."""
+
+    @property
+    def provider(self) -> httpx2.Auth: ...
+
+    async def authorization(self, http: httpx2.AsyncClient) -> str: ...
+
+    async def challenged(self, http: httpx2.AsyncClient, status: int, headers: Mapping[str, str]) -> str: ...
 
 
 class OAuthSession:
@@ -153,15 +167,96 @@ def _kind(exc: Exception) -> str:
     return type(exc).__name__
 
 
+class LoginSession:
+    """The tokens of a stored login (`auth login`): an access token from its refresh token,
+    renewed before it expires and after a 401; a rotated refresh token is stored again."""
+
+    def __init__(self, store: LoginStore | None, server: str, agent: str) -> None:
+        self.store, self.server, self.agent = store, server, agent
+        self._access: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def provider(self) -> httpx2.Auth:
+        return _LoginAuth(self)
+
+    async def authorization(self, http: httpx2.AsyncClient) -> str:
+        if self._access is not None and time.time() < self._renew_at:
+            return f"Bearer {self._access}"
+        return await self._refresh(http)
+
+    async def challenged(self, http: httpx2.AsyncClient, status: int, headers: Mapping[str, str]) -> str:
+        if status == 403:
+            raise AuthorizationFailed(
+                "the stored login does not grant what the server asks; log in again with the scope it names"
+            )
+        return await self._refresh(http)
+
+    async def _refresh(self, http: httpx2.AsyncClient) -> str:
+        async with self._lock:
+            again = f"run 'agent-mcp-gateway auth login {self.server} --agent {self.agent}'"
+            if self.store is None:
+                raise AuthorizationFailed("stored logins need GATEWAY_CREDENTIALS_KEY to be set")
+            try:
+                found = self.store.find(self.server, self.agent)
+            except LoginStoreError as exc:
+                raise AuthorizationFailed(str(exc)) from None
+            if found is None:
+                raise AuthorizationFailed(f"no login is stored for this server; {again}")
+            login, refresh = found
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh,
+                "client_id": login.client_id,
+                "resource": login.resource,
+            }
+            response = await http.post(login.token_endpoint, data=form)
+            if response.status_code != 200:
+                self._access = None
+                raise AuthorizationFailed(f"the stored login was refused (revoked or expired); {again}")
+            tokens = response.json()
+            if isinstance(tokens.get("refresh_token"), str) and tokens["refresh_token"] != refresh:
+                self.store.rotate(login, tokens["refresh_token"])
+            self._access = str(tokens["access_token"])
+            lifetime = float(tokens.get("expires_in") or 300)
+            self._renew_at = time.time() + lifetime - min(RENEW_BEFORE_SECONDS, lifetime / 10)
+            return f"Bearer {self._access}"
+
+
+class _LoginAuth(httpx2.Auth):
+    """A stored login as the SDK session's httpx auth: the header, and one retry after a 401."""
+
+    def __init__(self, session: LoginSession) -> None:
+        self.session = session
+
+    async def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
+            request.headers["authorization"] = await self.session.authorization(http)
+            response = yield request
+            if response.status_code == 401:
+                request.headers["authorization"] = await self.session.challenged(http, 401, response.headers)
+                yield request
+
+
 def oauth_session(
-    server_url: str, config: OAuthConfig | None, own: OAuthClient | None, subject: SubjectToken | None
-) -> OAuthSession | None:
+    server_url: str,
+    config: OAuthConfig | None,
+    own: OAuthClient | None,
+    subject: SubjectToken | None,
+    login: tuple[LoginStore | None, str, str] | None = None,
+) -> DownstreamTokens | None:
     """The tokens a downstream session uses: with the agent's own client (`own`) if it has
     one, else the gateway's; for a token exchange, the gateway's client exchanging `subject`
-    (the owning agent's inbound token). None for a server without `auth.oauth`, or without a
-    client to use (its calls then go out without a token)."""
+    (the owning agent's inbound token); for a login, the stored login of (store, server,
+    agent). None for a server without `auth.oauth`, or without a client to use (its calls then
+    go out without a token)."""
     if config is None:
         return None
+    if config.grant == "authorization_code":
+        return LoginSession(*login) if login is not None else LoginSession(None, server_url, "*")
     if config.grant == "token-exchange":
         assert config.client is not None  # the configuration requires it
         return OAuthSession(server_url, config, config.client, subject or (lambda: None))

@@ -34,13 +34,14 @@ from fastmcp.telemetry import inject_trace_context
 from mcp import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from agent_mcp_gateway.access.logins import GATEWAY, LoginStore
 from agent_mcp_gateway.access.pins import PinStore
 from agent_mcp_gateway.config import DownstreamCredentials, Isolation, ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.circuit import CircuitBreaker, CircuitOpen
 from agent_mcp_gateway.downstream.http import HttpServerTransport, LastGoodResolver
 from agent_mcp_gateway.downstream.messages import Relay, current_call
-from agent_mcp_gateway.downstream.oauth import oauth_session
+from agent_mcp_gateway.downstream.oauth import AuthorizationFailed, oauth_session
 from agent_mcp_gateway.downstream.stdio import StdioServerTransport
 from agent_mcp_gateway.downstream.watchdog import Watchdog
 from agent_mcp_gateway.errors import (
@@ -92,6 +93,8 @@ class Shared:
     session_alive: Callable[[str], bool] | None = None
     # An agent's current inbound token, for servers that exchange it (RFC 8693).
     subject_token: Callable[[str], str | None] | None = None
+    # The logins `auth login` stored (None without GATEWAY_CREDENTIALS_KEY).
+    logins: LoginStore | None = None
 
 
 class Backoff:
@@ -220,6 +223,7 @@ class Downstream:
             config.auth.oauth if config.auth is not None else None,
             credentials.oauth if credentials is not None else None,
             _subject(shared, agent_id),
+            (shared.logins, name, agent_id or GATEWAY),
         )
         # Everything an isolated session's server sends belongs to its owner.
         self.isolated = bool(owner)
@@ -795,6 +799,8 @@ def _describe(exc: BaseException, during: str) -> str:
         exc = exc.__cause__
     if isinstance(exc, TimeoutError):
         return f"{during} timed out"
+    if isinstance(exc, AuthorizationFailed):  # the gateway's own words: a step, never a secret
+        return f"{during} failed: {exc}"
     if isinstance(exc, FileNotFoundError):
         return f"{during} failed: command not found"
     if isinstance(exc, MCPError) and _is_connection_loss(exc):
