@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as mt
 import yarl
 from fastmcp import FastMCP
@@ -109,3 +110,49 @@ def test_fastmcp_middleware_context_is_a_dataclass_a_planned_call_extends() -> N
     assert planned(extended.copy(method="tools/call")) is call
     assert planned(context) is None
     assert callable(compat.bind_request_context)
+
+
+class _NoStorage:
+    async def get_tokens(self) -> None:
+        return None
+
+    async def set_tokens(self, tokens: Any) -> None:
+        return None
+
+    async def get_client_info(self) -> None:
+        return None
+
+    async def set_client_info(self, client_info: Any) -> None:
+        return None
+
+
+async def test_the_client_credentials_token_request_becomes_a_token_exchange() -> None:
+    from mcp.shared.auth import OAuthMetadata
+
+    provider = compat.TokenExchangeProvider(
+        "http://rs.test/mcp",
+        _NoStorage(),
+        "gw",
+        "gw-secret",
+        "client_secret_basic",
+        "mcp",
+        "http://as.test",
+        subject=lambda: "the-agents-jwt",
+    )
+    await provider._initialize()
+    provider.context.oauth_metadata = OAuthMetadata.model_validate(
+        {
+            "issuer": "http://as.test",
+            "authorization_endpoint": "http://as.test/auth",
+            "token_endpoint": "http://as.test/token",
+        }
+    )
+    request = await provider._perform_authorization()
+    form = dict(httpx2.QueryParams(request.content.decode()))
+    assert str(request.url) == "http://as.test/token"
+    assert form["grant_type"] == compat.TOKEN_EXCHANGE
+    assert form["subject_token"] == "the-agents-jwt"
+    assert form["subject_token_type"] == compat.ACCESS_TOKEN_TYPE
+    assert form["scope"] == "mcp"
+    assert request.headers["authorization"].startswith("Basic ")  # the gateway's client authenticates
+    assert "gw-secret" not in request.content.decode()

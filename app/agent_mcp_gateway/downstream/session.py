@@ -34,12 +34,14 @@ from fastmcp.telemetry import inject_trace_context
 from mcp import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from agent_mcp_gateway.access.logins import GATEWAY, LoginStore
 from agent_mcp_gateway.access.pins import PinStore
-from agent_mcp_gateway.config import Isolation, ServerConfig
+from agent_mcp_gateway.config import DownstreamCredentials, Isolation, ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.circuit import CircuitBreaker, CircuitOpen
 from agent_mcp_gateway.downstream.http import HttpServerTransport, LastGoodResolver
 from agent_mcp_gateway.downstream.messages import Relay, current_call
+from agent_mcp_gateway.downstream.oauth import AuthorizationFailed, oauth_session
 from agent_mcp_gateway.downstream.stdio import StdioServerTransport
 from agent_mcp_gateway.downstream.watchdog import Watchdog
 from agent_mcp_gateway.errors import (
@@ -89,6 +91,10 @@ class Shared:
     # One for all sessions: an agent's session started during a name server outage connects
     # with the answer another session got (kept across reconnects too).
     resolver: LastGoodResolver = field(default_factory=LastGoodResolver)
+    # An agent's current inbound token, for servers that exchange it (RFC 8693).
+    subject_token: Callable[[str], str | None] | None = None
+    # The logins `auth login` stored (None without GATEWAY_CREDENTIALS_KEY).
+    logins: LoginStore | None = None
 
 
 class Backoff:
@@ -196,10 +202,29 @@ class Downstream:
     agent or client session (`owner` names it; see `downstream.pool`)."""
 
     def __init__(
-        self, name: str, config: ServerConfig, watchdog: Watchdog, shared: Shared, owner: str = ""
+        self,
+        name: str,
+        config: ServerConfig,
+        watchdog: Watchdog,
+        shared: Shared,
+        owner: str = "",
+        credentials: DownstreamCredentials | None = None,
+        agent_id: str | None = None,
     ) -> None:
         self.name = name
         self.owner = owner
+        # The owning agent (None on the shared session) and its own credentials for an HTTP
+        # server, sent on this session only.
+        self.agent_id = agent_id
+        self.credentials = credentials
+        # A protected server's tokens for this session, kept across reconnects.
+        self._oauth = oauth_session(
+            config.url or "",
+            config.auth.oauth if config.auth is not None else None,
+            credentials.oauth if credentials is not None else None,
+            _subject(shared, agent_id),
+            (shared.logins, name, agent_id or GATEWAY),
+        )
         # Everything an isolated session's server sends belongs to its owner.
         self.isolated = bool(owner)
         self.isolation: Isolation = config.isolation or shared.isolation
@@ -737,8 +762,18 @@ class Downstream:
         if config.command:
             self._wire = StdioServerTransport(self.name, config, self.watchdog, exclusive=self.isolated)
         else:
-            self._wire = HttpServerTransport(config, self.resolver)
+            headers = self.credentials.plain() if self.credentials is not None else {}
+            self._wire = HttpServerTransport(config, self.resolver, headers, self._oauth)
         return self._wire
+
+
+def _subject(shared: Shared, agent_id: str | None) -> Callable[[], str | None] | None:
+    """Where an agent's session finds the agent's current inbound token (none on the shared
+    session: it acts for no agent)."""
+    lookup = shared.subject_token
+    if lookup is None or agent_id is None:
+        return None
+    return lambda: lookup(agent_id)
 
 
 def _capabilities(client: Client[Any] | None) -> mt.ServerCapabilities | None:
@@ -768,6 +803,8 @@ def _describe(exc: BaseException, during: str) -> str:
         exc = exc.__cause__
     if isinstance(exc, TimeoutError):
         return f"{during} timed out"
+    if isinstance(exc, AuthorizationFailed):  # the gateway's own words: a step, never a secret
+        return f"{during} failed: {exc}"
     if isinstance(exc, FileNotFoundError):
         return f"{during} failed: command not found"
     if isinstance(exc, MCPError) and _is_connection_loss(exc):
