@@ -87,6 +87,13 @@ async def test_auto_speaks_the_newest_era_each_server_supports(gateway_files: Ga
             "modern": MODERN,
             "everything": HANDSHAKE,
         }
+        async with service.http() as http:
+            ready = (await http.get("/ready")).json()
+        assert {name: server["protocol"] for name, server in ready["servers"].items()} == {
+            "dual": MODERN,
+            "modern": MODERN,
+            "everything": HANDSHAKE,
+        }
 
 
 async def test_the_protocol_setting_forces_an_era(gateway_files: GatewayFiles) -> None:
