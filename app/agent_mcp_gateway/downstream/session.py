@@ -248,6 +248,7 @@ class Downstream:
         # server acknowledged (resolved once the stream is open).
         self._listener: asyncio.Task[None] | None = None
         self._listening: asyncio.Future[frozenset[str]] | None = None
+        self._relistening = asyncio.Lock()  # one filter change at a time
         self._notices: set[asyncio.Task[None]] = set()
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
@@ -297,7 +298,7 @@ class Downstream:
         """Tell the server its owner's roots may have changed, so it asks for them again."""
         client = self._client
         if client is None or self.state != "up" or self.modern:
-            return  # 2026-07-28 has no such notification: roots are asked for with each request
+            return  # 2026-07-28 has no such notification
         task = asyncio.create_task(self._send_roots_changed(client))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
@@ -625,23 +626,23 @@ class Downstream:
         opens, so a new stream replaces the old one, closed once the new one is acknowledged
         (nothing is missed in between); a subscription counts once that acknowledgment honors
         it."""
-        await self._require_calls()
-        if add:
-            self.subscribed.add(uri)
-        else:
-            self.subscribed.discard(uri)
-        old = self._listener
-        listening = self._start_listening()
         try:
-            async with asyncio.timeout(timeout_ms / 1000):
-                honored = await asyncio.shield(listening)
+            async with asyncio.timeout(timeout_ms / 1000), self._relistening:
+                await self._require_calls()
+                if add:
+                    self.subscribed.add(uri)
+                else:
+                    self.subscribed.discard(uri)
+                old = self._listener
+                try:
+                    honored = await asyncio.shield(self._start_listening())
+                finally:
+                    if old is not None:
+                        old.cancel()
         except TimeoutError:
             raise GatewayTimeout("resources/subscribe", timeout_ms) from None
-        except Exception as exc:
+        except (OSError, ConnectionError) as exc:
             raise ServerUnavailable(self.name, _describe(exc, "listen")) from None
-        finally:
-            if old is not None:
-                old.cancel()
         if add and uri not in honored:
             self.subscribed.discard(uri)
             raise self._retold(uri, MCPError(INVALID_PARAMS, "the server did not honor the subscription"))
@@ -696,6 +697,8 @@ class Downstream:
                         pass
                 reason = "the server closed the listen stream"
             except asyncio.CancelledError:
+                if not listening.done():
+                    listening.set_exception(ConnectionError("the listen stream was closed"))
                 raise
             except Exception as exc:
                 reason = _describe(exc, "listen")
