@@ -35,6 +35,8 @@ AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 PREFIX_PATTERN = r"^[A-Za-z0-9_.-]*$"
 NAME_SEPARATOR = "__"
 Isolation = Literal["agent", "session", "shared"]
+# The protocol era a downstream is spoken to in: the newest it supports, or one forced.
+Protocol = Literal["auto", "2026-07-28", "2025-11-25"]
 M = TypeVar("M", bound=BaseModel)
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # A mounted secret in a credential header: `${file:/run/secrets/token}`, read at load time.
@@ -161,6 +163,9 @@ class ServerConfig(BaseModel):
     credentials: Literal["per-agent"] | None = None
     # OAuth 2.1 for a protected HTTP server: tokens obtained per agent or for the gateway.
     auth: ServerAuth | None = None
+    # "auto": 2026-07-28 (`server/discover`) when the server speaks it, else the handshake;
+    # a version forces that era (a server that does not speak it fails to connect).
+    protocol: Protocol = "auto"
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)

@@ -16,6 +16,7 @@ import yarl
 from fastmcp import FastMCP
 from fastmcp.server.http import StreamableHTTPASGIApp
 from fastmcp.server.middleware import MiddlewareContext
+from mcp import ClientSession
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.caching import CacheHint, apply_cache_hint
 from mcp.server.lowlevel import Server
@@ -156,3 +157,35 @@ async def test_the_client_credentials_token_request_becomes_a_token_exchange() -
     assert form["scope"] == "mcp"
     assert request.headers["authorization"].startswith("Basic ")  # the gateway's client authenticates
     assert "gw-secret" not in request.content.decode()
+
+
+def test_the_sdk_session_stamps_each_request_in_its_negotiated_era() -> None:
+    send, receive = anyio.create_memory_object_stream[Any](1)
+    session = ClientSession(receive, send, client_info=mt.Implementation(name="gw", version="1"))
+    session.adopt(mt.DiscoverResult(supported_versions=["2026-07-28"], capabilities=mt.ServerCapabilities()))
+    params, headers = compat.era_envelope(
+        session, "tools/call", {"name": "echo", "arguments": {}, "_meta": {"progressToken": "gw-1"}}
+    )
+    meta = params["_meta"]
+    assert meta["progressToken"] == "gw-1"
+    assert meta["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+    assert meta["io.modelcontextprotocol/clientInfo"] == {"name": "gw", "version": "1"}
+    assert "io.modelcontextprotocol/clientCapabilities" in meta
+    assert {key.lower(): value for key, value in headers.items()} == {
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "echo",
+    }
+
+    session.adopt(
+        mt.InitializeResult(
+            protocol_version="2025-11-25",
+            capabilities=mt.ServerCapabilities(),
+            server_info=mt.Implementation(name="s", version="1"),
+        )
+    )
+    params, headers = compat.era_envelope(session, "tools/call", {"name": "echo"})
+    assert params == {"name": "echo"}
+    assert {key.lower(): value for key, value in headers.items()} == {"mcp-protocol-version": "2025-11-25"}
+    send.close()
+    receive.close()
