@@ -18,8 +18,9 @@ from agent_mcp_gateway.server.discovery import GatewayTools, register_tools
 from agent_mcp_gateway.server.pipeline import Pipeline
 
 INSTRUCTIONS = (
-    "This gateway fronts several MCP servers. Discover before you call: list_servers, then "
-    "get_server_tools(server), then execute_tool(server, tool, args). Pass your agent_id."
+    "This gateway fronts several MCP servers. Find a tool with search_tools(query) (or "
+    "list_servers, then get_server_tools(server)), then call it with execute_tool(server, tool, "
+    "args). Pass your agent_id."
 )
 
 
@@ -39,6 +40,7 @@ def build_server(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, on_signal)
         await gateway.start()
+        tools.search.start()
         install_sighup(gateway)
         if on_start is not None:
             on_start()
@@ -56,6 +58,7 @@ def build_server(
             await gateway.close()
             tracing.shutdown()
 
+    tools = GatewayTools(gateway)
     mcp = FastMCP(
         "agent-mcp-gateway",
         version=__version__,
@@ -63,7 +66,7 @@ def build_server(
         lifespan=lifespan,
         mask_error_details=True,
     )
-    pipeline = Pipeline(gateway, register_tools(mcp, GatewayTools(gateway)))
+    pipeline = Pipeline(gateway, register_tools(mcp, tools))
     for middleware in pipeline.middlewares:
         mcp.add_middleware(middleware)
     mcp.completion(pipeline.complete)
