@@ -76,7 +76,7 @@ class GatewayTools:
             servers.append(entry)
         return {"servers": servers}
 
-    def search_tools(
+    async def search_tools(
         self, op: Operation, query: str, limit: int = 5, server: str | None = None, detail: Detail = "brief"
     ) -> dict[str, Any]:
         """The agent's allowed tools ranked for `query`; with `server`, that server's only (the
@@ -87,7 +87,7 @@ class GatewayTools:
         if server is not None:
             self.forward.decide(op, "search_tools", server)
             self.gateway.listing(server, op)  # an unknown server is SERVER_UNAVAILABLE, as elsewhere
-        return self.search.search(op, query, limit, server, detail)
+        return await self.search.search(op, query, limit, server, detail)
 
     async def get_server_tools(
         self,
@@ -174,7 +174,7 @@ def register_tools(mcp: FastMCP, tools: GatewayTools) -> dict[str, Tool]:
         server: str | None = None,
         detail: Annotated[Detail, Field(description="full: with schemas.")] = "brief",
     ) -> dict[str, Any]:
-        return tools.search_tools(current_operation(), query, limit, server, detail)
+        return await tools.search_tools(current_operation(), query, limit, server, detail)
 
     async def get_server_tools(
         server: ServerName,

@@ -110,11 +110,15 @@ class ToolSearch:
             if task is not None:
                 await asyncio.shield(task)
 
-    def search(
+    async def search(
         self, op: Operation, query: str, limit: int = 5, server: str | None = None, detail: Detail = "brief"
     ) -> dict[str, Any]:
+        await self._first_lists(op)
         view = self._view(op)
-        hits = view.view.search(query, limit, server)
+        if view.index.embedder is None:
+            hits = view.view.search(query, limit, server)
+        else:  # encoding the query takes milliseconds of CPU: not on the event loop
+            hits = await asyncio.to_thread(view.view.search, query, limit, server)
         pool = self.gateway.pool
         tools = []
         for hit in hits:
@@ -128,6 +132,20 @@ class ToolSearch:
                 entry["health"] = state
             tools.append(entry)
         return {"tools": tools, "returned": len(tools)}
+
+    async def _first_lists(self, op: Operation) -> None:
+        """Wait for the servers `op`'s agent may use that are still making their first
+        connection (bounded by the connect timeout), as get_server_tools does: a search right
+        after start-up should not miss their tools."""
+        snapshot = self.gateway.pinned(op)
+        owner = Owner(op.agent_id, op.session_id)
+        waiting = []
+        for name in snapshot.engine.visible_servers(op.agent_id, list(snapshot.config.servers)):
+            downstream = self.gateway.pool.listing(name, owner)
+            if downstream is not None and downstream.state == "connecting":
+                waiting.append(downstream.tried.wait())
+        if waiting:
+            await asyncio.gather(*waiting)
 
     def _view(self, op: Operation) -> _View:
         """`op`'s agent's view, made again only when its listings or configuration changed."""
