@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections import OrderedDict
@@ -61,12 +62,15 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 NAME_WEIGHT, TITLE_WEIGHT, SERVER_WEIGHT, TEXT_WEIGHT = 3, 2, 1, 1
 MAX_SCHEMA_DEPTH = 3  # nested parameters read this deep
 EMBED_TEXT_CHARS = 1000  # what a sentence embedding reads of a tool (the model reads ~256 tokens)
-LEXICAL_WEIGHT = 0.5  # the fused score: this much normalised BM25, the rest cosine similarity
+LEXICAL_WEIGHT = 0.2  # the fused score: this much normalised BM25, the rest cosine (tuned: bench_search.py)
 QUERY_CACHE = 256
 
 _CHUNK = re.compile(r"[A-Za-z0-9]+")
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _stemmer = Stemmer.Stemmer("english")
+# bm25s sets its own logger to DEBUG on import, which would log every index build whatever
+# GATEWAY_LOG_LEVEL says; its messages are progress notes.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
