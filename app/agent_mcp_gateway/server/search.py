@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections import OrderedDict
@@ -61,12 +62,15 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 NAME_WEIGHT, TITLE_WEIGHT, SERVER_WEIGHT, TEXT_WEIGHT = 3, 2, 1, 1
 MAX_SCHEMA_DEPTH = 3  # nested parameters read this deep
 EMBED_TEXT_CHARS = 1000  # what a sentence embedding reads of a tool (the model reads ~256 tokens)
-LEXICAL_WEIGHT = 0.5  # the fused score: this much normalised BM25, the rest cosine similarity
+LEXICAL_WEIGHT = 0.15  # the fused score: this much normalised BM25, the rest cosine (tuned: bench_search.py)
 QUERY_CACHE = 256
 
 _CHUNK = re.compile(r"[A-Za-z0-9]+")
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _stemmer = Stemmer.Stemmer("english")
+# bm25s sets its own logger to DEBUG on import, which would log every index build whatever
+# GATEWAY_LOG_LEVEL says; its messages are progress notes.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -166,17 +170,10 @@ def document_terms(doc: ToolDoc) -> list[str]:
 
 
 def document_text(doc: ToolDoc) -> str:
-    """What the sentence embedding reads of a tool: its name as words, title, description and
-    parameters, in that order (the model reads a limited number of tokens)."""
-    definition = doc.definition
-    parts = [" ".join(words(doc.name)), _text(definition, "title"), _text(definition, "description")]
-    parameters = [
-        f"{' '.join(words(name))}: {description}" if description else " ".join(words(name))
-        for name, description in _parameters(definition.get("inputSchema"))
-    ]
-    if parameters:
-        parts.append("Parameters: " + "; ".join(parameters))
-    return ". ".join(part for part in parts if part)[:EMBED_TEXT_CHARS]
+    """What the sentence embedding reads of a tool: its server, its name as words and its
+    description (tuned on bench_search.py: parameters and titles made the vectors worse)."""
+    description = _text(doc.definition, "description") or _text(doc.definition, "title")
+    return f"{doc.server}: {' '.join(words(doc.name))}. {description}"[:EMBED_TEXT_CHARS]
 
 
 def summary(definition: Mapping[str, Any], limit: int = 160) -> str:
