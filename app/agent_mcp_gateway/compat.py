@@ -1,4 +1,4 @@
-"""Every reach into fastmcp 4.1.2, the MCP SDK 2 and aiohttp beyond their documented APIs.
+"""Every reach into fastmcp 4.1.2, the MCP SDK 2, aiohttp and httpx2 beyond their documented APIs.
 
 Each seam is a private attribute, an undocumented class or helper, or an attribute set on a
 library object after it was built. They live here, each with the reason it is needed, so that
@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import httpcore2
+import httpx2
 from aiohttp.helpers import get_env_proxy_for_url
 from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken
 from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.caching import CacheHint, validate_cache_hints
 from mcp.server.lowlevel import Server
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp.shared._context_streams import create_context_streams
@@ -35,6 +38,8 @@ __all__ = [
     "mark_session_owner",
     "route_tool_input_schema",
     "set_body_limit",
+    "set_cache_hints",
+    "set_network_backend",
 ]
 
 
@@ -52,6 +57,13 @@ def route_tool_input_schema(mcp: FastMCP, schema: Callable[[str], Mapping[str, A
     _low_level(mcp).get_tool_input_schema = schema
 
 
+def set_cache_hints(mcp: FastMCP, hints: Mapping[str, CacheHint]) -> None:
+    """Per-method `ttlMs`/`cacheScope` for 2026-07-28 results (filled by the SDK's runner where a
+    result sets none): fastmcp takes one hint for every cacheable method, `resources/read`
+    included, whose freshness only the downstream knows; the SDK server takes one per method."""
+    _low_level(mcp).cache_hints = validate_cache_hints(hints)
+
+
 def add_request_handler(
     mcp: FastMCP, method: str, params: type[Any], handler: Callable[[Any, Any], Awaitable[Any]]
 ) -> None:
@@ -67,6 +79,14 @@ def mark_session_owner(scope: Scope, agent_id: str, fingerprint: str | None) -> 
     token = AccessToken(token=fingerprint or "", client_id=agent_id, scopes=[])
     scope["user"] = AuthenticatedUser(token)
     scope["auth"] = AuthCredentials([])
+
+
+def set_network_backend(transport: httpx2.AsyncHTTPTransport, backend: httpcore2.AsyncNetworkBackend) -> None:
+    """Open `transport`'s connections through `backend`: httpx takes no network backend, its
+    connection pool (a private attribute) does, and reads it at each new connection."""
+    pool = transport._pool
+    assert isinstance(pool, httpcore2.AsyncConnectionPool)
+    pool._network_backend = backend
 
 
 def set_body_limit(routes: list[BaseRoute], max_bytes: int) -> None:

@@ -53,7 +53,10 @@ class ServerUnavailable(GatewayError):
 
 
 class ToolNotFound(GatewayError):
-    code = -32002
+    """A tool the server does not list: `-32602` (Invalid Params), as the MCP specification
+    answers an unknown tool and as the aggregate view does; `data.code` says which."""
+
+    code = -32602
     name = "TOOL_NOT_FOUND"
 
     def __init__(self, server: str, tool: str) -> None:

@@ -29,7 +29,9 @@ from agent_mcp_gateway.observe.audit import AuditLog
 from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
 from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.protocol import Kind
+from agent_mcp_gateway.sessions.bus import ChangeBus
 from agent_mcp_gateway.sessions.list_changed import LOCAL_PREFIX, ListChanged
+from agent_mcp_gateway.sessions.listen import ListenStreams
 from agent_mcp_gateway.sessions.registry import SessionRegistry
 from agent_mcp_gateway.sessions.subscriptions import Subscriptions
 from agent_mcp_gateway.settings import Settings
@@ -90,8 +92,8 @@ class Gateway:
             self.settings.connect_timeout,
             self.settings.ping_interval,
             self.settings.ping_timeout,
-            on_change=lambda server, kind: self.list_changed.changed(),
-            on_update=lambda server, uri, owner: self.subscriptions.updated(server, uri, owner),
+            on_change=self._catalog_changed,
+            on_update=self._resource_updated,
             isolation=settings.isolation,
             idle_timeout=settings.idle_timeout,
             max_instances=settings.max_instances,
@@ -99,9 +101,12 @@ class Gateway:
         )
         self.pool = DownstreamPool(shared)
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
+        self.listens = ListenStreams(settings.max_sessions_per_agent)
         self.subscriptions = Subscriptions(
             self.may_use, self.session_alive, self._unsubscribe, settings.max_subscriptions
         )
+        shared_redis = settings.rate_limit_storage if settings.rate_limit_storage != "memory" else None
+        self.bus = ChangeBus(shared_redis, self._refresh_catalog, self.subscriptions.updated)
         self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
         self.sessions = SessionRegistry(self.settings.session_ttl)
         self.rate_limits = RateLimits(settings.rate_limit, settings.rate_limit_storage)
@@ -149,9 +154,9 @@ class Gateway:
         return downstream
 
     def session_alive(self, key: str) -> bool:
-        """Whether a client connection named by `notifications.session_key` is still open (a
-        local one is, until sending to it fails)."""
-        return key.startswith(LOCAL_PREFIX) or self.sessions.get(key) is not None
+        """Whether a client connection named by `notifications.session_key` (or a listen
+        stream) is still open (a local one is, until sending to it fails)."""
+        return key.startswith(LOCAL_PREFIX) or key in self.listens or self.sessions.get(key) is not None
 
     def may_use(self, agent_id: str, server: str) -> bool:
         try:
@@ -167,6 +172,21 @@ class Gateway:
             await downstream.unsubscribe(uri, self.settings.default_timeout_ms)
         except GatewayError as exc:
             log.info("downstream unsubscribe failed", extra={"server": server, "error": str(exc)})
+
+    def _catalog_changed(self, server: str, kind: Kind) -> None:
+        """A downstream's catalog changed here: check this process's listeners, and tell the
+        other replicas (`sessions/bus.py`)."""
+        self.list_changed.changed()
+        self.bus.catalog_changed(server, kind)
+
+    async def _resource_updated(self, server: str, uri: str, owner: str) -> None:
+        self.bus.resource_updated(server, uri, owner)
+        await self.subscriptions.updated(server, uri, owner)
+
+    def _refresh_catalog(self, server: str, kind: Kind) -> None:
+        """Another replica saw `server`'s `kind` change: re-read this process's copies."""
+        for downstream in self.pool.instances(server):
+            downstream.schedule_refresh(kind)
 
     def view_fingerprint(self, agent_id: str, kind: Kind) -> str:
         """What `agent_id` is shown of `kind`, as a digest: the view's name in the discovery
@@ -184,6 +204,7 @@ class Gateway:
         if warning is not None:
             log.warning("agents are not authenticated", extra={"warning": warning})
         await self.rate_limits.start()
+        await self.bus.start()
         await self.pool.apply(self.config.servers)
         self.spawn(self.pins.watch(self._pins_changed))
         self.reloads.append(ReloadEvent(time.time(), "startup", True, None, self.config.warnings))
@@ -243,10 +264,12 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self.listens.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.list_changed.close()
+        await self.bus.close()
         await self.pool.close()
         await self.rate_limits.close()
         self.audit.close()

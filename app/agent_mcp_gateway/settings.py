@@ -206,6 +206,8 @@ class Settings(BaseSettings):
     max_sessions_per_agent: Annotated[int, Field(gt=0)] = 1_000
     # Resources one agent may be subscribed to on one server (aggregate view).
     max_subscriptions: Annotated[int, Field(gt=0)] = 100
+    # SSE events kept in this process for clients that resume a stream with Last-Event-ID.
+    event_store_events: Annotated[int, Field(gt=0)] = 2_000
     audit_log: Path | None = None
     audit_max_bytes: Annotated[int, Field(gt=0)] = 10 * 2**20
     audit_backups: Annotated[int, Field(ge=0)] = 5

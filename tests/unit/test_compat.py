@@ -16,6 +16,7 @@ from fastmcp import FastMCP
 from fastmcp.server.http import StreamableHTTPASGIApp
 from fastmcp.server.middleware import MiddlewareContext
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.caching import CacheHint, apply_cache_hint
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import RequestBodyLimitMiddleware
@@ -50,6 +51,15 @@ def test_a_request_handler_can_be_added_to_the_sdk_server() -> None:
 
     compat.add_request_handler(mcp, "resources/subscribe", mt.SubscribeRequestParams, handler)
     assert mcp._mcp_server.get_request_handler("resources/subscribe") is not None
+
+
+def test_cache_hints_are_set_per_method_on_the_sdk_server() -> None:
+    mcp = FastMCP("compat")
+    hint = CacheHint(ttl_ms=5, scope="private")
+    compat.set_cache_hints(mcp, {"tools/list": hint})
+    assert mcp._mcp_server.cache_hints == {"tools/list": hint}
+    listed = apply_cache_hint(mt.ListToolsResult(tools=[]), mcp._mcp_server.cache_hints["tools/list"])
+    assert (listed.ttl_ms, listed.cache_scope) == (5, "private")
 
 
 def test_the_sdk_body_limit_is_reached_through_fastmcps_endpoint() -> None:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import mcp_types as mt
 from fastmcp import FastMCP
+from mcp.server.caching import CacheHint
 
 from agent_mcp_gateway import __version__, compat
 from agent_mcp_gateway.gateway import Gateway
@@ -16,6 +17,11 @@ from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.reload import install_sighup, watch_config
 from agent_mcp_gateway.server.discovery import GatewayTools, register_tools
 from agent_mcp_gateway.server.pipeline import Pipeline
+
+# 2026-07-28 clients may keep a list (and server/discover) this long; it is the agent's own
+# (`private`), and a change reaches its `subscriptions/listen` stream at once.
+LIST_TTL_MS = 30_000
+LISTS = ("tools/list", "prompts/list", "resources/list", "resources/templates/list", "server/discover")
 
 INSTRUCTIONS = (
     "This gateway fronts several MCP servers. Find a tool with search_tools(query) (or "
@@ -71,11 +77,17 @@ def build_server(
         mcp.add_middleware(middleware)
     mcp.completion(pipeline.complete)
     compat.route_tool_input_schema(mcp, pipeline.view.input_schema)
+    compat.set_cache_hints(mcp, dict.fromkeys(LISTS, CacheHint(ttl_ms=LIST_TTL_MS, scope="private")))
     # fastmcp serves no resources/subscribe and has no hook for it: the handlers go on its
     # low-level server, which then advertises `resources.subscribe`.
     compat.add_request_handler(mcp, "resources/subscribe", mt.SubscribeRequestParams, pipeline.subscribe)
     compat.add_request_handler(
         mcp, "resources/unsubscribe", mt.UnsubscribeRequestParams, pipeline.unsubscribe
+    )
+    # Served, `subscriptions/listen` makes the SDK advertise `listChanged` (and
+    # `resources.subscribe`) to 2026-07-28 clients, who hear of changes only on it.
+    compat.add_request_handler(
+        mcp, "subscriptions/listen", mt.SubscriptionsListenRequestParams, pipeline.listen
     )
     return mcp
 

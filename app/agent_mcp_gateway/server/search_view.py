@@ -103,13 +103,6 @@ class ToolSearch:
         self._embed(self._index.docs)
         log.info("search embedding model loaded", extra={"seconds": round(time.perf_counter() - started, 3)})
 
-    async def wait_ready(self) -> None:
-        """Until the model is loaded and the current index has its vectors (for tests and
-        benchmarks that compare rankings)."""
-        for task in (self._loading, self._embedding):
-            if task is not None:
-                await asyncio.shield(task)
-
     async def search(
         self, op: Operation, query: str, limit: int = 5, server: str | None = None, detail: Detail = "brief"
     ) -> dict[str, Any]:
