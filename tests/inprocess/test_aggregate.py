@@ -32,7 +32,7 @@ from conftest import (
     served_over_http,
 )
 
-DISCOVERY_TOOLS = {"list_servers", "get_server_tools", "execute_tool"}
+DISCOVERY_TOOLS = {"list_servers", "search_tools", "get_server_tools", "execute_tool"}
 ERAS = ["legacy", "auto"]  # auto negotiates 2026-07-28 with the gateway
 HANDSHAKE = "2025-11-25"  # a downstream's `protocol` for what only the handshake era has
 

@@ -45,7 +45,14 @@ METHODS = [
     "logging/setLevel",
     "completion/complete",
 ]
-GATEWAY_TOOLS = ["list_servers", "get_server_tools", "execute_tool", "get_gateway_status", "nope"]
+GATEWAY_TOOLS = [
+    "list_servers",
+    "search_tools",
+    "get_server_tools",
+    "execute_tool",
+    "get_gateway_status",
+    "nope",
+]
 
 json_scalar = st.one_of(
     st.none(),

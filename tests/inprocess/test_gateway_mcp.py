@@ -69,7 +69,7 @@ async def standard(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Me
 async def test_discovery_is_filtered_per_agent(standard: MemoryGateway, mode: str) -> None:
     async with standard.client(mode) as client:
         listed = {tool.name for tool in await client.list_tools()}
-        assert listed == {"list_servers", "get_server_tools", "execute_tool"}
+        assert listed == {"list_servers", "search_tools", "get_server_tools", "execute_tool"}
 
         builder = await gateway_call(client, "list_servers", agent_id="builder")
         assert {s["name"] for s in builder["servers"]} == {

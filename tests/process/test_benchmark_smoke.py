@@ -1,9 +1,11 @@
-"""A short run of benchmarks/bench_gateway.py: the harness works, not how fast anything is.
+"""Short runs of the benchmarks: the harnesses work, not how fast anything is.
 
-Every phase runs with tiny counts against real processes (echo over HTTP and stdio, the gateway
-over HTTP and stdio, a two-worker gateway, gateways started in front of slow-starting stdio
-servers); the script checks every answer itself and exits 1 on any failed call. No timing is
-asserted: the machine is shared and the figures are noise here.
+bench_gateway.py: every phase runs with tiny counts against real processes (echo over HTTP and
+stdio, the gateway over HTTP and stdio, a two-worker gateway, gateways started in front of
+slow-starting stdio servers); the script checks every answer itself and exits 1 on any failed
+call. No timing is asserted: the machine is shared and the figures are noise here.
+bench_search.py: the rankers' accuracy on the committed corpus and query set, which is
+deterministic, so it has a floor.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "bench_gateway.py"
+SEARCH_RECALL5_FLOOR = 0.75  # the lexical ranker on the repo's query set (measured: 0.78)
 ERAS = ("2025-11-25", "2026-07-28")
 SMOKE = [
     "--quick",
@@ -115,3 +118,55 @@ def test_the_compare_phase_measures_both_checkouts() -> None:
         "stdio gateway: execute_tool, HTTP downstream",
     }
     assert all(row["new_cpu_ms"] >= 0 and row["baseline_cpu_ms"] >= 0 for row in rows.values())
+
+
+def test_search_benchmark_measures_every_ranker() -> None:
+    """benchmarks/bench_search.py --smoke: every lexical ranker scored on the whole query set,
+    the token costs and the latency at 1,000+ tools; the gateway's search must find an
+    acceptable tool among its first five for most queries, and no worse than plain BM25."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "app")}
+    script = ROOT / "benchmarks" / "bench_search.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+
+    corpus = report["corpus"]
+    assert corpus["servers"] >= 10 and corpus["tools"] >= 150
+    assert corpus["queries"] >= 200 and corpus["hard"] * 5 >= corpus["queries"]
+    accuracy = report["accuracy"]
+    assert set(accuracy) >= {
+        "gateway search, lexical only",
+        "BM25 (bm25s, name + description)",
+        "FastMCP BM25SearchTransform",
+    }
+    for row in accuracy.values():
+        for subset in ("all", "hard"):
+            figures = row[subset]
+            assert 0 <= figures["recall@1"] <= figures["recall@5"] <= 1
+            assert figures["recall@1"] <= figures["mrr"] <= figures["recall@5"] + 1 / 6
+    gateway = accuracy["gateway search, lexical only"]["all"]
+    assert gateway["queries"] == corpus["queries"]
+    assert gateway["recall@5"] >= SEARCH_RECALL5_FLOOR
+    assert gateway["recall@5"] >= accuracy["BM25 (bm25s, name + description)"]["all"]["recall@5"]
+
+    tokens = report["tokens"]
+    search = tokens["gateway_search"]
+    assert search["successes"] == round(gateway["recall@5"] * corpus["queries"])
+    assert (
+        0 < search["mean"] < tokens["discovery_without_search"]["mean"] < tokens["up_front_all_definitions"]
+    )
+
+    latency = report["latency"]
+    assert latency["tools"] >= 1000
+    assert (
+        0
+        < latency["gateway search, lexical only"]["p50_ms"]
+        <= latency["gateway search, lexical only"]["p95_ms"]
+    )
+    assert report["build"]["gateway search, lexical only"]["build_s"] > 0

@@ -61,6 +61,7 @@ async def test_stdio_session_end_to_end(gateway_files: GatewayFiles, mode: str) 
     async with stdio_gateway(gateway_files, mode=mode, log_handler=on_log) as client:
         assert {tool.name for tool in await client.list_tools()} == {
             "list_servers",
+            "search_tools",
             "get_server_tools",
             "execute_tool",
         }
@@ -79,6 +80,27 @@ async def test_stdio_session_end_to_end(gateway_files: GatewayFiles, mode: str) 
     assert progress == [1, 2, 3]
     assert [entry["msg"] for entry in logs] == ["step 1 of 3", "step 2 of 3", "step 3 of 3"]
     assert [line["tool"] for line in gateway_files.audit_lines()] == [None, "echo", "count"]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_search_tools_over_stdio(gateway_files: GatewayFiles, mode: str) -> None:
+    """search_tools in a real gateway process over stdio, in both eras: ranked across servers,
+    cut to the agent's allowed tools."""
+    gateway_files.write_servers({"echo": fixture_server("echo"), "progress": fixture_server("progress")})
+    gateway_files.write_rules(STANDARD_RULES)
+    async with stdio_gateway(gateway_files, mode=mode) as client:
+        # search_tools: the researcher's allowed echo tools only (web_*, get_*_all, echo), across
+        # servers, never a denied one even by its exact name.
+        found = await gateway_call(
+            client, "search_tools", agent_id="researcher", query="fetch a web page by url"
+        )
+        assert found["tools"][0]["server"] == "echo" and found["tools"][0]["tool"] == "web_fetch"
+        for query in ("get_user_one", "count with progress"):
+            hits = await gateway_call(client, "search_tools", agent_id="researcher", query=query, limit=50)
+            names = {(hit["server"], hit["tool"]) for hit in hits["tools"]}
+            assert names <= {("echo", n) for n in ("web_fetch", "web_search", "get_user_all", "echo")}, names
+        counting = await gateway_call(client, "search_tools", agent_id="builder", query="count with progress")
+        assert counting["tools"][0]["server"] == "progress"
 
 
 async def test_no_child_process_outlives_the_gateway(two_children: GatewayFiles) -> None:

@@ -24,8 +24,9 @@ LIST_TTL_MS = 30_000
 LISTS = ("tools/list", "prompts/list", "resources/list", "resources/templates/list", "server/discover")
 
 INSTRUCTIONS = (
-    "This gateway fronts several MCP servers. Discover before you call: list_servers, then "
-    "get_server_tools(server), then execute_tool(server, tool, args). Pass your agent_id."
+    "This gateway fronts several MCP servers. Find a tool with search_tools(query) (or "
+    "list_servers, then get_server_tools(server)), then call it with execute_tool(server, tool, "
+    "args). Pass your agent_id."
 )
 
 
@@ -45,6 +46,7 @@ def build_server(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, on_signal)
         await gateway.start()
+        tools.search.start()
         install_sighup(gateway)
         if on_start is not None:
             on_start()
@@ -62,6 +64,7 @@ def build_server(
             await gateway.close()
             tracing.shutdown()
 
+    tools = GatewayTools(gateway)
     mcp = FastMCP(
         "agent-mcp-gateway",
         version=__version__,
@@ -69,7 +72,7 @@ def build_server(
         lifespan=lifespan,
         mask_error_details=True,
     )
-    pipeline = Pipeline(gateway, register_tools(mcp, GatewayTools(gateway)))
+    pipeline = Pipeline(gateway, register_tools(mcp, tools))
     for middleware in pipeline.middlewares:
         mcp.add_middleware(middleware)
     mcp.completion(pipeline.complete)

@@ -25,25 +25,19 @@ from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation, current_operation
 from agent_mcp_gateway.server.forward import Forward
 from agent_mcp_gateway.server.relay import ClientRelay
+from agent_mcp_gateway.server.search_view import HEALTH_NOTES, Detail, ToolSearch, health
 
-AgentId = Annotated[
-    str | None,
-    Field(description="Your agent id. Optional when the gateway assigns a default agent."),
-]
+AgentId = str | None
+ServerName = Annotated[str, Field(description="From list_servers.")]
 
-LIST_SERVERS = (
-    "Step 1 of 3. List the MCP servers you may use and what each is for. "
-    "Next: get_server_tools(server) to see a server's tools, then execute_tool to call one."
-)
-GET_SERVER_TOOLS = (
-    "Step 2 of 3. Show the tools you may call on one server, with their input schemas. "
-    "Narrow with names (comma-separated) or pattern (a glob such as 'get_*'), and cap the size "
-    "with max_schema_tokens. Next: execute_tool."
-)
-EXECUTE_TOOL = (
-    "Step 3 of 3. Call one tool on a server with its arguments and get its result as the "
-    "server returned it. Discover names and argument schemas with get_server_tools first."
-)
+# The up-front cost of the discovery view is these four definitions (benchmarks/context_tokens.py):
+# each says what it does and what comes next, in as few words as a model needs.
+LIST_SERVERS = "List your MCP servers: what each is for, and any unhealthy one."
+SEARCH_TOOLS = "Find tools for a task across your servers, best first; then execute_tool."
+GET_SERVER_TOOLS = "One server's tools you may call, with input schemas."
+EXECUTE_TOOL = "Call a server's tool with its arguments; returns its result."
+MAX_QUERY = 1000  # characters of a search query
+MAX_LIMIT = 50  # tools one search returns at most
 MAX_TIMEOUT_MS = 24 * 3600 * 1000  # a day: longer is a mistake, and huge numbers are refused
 GATEWAY_STATUS = "Debug only: the gateway's configuration, reload history and server health."
 
@@ -63,6 +57,7 @@ class GatewayTools:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.forward = Forward(gateway)
+        self.search = ToolSearch(gateway)
 
     def list_servers(self, op: Operation, include_metadata: bool = False) -> dict[str, Any]:
         snapshot = self.gateway.pinned(op)
@@ -74,11 +69,28 @@ class GatewayTools:
             if include_metadata:
                 entry.update(_metadata(config))
                 downstream = self.gateway.pool.get(name)
-                entry["health"] = downstream.state if downstream else "unknown"
                 # The era its shared session negotiated (None until it first connected).
                 entry["protocol"] = downstream.protocol if downstream else None
+            state = health(self.gateway.pool.get(name))
+            if include_metadata or state != "up":
+                entry["health"] = state
+            if state != "up":
+                entry["health_note"] = HEALTH_NOTES[state]
             servers.append(entry)
         return {"servers": servers}
+
+    async def search_tools(
+        self, op: Operation, query: str, limit: int = 5, server: str | None = None, detail: Detail = "brief"
+    ) -> dict[str, Any]:
+        """The agent's allowed tools ranked for `query`; with `server`, that server's only (the
+        server's policy decides first, as for get_server_tools). A limit out of 1..MAX_LIMIT is
+        brought into it and a query cut to MAX_QUERY characters: bounds every agent would
+        otherwise load in the tool's schema."""
+        query, limit = query[:MAX_QUERY], max(1, min(MAX_LIMIT, limit))
+        if server is not None:
+            self.forward.decide(op, "search_tools", server)
+            self.gateway.listing(server, op)  # an unknown server is SERVER_UNAVAILABLE, as elsewhere
+        return await self.search.search(op, query, limit, server, detail)
 
     async def get_server_tools(
         self,
@@ -154,32 +166,35 @@ def register_tools(mcp: FastMCP, tools: GatewayTools) -> dict[str, Tool]:
 
     async def list_servers(
         agent_id: AgentId = None,
-        include_metadata: Annotated[
-            bool, Field(description="Also return transport, command or url, and health.")
-        ] = False,
+        include_metadata: Annotated[bool, Field(description="Add transport and address.")] = False,
     ) -> dict[str, Any]:
         return tools.list_servers(current_operation(), include_metadata)
 
-    async def get_server_tools(
-        server: Annotated[str, Field(description="A server name from list_servers.")],
+    async def search_tools(
+        query: str,
         agent_id: AgentId = None,
-        names: Annotated[str | None, Field(description="Comma-separated tool names to return.")] = None,
-        pattern: Annotated[str | None, Field(description="Glob on tool names, e.g. 'get_*'.")] = None,
-        max_schema_tokens: Annotated[
-            int | None, Field(ge=1, description="Stop adding tools past this many tokens.")
-        ] = None,
+        limit: int = 5,
+        server: str | None = None,
+        detail: Annotated[Detail, Field(description="full: with schemas.")] = "brief",
+    ) -> dict[str, Any]:
+        return await tools.search_tools(current_operation(), query, limit, server, detail)
+
+    async def get_server_tools(
+        server: ServerName,
+        agent_id: AgentId = None,
+        names: Annotated[str | None, Field(description="Comma-separated.")] = None,
+        pattern: Annotated[str | None, Field(description="Glob, e.g. get_*")] = None,
+        max_schema_tokens: Annotated[int | None, Field(ge=1, description="Token budget.")] = None,
     ) -> dict[str, Any]:
         return await tools.get_server_tools(current_operation(), server, names, pattern, max_schema_tokens)
 
     async def execute_tool(
-        server: Annotated[str, Field(description="A server name from list_servers.")],
-        tool: Annotated[str, Field(description="A tool name from get_server_tools.")],
+        server: str,
+        tool: str,
         ctx: Context,
         agent_id: AgentId = None,
-        args: Annotated[dict[str, Any] | None, Field(description="The tool's arguments.")] = None,
-        timeout_ms: Annotated[
-            int | None, Field(ge=1, le=MAX_TIMEOUT_MS, description="Give up after this many milliseconds.")
-        ] = None,
+        args: dict[str, Any] | None = None,
+        timeout_ms: Annotated[int | None, Field(ge=1, le=MAX_TIMEOUT_MS)] = None,
     ) -> ToolResult:
         return await tools.execute_tool(current_operation(), server, tool, args, timeout_ms, ClientRelay(ctx))
 
@@ -188,13 +203,44 @@ def register_tools(mcp: FastMCP, tools: GatewayTools) -> dict[str, Tool]:
 
     described: list[tuple[Any, str]] = [
         (list_servers, LIST_SERVERS),
+        (search_tools, SEARCH_TOOLS),
         (get_server_tools, GET_SERVER_TOOLS),
         (execute_tool, EXECUTE_TOOL),
     ]
     if tools.gateway.settings.debug:
         described.append((get_gateway_status, GATEWAY_STATUS))
-    registered = [mcp.add_tool(FunctionTool.from_function(fn, description=text)) for fn, text in described]
+    # No output schema: the results are self-describing JSON, and a schema of "an object" is
+    # context spent for nothing.
+    registered = [
+        mcp.add_tool(_compact(FunctionTool.from_function(fn, description=text, output_schema=None)))
+        for fn, text in described
+    ]
     return {tool.name: tool for tool in registered}
+
+
+def _compact(tool: FunctionTool) -> FunctionTool:
+    """The tool with its input schema as short as it can say the same to a model: an optional
+    argument as its type alone (`anyOf [type, null]` with `default: null` tells a model only
+    that it may leave the argument out, which `required` already says), and no
+    `additionalProperties` (an object argument is open; the tool's arguments are named).
+    Arguments are still validated against the function's signature; this is only what every
+    agent loads up front."""
+    schema = dict(tool.parameters)
+    schema.pop("additionalProperties", None)
+    properties = {}
+    for name, spec in schema.get("properties", {}).items():
+        spec = dict(spec)
+        branches = spec.get("anyOf")
+        if isinstance(branches, list) and {"type": "null"} in branches and len(branches) == 2:
+            del spec["anyOf"]
+            spec.update(next(branch for branch in branches if branch != {"type": "null"}))
+        if "default" in spec and spec["default"] is None:
+            del spec["default"]
+        if spec.get("additionalProperties") is True:
+            del spec["additionalProperties"]
+        properties[name] = spec
+    schema["properties"] = properties
+    return tool.model_copy(update={"parameters": schema})
 
 
 def _metadata(config: ServerConfig) -> dict[str, Any]:

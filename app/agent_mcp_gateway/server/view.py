@@ -38,7 +38,7 @@ from agent_mcp_gateway.sessions.list_changed import session_key
 C = TypeVar("C")
 R = TypeVar("R")
 
-AGENT_TOOLS = frozenset({"list_servers", "get_server_tools", "execute_tool"})
+AGENT_TOOLS = frozenset({"list_servers", "search_tools", "get_server_tools", "execute_tool"})
 DEBUG_TOOLS = frozenset({"get_gateway_status"})
 GATEWAY_TOOLS = AGENT_TOOLS | DEBUG_TOOLS
 AGGREGATE_INSTRUCTIONS = (
