@@ -36,7 +36,9 @@ def write_config(files: GatewayFiles) -> None:
     files.write_servers(
         {
             "echo": fixture_server("echo"),
-            "studio": fixture_server("studio", prefix="st"),
+            # Resource subscriptions need the handshake era downstream: fastmcp 4.1.2 serves no
+            # `subscriptions/listen`, so spoken to in 2026-07-28 it would offer none.
+            "studio": fixture_server("studio", prefix="st", protocol="2025-11-25"),
             "changing": fixture_server("list_changing"),
         }
     )
