@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastmcp.tools.base import ToolResult
+import mcp_types as mt
+from fastmcp.tools.base import InputRequiredToolResult, ToolResult
 
 from agent_mcp_gateway.access.policy import Decision
+from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.downstream.session import Downstream
 from agent_mcp_gateway.errors import DeniedByPolicy, ToolNotFound
 from agent_mcp_gateway.gateway import Gateway
@@ -89,12 +91,26 @@ class Forward:
         timeout_ms: int | None = None,
         decision: Decision | None = None,
     ) -> ToolResult:
-        """Call `tool` on `server` for `op` and hand its result back as the server gave it."""
+        """Call `tool` on `server` for `op` and hand its result back as the server gave it. For a
+        2026-07-28 caller this is one round of the call (`server.held`): a retry continues the
+        call it names, under policy decided again, and the server's questions end the round."""
         op.tool = tool
-        downstream = self.admit(op, "execute_tool", server, tool, decision, relay)
-        result = await downstream.call_tool(
-            tool, arguments, self.timeout_ms(downstream, timeout_ms), relay, self._known(op, downstream, tool)
-        )
+        if relay is not None and relay.modern:
+            self.decide(op, "execute_tool", server, tool, decision)
+
+            async def start(held: Relay) -> mt.CallToolResult:
+                downstream = self._downstream(server, op, relay)
+                timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
+                return await downstream.call_tool(tool, arguments, timeout, held, known)
+
+            outcome = await self.gateway.held.run(op.agent_id, relay, start)
+            if isinstance(outcome, mt.InputRequiredResult):
+                return InputRequiredToolResult(outcome)
+            result = outcome
+        else:
+            downstream = self.admit(op, "execute_tool", server, tool, decision, relay)
+            timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
+            result = await downstream.call_tool(tool, arguments, timeout, relay, known)
         return ToolResult(
             content=result.content,
             structured_content=result.structured_content,
