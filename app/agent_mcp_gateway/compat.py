@@ -17,6 +17,7 @@ from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken
 from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
+from mcp import ClientSession
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.lowlevel import Server
 from mcp.server.transport_security import RequestBodyLimitMiddleware
@@ -31,6 +32,7 @@ __all__ = [
     "bind_request_context",  # runs a low-level handler with fastmcp's request context bound
     "coerce_request_id",  # the SDK's own key for pending requests, so ids match the session's
     "create_context_streams",  # the SDK's streams that carry each message's context
+    "era_envelope",
     "get_env_proxy_for_url",  # aiohttp's reading of HTTP(S)_PROXY / NO_PROXY for one URL
     "mark_session_owner",
     "route_tool_input_schema",
@@ -58,6 +60,23 @@ def add_request_handler(
     """Serve `method` on fastmcp's SDK server (fastmcp has no hook for it, and adding the
     handler makes the SDK advertise the matching capability)."""
     _low_level(mcp).add_request_handler(method, params, handler)
+
+
+def era_envelope(
+    session: ClientSession, method: str, params: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The params and HTTP headers a request goes with in the era `session` negotiated, as the
+    SDK session stamps its own (its private `_stamp`, rebound at negotiation): on 2026-07-28
+    the protocol version, client info and capabilities in `_meta` and the `Mcp-Method`,
+    `Mcp-Name` and `Mcp-Param-*` headers; on the handshake era the `Mcp-Protocol-Version` header.
+    The gateway's own requests (`downstream.rpc`) must speak the era as the session does."""
+    data: dict[str, Any] = {"method": method, "params": {**params, "_meta": dict(params.get("_meta") or {})}}
+    options: dict[str, Any] = {}
+    session._stamp(data, options)  # type: ignore[arg-type]  # CallOptions is a TypedDict of these keys
+    stamped: dict[str, Any] = data["params"]
+    if not stamped["_meta"]:
+        del stamped["_meta"]
+    return stamped, dict(options.get("headers") or {})
 
 
 def mark_session_owner(scope: Scope, agent_id: str, fingerprint: str | None) -> None:

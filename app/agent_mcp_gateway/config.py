@@ -34,6 +34,8 @@ AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 PREFIX_PATTERN = r"^[A-Za-z0-9_.-]*$"
 NAME_SEPARATOR = "__"
 Isolation = Literal["agent", "session", "shared"]
+# The protocol era a downstream is spoken to in: the newest it supports, or one forced.
+Protocol = Literal["auto", "2026-07-28", "2025-11-25"]
 M = TypeVar("M", bound=BaseModel)
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # JSON has no comments: any object in either file may carry this key for the reader.
@@ -87,6 +89,9 @@ class ServerConfig(BaseModel):
     isolation: Isolation | None = None
     idle_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     max_instances: Annotated[StrictInt, Field(gt=0)] | None = None
+    # "auto": 2026-07-28 (`server/discover`) when the server speaks it, else the handshake;
+    # a version forces that era (a server that does not speak it fails to connect).
+    protocol: Protocol = "auto"
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)

@@ -15,6 +15,7 @@ import yarl
 from fastmcp import FastMCP
 from fastmcp.server.http import StreamableHTTPASGIApp
 from fastmcp.server.middleware import MiddlewareContext
+from mcp import ClientSession
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -99,3 +100,35 @@ def test_fastmcp_middleware_context_is_a_dataclass_a_planned_call_extends() -> N
     assert planned(extended.copy(method="tools/call")) is call
     assert planned(context) is None
     assert callable(compat.bind_request_context)
+
+
+def test_the_sdk_session_stamps_each_request_in_its_negotiated_era() -> None:
+    send, receive = anyio.create_memory_object_stream[Any](1)
+    session = ClientSession(receive, send, client_info=mt.Implementation(name="gw", version="1"))
+    session.adopt(mt.DiscoverResult(supported_versions=["2026-07-28"], capabilities=mt.ServerCapabilities()))
+    params, headers = compat.era_envelope(
+        session, "tools/call", {"name": "echo", "arguments": {}, "_meta": {"progressToken": "gw-1"}}
+    )
+    meta = params["_meta"]
+    assert meta["progressToken"] == "gw-1"
+    assert meta["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+    assert meta["io.modelcontextprotocol/clientInfo"] == {"name": "gw", "version": "1"}
+    assert "io.modelcontextprotocol/clientCapabilities" in meta
+    assert {key.lower(): value for key, value in headers.items()} == {
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "echo",
+    }
+
+    session.adopt(
+        mt.InitializeResult(
+            protocol_version="2025-11-25",
+            capabilities=mt.ServerCapabilities(),
+            server_info=mt.Implementation(name="s", version="1"),
+        )
+    )
+    params, headers = compat.era_envelope(session, "tools/call", {"name": "echo"})
+    assert params == {"name": "echo"}
+    assert {key.lower(): value for key, value in headers.items()} == {"mcp-protocol-version": "2025-11-25"}
+    send.close()
+    receive.close()

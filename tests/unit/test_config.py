@@ -85,6 +85,12 @@ BROKEN = [
     ("scheme.json", server(url="ftp://h/mcp"), "mcpServers.s", "must start with http:// or https://"),
     ("env.json", server(command="x", env={"LEVEL": 3}), "mcpServers.s.env.LEVEL", "must be a string"),
     ("unknown.json", server(command="x", argz=[]), "mcpServers.s.argz", "unknown field"),
+    (
+        "protocol.json",
+        server(command="x", protocol="2025-06-18"),
+        "mcpServers.s.protocol",
+        "Input should be 'auto', '2026-07-28' or '2025-11-25'",
+    ),
     ("missing.json", {"servers": {}}, "mcpServers", "required field is missing"),
     ("servers-list.json", {"mcpServers": []}, "mcpServers", "must be an object"),
     ("server-str.json", {"mcpServers": {"s": "npx"}}, "mcpServers.s", "must be an object"),

@@ -26,8 +26,9 @@ from fastmcp.client.transports import ClientTransport
 from fastmcp.client.transports.base import SessionKwargs, TransportOptions
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from agent_mcp_gateway.compat import get_env_proxy_for_url
+from agent_mcp_gateway.compat import era_envelope, get_env_proxy_for_url
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.observe import tracing
@@ -200,9 +201,17 @@ class HttpCalls:
     """
 
     def __init__(
-        self, url: str, headers: dict[str, str], keep_alive: KeepAlive, limit: int, resolver: LastGoodResolver
+        self,
+        url: str,
+        headers: dict[str, str],
+        keep_alive: KeepAlive,
+        limit: int,
+        resolver: LastGoodResolver,
+        session: ClientSession | None = None,
     ) -> None:
         self.url, self.keep_alive, self.limit = url, keep_alive, limit
+        # The SDK session beside which requests go: they speak the era it negotiated.
+        self.session = session
         self.client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(resolver=resolver, keepalive_timeout=KEEPALIVE_SECONDS),
             headers=headers,
@@ -236,10 +245,13 @@ class HttpCalls:
 
     async def request(self, method: str, params: rpc.Message, messages: rpc.CallMessages) -> rpc.Message:
         request_id = rpc.new_id()
+        era_headers: dict[str, str] = {}
+        if self.session is not None:
+            params, era_headers = era_envelope(self.session, method, params)
         body = pydantic_core.to_json(rpc.request(request_id, method, params, messages))
         try:
             try:
-                async with self._send("POST", body, self._headers()) as response:
+                async with self._send("POST", body, self._headers() | era_headers) as response:
                     answer = await self._answer(response, request_id, messages)
             except _Ended as ended:
                 answer = await self._resume(ended, request_id, messages)
@@ -377,8 +389,10 @@ class HttpCalls:
 
     def _cancel(self, request_id: str) -> None:
         """Tell the server the call is given up (as the SDK session does), without holding up
-        the caller's cancellation."""
-        if self.client.closed:
+        the caller's cancellation. On 2026-07-28 HTTP carries no notification of the client's:
+        the answer's stream, closed, is the signal."""
+        modern = self.session is not None and self.session.protocol_version in MODERN_PROTOCOL_VERSIONS
+        if self.client.closed or modern:
             return
 
         async def send() -> None:
@@ -464,7 +478,7 @@ class HttpServerTransport(ClientTransport):
             ),
             options.session_class(read_stream, write_stream, **session_kwargs) as session,
         ):
-            self.calls = HttpCalls(self.url, self.headers, keep_alive, self.limit, self.resolver)
+            self.calls = HttpCalls(self.url, self.headers, keep_alive, self.limit, self.resolver, session)
             # The session just reached the server by name: have a last good answer for the
             # calls' own connections before a name server outage can leave them none.
             remember = asyncio.create_task(self.resolver.remember(yarl.URL(self.url)))

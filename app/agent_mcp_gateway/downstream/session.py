@@ -19,6 +19,7 @@ log messages to the gateway's log, because any other client may belong to anothe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -27,11 +28,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+import anyio
 import mcp_types as mt
 from fastmcp import Client
 from fastmcp.client.messages import MessageHandler
 from fastmcp.telemetry import inject_trace_context
 from mcp import MCPError
+from mcp.client.subscriptions import listen
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent_mcp_gateway.access.pins import PinStore
@@ -69,7 +73,11 @@ M = TypeVar("M", bound=BaseModel)
 RENEWALS_AT_ONCE = 8  # subscriptions renewed in parallel after a reconnect
 CONNECTION_CLOSED = -32000
 METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
 INVALID_RESULT = -32603
+MODERN = "2026-07-28"
+HANDSHAKE = "2025-11-25"
+LISTEN_RETRY_CAP = 30.0  # seconds between attempts to reopen a listen stream, at most
 ELICIT_PARAMS: TypeAdapter[mt.ElicitRequestParams] = TypeAdapter(mt.ElicitRequestParams)
 
 
@@ -229,11 +237,17 @@ class Downstream:
         self.resources: dict[str, mt.Resource] = {}  # by URI
         self.templates: tuple[mt.ResourceTemplate, ...] = ()
         self.connected_at: float | None = None
+        # The protocol era negotiated on the current connection (None before the first).
+        self.protocol: str | None = None
         self.tried = asyncio.Event()
         self._lost = asyncio.Event()
         self._client: Client[Any] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
+        # On 2026-07-28: the `subscriptions/listen` stream's task, and the resource URIs its
+        # server acknowledged (resolved once the stream is open).
+        self._listener: asyncio.Task[None] | None = None
+        self._listening: asyncio.Future[frozenset[str]] | None = None
         self._notices: set[asyncio.Task[None]] = set()
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
@@ -247,6 +261,11 @@ class Downstream:
     @property
     def closed(self) -> bool:
         return self.state == "closed"
+
+    @property
+    def modern(self) -> bool:
+        """Whether the current connection speaks 2026-07-28 (per request, no session)."""
+        return self.protocol in MODERN_PROTOCOL_VERSIONS
 
     def start(self) -> None:
         # A fresh context: an instance started by a call must not carry that call's request id,
@@ -277,8 +296,8 @@ class Downstream:
     def roots_changed(self) -> None:
         """Tell the server its owner's roots may have changed, so it asks for them again."""
         client = self._client
-        if client is None or self.state != "up":
-            return
+        if client is None or self.state != "up" or self.modern:
+            return  # 2026-07-28 has no such notification: roots are asked for with each request
         task = asyncio.create_task(self._send_roots_changed(client))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
@@ -327,17 +346,26 @@ class Downstream:
             self.state, self.last_error, self.connected_at = "up", None, time.time()
             self._gauge(DOWNSTREAM_UP, 1)
             self.tried.set()
-            log.info("downstream connected", extra={"server": self.name, "tools": len(self.tools)})
-            renewals = asyncio.create_task(self._renew_subscriptions())
+            log.info(
+                "downstream connected",
+                extra={"server": self.name, "tools": len(self.tools), "protocol": self.protocol},
+            )
+            # On 2026-07-28 the listen stream, opened on connecting, renews the subscriptions.
+            renewals = None if self.modern else asyncio.create_task(self._renew_subscriptions())
             await self._watch()
-            renewals.cancel()
+            if renewals is not None:
+                renewals.cancel()
             await self._disconnect()
             if not self.closed:
                 DOWNSTREAM_RESTARTS.labels(self.name).inc()
 
     async def _connect(self) -> None:
-        # The session-era handshake: one long-lived session that also delivers
-        # list_changed notifications sent between calls, which 2026-era connections drop.
+        """Connect in the server's `protocol` era: "auto" probes `server/discover` and falls
+        back to the handshake (the SDK's negotiation); 2025-11-25 sends only the handshake;
+        2026-07-28 sends only `server/discover`, refused by a server that does not speak it.
+        On 2026-07-28 list changes come through a `subscriptions/listen` stream
+        (`_listen`); on the handshake era the session delivers them between calls."""
+        forced = self.config.protocol
         client = Client(
             self._transport(),
             name="agent-mcp-gateway",
@@ -347,10 +375,20 @@ class Downstream:
             # A shared session declares no roots: whose roots they would be cannot be told.
             roots=self._list_roots if self.isolated else None,
             init_timeout=self.connect_timeout,
-            mode="legacy",
+            mode="legacy" if forced == HANDSHAKE else "auto",
+            auto_initialize=forced != MODERN,
         )
         self._client = client
         await client.__aenter__()  # type: ignore[no-untyped-call]  # fastmcp leaves it unannotated
+        if forced == MODERN:
+            try:
+                await client.session.discover()
+            except (MCPError, RuntimeError) as exc:  # RuntimeError: it lists no modern version
+                raise EraRefused(f"the server does not speak {MODERN}") from exc
+        self.protocol = client.protocol_version
+        if self.modern:
+            # Listening before the catalog is read: no change in between goes unnoticed.
+            await asyncio.shield(self._start_listening())
         await self._load(client, KINDS)
 
     async def _renew_subscriptions(self) -> None:
@@ -386,11 +424,16 @@ class Downstream:
             self._mark_down(self.last_error or "connection lost")
 
     async def _ping(self) -> bool:
+        """Whether the server still answers: a ping on the handshake era, `server/discover` on
+        2026-07-28 (which has no ping; discover may be sent at any time)."""
         client = self._client
         if client is None:
             return False
         try:
-            await asyncio.wait_for(client.ping(), self.ping_timeout)
+            if self.modern and self.protocol is not None:
+                await asyncio.wait_for(client.session.send_discover(self.protocol), self.ping_timeout)
+            else:
+                await asyncio.wait_for(client.ping(), self.ping_timeout)
             return True
         except asyncio.CancelledError:
             raise
@@ -409,6 +452,7 @@ class Downstream:
             return False
 
     async def _disconnect(self) -> None:
+        await self._stop_listening()
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -559,14 +603,114 @@ class Downstream:
         return bool(resources is not None and resources.subscribe)
 
     async def subscribe(self, uri: str, timeout_ms: int) -> None:
+        if self.modern:
+            await self._relisten(uri, timeout_ms, add=True)
+            return
         method = "resources/subscribe"
         await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
         self.subscribed.add(uri)
 
     async def unsubscribe(self, uri: str, timeout_ms: int) -> None:
+        if self.modern:
+            await self._relisten(uri, timeout_ms, add=False)
+            return
         self.subscribed.discard(uri)
         method = "resources/unsubscribe"
         await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
+
+    # --- 2026-07-28 subscriptions/listen ------------------------------------------------
+
+    async def _relisten(self, uri: str, timeout_ms: int, add: bool) -> None:
+        """Subscribe to `uri` (or stop) on 2026-07-28: a listen stream's filter is fixed when it
+        opens, so a new stream replaces the old one, closed once the new one is acknowledged
+        (nothing is missed in between); a subscription counts once that acknowledgment honors
+        it."""
+        await self._require_calls()
+        if add:
+            self.subscribed.add(uri)
+        else:
+            self.subscribed.discard(uri)
+        old = self._listener
+        listening = self._start_listening()
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                honored = await asyncio.shield(listening)
+        except TimeoutError:
+            raise GatewayTimeout("resources/subscribe", timeout_ms) from None
+        except Exception as exc:
+            raise ServerUnavailable(self.name, _describe(exc, "listen")) from None
+        finally:
+            if old is not None:
+                old.cancel()
+        if add and uri not in honored:
+            self.subscribed.discard(uri)
+            raise self._retold(uri, MCPError(INVALID_PARAMS, "the server did not honor the subscription"))
+
+    def _start_listening(self) -> asyncio.Future[frozenset[str]]:
+        client = self._client
+        listening = self._listening = asyncio.get_running_loop().create_future()
+        # Its outcome may go unread (nobody subscribing waits for it): never a warning.
+        listening.add_done_callback(lambda done: done.cancelled() or done.exception())
+        if client is None:
+            listening.set_exception(ConnectionError("not connected"))
+        else:
+            self._listener = asyncio.create_task(self._listen(client, listening))
+        return listening
+
+    async def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        if self._listening is not None and not self._listening.done():
+            self._listening.set_exception(ConnectionError("the listen stream was closed"))
+
+    async def _listen(self, client: Client[Any], listening: asyncio.Future[frozenset[str]]) -> None:
+        """Keep a `subscriptions/listen` stream open to a 2026-07-28 server: its list changes
+        and resource updates reach `_Notifications` as the session reads them, as a handshake
+        session's would, so this task only drains the stream's own queue. A stream that ends
+        is reopened and the catalog read again (events in between are lost); one that cannot
+        be reopened while the server answers no `server/discover` means the server is lost."""
+        backoff = Backoff(first=0.5, cap=LISTEN_RETRY_CAP)
+        opened = False
+        while self._client is client and not self.closed:
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    with anyio.fail_after(self.connect_timeout):
+                        subscription = await stack.enter_async_context(
+                            listen(
+                                client.session,
+                                tools_list_changed=True,
+                                prompts_list_changed=True,
+                                resources_list_changed=True,
+                                resource_subscriptions=sorted(self.subscribed),
+                            )
+                        )
+                    if opened:
+                        self.schedule_refresh()
+                    opened = True
+                    backoff.reset()
+                    if not listening.done():
+                        listening.set_result(frozenset(subscription.honored.resource_subscriptions or ()))
+                    async for _event in subscription:
+                        pass
+                reason = "the server closed the listen stream"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = _describe(exc, "listen")
+                if isinstance(exc, MCPError) and exc.code == METHOD_NOT_FOUND:
+                    log.warning("downstream serves no subscriptions/listen", extra={"server": self.name})
+                    if not listening.done():
+                        listening.set_result(frozenset())
+                    return
+                if not listening.done():
+                    listening.set_exception(ConnectionError(reason))
+                if not await self._ping():
+                    self._lose(reason)
+                    return
+            log.info("downstream listen stream reopened", extra={"server": self.name, "reason": reason})
+            await asyncio.sleep(backoff.next_delay())
 
     async def _request(self, request: _Request[M], timeout_ms: int, relay: Relay | None) -> M:
         """One request to the server on behalf of one caller, sent beside the session
@@ -720,6 +864,7 @@ class Downstream:
         return {
             "state": self.state,
             "transport": self.config.kind,
+            "protocol": self.protocol,
             "tools": len(self.tools),
             "last_error": self.last_error,
             "connected_at": self.connected_at,
@@ -738,9 +883,8 @@ class Downstream:
 
 
 def _capabilities(client: Client[Any] | None) -> mt.ServerCapabilities | None:
-    """What the server declared in its initialize answer (None before it answered)."""
-    result = client.initialize_result if client is not None else None
-    return result.capabilities if result is not None else None
+    """What the server declared in its initialize or discover answer (None before it answered)."""
+    return client.server_capabilities if client is not None else None
 
 
 def _offered(client: Client[Any]) -> set[Kind]:
@@ -758,8 +902,14 @@ def _is_connection_loss(exc: MCPError) -> bool:
     return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"
 
 
+class EraRefused(Exception):
+    """The server does not speak the protocol era its configuration forces."""
+
+
 def _describe(exc: BaseException, during: str) -> str:
     """A reason an agent may read: the kind of failure, never a path or a secret."""
+    if isinstance(exc, EraRefused):
+        return f"{during} failed: {exc}"
     while isinstance(exc, RuntimeError) and exc.__cause__ is not None:
         exc = exc.__cause__
     if isinstance(exc, TimeoutError):

@@ -75,6 +75,8 @@ class GatewayTools:
                 entry.update(_metadata(config))
                 downstream = self.gateway.pool.get(name)
                 entry["health"] = downstream.state if downstream else "unknown"
+                # The era its shared session negotiated (None until it first connected).
+                entry["protocol"] = downstream.protocol if downstream else None
             servers.append(entry)
         return {"servers": servers}
 
