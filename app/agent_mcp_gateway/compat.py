@@ -18,6 +18,7 @@ from fastmcp.server.auth import AccessToken
 from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
 from mcp import ClientSession
+from mcp.client._input_required import InputRequiredRoundsExceededError, run_input_required_driver
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.lowlevel import Server
 from mcp.server.transport_security import RequestBodyLimitMiddleware
@@ -28,6 +29,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 __all__ = [
+    "InputRequiredRoundsExceededError",
     "add_request_handler",
     "bind_request_context",  # runs a low-level handler with fastmcp's request context bound
     "coerce_request_id",  # the SDK's own key for pending requests, so ids match the session's
@@ -36,6 +38,7 @@ __all__ = [
     "get_env_proxy_for_url",  # aiohttp's reading of HTTP(S)_PROXY / NO_PROXY for one URL
     "mark_session_owner",
     "route_tool_input_schema",
+    "run_input_required_driver",  # the SDK client's loop over a 2026-07-28 call's rounds
     "set_body_limit",
 ]
 

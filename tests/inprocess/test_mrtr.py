@@ -43,25 +43,41 @@ RULES: dict[str, Any] = {
 }
 
 
-@pytest.fixture(params=["stdio", "http"])
+HANDSHAKE, MODERN = "2025-11-25", "2026-07-28"
+
+
+def serve_asking(files: GatewayFiles, era: str, url: str | None = None) -> GatewayFiles:
+    """The asking fixture, which the gateway speaks to in `era`: over HTTP at `url`, else stdio."""
+    server = {"url": url, "prefix": "as"} if url else fixture_server("asking", prefix="as")
+    files.write_servers({"asking": {**server, "protocol": era}})
+    files.write_rules(RULES)
+    return files
+
+
+@pytest.fixture(
+    params=[("stdio", HANDSHAKE), ("http", HANDSHAKE), ("stdio", MODERN), ("http", MODERN)],
+    ids=["stdio-handshake", "http-handshake", "stdio-2026", "http-2026"],
+)
 def asking(request: pytest.FixtureRequest, gateway_files: GatewayFiles) -> Iterator[GatewayFiles]:
-    """The asking fixture, connected by the gateway in the handshake era, over stdio or HTTP."""
-    if request.param == "stdio":
-        gateway_files.write_servers({"asking": fixture_server("asking", prefix="as")})
-        gateway_files.write_rules(RULES)
-        yield gateway_files
+    """The asking fixture in either era, over stdio or HTTP."""
+    transport, era = request.param
+    if transport == "stdio":
+        yield serve_asking(gateway_files, era)
         return
     with served_over_http("asking") as url:
-        gateway_files.write_servers({"asking": {"url": url, "prefix": "as"}})
-        gateway_files.write_rules(RULES)
-        yield gateway_files
+        yield serve_asking(gateway_files, era, url)
 
 
 @pytest.fixture
 def asking_stdio(gateway_files: GatewayFiles) -> GatewayFiles:
-    gateway_files.write_servers({"asking": fixture_server("asking", prefix="as")})
-    gateway_files.write_rules(RULES)
-    return gateway_files
+    """A handshake-era server: its questions are requests, so the gateway holds its calls."""
+    return serve_asking(gateway_files, HANDSHAKE)
+
+
+@pytest.fixture
+def modern_stdio(gateway_files: GatewayFiles) -> GatewayFiles:
+    """A 2026-07-28 server: its questions are results, passed through with its state."""
+    return serve_asking(gateway_files, MODERN)
 
 
 def as_agent(agent: str) -> dict[str, str]:
@@ -106,9 +122,10 @@ BLUE: dict[str, Any] = {"elicitation-1": mt.ElicitResult(action="accept", conten
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_each_era_of_client_gets_a_handshake_servers_questions(asking: GatewayFiles, mode: str) -> None:
-    """One question, two at once, three in a row: a 2026-07-28 client answers them round by
-    round, a handshake-era client as requests on its call's stream, with the same outcome."""
+async def test_each_era_of_client_answers_each_era_of_server(asking: GatewayFiles, mode: str) -> None:
+    """One question, two at once, three in a row, in all four pairings of client era and server
+    era: a 2026-07-28 client answers them round by round, a handshake-era client as requests on
+    its call's stream, whichever way the server asks; the outcome is the same."""
     calls: list[str] = []
     async with (
         asgi_gateway(asking) as service,
@@ -121,10 +138,13 @@ async def test_each_era_of_client_gets_a_handshake_servers_questions(asking: Gat
     assert calls == ["elicitation", "elicitation", "sampling", "elicitation", "sampling", "roots"]
 
 
-async def test_the_discovery_view_holds_calls_the_same_way(asking_stdio: GatewayFiles) -> None:
+@pytest.mark.parametrize("era", [HANDSHAKE, MODERN])
+async def test_the_discovery_view_relays_questions_the_same_way(
+    gateway_files: GatewayFiles, era: str
+) -> None:
     calls: list[str] = []
     async with (
-        asgi_gateway(asking_stdio) as service,
+        asgi_gateway(serve_asking(gateway_files, era)) as service,
         service.client("auto", headers=as_agent("classic"), **answering("green", calls)) as classic,
     ):
         result = await classic.call_tool(
@@ -165,11 +185,15 @@ async def sdk_client(service: AsgiGateway, mode: str, agent: str) -> AsyncIterat
         yield client
 
 
+@pytest.mark.parametrize("era", [HANDSHAKE, MODERN])
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_the_sdk_client_gets_a_handshake_servers_questions(
-    asking_stdio: GatewayFiles, mode: str
+async def test_the_sdk_client_answers_each_era_of_server(
+    gateway_files: GatewayFiles, mode: str, era: str
 ) -> None:
-    async with asgi_gateway(asking_stdio) as service, sdk_client(service, mode, "ide") as ide:
+    async with (
+        asgi_gateway(serve_asking(gateway_files, era)) as service,
+        sdk_client(service, mode, "ide") as ide,
+    ):
         assert text(await ide.call_tool("as__colour", {})) == "colour teal"
         assert text(await ide.call_tool("as__pair", {})) == "teal square"
         assert text(await ide.call_tool("as__interview", {"topic": "t"})) == "t: teal | square | file:///teal"
@@ -261,3 +285,31 @@ def test_a_short_key_is_refused_without_being_echoed() -> None:
         load_settings({"GATEWAY_REQUEST_STATE_KEYS": f"{KEY},short-secret"})
     assert "short-secret" not in str(refused.value)
     assert len(load_settings({"GATEWAY_REQUEST_STATE_KEYS": f"{KEY}, {KEY[::-1]}"}).request_state_keys) == 2
+
+
+async def test_a_2026_servers_questions_pass_through_and_its_state_is_bound_to_the_agent(
+    modern_stdio: GatewayFiles,
+) -> None:
+    """A 2026-07-28 server's InputRequiredResult reaches the client as the server wrote it (its
+    own keys) and nothing is held; its requestState travels inside the gateway's sealed one, so
+    it is refused when tampered with or replayed by another agent, and the untouched retry
+    reaches the server that minted it (the fixture seals under a key of its own process, so a
+    retry reaching another instance would be refused there)."""
+    async with (
+        asgi_gateway(modern_stdio, GATEWAY_REQUEST_STATE_KEYS=KEY) as service,
+        service.client("auto", headers=as_agent("ide"), **ASKABLE) as ide,
+        service.client("auto", headers=as_agent("other"), **ASKABLE) as other,
+    ):
+        asked = await first_round(ide)
+        assert asked.input_requests is not None and set(asked.input_requests) == {"c"}
+        assert len(service.gateway.held) == 0
+        state = asked.request_state
+        assert state is not None
+        answers: dict[str, Any] = {"c": mt.ElicitResult(action="accept", content={"colour": "red"})}
+        flipped = state[:-3] + ("A" if state[-3] != "A" else "B") + state[-2:]
+        with pytest.raises(MCPError, match="Invalid or expired requestState"):
+            await ide.session.call_tool("as__colour", {}, input_responses=answers, request_state=flipped)
+        with pytest.raises(MCPError, match="another agent's call"):
+            await other.session.call_tool("as__colour", {}, input_responses=answers, request_state=state)
+        result = await ide.session.call_tool("as__colour", {}, input_responses=answers, request_state=state)
+        assert text(result) == "colour red"

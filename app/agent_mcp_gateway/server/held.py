@@ -10,6 +10,10 @@ the client as `inputRequests`, with a `requestState` naming the held call, and t
 that the retry comes from the agent that made the call and reaches the process that holds it.
 Held calls are bounded in number and each waits at most `GATEWAY_INPUT_WAIT` seconds for its
 retry before it is cancelled.
+
+A 2026-07-28 server asks the same way the client does: its `InputRequiredResult` passes through,
+its own `requestState` wrapped in the gateway's (which names the agent), and the retry goes to
+the same downstream session with the client's answers; nothing is held between those rounds.
 """
 
 from __future__ import annotations
@@ -31,8 +35,20 @@ from agent_mcp_gateway.errors import CallNotHeld, RequestStateRefused, TooManyHe
 from agent_mcp_gateway.protocol import INVALID_PARAMS
 from agent_mcp_gateway.server.relay import ClientRelay
 
-T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
+Answer = mt.CallToolResult | mt.InputRequiredResult
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A retry for a 2026-07-28 server: the client's answers and the server's own state."""
+
+    input_responses: dict[str, Any] | None
+    request_state: str | None
+
+
+# The downstream call, given the relay its server's messages go to (and what resumes it).
+Start = Callable[[Relay, Resume | None], Awaitable[Answer]]
 
 
 @dataclass(slots=True)
@@ -160,26 +176,26 @@ class HeldCalls:
     def __len__(self) -> int:
         return len(self._held)
 
-    async def run(
-        self, agent: str, relay: ClientRelay, start: Callable[[Relay], Awaitable[T]]
-    ) -> T | mt.InputRequiredResult:
+    async def run(self, agent: str, relay: ClientRelay, start: Start) -> Answer:
         """One round of a call for a 2026-07-28 client: the call's result, or the questions its
-        server waits on. A first round starts the call (`start`, given the relay the downstream
-        is to use); a retry carrying a `requestState` resumes the call it names."""
-        if relay.request_state is not None:
-            call = self._resume(agent, relay)
+        server waits on. A first round starts the call (`start`); a retry carrying a
+        `requestState` resumes the held call it names, or calls a 2026-07-28 server again."""
+        state = _opened(relay.request_state, agent)
+        if "call" in state:
+            call = self._resume(state, relay)
         else:
+            resume = Resume(relay.input_responses, state["down"]) if state else None
             call = HeldCall(agent, relay)
-            call.task = asyncio.create_task(_run(start, call.relay))
+            call.task = asyncio.create_task(_run(start, call.relay, resume))
         call.busy = True
         try:
-            outcome: T | mt.InputRequiredResult = await self._round(call)
-            return outcome
+            outcome: Answer = await self._round(call)
         except asyncio.CancelledError:
             self._drop(call)
             raise
         finally:
             call.busy = False
+        return outcome
 
     async def _round(self, call: HeldCall) -> Any:
         """Wait for the call to end or to ask something, whichever is first."""
@@ -190,7 +206,11 @@ class HeldCalls:
                 return self._hold(call)
             if task.done():
                 self._drop(call)
-                return task.result()
+                outcome = task.result()
+                if isinstance(outcome, mt.InputRequiredResult):  # a 2026-07-28 server's own
+                    wrapped = {"down": outcome.request_state, "agent": call.agent}
+                    return outcome.model_copy(update={"request_state": _state(wrapped)})
+                return outcome
             call.asked.clear()
             asked = asyncio.ensure_future(call.asked.wait())
             try:
@@ -211,17 +231,11 @@ class HeldCalls:
         state = {"call": call.key, "agent": call.agent, "replica": self.replica}
         return mt.InputRequiredResult(
             input_requests={key: ask.request for key, ask in call.sent.items()},
-            request_state=json.dumps(state, separators=(",", ":")),
+            request_state=_state(state),
         )
 
-    def _resume(self, agent: str, relay: ClientRelay) -> HeldCall:
-        try:
-            state = json.loads(relay.request_state or "")
-            key, owner, replica = str(state["call"]), str(state["agent"]), str(state["replica"])
-        except (ValueError, TypeError, KeyError):
-            raise RequestStateRefused("it does not name a call of this gateway") from None
-        if owner != agent:
-            raise RequestStateRefused("it belongs to another agent's call")
+    def _resume(self, state: dict[str, Any], relay: ClientRelay) -> HeldCall:
+        key, replica = str(state["call"]), str(state.get("replica"))
         call = self._held.get(key)
         if call is None:
             raise CallNotHeld(replica, self.replica)
@@ -242,5 +256,25 @@ class HeldCalls:
             self._drop(call)
 
 
-async def _run(start: Callable[[Relay], Awaitable[T]], relay: Relay) -> T:
-    return await start(relay)
+async def _run(start: Start, relay: Relay, resume: Resume | None) -> Answer:
+    return await start(relay, resume)
+
+
+def _state(state: dict[str, Any]) -> str:
+    return json.dumps(state, separators=(",", ":"))
+
+
+def _opened(request_state: str | None, agent: str) -> dict[str, Any]:
+    """What a retry's `requestState` says (the SDK has checked the gateway sealed it): a held
+    call (`call`) or a 2026-07-28 server's own state (`down`), for `agent` only; {} for none."""
+    if request_state is None:
+        return {}
+    try:
+        state = json.loads(request_state)
+    except ValueError:
+        state = None
+    if not isinstance(state, dict) or not ("call" in state or "down" in state):
+        raise RequestStateRefused("it does not name a call of this gateway")
+    if state.get("agent") != agent:
+        raise RequestStateRefused("it belongs to another agent's call")
+    return state
