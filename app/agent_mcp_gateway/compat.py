@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import mcp_types as mt
 from aiohttp.helpers import get_env_proxy_for_url
 from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken
@@ -73,10 +74,15 @@ def era_envelope(
     the protocol version, client info and capabilities in `_meta` and the `Mcp-Method`,
     `Mcp-Name` and `Mcp-Param-*` headers; on the handshake era the `Mcp-Protocol-Version` header.
     The gateway's own requests (`downstream.rpc`) must speak the era as the session does."""
-    data: dict[str, Any] = {"method": method, "params": {**params, "_meta": dict(params.get("_meta") or {})}}
+    given: dict[str, Any] = dict(params.get("_meta") or {})
+    data: dict[str, Any] = {"method": method, "params": {**params, "_meta": dict(given)}}
     options: dict[str, Any] = {}
     session._stamp(data, options)  # type: ignore[arg-type]  # CallOptions is a TypedDict of these keys
     stamped: dict[str, Any] = data["params"]
+    # A call passed through for a 2026-07-28 client declares that client's capabilities: the
+    # server's questions go to it, so it asks only what that client can answer.
+    if mt.CLIENT_CAPABILITIES_META_KEY in given and mt.CLIENT_CAPABILITIES_META_KEY in stamped["_meta"]:
+        stamped["_meta"][mt.CLIENT_CAPABILITIES_META_KEY] = given[mt.CLIENT_CAPABILITIES_META_KEY]
     if not stamped["_meta"]:
         del stamped["_meta"]
     return stamped, dict(options.get("headers") or {})

@@ -561,6 +561,7 @@ class Downstream:
         known: Callable[[], None],
         input_responses: dict[str, Any] | None = None,
         request_state: str | None = None,
+        capabilities: dict[str, Any] | None = None,
     ) -> mt.CallToolResult | mt.InputRequiredResult:
         """Call a tool; the timeout covers the whole call, including waiting for start-up.
         `known` (built by `server.forward`) checks the tool is listed once the server is up.
@@ -571,6 +572,8 @@ class Downstream:
             params["inputResponses"] = {key: _wire(response) for key, response in input_responses.items()}
         if request_state is not None:
             params["requestState"] = request_state
+        if capabilities is not None:  # a 2026-07-28 caller's, for a server that asks it directly
+            params["_meta"] = {mt.CLIENT_CAPABILITIES_META_KEY: capabilities}
         call = _Request("execute_tool", tool, "tools/call", params, _tool_answer, known)
         return await self._request(call, timeout_ms, relay)
 
@@ -753,7 +756,7 @@ class Downstream:
                 sent = True
                 params = request.params
                 if meta := inject_trace_context(None):
-                    params = {**params, "_meta": meta}
+                    params = {**params, "_meta": {**params.get("_meta", {}), **meta}}
                 answer = await calls.request(request.method, params, _CallMessages(self, relay))
             result = request.read(answer)
             outcome = "tool_error" if getattr(result, "is_error", False) else "ok"

@@ -105,7 +105,9 @@ class Forward:
                 downstream = self._downstream(server, op, relay)
                 timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
                 answers, state = (resume.input_responses, resume.request_state) if resume else (None, None)
-                return await downstream.call_tool(tool, arguments, timeout, held, known, answers, state)
+                return await downstream.call_tool(
+                    tool, arguments, timeout, held, known, answers, state, relay.capabilities
+                )
 
             outcome = await self.gateway.held.run(op.agent_id, relay, start)
             if isinstance(outcome, mt.InputRequiredResult):

@@ -30,6 +30,8 @@ class ClientRelay:
         request = ctx.request_context
         meta = request.meta if request is not None else None
         self._token = meta.get("progressToken") if meta else None
+        # What a 2026-07-28 caller declares it can answer, sent with each of its requests.
+        self.capabilities: dict[str, Any] | None = meta.get(mt.CLIENT_CAPABILITIES_META_KEY) if meta else None
         self._session: ServerSession = ctx.session
         self._request_id: str | None = ctx.request_id
         # Stable for a handshake-era client connection (the SDK builds a session per request).
