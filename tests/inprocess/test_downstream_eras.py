@@ -18,6 +18,7 @@ from fastmcp import Client
 
 from conftest import (
     GatewayFiles,
+    HttpFixtureServer,
     asgi_gateway,
     eventually,
     everything_server,
@@ -83,6 +84,13 @@ async def test_auto_speaks_the_newest_era_each_server_supports(gateway_files: Ga
             listed = (await classic.call_tool("list_servers", {"include_metadata": True})).structured_content
         assert listed is not None
         assert {entry["name"]: entry["protocol"] for entry in listed["servers"]} == {
+            "dual": MODERN,
+            "modern": MODERN,
+            "everything": HANDSHAKE,
+        }
+        async with service.http() as http:
+            ready = (await http.get("/ready")).json()
+        assert {name: server["protocol"] for name, server in ready["servers"].items()} == {
             "dual": MODERN,
             "modern": MODERN,
             "everything": HANDSHAKE,
@@ -204,3 +212,30 @@ async def test_what_an_agents_2026_session_hears_is_that_agents_only(gateway_fil
         await asyncio.sleep(0.5)
         assert "notifications/resources/updated" not in other_seen.methods()
         assert "modern__mine" not in await tool_names(other)
+
+
+async def test_a_restarted_2026_only_http_server_is_listened_to_again(gateway_files: GatewayFiles) -> None:
+    """The listen stream drops with the server; the session is found lost (no answer to
+    `server/discover`), reconnects once the server is back, and listens again."""
+    server = HttpFixtureServer("modern")
+    server.start()
+    try:
+        configure(gateway_files, modern={"description": "modern over HTTP", "url": server.url})
+        seen = Notifications()
+        async with (
+            asgi_gateway(gateway_files) as service,
+            service.client("legacy", headers=as_agent("ide"), message_handler=seen) as ide,
+        ):
+            await connected(service)
+            shared = service.gateway.pool.get("modern")
+            assert shared is not None
+            server.stop()
+            assert await eventually(lambda: shared.state == "down", timeout=60)
+            server.start()
+            assert await eventually(lambda: shared.state == "up", timeout=120)
+            await ide.list_tools()
+            await ide.call_tool("modern__add_tool", {"name": "after"})
+            assert await eventually(lambda: "notifications/tools/list_changed" in seen.methods(), timeout=60)
+            assert "modern__after" in await tool_names(ide)
+    finally:
+        server.stop()
