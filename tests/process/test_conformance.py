@@ -73,6 +73,17 @@ NOT_IN_FIXTURE = {
         )
     },
 }
+# Failing against the fixture in the 2026-07-28 set only (it passes in the other): tools/list on
+# 2026-07-28 shows the fixture's schema without its allOf, if/then/else and $anchor keywords.
+FIXTURE_GAPS_2026 = {"json-schema-2020-12": "composition keywords missing from the 2026-07-28 tools/list"}
+# Scenarios that pass directly and fail through the gateway, each with why (README: Conformance).
+# The suite runs these two on the handshake era, while the gateway speaks 2026-07-28 to the fixture,
+# whose subscriptions/listen stream does not honor resource subscriptions (it serves them as
+# handshake-era resources/subscribe handlers only).
+GATEWAY_GAPS = {
+    "resources-subscribe": "the fixture's listen stream honors no resource subscription",
+    "resources-unsubscribe": "the fixture's listen stream honors no resource subscription",
+}
 RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 
 
@@ -186,9 +197,9 @@ def suite_through_gateway(files: GatewayFiles, requirements: str) -> GatewayRun:
 @pytest.fixture(scope="module")
 def aggregate(tmp_path_factory: pytest.TempPathFactory, requirements: str) -> GatewayRun:
     """The fixture as the one downstream, bare names, all of it allowed in the aggregate view."""
-    # Sampling and elicitation during a call, as the scenarios check them, are the handshake
-    # era's (2026-07-28 makes them multi-round-trip results).
-    server = {**fixture_server("conformance_server"), "prefix": "", "protocol": "2025-11-25"}
+    # Spoken to in 2026-07-28 (the newest it speaks): it asks with InputRequiredResult, which the
+    # gateway passes on to a 2026-07-28 client and turns into requests for a handshake-era one.
+    server = {**fixture_server("conformance_server"), "prefix": ""}
     agent = {"view": "aggregate", "allow": {"servers": ["conformance"]}}
     files = gateway_files(tmp_path_factory.mktemp("aggregate"), {"conformance": server}, agent)
     return suite_through_gateway(files, requirements)
@@ -213,9 +224,10 @@ def test_fixture_passes_every_scenario_it_implements_directly(
 ) -> None:
     if requirements == "all":
         assert set(direct) == set(scenarios), "every listed server scenario leaves a result"
-    failing = [name for name in direct if name not in NOT_IN_FIXTURE and not direct[name].passed]
+    known = {**NOT_IN_FIXTURE, **(FIXTURE_GAPS_2026 if requirements == "2026-07-28" else {})}
+    failing = [name for name in direct if name not in known and not direct[name].passed]
     assert not failing, f"scenarios failing against the fixture itself:\n{report(direct, failing)}"
-    implemented = [name for name in NOT_IN_FIXTURE if name in direct and direct[name].passed]
+    implemented = [name for name in known if name in direct and direct[name].passed]
     assert not implemented, f"passing now, so no longer to be listed in NOT_IN_FIXTURE: {implemented}"
 
 
@@ -225,6 +237,9 @@ def test_scenarios_that_pass_directly_pass_through_the_aggregate_view(
     through, gateway = aggregate
     expected = [name for name, outcome in direct.items() if outcome.passed]
     failing = [name for name in expected if name not in through or not through[name].passed]
+    fixed = [name for name in GATEWAY_GAPS if name in expected and name not in failing]
+    assert not fixed, f"passing through the gateway now, so no longer to be listed in GATEWAY_GAPS: {fixed}"
+    failing = [name for name in failing if name not in GATEWAY_GAPS]
     assert not failing, (
         f"{len(failing)} of {len(expected)} scenarios that pass directly fail through the gateway:\n"
         f"{report(through, failing)}\ngateway log:\n{gateway_problems(gateway)}"

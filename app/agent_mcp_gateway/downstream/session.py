@@ -616,6 +616,8 @@ class Downstream:
             await asyncio.wait([asyncio.ensure_future(self.tried.wait())], timeout=self.connect_timeout)
         capabilities = _capabilities(self._client)
         resources = capabilities.resources if capabilities is not None else None
+        if self.modern:  # 2026-07-28 subscribes through subscriptions/listen, not a capability flag
+            return resources is not None
         return bool(resources is not None and resources.subscribe)
 
     async def subscribe(self, uri: str, timeout_ms: int) -> None:
