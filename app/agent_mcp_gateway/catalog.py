@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import mcp_types as mt
 from mcp.shared.uri_template import UriTemplate
@@ -172,6 +172,15 @@ class Catalog:
         for server, prefix in named:
             if prefix == "":
                 yield server, name
+
+    def extensions(self) -> dict[str, dict[str, Any]]:
+        """The extensions the agent's servers declare (SEP-2133), merged: an extension two
+        servers declare keeps the first one's settings, in file order."""
+        merged: dict[str, dict[str, Any]] = {}
+        for _, _, downstream in self._servers():
+            for identifier, settings in downstream.extensions().items():
+                merged.setdefault(identifier, settings)
+        return merged
 
     def fingerprint(self, kind: Kind) -> str:
         """A digest of what this agent sees of one kind, to tell whether it changed."""

@@ -1,4 +1,4 @@
-"""Every reach into fastmcp 4.1.2, the MCP SDK 2 and aiohttp beyond their documented APIs.
+"""Every reach into fastmcp 4.1.2, the MCP SDK 2, aiohttp and httpx2 beyond their documented APIs.
 
 Each seam is a private attribute, an undocumented class or helper, or an attribute set on a
 library object after it was built. They live here, each with the reason it is needed, so that
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import httpcore2
+import httpx2
 import mcp_types as mt
 from aiohttp.helpers import get_env_proxy_for_url
 from fastmcp import FastMCP
@@ -20,7 +22,10 @@ from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
 from mcp import ClientSession
 from mcp.client._input_required import InputRequiredRoundsExceededError, run_input_required_driver
+from mcp.client.auth import OAuthFlowError
+from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.caching import CacheHint, validate_cache_hints
 from mcp.server.lowlevel import Server
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp.shared._context_streams import create_context_streams
@@ -31,6 +36,7 @@ from starlette.types import Scope
 
 __all__ = [
     "InputRequiredRoundsExceededError",
+    "TokenExchangeProvider",
     "add_request_handler",
     "bind_request_context",  # runs a low-level handler with fastmcp's request context bound
     "coerce_request_id",  # the SDK's own key for pending requests, so ids match the session's
@@ -41,7 +47,42 @@ __all__ = [
     "route_tool_input_schema",
     "run_input_required_driver",  # the SDK client's loop over a 2026-07-28 call's rounds
     "set_body_limit",
+    "set_cache_hints",
+    "set_network_backend",
 ]
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 (a grant's name)
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+
+
+class TokenExchangeProvider(ClientCredentialsOAuthProvider):
+    """The SDK's client credentials provider whose token request is an RFC 8693 token exchange:
+    the agent's own inbound token is the `subject_token`, the gateway's client authenticates.
+
+    The seam is `_perform_authorization`, the hook the SDK's own grant extensions override: the
+    request the client credentials grant would send (built after the issuer check, with the
+    client's authentication, the resource and the scope) becomes an exchange of `subject()`.
+    """
+
+    def __init__(self, *args: Any, subject: Callable[[], str | None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subject = subject
+
+    async def _perform_authorization(self) -> httpx2.Request:
+        request = await super()._perform_authorization()
+        subject = self._subject()
+        if subject is None:
+            raise OAuthFlowError("no token of the agent's to exchange (the agent is not JWT-authenticated)")
+        form = dict(httpx2.QueryParams(request.content.decode()))
+        form |= {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": subject,
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+        }
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "content-type")
+        }
+        return httpx2.Request("POST", request.url, data=form, headers=headers)
 
 
 def _low_level(mcp: FastMCP) -> Server[Any]:
@@ -56,6 +97,13 @@ def route_tool_input_schema(mcp: FastMCP, schema: Callable[[str], Mapping[str, A
     SDK's default lists every tool on every call. fastmcp exposes no hook, so the SDK server's
     constructor argument is set after the fact."""
     _low_level(mcp).get_tool_input_schema = schema
+
+
+def set_cache_hints(mcp: FastMCP, hints: Mapping[str, CacheHint]) -> None:
+    """Per-method `ttlMs`/`cacheScope` for 2026-07-28 results (filled by the SDK's runner where a
+    result sets none): fastmcp takes one hint for every cacheable method, `resources/read`
+    included, whose freshness only the downstream knows; the SDK server takes one per method."""
+    _low_level(mcp).cache_hints = validate_cache_hints(hints)
 
 
 def add_request_handler(
@@ -95,6 +143,14 @@ def mark_session_owner(scope: Scope, agent_id: str, fingerprint: str | None) -> 
     token = AccessToken(token=fingerprint or "", client_id=agent_id, scopes=[])
     scope["user"] = AuthenticatedUser(token)
     scope["auth"] = AuthCredentials([])
+
+
+def set_network_backend(transport: httpx2.AsyncHTTPTransport, backend: httpcore2.AsyncNetworkBackend) -> None:
+    """Open `transport`'s connections through `backend`: httpx takes no network backend, its
+    connection pool (a private attribute) does, and reads it at each new connection."""
+    pool = transport._pool
+    assert isinstance(pool, httpcore2.AsyncConnectionPool)
+    pool._network_backend = backend
 
 
 def set_body_limit(routes: list[BaseRoute], max_bytes: int) -> None:

@@ -53,6 +53,10 @@ class ServerUnavailable(GatewayError):
 
 
 class ToolNotFound(GatewayError):
+    """`execute_tool` naming a tool its server does not list: the gateway's own `-32002` (the
+    product's error table, which clients of `execute_tool` rely on). A protocol-level `tools/call`
+    of an unknown name is `-32602` in both views, as the MCP specification answers it."""
+
     code = -32002
     name = "TOOL_NOT_FOUND"
 

@@ -16,9 +16,11 @@ from typing import Any
 from agent_mcp_gateway import config as config_module
 from agent_mcp_gateway.access.credentials import Authenticator
 from agent_mcp_gateway.access.identity import claims_warning, identity_problem
+from agent_mcp_gateway.access.logins import LoginStore, logins_path
 from agent_mcp_gateway.access.pins import PinStore, pins_path
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.access.ratelimit import RateLimits
+from agent_mcp_gateway.access.subject_tokens import SubjectTokens
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.config import ConfigError, GatewayConfig
 from agent_mcp_gateway.downstream.messages import Relay
@@ -30,7 +32,9 @@ from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELO
 from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.protocol import Kind
 from agent_mcp_gateway.server.held import HeldCalls
+from agent_mcp_gateway.sessions.bus import ChangeBus
 from agent_mcp_gateway.sessions.list_changed import LOCAL_PREFIX, ListChanged
+from agent_mcp_gateway.sessions.listen import ListenStreams
 from agent_mcp_gateway.sessions.registry import SessionRegistry
 from agent_mcp_gateway.sessions.subscriptions import Subscriptions
 from agent_mcp_gateway.settings import Settings
@@ -91,18 +95,28 @@ class Gateway:
             self.settings.connect_timeout,
             self.settings.ping_interval,
             self.settings.ping_timeout,
-            on_change=lambda server, kind: self.list_changed.changed(),
-            on_update=lambda server, uri, owner: self.subscriptions.updated(server, uri, owner),
+            on_change=self._catalog_changed,
+            on_update=self._resource_updated,
             isolation=settings.isolation,
             idle_timeout=settings.idle_timeout,
             max_instances=settings.max_instances,
             session_alive=lambda session_id: self.sessions.get(session_id) is not None,
+            subject_token=lambda agent_id: self.subject_tokens.current(agent_id),
+            logins=LoginStore(logins_path(settings), settings.credentials_key)
+            if settings.credentials_key
+            else None,
         )
-        self.pool = DownstreamPool(shared)
+        self.subject_tokens = SubjectTokens()
+        self.pool = DownstreamPool(
+            shared, lambda agent_id, server: self.snapshot.config.rules.credentials_for(agent_id, server)
+        )
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
+        self.listens = ListenStreams(settings.max_sessions_per_agent)
         self.subscriptions = Subscriptions(
             self.may_use, self.session_alive, self._unsubscribe, settings.max_subscriptions
         )
+        shared_redis = settings.rate_limit_storage if settings.rate_limit_storage != "memory" else None
+        self.bus = ChangeBus(shared_redis, self._refresh_catalog, self.subscriptions.updated)
         self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
         self.sessions = SessionRegistry(self.settings.session_ttl)
         self.held = HeldCalls(settings.input_wait, settings.max_held_calls)
@@ -151,9 +165,9 @@ class Gateway:
         return downstream
 
     def session_alive(self, key: str) -> bool:
-        """Whether a client connection named by `notifications.session_key` is still open (a
-        local one is, until sending to it fails)."""
-        return key.startswith(LOCAL_PREFIX) or self.sessions.get(key) is not None
+        """Whether a client connection named by `notifications.session_key` (or a listen
+        stream) is still open (a local one is, until sending to it fails)."""
+        return key.startswith(LOCAL_PREFIX) or key in self.listens or self.sessions.get(key) is not None
 
     def may_use(self, agent_id: str, server: str) -> bool:
         try:
@@ -169,6 +183,21 @@ class Gateway:
             await downstream.unsubscribe(uri, self.settings.default_timeout_ms)
         except GatewayError as exc:
             log.info("downstream unsubscribe failed", extra={"server": server, "error": str(exc)})
+
+    def _catalog_changed(self, server: str, kind: Kind) -> None:
+        """A downstream's catalog changed here: check this process's listeners, and tell the
+        other replicas (`sessions/bus.py`)."""
+        self.list_changed.changed()
+        self.bus.catalog_changed(server, kind)
+
+    async def _resource_updated(self, server: str, uri: str, owner: str) -> None:
+        self.bus.resource_updated(server, uri, owner)
+        await self.subscriptions.updated(server, uri, owner)
+
+    def _refresh_catalog(self, server: str, kind: Kind) -> None:
+        """Another replica saw `server`'s `kind` change: re-read this process's copies."""
+        for downstream in self.pool.instances(server):
+            downstream.schedule_refresh(kind)
 
     def view_fingerprint(self, agent_id: str, kind: Kind) -> str:
         """What `agent_id` is shown of `kind`, as a digest: the view's name in the discovery
@@ -186,6 +215,7 @@ class Gateway:
         if warning is not None:
             log.warning("agents are not authenticated", extra={"warning": warning})
         await self.rate_limits.start()
+        await self.bus.start()
         await self.pool.apply(self.config.servers)
         self.spawn(self.pins.watch(self._pins_changed))
         self.reloads.append(ReloadEvent(time.time(), "startup", True, None, self.config.warnings))
@@ -224,6 +254,7 @@ class Gateway:
                 await self.pool.apply(self.config.servers)
                 return False
             self.snapshot = snapshot
+            self.pool.revise_credentials()
             self.list_changed.changed()
             CONFIG_RELOADS.labels("success").inc()
             CONFIG_LAST_RELOAD_OK.set(1)
@@ -245,11 +276,13 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self.listens.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         self.held.close()
         await self.list_changed.close()
+        await self.bus.close()
         await self.pool.close()
         await self.rate_limits.close()
         self.audit.close()

@@ -16,7 +16,6 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000  # the first implementation-defined code: a closed connection, a drain
-RESOURCE_NOT_FOUND = -32002  # MCP's code for resources/read of an unknown URI
 
 # HTTP header names, lower case as ASGI carries them.
 SESSION_HEADER = "mcp-session-id"

@@ -90,10 +90,10 @@ async def test_each_agent_sees_its_own_view_over_http(gateway_files: GatewayFile
     write_config(gateway_files)
     async with asgi_gateway(gateway_files) as service:
         async with service.client(mode, headers=as_agent("ide")) as ide:
-            # listChanged is advertised only where the gateway can deliver it (not on 2026-07-28).
+            # listChanged in both eras: 2026-07-28 clients hear it on subscriptions/listen.
             capabilities = ide.server_capabilities
             assert capabilities is not None and capabilities.tools is not None
-            assert capabilities.tools.list_changed is (mode == "legacy")
+            assert capabilities.tools.list_changed is True
             tools, prompts, resources, templates = await names(ide)
             assert {"echo__echo", "echo__add", "st__hello", "st__ask_colour", "st__wait"} <= tools
             assert "echo__fail" not in tools and not tools & DISCOVERY_TOOLS
@@ -162,7 +162,7 @@ async def test_denied_names_are_reported_as_unknown(gateway_files: GatewayFiles,
             assert prompt.value.message == "Unknown prompt: 'st__review'"
             with pytest.raises(MCPError) as resource:
                 await narrow.read_resource("note://readme")
-            assert resource.value.code == -32002
+            assert resource.value.code == -32602  # SEP-2164: as for a URI nobody lists
         async with service.client(mode, headers=as_agent("ide")) as ide:
             with pytest.raises(MCPError, match="Unknown tool: 'echo__fail'"):
                 await ide.call_tool_mcp("echo__fail", {"message": "x"})
@@ -173,6 +173,23 @@ async def test_denied_names_are_reported_as_unknown(gateway_files: GatewayFiles,
         ("narrow", "echo", "structured", "agents.narrow.allow.tools.echo"),
         ("ide", "echo", "fail", "agents.ide.deny.tools.echo[0]"),
     }
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_unknown_names_get_one_error_in_both_views(gateway_files: GatewayFiles, mode: str) -> None:
+    """An unknown tool or resource is a -32602 error in both views and both eras (the 2026-07-28
+    specification's codes: never an isError result, never the retired -32002)."""
+    write_config(gateway_files)
+    async with asgi_gateway(gateway_files) as service:
+        answers = set()
+        for agent in ("narrow", "classic"):
+            async with service.client(mode, headers=as_agent(agent)) as client:
+                with pytest.raises(MCPError) as tool:
+                    await client.call_tool_mcp("nothing__here", {})
+                with pytest.raises(MCPError) as resource:
+                    await client.read_resource_mcp("note://nowhere")
+                answers.add((tool.value.code, tool.value.message, resource.value.code))
+        assert answers == {(-32602, "Unknown tool: 'nothing__here'", -32602)}
 
 
 class Notifications(MessageHandler):
@@ -363,7 +380,7 @@ async def test_resource_updates_reach_subscribed_sessions_only(gateway_files: Ga
         await ide.session.subscribe_resource("note://readme")
         with pytest.raises(MCPError) as refused:
             await narrow.session.subscribe_resource("note://readme")
-        assert refused.value.code == -32002  # not narrow's server: as unknown as a missing URI
+        assert refused.value.code == -32602  # not narrow's server: as unknown as a missing URI
         await other.list_tools()
         await ide.call_tool("st__touch", {"uri": "note://readme"})
         await eventually(lambda: "notifications/resources/updated" in subscribed.methods(), timeout=5)

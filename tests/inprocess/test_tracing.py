@@ -327,6 +327,40 @@ async def test_a_fastmcp_clients_trace_in_meta_is_continued(
     ]
 
 
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_the_trace_in_meta_crosses_the_hop_in_both_eras(
+    traced: AsgiGateway, exporter: InMemorySpanExporter, mode: str
+) -> None:
+    """A client's W3C trace context in `_meta` (`auto`: a 2026-07-28 client, whose requests carry
+    no session) parents the gateway's span, and the downstream's request carries the gateway's
+    span in its own `_meta`: one trace from the agent to the server."""
+    with trace.get_tracer("test").start_as_current_span("agent") as agent:
+        trace_id = format(agent.get_span_context().trace_id, "032x")
+        async with traced.client(mode, headers={"X-Agent-Id": "ide"}) as client:
+            assert (client.protocol_version == "2026-07-28") is (mode == "auto")
+            result = await client.call_tool("remote__request_meta", {})
+    carried = result.structured_content
+    assert carried is not None and "traceparent" in carried, carried
+    sent_trace, sent_parent = parse_traceparent(carried["traceparent"])
+    assert sent_trace == trace_id
+    spans = await collected(exporter, trace_id, 6)
+    served = [span for span in spans if span.name == "tools/call remote__request_meta"]
+    served = [span for span in served if span.kind == SpanKind.SERVER]
+    assert len(served) == 1
+    links = {span_id(span): (span.name, parent_id(span)) for span in spans}
+    assert "agent" in ancestry(links, span_id(served[0]))
+    assert span_id(served[0]) in ancestry_ids(links, sent_parent)
+
+
+def ancestry_ids(links: dict[str, tuple[str, str | None]], start: str) -> list[str]:
+    """The span ids from `start` up to the root."""
+    ids, current = [], start
+    while current in links:
+        ids.append(current)
+        current = links[current][1] or ""
+    return ids
+
+
 async def test_an_aggregate_view_call_is_traced_the_same_way(
     traced: AsgiGateway, exporter: InMemorySpanExporter
 ) -> None:

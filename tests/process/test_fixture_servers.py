@@ -89,6 +89,7 @@ async def test_echo_server_tools() -> None:
             "structured",
             "env",
             "request_headers",
+            "request_meta",
             "get_user_all",
             "get_user_one",
             "drop_table",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from fastmcp import FastMCP
+from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_headers
 
@@ -47,6 +47,13 @@ def env(name: str) -> str:
 def request_headers() -> dict[str, str]:
     """The HTTP headers this call arrived with (empty over stdio)."""
     return get_http_headers(include_all=True)
+
+
+@mcp.tool
+def request_meta(ctx: Context) -> dict[str, str]:
+    """The W3C trace context this call's `_meta` carried."""
+    carried = dict((ctx.request_context.meta if ctx.request_context is not None else None) or {})
+    return {key: str(carried[key]) for key in ("traceparent", "tracestate") if key in carried}
 
 
 @mcp.tool

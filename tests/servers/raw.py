@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 OUT = sys.stdout.buffer
+EXTENSIONS = os.environ.get("RAW_EXTENSIONS", "{}")
 JUNK = [
     b"Server starting up... (a banner on the wrong stream)",
     b"\xff\xfe\x00 not UTF-8 \xc3\x28",
@@ -109,7 +110,8 @@ async def handle(message: dict[str, Any]) -> None:
     if method == "initialize":
         result = {
             "protocolVersion": params["protocolVersion"],
-            "capabilities": {"tools": {}, "logging": {}},
+            # RAW_EXTENSIONS: SEP-2133 extensions to declare, as JSON
+            "capabilities": {"tools": {}, "logging": {}, "extensions": json.loads(EXTENSIONS)},
             "serverInfo": {"name": "raw", "version": "1.0"},
         }
     elif method == "ping":

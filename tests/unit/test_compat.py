@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as mt
 import yarl
 from fastmcp import FastMCP
@@ -17,6 +18,7 @@ from fastmcp.server.http import StreamableHTTPASGIApp
 from fastmcp.server.middleware import MiddlewareContext
 from mcp import ClientSession
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.caching import CacheHint, apply_cache_hint
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import RequestBodyLimitMiddleware
@@ -51,6 +53,15 @@ def test_a_request_handler_can_be_added_to_the_sdk_server() -> None:
 
     compat.add_request_handler(mcp, "resources/subscribe", mt.SubscribeRequestParams, handler)
     assert mcp._mcp_server.get_request_handler("resources/subscribe") is not None
+
+
+def test_cache_hints_are_set_per_method_on_the_sdk_server() -> None:
+    mcp = FastMCP("compat")
+    hint = CacheHint(ttl_ms=5, scope="private")
+    compat.set_cache_hints(mcp, {"tools/list": hint})
+    assert mcp._mcp_server.cache_hints == {"tools/list": hint}
+    listed = apply_cache_hint(mt.ListToolsResult(tools=[]), mcp._mcp_server.cache_hints["tools/list"])
+    assert (listed.ttl_ms, listed.cache_scope) == (5, "private")
 
 
 def test_the_sdk_body_limit_is_reached_through_fastmcps_endpoint() -> None:
@@ -100,6 +111,52 @@ def test_fastmcp_middleware_context_is_a_dataclass_a_planned_call_extends() -> N
     assert planned(extended.copy(method="tools/call")) is call
     assert planned(context) is None
     assert callable(compat.bind_request_context)
+
+
+class _NoStorage:
+    async def get_tokens(self) -> None:
+        return None
+
+    async def set_tokens(self, tokens: Any) -> None:
+        return None
+
+    async def get_client_info(self) -> None:
+        return None
+
+    async def set_client_info(self, client_info: Any) -> None:
+        return None
+
+
+async def test_the_client_credentials_token_request_becomes_a_token_exchange() -> None:
+    from mcp.shared.auth import OAuthMetadata
+
+    provider = compat.TokenExchangeProvider(
+        "http://rs.test/mcp",
+        _NoStorage(),
+        "gw",
+        "gw-secret",
+        "client_secret_basic",
+        "mcp",
+        "http://as.test",
+        subject=lambda: "the-agents-jwt",
+    )
+    await provider._initialize()
+    provider.context.oauth_metadata = OAuthMetadata.model_validate(
+        {
+            "issuer": "http://as.test",
+            "authorization_endpoint": "http://as.test/auth",
+            "token_endpoint": "http://as.test/token",
+        }
+    )
+    request = await provider._perform_authorization()
+    form = dict(httpx2.QueryParams(request.content.decode()))
+    assert str(request.url) == "http://as.test/token"
+    assert form["grant_type"] == compat.TOKEN_EXCHANGE
+    assert form["subject_token"] == "the-agents-jwt"
+    assert form["subject_token_type"] == compat.ACCESS_TOKEN_TYPE
+    assert form["scope"] == "mcp"
+    assert request.headers["authorization"].startswith("Basic ")  # the gateway's client authenticates
+    assert "gw-secret" not in request.content.decode()
 
 
 def test_the_sdk_session_stamps_each_request_in_its_negotiated_era() -> None:

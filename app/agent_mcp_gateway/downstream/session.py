@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 import anyio
@@ -39,12 +39,14 @@ from mcp_types.methods import is_input_required
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from agent_mcp_gateway.access.logins import GATEWAY, LoginStore
 from agent_mcp_gateway.access.pins import PinStore
-from agent_mcp_gateway.config import Isolation, ServerConfig
+from agent_mcp_gateway.config import DownstreamCredentials, Isolation, ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.circuit import CircuitBreaker, CircuitOpen
 from agent_mcp_gateway.downstream.http import HttpServerTransport, LastGoodResolver
 from agent_mcp_gateway.downstream.messages import Relay, current_call
+from agent_mcp_gateway.downstream.oauth import AuthorizationFailed, oauth_session
 from agent_mcp_gateway.downstream.stdio import StdioServerTransport
 from agent_mcp_gateway.downstream.watchdog import Watchdog
 from agent_mcp_gateway.errors import (
@@ -61,7 +63,14 @@ from agent_mcp_gateway.observe.metrics import (
     DOWNSTREAM_UP,
     downstream_series,
 )
-from agent_mcp_gateway.protocol import KINDS, Kind
+from agent_mcp_gateway.protocol import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    KINDS,
+    METHOD_NOT_FOUND,
+    SERVER_ERROR,
+    Kind,
+)
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
@@ -72,10 +81,6 @@ UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource 
 M = TypeVar("M", bound=BaseModel)
 
 RENEWALS_AT_ONCE = 8  # subscriptions renewed in parallel after a reconnect
-CONNECTION_CLOSED = -32000
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INVALID_RESULT = -32603
 MODERN = "2026-07-28"
 HANDSHAKE = "2025-11-25"
 LISTEN_RETRY_CAP = 30.0  # seconds between attempts to reopen a listen stream, at most
@@ -98,6 +103,13 @@ class Shared:
     idle_timeout: float = 600.0
     max_instances: int = 32
     session_alive: Callable[[str], bool] | None = None
+    # One for all sessions: an agent's session started during a name server outage connects
+    # with the answer another session got (kept across reconnects too).
+    resolver: LastGoodResolver = field(default_factory=LastGoodResolver)
+    # An agent's current inbound token, for servers that exchange it (RFC 8693).
+    subject_token: Callable[[str], str | None] | None = None
+    # The logins `auth login` stored (None without GATEWAY_CREDENTIALS_KEY).
+    logins: LoginStore | None = None
 
 
 class Backoff:
@@ -205,10 +217,29 @@ class Downstream:
     agent or client session (`owner` names it; see `downstream.pool`)."""
 
     def __init__(
-        self, name: str, config: ServerConfig, watchdog: Watchdog, shared: Shared, owner: str = ""
+        self,
+        name: str,
+        config: ServerConfig,
+        watchdog: Watchdog,
+        shared: Shared,
+        owner: str = "",
+        credentials: DownstreamCredentials | None = None,
+        agent_id: str | None = None,
     ) -> None:
         self.name = name
         self.owner = owner
+        # The owning agent (None on the shared session) and its own credentials for an HTTP
+        # server, sent on this session only.
+        self.agent_id = agent_id
+        self.credentials = credentials
+        # A protected server's tokens for this session, kept across reconnects.
+        self._oauth = oauth_session(
+            config.url or "",
+            config.auth.oauth if config.auth is not None else None,
+            credentials.oauth if credentials is not None else None,
+            _subject(shared, agent_id),
+            (shared.logins, name, agent_id or GATEWAY),
+        )
         # Everything an isolated session's server sends belongs to its owner.
         self.isolated = bool(owner)
         self.isolation: Isolation = config.isolation or shared.isolation
@@ -224,6 +255,7 @@ class Downstream:
         self.connect_timeout = shared.connect_timeout
         self.ping_interval = shared.ping_interval
         self.ping_timeout = shared.ping_timeout
+        self.resolver = shared.resolver
         # Resource URIs the gateway has subscribed to here, renewed after a reconnect.
         self.subscribed: set[str] = set()
         self._last_answer = 0.0
@@ -249,11 +281,10 @@ class Downstream:
         # server acknowledged (resolved once the stream is open).
         self._listener: asyncio.Task[None] | None = None
         self._listening: asyncio.Future[frozenset[str]] | None = None
+        self._relistening = asyncio.Lock()  # one filter change at a time
         self._notices: set[asyncio.Task[None]] = set()
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
-        # Kept across reconnects: its last good answers are what outlive a name server outage.
-        self._resolver = LastGoodResolver()
         self._gauge(DOWNSTREAM_UP, 0)
         self._gauge(DOWNSTREAM_CIRCUIT_OPEN, 0)
 
@@ -298,7 +329,7 @@ class Downstream:
         """Tell the server its owner's roots may have changed, so it asks for them again."""
         client = self._client
         if client is None or self.state != "up" or self.modern:
-            return  # 2026-07-28 has no such notification: roots are asked for with each request
+            return  # 2026-07-28 has no such notification
         task = asyncio.create_task(self._send_roots_changed(client))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
@@ -609,6 +640,11 @@ class Downstream:
         )
         return await self._request(complete, timeout_ms, None)
 
+    def extensions(self) -> dict[str, dict[str, Any]]:
+        """The extensions (SEP-2133) the server declared, by identifier ({} before it answered)."""
+        capabilities = _capabilities(self._client)
+        return dict(capabilities.extensions or {}) if capabilities is not None else {}
+
     async def supports_subscriptions(self) -> bool:
         """Whether the server declared resource subscriptions (once it first tried to connect:
         an isolated session may have just been started)."""
@@ -647,23 +683,23 @@ class Downstream:
         opens, so a new stream replaces the old one, closed once the new one is acknowledged
         (nothing is missed in between); a subscription counts once that acknowledgment honors
         it."""
-        await self._require_calls()
-        if add:
-            self.subscribed.add(uri)
-        else:
-            self.subscribed.discard(uri)
-        old = self._listener
-        listening = self._start_listening()
         try:
-            async with asyncio.timeout(timeout_ms / 1000):
-                honored = await asyncio.shield(listening)
+            async with asyncio.timeout(timeout_ms / 1000), self._relistening:
+                await self._require_calls()
+                if add:
+                    self.subscribed.add(uri)
+                else:
+                    self.subscribed.discard(uri)
+                old = self._listener
+                try:
+                    honored = await asyncio.shield(self._start_listening())
+                finally:
+                    if old is not None:
+                        old.cancel()
         except TimeoutError:
             raise GatewayTimeout("resources/subscribe", timeout_ms) from None
-        except Exception as exc:
+        except (OSError, ConnectionError) as exc:
             raise ServerUnavailable(self.name, _describe(exc, "listen")) from None
-        finally:
-            if old is not None:
-                old.cancel()
         if add and uri not in honored:
             self.subscribed.discard(uri)
             raise self._retold(uri, MCPError(INVALID_PARAMS, "the server did not honor the subscription"))
@@ -718,6 +754,8 @@ class Downstream:
                         pass
                 reason = "the server closed the listen stream"
             except asyncio.CancelledError:
+                if not listening.done():
+                    listening.set_exception(ConnectionError("the listen stream was closed"))
                 raise
             except Exception as exc:
                 reason = _describe(exc, "listen")
@@ -771,7 +809,7 @@ class Downstream:
             raise GatewayTimeout(operation, timeout_ms) from None
         except ValidationError:
             self._answered()
-            raise self._retold(target, MCPError(INVALID_RESULT, "the server's result is malformed")) from None
+            raise self._retold(target, MCPError(INTERNAL_ERROR, "the server's result is malformed")) from None
         except MCPError as exc:
             self._answered()
             if isinstance(exc.data, rpc.TooLarge):
@@ -900,7 +938,8 @@ class Downstream:
         if config.command:
             self._wire = StdioServerTransport(self.name, config, self.watchdog, exclusive=self.isolated)
         else:
-            self._wire = HttpServerTransport(config, self._resolver)
+            headers = self.credentials.plain() if self.credentials is not None else {}
+            self._wire = HttpServerTransport(config, self.resolver, headers, self._oauth)
         return self._wire
 
 
@@ -917,6 +956,15 @@ def _wire(value: Any) -> Any:
         if isinstance(value, BaseModel)
         else value
     )
+
+
+def _subject(shared: Shared, agent_id: str | None) -> Callable[[], str | None] | None:
+    """Where an agent's session finds the agent's current inbound token (none on the shared
+    session: it acts for no agent)."""
+    lookup = shared.subject_token
+    if lookup is None or agent_id is None:
+        return None
+    return lambda: lookup(agent_id)
 
 
 def _capabilities(client: Client[Any] | None) -> mt.ServerCapabilities | None:
@@ -936,7 +984,7 @@ def _offered(client: Client[Any]) -> set[Kind]:
 
 
 def _is_connection_loss(exc: MCPError) -> bool:
-    return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"
+    return exc.code == SERVER_ERROR and exc.message == "Connection closed"
 
 
 class EraRefused(Exception):
@@ -951,6 +999,8 @@ def _describe(exc: BaseException, during: str) -> str:
         exc = exc.__cause__
     if isinstance(exc, TimeoutError):
         return f"{during} timed out"
+    if isinstance(exc, AuthorizationFailed):  # the gateway's own words: a step, never a secret
+        return f"{during} failed: {exc}"
     if isinstance(exc, FileNotFoundError):
         return f"{during} failed: command not found"
     if isinstance(exc, MCPError) and _is_connection_loss(exc):

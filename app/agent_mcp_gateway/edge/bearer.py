@@ -25,7 +25,7 @@ from agent_mcp_gateway import compat
 from agent_mcp_gateway.access.credentials import Principal
 from agent_mcp_gateway.access.identity import RequestFacts, check_session, facts_of
 from agent_mcp_gateway.edge.host import HostNames
-from agent_mcp_gateway.edge.middleware import error_response
+from agent_mcp_gateway.edge.respond import error_response
 from agent_mcp_gateway.errors import InvalidAgentId
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import logs
@@ -58,6 +58,10 @@ class BearerAuth:
                 return
             compat.mark_session_owner(scope, principal.agent_id, principal.fingerprint)
             facts.principal = principal
+            if principal.method == "jwt":
+                self.gateway.subject_tokens.remember(
+                    principal.agent_id, credential.strip(), principal.expires_at
+                )
         if facts.session_id is not None and not self._may_use_session(facts, principal):
             facts.session_refused = True
             refusal = error_response(

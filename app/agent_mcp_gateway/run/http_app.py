@@ -21,18 +21,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agent_mcp_gateway import __version__, compat
+from agent_mcp_gateway.edge.admission import OriginGuard, RootAlias
 from agent_mcp_gateway.edge.bearer import BearerAuth, protected_resource_metadata
+from agent_mcp_gateway.edge.body import RequestBody
+from agent_mcp_gateway.edge.context import RequestContext
 from agent_mcp_gateway.edge.drain import Drain
 from agent_mcp_gateway.edge.host import HostGuard, HostNames
-from agent_mcp_gateway.edge.middleware import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
+from agent_mcp_gateway.edge.json_only import JsonOnly
 from agent_mcp_gateway.edge.quota import SessionQuota
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.metrics import REGISTRY
 from agent_mcp_gateway.protocol import EXPOSED_HEADERS, MCP_PATH, METADATA_PATH
 from agent_mcp_gateway.server.build import build_server
+from agent_mcp_gateway.sessions.events import BoundedEventStore
 
 log = logging.getLogger("agent_mcp_gateway.http")
+
+SSE_RETRY_MS = 1_000  # the `retry` a stream's priming event gives: reconnect after a second
 
 
 def create_app(gateway: Gateway) -> Starlette:
@@ -49,6 +55,8 @@ def create_app(gateway: Gateway) -> Starlette:
     app = mcp.http_app(
         path=MCP_PATH,
         session_idle_timeout=settings.session_ttl,
+        event_store=BoundedEventStore(settings.event_store_events),
+        retry_interval=SSE_RETRY_MS,
         middleware=[
             *([Middleware(tracing.TraceContext)] if tracing.enabled() else []),
             Middleware(RequestContext, sessions=gateway.sessions),

@@ -3,8 +3,11 @@ as if they were the gateway's own, with the same policy, audit and relay as `exe
 
 Listings are wrapped in fastmcp's component types only to pass through its list handlers: each
 wrapper returns the downstream's definition unchanged (under its public name), so descriptions,
-schemas and annotations reach the client as the server wrote them. Results go back the same way.
-A name the agent may not use is reported exactly like a name that does not exist.
+schemas and annotations reach the client as the server wrote them; lists are ordered by name (by
+URI or template), so one view lists the same way every time. Results go back the same way.
+A name the agent may not use is reported exactly like a name that does not exist: `-32602`
+(Invalid Params) for an unknown tool, prompt or resource, as the 2026-07-28 specification asks
+(SEP-2164 retired `-32002` for resources), in every protocol era.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ from fastmcp.resources.base import Resource, ResourceResult
 from fastmcp.resources.template import ResourceTemplate
 from fastmcp.tools.base import Tool, ToolResult
 from mcp import MCPError
-from mcp.server.session import ServerSession
 
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.downstream.pool import Owner
 from agent_mcp_gateway.downstream.session import Downstream
-from agent_mcp_gateway.errors import DeniedByPolicy
+from agent_mcp_gateway.errors import DeniedByPolicy, GatewayError
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
-from agent_mcp_gateway.protocol import INVALID_PARAMS, RESOURCE_NOT_FOUND
+from agent_mcp_gateway.protocol import INVALID_PARAMS
 from agent_mcp_gateway.server.forward import Forward
 from agent_mcp_gateway.server.relay import ClientRelay
+from agent_mcp_gateway.sessions.listen import ListenStream
+from agent_mcp_gateway.sessions.subscriptions import Notify
 
 
 class ListedTool(Tool):
@@ -70,7 +74,8 @@ class RelayedResource(ResourceResult):
     result: mt.ReadResourceResult
 
     def to_mcp_result(self, uri: Any) -> mt.ReadResourceResult:
-        return self.result
+        # What one agent may read is its own: never cached for others, whatever the server said.
+        return self.result.model_copy(update={"cache_scope": "private"})
 
 
 class AggregateView:
@@ -94,19 +99,19 @@ class AggregateView:
     async def list_tools(self, op: Operation) -> list[Tool]:
         return [
             ListedTool.model_construct(name=name, parameters=routed.item.input_schema, definition=routed.item)
-            for name, routed in (await self._catalog(op)).tools().items()
+            for name, routed in sorted((await self._catalog(op)).tools().items())
         ]
 
     async def list_prompts(self, op: Operation) -> list[Prompt]:
         return [
             ListedPrompt.model_construct(name=name, definition=routed.item)
-            for name, routed in (await self._catalog(op)).prompts().items()
+            for name, routed in sorted((await self._catalog(op)).prompts().items())
         ]
 
     async def list_resources(self, op: Operation) -> list[Resource]:
         return [
             ListedResource.model_construct(name=routed.item.name, uri=uri, definition=routed.item)
-            for uri, routed in (await self._catalog(op)).resources().items()
+            for uri, routed in sorted((await self._catalog(op)).resources().items())
         ]
 
     async def list_templates(self, op: Operation) -> list[ResourceTemplate]:
@@ -117,7 +122,7 @@ class AggregateView:
                 parameters={},
                 definition=routed.item,
             )
-            for routed in (await self._catalog(op)).templates()
+            for routed in sorted((await self._catalog(op)).templates(), key=lambda routed: routed.name)
         ]
 
     async def call_tool(
@@ -149,18 +154,49 @@ class AggregateView:
         result = await downstream.read_resource(uri, self.forward.timeout_ms(downstream), relay)
         return RelayedResource.model_construct(contents=[], result=result)
 
-    async def subscribe(self, op: Operation, uri: str, key: str, session: ServerSession) -> None:
+    async def subscribe(self, op: Operation, uri: str, key: str, notify: Notify) -> None:
+        """Subscribe the session or listen stream `key` to `uri`; `notify` tells it of updates."""
         downstream = await self._resource_server(op, uri, "resources/subscribe")
         server = downstream.name
         if not await downstream.supports_subscriptions():
             raise MCPError(INVALID_PARAMS, f"Resource {uri!r} does not support subscriptions.")
         subscriptions = self.gateway.subscriptions
-        if subscriptions.add(key, session, op.agent_id, server, uri, downstream.owner):
+        if subscriptions.add(key, notify, op.agent_id, server, uri, downstream.owner):
             try:
                 await downstream.subscribe(uri, self.forward.timeout_ms(downstream))
             except BaseException:
                 await subscriptions.remove(key, server, uri)
                 raise
+
+    async def listen(self, op: Operation, notifications: mt.SubscriptionFilter) -> ListenStream:
+        """Open a listen stream for `op`'s agent: it watches the kinds asked for, and is
+        subscribed to each URI the agent may read whose server offers subscriptions (the rest
+        are left out of the acknowledgement, an unknown URI and a forbidden one alike)."""
+        gateway = self.gateway
+        stream = gateway.listens.open(op.agent_id, notifications)
+        try:
+            gateway.list_changed.watch(stream.key, op.agent_id, stream.kinds, stream.kind_changed)
+            if gateway.pinned(op).config.rules.view_of(op.agent_id) == "aggregate":
+                for uri in notifications.resource_subscriptions or ():
+                    try:
+                        await self.subscribe(op, uri, stream.key, stream.resource_updated)
+                    except (MCPError, GatewayError):
+                        continue
+                    stream.uris.append(uri)
+        except BaseException:
+            await self.unlisten(stream)
+            raise
+        return stream
+
+    async def unlisten(self, stream: ListenStream) -> None:
+        """The stream ended: forget it and drop its subscriptions."""
+        self.gateway.listens.discard(stream)
+        self.gateway.list_changed.forget(stream.key)
+        subscriptions = self.gateway.subscriptions
+        for uri in stream.uris:
+            server = subscriptions.server_of(stream.key, uri)
+            if server is not None:
+                await subscriptions.remove(stream.key, server, uri)
 
     async def unsubscribe(self, op: Operation, uri: str, key: str) -> None:
         server = self.gateway.subscriptions.server_of(key, uri)
@@ -222,5 +258,5 @@ class AggregateView:
     ) -> Downstream:
         server = (await self._catalog(op)).resource_server(uri)
         if server is None:
-            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri!r}", data={"uri": uri})
+            raise MCPError(INVALID_PARAMS, f"Resource not found: {uri!r}", data={"uri": uri})
         return self.forward.admit(op, operation, server, relay=relay)

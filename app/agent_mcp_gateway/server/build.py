@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import mcp_types as mt
 from fastmcp import FastMCP
+from mcp.server.caching import CacheHint
 from mcp.server.request_state import RequestStateSecurity
 
 from agent_mcp_gateway import __version__, compat
@@ -20,6 +21,11 @@ from agent_mcp_gateway.server.discovery import GatewayTools, register_tools
 from agent_mcp_gateway.server.pipeline import Pipeline
 
 SERVER_NAME = "agent-mcp-gateway"
+# 2026-07-28 clients may keep a list (and server/discover) this long; it is the agent's own
+# (`private`), and a change reaches its `subscriptions/listen` stream at once.
+LIST_TTL_MS = 30_000
+LISTS = ("tools/list", "prompts/list", "resources/list", "resources/templates/list", "server/discover")
+
 INSTRUCTIONS = (
     "This gateway fronts several MCP servers. Discover before you call: list_servers, then "
     "get_server_tools(server), then execute_tool(server, tool, args). Pass your agent_id."
@@ -72,11 +78,17 @@ def build_server(
         mcp.add_middleware(middleware)
     mcp.completion(pipeline.complete)
     compat.route_tool_input_schema(mcp, pipeline.view.input_schema)
+    compat.set_cache_hints(mcp, dict.fromkeys(LISTS, CacheHint(ttl_ms=LIST_TTL_MS, scope="private")))
     # fastmcp serves no resources/subscribe and has no hook for it: the handlers go on its
     # low-level server, which then advertises `resources.subscribe`.
     compat.add_request_handler(mcp, "resources/subscribe", mt.SubscribeRequestParams, pipeline.subscribe)
     compat.add_request_handler(
         mcp, "resources/unsubscribe", mt.UnsubscribeRequestParams, pipeline.unsubscribe
+    )
+    # Served, `subscriptions/listen` makes the SDK advertise `listChanged` (and
+    # `resources.subscribe`) to 2026-07-28 clients, who hear of changes only on it.
+    compat.add_request_handler(
+        mcp, "subscriptions/listen", mt.SubscriptionsListenRequestParams, pipeline.listen
     )
     return mcp
 

@@ -5,8 +5,8 @@ request the gateway serves itself then passes `Operations` (the audited operatio
 failures: `operations.py`), `Identify` (who it acts as, and its rate limit: `identify.py`) and
 `Dispatch` (the work). Requests fastmcp answers itself pass through unplanned.
 
-The three requests fastmcp routes no middleware to (`resources/subscribe` and `unsubscribe`,
-`completion/complete`) are planned here and run through the same chain.
+The requests fastmcp routes no middleware to (`resources/subscribe` and `unsubscribe`,
+`completion/complete`, `subscriptions/listen`) are planned here and run through the same chain.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from agent_mcp_gateway.compat import bind_request_context
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe.record import Recorder
 from agent_mcp_gateway.operation import Operation
-from agent_mcp_gateway.protocol import METHOD_NOT_FOUND
+from agent_mcp_gateway.protocol import INVALID_REQUEST, METHOD_NOT_FOUND
 from agent_mcp_gateway.server.aggregate import AggregateView
 from agent_mcp_gateway.server.call import Call, Planned, planned, text
 from agent_mcp_gateway.server.charge import ChargeUnplanned
@@ -31,6 +31,7 @@ from agent_mcp_gateway.server.identify import Identify
 from agent_mcp_gateway.server.operations import Operations
 from agent_mcp_gateway.server.view import ViewSelection
 from agent_mcp_gateway.sessions.list_changed import session_key
+from agent_mcp_gateway.sessions.listen import ListenStream
 
 
 class Dispatch(Middleware):
@@ -96,7 +97,7 @@ class Pipeline:
 
             async def subscribe(op: Operation) -> None:
                 key = session_key(op.session_id, ctx.session)
-                await self.aggregate.subscribe(op, uri, key, ctx.session)
+                await self.aggregate.subscribe(op, uri, key, ctx.session.send_resource_updated)
 
             call = self.view.plan("resources/subscribe", subscribe, tool=text(uri))
             if call is None:
@@ -118,6 +119,26 @@ class Pipeline:
                 raise MCPError(METHOD_NOT_FOUND, "Method not found")
             await self._run("resources/unsubscribe", params, call)
         return mt.EmptyResult()
+
+    async def listen(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.SubscriptionsListenRequestParams
+    ) -> mt.SubscriptionsListenResult:
+        """`subscriptions/listen` (2026-07-28; a low-level handler): opened as an audited
+        operation of the agent it acts as, then served for as long as the client listens."""
+        request_id = ctx.request_id
+        if request_id is None:
+            raise MCPError(INVALID_REQUEST, "subscriptions/listen requires a request id")
+        with bind_request_context(ctx):
+
+            async def listen(op: Operation) -> ListenStream:
+                return await self.aggregate.listen(op, params.notifications)
+
+            call = self.view.plan_any("subscriptions/listen", listen)
+            stream: ListenStream = await self._run("subscriptions/listen", params, call)
+        try:
+            return await stream.serve(ctx.session, request_id)
+        finally:
+            await self.aggregate.unlisten(stream)
 
     async def complete(
         self,

@@ -3,8 +3,9 @@
 The first of the pipeline's middlewares. It gathers the request's facts (from the edge, or made
 here over stdio), resolves once who is asking under the configuration current now, and chooses:
 the aggregate view (the agent's downstream tools, prompts and resources as the gateway's own), a
-gateway tool of the discovery view, or fastmcp's own answer (the discovery view's lists, an
-unknown tool). What the gateway serves itself goes on as a planned `Call`; the rest passes
+gateway tool of the discovery view, or fastmcp's own answer (the discovery view's lists). An
+unknown tool is a `-32602` error in both views, as the MCP specification asks (fastmcp answers
+it with an `isError` result). What the gateway serves itself goes on as a planned `Call`; the rest passes
 through unplanned.
 """
 
@@ -15,18 +16,20 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 import mcp_types as mt
+from fastmcp.exceptions import NotFoundError
 from fastmcp.prompts.base import Prompt, PromptResult
 from fastmcp.resources.base import Resource, ResourceResult
 from fastmcp.resources.template import ResourceTemplate
 from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import Tool
+from mcp import MCPError
 
 from agent_mcp_gateway.access.credentials import Principal
 from agent_mcp_gateway.access.identity import RequestFacts, facts_of, resolve
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
-from agent_mcp_gateway.protocol import Kind
+from agent_mcp_gateway.protocol import INVALID_PARAMS, Kind
 from agent_mcp_gateway.server.aggregate import AggregateView
 from agent_mcp_gateway.server.call import Call, Planned, text
 from agent_mcp_gateway.server.relay import ClientRelay
@@ -38,6 +41,10 @@ R = TypeVar("R")
 AGENT_TOOLS = frozenset({"list_servers", "get_server_tools", "execute_tool"})
 DEBUG_TOOLS = frozenset({"get_gateway_status"})
 GATEWAY_TOOLS = AGENT_TOOLS | DEBUG_TOOLS
+AGGREGATE_INSTRUCTIONS = (
+    "This gateway fronts several MCP servers. Its tools, prompts and resources are theirs, named "
+    "{server}__{name} (resources keep their URIs), limited to what your agent may use."
+)
 
 
 class ViewSelection(Middleware):
@@ -69,6 +76,10 @@ class ViewSelection(Middleware):
         call = self._call(facts, name, run, claim, **details)
         return call if self._aggregate(call) else None
 
+    def plan_any(self, name: str, run: Callable[[Operation], Awaitable[Any]]) -> Call:
+        """The call to run for an operation both views serve (`subscriptions/listen`)."""
+        return self._call(self.facts(), name, run, None)
+
     def _call(
         self,
         facts: RequestFacts,
@@ -85,6 +96,32 @@ class ViewSelection(Middleware):
     def _aggregate(call: Call) -> bool:
         agent = call.resolution.agent
         return agent is not None and call.snapshot.config.rules.view_of(agent) == "aggregate"
+
+    # --- server/discover (2026-07-28) --------------------------------------------------------
+
+    async def on_discover(
+        self,
+        context: MiddlewareContext[mt.DiscoverRequest],
+        call_next: CallNext[mt.DiscoverRequest, mt.DiscoverResult | dict[str, Any]],
+    ) -> mt.DiscoverResult | dict[str, Any]:
+        """What the server offers, as the asking agent's view has it: the discovery view has
+        tools only; the aggregate view has its own instructions and, besides the gateway's own
+        extensions, those its servers declare (the first server's settings where two differ)."""
+        result = await call_next(context)
+        facts = self.facts()
+        assert facts.snapshot is not None
+        agent = resolve(facts.snapshot.engine, facts, None).agent
+        if agent is None or not isinstance(result, mt.DiscoverResult):
+            return result
+        capabilities = result.capabilities
+        if facts.snapshot.config.rules.view_of(agent) == "aggregate":
+            own = capabilities.extensions or {}
+            extensions = {**self.gateway.catalog(agent, facts.snapshot).extensions(), **own}
+            capabilities = capabilities.model_copy(update={"extensions": extensions or None})
+            update: dict[str, Any] = {"capabilities": capabilities, "instructions": AGGREGATE_INSTRUCTIONS}
+            return result.model_copy(update=update)
+        unserved = {"prompts": None, "resources": None, "completions": None}
+        return result.model_copy(update={"capabilities": capabilities.model_copy(update=unserved)})
 
     # --- tools -----------------------------------------------------------------------------
 
@@ -106,7 +143,10 @@ class ViewSelection(Middleware):
             return await call_next(_planned(context, call))
         tool = self.tools.get(name)
         if tool is None:
-            return await call_next(context)
+            try:
+                return await call_next(context)
+            except NotFoundError:  # fastmcp would answer with an isError result
+                raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}") from None
 
         async def gateway_tool(op: Operation) -> Any:
             # The gateway's own tool is run here, not looked up again by fastmcp: its lookup

@@ -6,17 +6,18 @@ kind is sent that kind's notification only if the digest of its agent's view dif
 one it was last shown. So a session never hears about another agent's tools, and a change that
 does not touch an agent's view sends it nothing.
 
-Only handshake-era sessions are tracked: a 2026-07-28 request has no channel for
-notifications outside itself (the gateway advertises `listChanged` there only when the SDK
-serves `subscriptions/listen`, which fastmcp does not yet).
+Handshake-era sessions are tracked from their first listing; a 2026-07-28 request has no
+channel outside itself, so that era's clients are tracked by their `subscriptions/listen`
+streams (`sessions/listen.py`) from the moment each opens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from mcp.server.session import ServerSession
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -27,6 +28,7 @@ log = logging.getLogger("agent_mcp_gateway.notifications")
 
 DEBOUNCE_SECONDS = 0.2
 Fingerprint = Callable[[str, Kind], str]
+Send = Callable[[Kind], Awaitable[None]]  # tells one listener that a kind changed
 LOCAL_PREFIX = "local:"
 
 
@@ -38,7 +40,7 @@ def session_key(session_id: str | None, session: ServerSession) -> str:
 
 @dataclass(slots=True)
 class _Listener:
-    session: ServerSession
+    send: Send
     agent_id: str
     shown: dict[Kind, str] = field(default_factory=dict)
 
@@ -64,10 +66,21 @@ class ListChanged:
         if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return
         listener = self._listeners.get(key)
+        send = partial(_send, session)
         if listener is None or listener.agent_id != agent_id:
-            listener = self._listeners[key] = _Listener(session, agent_id)
-        listener.session = session
+            listener = self._listeners[key] = _Listener(send, agent_id)
+        listener.send = send
         listener.shown[kind] = self._fingerprint(agent_id, kind)
+
+    def watch(self, key: str, agent_id: str, kinds: tuple[Kind, ...], send: Send) -> None:
+        """Track a listen stream `key` from now on: it is told when `agent_id`'s view of one of
+        `kinds` differs from what it is now."""
+        listener = self._listeners[key] = _Listener(send, agent_id)
+        for kind in kinds:
+            listener.shown[kind] = self._fingerprint(agent_id, kind)
+
+    def forget(self, key: str) -> None:
+        self._listeners.pop(key, None)
 
     def changed(self) -> None:
         """Something any view is made of changed: check every listener after the debounce."""
@@ -93,7 +106,7 @@ class ListChanged:
                     continue
                 listener.shown[kind] = now
                 try:
-                    await _send(listener.session, kind)
+                    await listener.send(kind)
                 except Exception as exc:  # a session that went away takes its record with it
                     log.debug("list_changed not delivered", extra={"error": repr(exc)})
                     self._listeners.pop(key, None)

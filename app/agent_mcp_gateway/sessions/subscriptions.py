@@ -15,8 +15,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from mcp.server.session import ServerSession
-
 from agent_mcp_gateway.errors import RateLimited
 
 log = logging.getLogger("agent_mcp_gateway.subscriptions")
@@ -25,11 +23,12 @@ CAP_RETRY_SECONDS = 60  # what a refused subscription is told: subscriptions end
 Allowed = Callable[[str, str], bool]  # agent, server
 Alive = Callable[[str], bool]  # session key
 Release = Callable[[str, str, str], Awaitable[None]]  # server, URI, owner: its last subscriber left
+Notify = Callable[[str], Awaitable[None]]  # tells one subscriber that a URI was updated
 
 
 @dataclass(slots=True)
 class _Subscriber:
-    session: ServerSession
+    notify: Notify  # a handshake session's `send_resource_updated`, or a listen stream's
     agent_id: str
     owner: str  # the downstream session subscribed through ("" the shared one)
 
@@ -50,9 +49,7 @@ class Subscriptions:
             if subscribed == server and any(s.agent_id == agent_id for s in subscribers.values())
         )
 
-    def add(
-        self, key: str, session: ServerSession, agent_id: str, server: str, uri: str, owner: str = ""
-    ) -> bool:
+    def add(self, key: str, notify: Notify, agent_id: str, server: str, uri: str, owner: str = "") -> bool:
         """Record a subscription; True when it is the first to this resource through the
         downstream session of `owner`. RATE_LIMITED past the agent's cap on the server, so one
         agent's subscriptions cannot hold a server's session hostage."""
@@ -64,7 +61,7 @@ class Subscriptions:
             raise RateLimited(agent_id, f"{self.cap} subscriptions on server '{server}'", CAP_RETRY_SECONDS)
         subscribers = self._by_resource.setdefault((server, uri), {})
         first = all(subscriber.owner != owner for subscriber in subscribers.values())
-        subscribers[key] = _Subscriber(session, agent_id, owner)
+        subscribers[key] = _Subscriber(notify, agent_id, owner)
         return first
 
     def server_of(self, key: str, uri: str) -> str | None:
@@ -96,7 +93,7 @@ class Subscriptions:
             if not self._allowed(subscriber.agent_id, server):
                 continue
             try:
-                await subscriber.session.send_resource_updated(uri)
+                await subscriber.notify(uri)
             except Exception as exc:  # a session that went away takes its subscription with it
                 log.debug("resource update not delivered", extra={"error": repr(exc)})
                 await self.remove(key, server, uri)
