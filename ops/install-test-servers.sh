@@ -16,7 +16,9 @@ PYTHON="${PYTHON:-python3}"
 NPM_PACKAGES=(
   "@modelcontextprotocol/server-everything@2026.8.31"
   "@modelcontextprotocol/server-filesystem@2026.8.31"
-  "@modelcontextprotocol/conformance@0.1.16"
+  # The newest release with the 2026-07-28 scenarios and `--requirements 2026-07-28` (0.2 is
+  # published as alpha builds; npm's `latest` tag is still 0.1.16).
+  "@modelcontextprotocol/conformance@0.2.0-alpha.12"
   # The official TypeScript SDK, imported by tests/servers/ts_requests.mjs.
   "@modelcontextprotocol/sdk@1.32.2"
   # panva's certified OpenID provider: the authorization server of the downstream OAuth tests
@@ -68,17 +70,19 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 if ((node_major < 20)); then
   echo "warning: @modelcontextprotocol/conformance needs Node 20 or newer, found $(node --version): tests/process/test_conformance.py will fail" >&2
 else
-  # 0.1.16 imports fs.globSync (Node 22+) at the top of its bundle, for its tier-check report only;
-  # on Node 20 that import alone stops the CLI. Replace the binding with a function that fails when
-  # tier-check runs. The minified name `o` is this pinned build's: if the import is not there in
-  # that form, stop rather than patch blindly.
+  # The suite imports fs.globSync (Node 22+) at the top of its bundle, for its tier-check report
+  # only; on Node 20 that import alone stops the CLI. Replace the binding (a minified name) with a
+  # function that fails when tier-check runs. If the import is not there in that form, stop rather
+  # than patch blindly.
   PATCHED_MARK="conformance tier-check needs Node 22 or newer"
   if ! node -e 'process.exit(typeof require("fs").globSync === "function" ? 0 : 1)'; then
     if grep -q "$PATCHED_MARK" "$CONFORMANCE"; then
       echo "ok: conformance already patched for Node $(node --version)"
-    elif grep -q 'globSync as o,' "$CONFORMANCE"; then
-      sed -i 's/globSync as o,//' "$CONFORMANCE"
-      printf '\nfunction o(){throw new Error("%s (fs.globSync)")}\n' "$PATCHED_MARK" >>"$CONFORMANCE"
+    elif binding="$(grep -o 'globSync as [A-Za-z_$]*,' "$CONFORMANCE" | head -1)" && [[ -n "$binding" ]]; then
+      name="${binding#globSync as }"
+      name="${name%,}"
+      sed -i "s/globSync as ${name},//" "$CONFORMANCE"
+      printf '\nfunction %s(){throw new Error("%s (fs.globSync)")}\n' "$name" "$PATCHED_MARK" >>"$CONFORMANCE"
       echo "patched: conformance's fs.globSync import for Node $(node --version)"
     else
       echo "error: conformance imports fs.globSync in an unexpected form; Node 22+ is needed" >&2

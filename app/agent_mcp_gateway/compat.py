@@ -14,12 +14,14 @@ from typing import Any
 
 import httpcore2
 import httpx2
+import mcp_types as mt
 from aiohttp.helpers import get_env_proxy_for_url
 from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken
 from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
 from mcp import ClientSession
+from mcp.client._input_required import InputRequiredRoundsExceededError, run_input_required_driver
 from mcp.client.auth import OAuthFlowError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -33,6 +35,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 __all__ = [
+    "InputRequiredRoundsExceededError",
     "TokenExchangeProvider",
     "add_request_handler",
     "bind_request_context",  # runs a low-level handler with fastmcp's request context bound
@@ -42,6 +45,7 @@ __all__ = [
     "get_env_proxy_for_url",  # aiohttp's reading of HTTP(S)_PROXY / NO_PROXY for one URL
     "mark_session_owner",
     "route_tool_input_schema",
+    "run_input_required_driver",  # the SDK client's loop over a 2026-07-28 call's rounds
     "set_body_limit",
     "set_cache_hints",
     "set_network_backend",
@@ -118,10 +122,15 @@ def era_envelope(
     the protocol version, client info and capabilities in `_meta` and the `Mcp-Method`,
     `Mcp-Name` and `Mcp-Param-*` headers; on the handshake era the `Mcp-Protocol-Version` header.
     The gateway's own requests (`downstream.rpc`) must speak the era as the session does."""
-    data: dict[str, Any] = {"method": method, "params": {**params, "_meta": dict(params.get("_meta") or {})}}
+    given: dict[str, Any] = dict(params.get("_meta") or {})
+    data: dict[str, Any] = {"method": method, "params": {**params, "_meta": dict(given)}}
     options: dict[str, Any] = {}
     session._stamp(data, options)  # type: ignore[arg-type]  # CallOptions is a TypedDict of these keys
     stamped: dict[str, Any] = data["params"]
+    # A call passed through for a 2026-07-28 client declares that client's capabilities: the
+    # server's questions go to it, so it asks only what that client can answer.
+    if mt.CLIENT_CAPABILITIES_META_KEY in given and mt.CLIENT_CAPABILITIES_META_KEY in stamped["_meta"]:
+        stamped["_meta"][mt.CLIENT_CAPABILITIES_META_KEY] = given[mt.CLIENT_CAPABILITIES_META_KEY]
     if not stamped["_meta"]:
         del stamped["_meta"]
     return stamped, dict(options.get("headers") or {})

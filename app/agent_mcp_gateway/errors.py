@@ -117,6 +117,49 @@ class ResultTooLarge(GatewayError):
         )
 
 
+class RequestStateRefused(GatewayError):
+    """A retry's `requestState` the gateway minted, used where it does not belong."""
+
+    code = -32602
+    name = "REQUEST_STATE_REFUSED"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The retry's requestState is refused: {reason}.", reason=reason)
+
+
+class CallNotHeld(GatewayError):
+    """A retry that reached a gateway process not holding the call it continues."""
+
+    code = -32008
+    name = "CALL_NOT_HELD"
+
+    def __init__(self, holder: str, here: str) -> None:
+        if holder == here:
+            message = (
+                "The call this retry continues has ended or waited too long for it; make the call again."
+            )
+        else:
+            message = (
+                f"The call this retry continues is held by gateway replica '{holder}', not by "
+                f"'{here}': route a session's requests to one replica, or make the call again."
+            )
+        super().__init__(message, holder=holder, replica=here)
+
+
+class TooManyHeldCalls(GatewayError):
+    """More calls waiting for their clients' answers than the gateway holds at once."""
+
+    code = -32009
+    name = "TOO_MANY_HELD_CALLS"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The gateway already holds {limit} calls waiting for their clients' answers "
+            "(GATEWAY_MAX_HELD_CALLS); try again later.",
+            limit=limit,
+        )
+
+
 # The codes JSON-RPC 2.0 reserves; any other code a downstream sends is its own business.
 STANDARD_JSONRPC_CODES = {
     -32700: "parse error",

@@ -31,6 +31,7 @@ from agent_mcp_gateway.observe.audit import AuditLog
 from agent_mcp_gateway.observe.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOADS, SESSION_LIMIT
 from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.protocol import Kind
+from agent_mcp_gateway.server.held import HeldCalls
 from agent_mcp_gateway.sessions.bus import ChangeBus
 from agent_mcp_gateway.sessions.list_changed import LOCAL_PREFIX, ListChanged
 from agent_mcp_gateway.sessions.listen import ListenStreams
@@ -118,6 +119,7 @@ class Gateway:
         self.bus = ChangeBus(shared_redis, self._refresh_catalog, self.subscriptions.updated)
         self.audit = AuditLog(settings.audit_log, settings.audit_max_bytes, settings.audit_backups)
         self.sessions = SessionRegistry(self.settings.session_ttl)
+        self.held = HeldCalls(settings.input_wait, settings.max_held_calls)
         self.rate_limits = RateLimits(settings.rate_limit, settings.rate_limit_storage)
         self.reloads: deque[ReloadEvent] = deque(maxlen=50)
         self.started_at = time.time()
@@ -278,6 +280,7 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self.held.close()
         await self.list_changed.close()
         await self.bus.close()
         await self.pool.close()

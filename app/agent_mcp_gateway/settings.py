@@ -150,6 +150,9 @@ EXPECTED: dict[str, str] = {
     "jwt_max_lifetime": "a positive number (seconds)",
     "mcp_config": "a file path",
     "rules": "a file path",
+    "request_state_keys": "comma-separated secrets of at least 32 characters each",
+    "input_wait": "a positive number (seconds)",
+    "max_held_calls": "a positive integer",
     "otel_endpoint": "an OTLP/HTTP collector URL such as http://collector:4318",
     "otel_service_name": "a service name",
 }
@@ -230,6 +233,15 @@ class Settings(BaseSettings):
     public_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
     # The longest-lived JWT accepted (exp - iat, and exp - now): a leaked token expires.
     jwt_max_lifetime: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 86_400.0
+    # Seal a 2026-07-28 retry's requestState (the first seals, all open: rotation); replicas
+    # that share them accept each other's state. Unset: a key of this process's own.
+    request_state_keys: Annotated[
+        list[Annotated[SecretStr, Field(min_length=32)]], NoDecode, BeforeValidator(_comma_list)
+    ] = Field(default_factory=list)
+    # How long a call whose server asked its 2026-07-28 client something waits for the retry,
+    # and how many such calls the process holds at once.
+    input_wait: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 300.0
+    max_held_calls: Annotated[int, Field(gt=0)] = 1_000
     mcp_config: Path | None = None
     rules: Path | None = None
     # Traces are exported over OTLP/HTTP only when a collector is named (see tracing.py).
@@ -286,6 +298,6 @@ def _describe(exc: ValidationError) -> str:
     shown = value if isinstance(value, str) else ", ".join(value) if isinstance(value, list) else value
     if field == "rate_limit_storage" and isinstance(shown, str):
         shown = without_password(shown)
-    if field in ("metrics_token", "credentials_key"):
+    if field in ("metrics_token", "request_state_keys", "credentials_key"):
         shown = "***"
     return f"{env_name(field)}={shown!r} is not valid: expected {EXPECTED.get(field, error['msg'])}"

@@ -37,6 +37,7 @@ from fastmcp.prompts import Message
 from fastmcp.server.event_store import EventStore
 from fastmcp.tools import Tool, ToolResult
 from mcp import MCPDeprecationWarning
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
 
@@ -144,26 +145,47 @@ async def test_reconnection(ctx: Context) -> str:
     )
 
 
+def modern(ctx: Context) -> bool:
+    """Whether the caller speaks 2026-07-28, where a question is an InputRequiredResult (the
+    gateway in front of this fixture speaks whichever era the fixture supports)."""
+    request = ctx.request_context
+    return request is not None and request.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
 @mcp.tool
-async def test_sampling(prompt: str, ctx: Context) -> str:
+async def test_sampling(prompt: str, ctx: Context) -> Any:
     """Tests server-initiated sampling (LLM completion request)"""
-    result = await ctx.session.create_message(
-        [mcp_types.SamplingMessage(role="user", content=text(prompt))],
-        max_tokens=100,
-        related_request_id=ctx.request_id,
-    )
+    messages = [mcp_types.SamplingMessage(role="user", content=text(prompt))]
+    if modern(ctx):
+        result = (ctx.input_responses or {}).get("sampling")
+        if not isinstance(result, mcp_types.CreateMessageResult):
+            params = mcp_types.CreateMessageRequestParams(messages=messages, max_tokens=100)
+            request = mcp_types.CreateMessageRequest(params=params)
+            return mcp_types.InputRequiredResult(input_requests={"sampling": request}, request_state="asked")
+    else:
+        result = await ctx.session.create_message(messages, max_tokens=100, related_request_id=ctx.request_id)
     content = result.content
     reply = content.text if isinstance(content, mcp_types.TextContent) else "No response"
     return f"LLM response: {reply}"
 
 
-async def elicit(ctx: Context, message: str, schema: dict[str, Any]) -> str:
-    result = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
-    return f"action={result.action}, content={json.dumps(result.content or {})}"
+async def elicit(ctx: Context, message: str, schema: dict[str, Any], prefix: str) -> Any:
+    """The answer as the scenarios expect it after `prefix`, or (2026-07-28) the question."""
+    if modern(ctx):
+        result = (ctx.input_responses or {}).get("elicitation")
+        if not isinstance(result, mcp_types.ElicitResult):
+            params = mcp_types.ElicitRequestFormParams(message=message, requested_schema=schema)
+            request = mcp_types.ElicitRequest(params=params)
+            return mcp_types.InputRequiredResult(
+                input_requests={"elicitation": request}, request_state="asked"
+            )
+    else:
+        result = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
+    return f"{prefix}action={result.action}, content={json.dumps(result.content or {})}"
 
 
 @mcp.tool
-async def test_elicitation(message: str, ctx: Context) -> str:
+async def test_elicitation(message: str, ctx: Context) -> Any:
     """Tests server-initiated elicitation (user input request)"""
     schema = {
         "type": "object",
@@ -173,11 +195,11 @@ async def test_elicitation(message: str, ctx: Context) -> str:
         },
         "required": ["username", "email"],
     }
-    return "User response: " + await elicit(ctx, message, schema)
+    return await elicit(ctx, message, schema, "User response: ")
 
 
 @mcp.tool
-async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+async def test_elicitation_sep1034_defaults(ctx: Context) -> Any:
     """Tests elicitation with default values per SEP-1034"""
     schema = {
         "type": "object",
@@ -196,11 +218,11 @@ async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
         "required": [],
     }
     message = "Please review and update the form fields with defaults"
-    return "Elicitation completed: " + await elicit(ctx, message, schema)
+    return await elicit(ctx, message, schema, "Elicitation completed: ")
 
 
 @mcp.tool
-async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+async def test_elicitation_sep1330_enums(ctx: Context) -> Any:
     """Tests elicitation with enum schema improvements per SEP-1330"""
     options = ["option1", "option2", "option3"]
     schema = {
@@ -246,7 +268,7 @@ async def test_elicitation_sep1330_enums(ctx: Context) -> str:
         "required": [],
     }
     message = "Please select options from the enum fields"
-    return "Elicitation completed: " + await elicit(ctx, message, schema)
+    return await elicit(ctx, message, schema, "Elicitation completed: ")
 
 
 def json_schema_2020_12_tool(name: str | None = None, address: dict[str, str] | None = None) -> str:
@@ -333,6 +355,151 @@ mcp._mcp_server.add_request_handler("resources/unsubscribe", mcp_types.Unsubscri
 
 
 # --- prompts --------------------------------------------------------------------------------------
+
+
+# --- 2026-07-28 multi-round-trip requests (SEP-2322): the guard pattern, one tool per scenario.
+# Each asks by returning an InputRequiredResult and reads the answers from the retry; FastMCP
+# seals the requestState (a tampered one is refused with -32602 before the tool runs).
+
+
+def _form(message: str, field: str, kind: str = "string") -> mcp_types.ElicitRequest:
+    schema = {"type": "object", "properties": {field: {"type": kind}}, "required": [field]}
+    return mcp_types.ElicitRequest(
+        params=mcp_types.ElicitRequestFormParams(message=message, requested_schema=schema)
+    )
+
+
+def _sample(text: str, max_tokens: int = 50) -> mcp_types.CreateMessageRequest:
+    content = mcp_types.TextContent(type="text", text=text)
+    message = mcp_types.SamplingMessage(role="user", content=content)
+    return mcp_types.CreateMessageRequest(
+        params=mcp_types.CreateMessageRequestParams(messages=[message], max_tokens=max_tokens)
+    )
+
+
+def _asked(ctx: Context, requests: dict[str, Any], state: str | None = None) -> Any:
+    """The answers to every one of `requests`, or None after asking (again) for what is missing."""
+    responses = ctx.input_responses or {}
+    if all(key in responses for key in requests):
+        return responses
+    return mcp_types.InputRequiredResult(input_requests=requests, request_state=state)
+
+
+def _said(answer: Any) -> str:
+    if isinstance(answer, mcp_types.ElicitResult):
+        return json.dumps(answer.content or {}, sort_keys=True)
+    if isinstance(answer, mcp_types.ListRootsResult):
+        return ",".join(str(root.uri) for root in answer.roots)
+    content = getattr(answer, "content", None)
+    return content.text if isinstance(content, mcp_types.TextContent) else "answered"
+
+
+def _done(text: str) -> ToolResult:
+    return ToolResult(content=[mcp_types.TextContent(type="text", text=text)])
+
+
+@mcp.tool
+def test_input_required_result_elicitation(ctx: Context) -> Any:
+    """MRTR: asks for the user's name (elicitation), then greets them."""
+    asked = _asked(ctx, {"user_name": _form("What is your name?", "name")})
+    return (
+        asked
+        if isinstance(asked, mcp_types.InputRequiredResult)
+        else _done(f"Hello, {_said(asked['user_name'])}")
+    )
+
+
+@mcp.tool
+def test_input_required_result_sampling(ctx: Context) -> Any:
+    """MRTR: asks the client's model for a greeting (sampling)."""
+    asked = _asked(ctx, {"greeting": _sample("Generate a greeting")})
+    return (
+        asked
+        if isinstance(asked, mcp_types.InputRequiredResult)
+        else _done(f"Sampled: {_said(asked['greeting'])}")
+    )
+
+
+@mcp.tool
+def test_input_required_result_list_roots(ctx: Context) -> Any:
+    """MRTR: asks for the client's roots."""
+    asked = _asked(ctx, {"client_roots": mcp_types.ListRootsRequest()})
+    return (
+        asked
+        if isinstance(asked, mcp_types.InputRequiredResult)
+        else _done(f"Roots: {_said(asked['client_roots'])}")
+    )
+
+
+@mcp.tool
+def test_input_required_result_request_state(ctx: Context) -> Any:
+    """MRTR: asks for a confirmation with a requestState, completing only when it comes back."""
+    if ctx.request_state != "confirm-pending":
+        return mcp_types.InputRequiredResult(
+            input_requests={"confirm": _form("Please confirm", "ok", "boolean")},
+            request_state="confirm-pending",
+        )
+    asked = _asked(ctx, {"confirm": _form("Please confirm", "ok", "boolean")}, "confirm-pending")
+    return (
+        asked
+        if isinstance(asked, mcp_types.InputRequiredResult)
+        else _done(f"Confirmed: {_said(asked['confirm'])}")
+    )
+
+
+@mcp.tool
+def test_input_required_result_multiple_inputs(ctx: Context) -> Any:
+    """MRTR: asks for a name, a greeting and the roots at once."""
+    requests = {
+        "user_name": _form("What is your name?", "name"),
+        "greeting": _sample("Generate a greeting"),
+        "client_roots": mcp_types.ListRootsRequest(),
+    }
+    asked = _asked(ctx, requests, "multiple-inputs")
+    if isinstance(asked, mcp_types.InputRequiredResult):
+        return asked
+    return _done("All inputs received: " + " | ".join(_said(asked[key]) for key in requests))
+
+
+@mcp.tool
+def test_input_required_result_multi_round(ctx: Context) -> Any:
+    """MRTR: two elicitation rounds with evolving requestState before completing."""
+    responses = ctx.input_responses or {}
+    if ctx.request_state == "round-2" and "step2" in responses:
+        return _done(f"Completed: {_said(responses['step2'])}")
+    if (ctx.request_state == "round-1" and "step1" in responses) or ctx.request_state == "round-2":
+        return mcp_types.InputRequiredResult(
+            input_requests={"step2": _form("Step 2: What is your favorite color?", "color")},
+            request_state="round-2",
+        )
+    return mcp_types.InputRequiredResult(
+        input_requests={"step1": _form("Step 1: What is your name?", "name")}, request_state="round-1"
+    )
+
+
+@mcp.tool
+def test_input_required_result_tampered_state(ctx: Context) -> Any:
+    """MRTR: a sealed requestState; a tampered one never reaches this tool."""
+    asked = _asked(ctx, {"confirm": _form("Please confirm", "ok", "boolean")}, "tamper-proof")
+    return asked if isinstance(asked, mcp_types.InputRequiredResult) else _done("State verified")
+
+
+@mcp.tool
+def test_input_required_result_capabilities(ctx: Context) -> Any:
+    """MRTR: asks only for what the client declared it can answer."""
+    requests: dict[str, Any] = {}
+    if ctx.session.check_client_capability(
+        mcp_types.ClientCapabilities(elicitation=mcp_types.ElicitationCapability())
+    ):
+        requests["user_name"] = _form("What is your name?", "name")
+    if ctx.session.check_client_capability(
+        mcp_types.ClientCapabilities(sampling=mcp_types.SamplingCapability())
+    ):
+        requests["greeting"] = _sample("Generate a greeting")
+    if not requests:
+        return _done("Nothing the client can answer")
+    asked = _asked(ctx, requests, "capabilities")
+    return asked if isinstance(asked, mcp_types.InputRequiredResult) else _done("Capabilities respected")
 
 
 @mcp.prompt(title="Simple Test Prompt")

@@ -189,3 +189,30 @@ def test_the_sdk_session_stamps_each_request_in_its_negotiated_era() -> None:
     assert {key.lower(): value for key, value in headers.items()} == {"mcp-protocol-version": "2025-11-25"}
     send.close()
     receive.close()
+
+
+async def test_the_sdk_drives_a_calls_rounds_with_answers_and_state() -> None:
+    """The gateway answers a 2026-07-28 server's questions for a handshake-era client with the
+    SDK client's own loop: each round's questions dispatched, the retry given the answers and
+    the state byte for byte, until a final result."""
+    asked = mt.ElicitRequest(
+        params=mt.ElicitRequestFormParams(message="?", requested_schema={"type": "object"})
+    )
+    retried: list[tuple[Any, str | None]] = []
+
+    async def dispatch(key: str, request: Any) -> mt.ElicitResult:
+        assert (key, request) == ("q", asked)
+        return mt.ElicitResult(action="decline")
+
+    async def retry(responses: Any, state: str | None) -> Any:
+        retried.append((responses, state))
+        if len(retried) == 1:
+            return mt.InputRequiredResult(input_requests={"q": asked}, request_state="s2")
+        return "done"
+
+    first = mt.InputRequiredResult(input_requests={"q": asked}, request_state="s1")
+    assert (
+        await compat.run_input_required_driver(first, dispatch=dispatch, retry=retry, max_rounds=3) == "done"
+    )
+    assert [state for _, state in retried] == ["s1", "s2"]
+    assert retried[0][0] == {"q": mt.ElicitResult(action="decline")}

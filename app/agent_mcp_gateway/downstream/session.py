@@ -35,6 +35,7 @@ from fastmcp.client.messages import MessageHandler
 from fastmcp.telemetry import inject_trace_context
 from mcp import MCPError
 from mcp.client.subscriptions import listen
+from mcp_types.methods import is_input_required
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -135,7 +136,7 @@ class _Request(Generic[M]):
     target: str
     method: str
     params: rpc.Message
-    result: type[M]
+    read: Callable[[Any], M]
     check: Callable[[], None] | None = None
 
 
@@ -589,22 +590,35 @@ class Downstream:
         timeout_ms: int,
         relay: Relay | None,
         known: Callable[[], None],
-    ) -> mt.CallToolResult:
+        input_responses: dict[str, Any] | None = None,
+        request_state: str | None = None,
+        capabilities: dict[str, Any] | None = None,
+    ) -> mt.CallToolResult | mt.InputRequiredResult:
         """Call a tool; the timeout covers the whole call, including waiting for start-up.
-        `known` (built by `server.forward`) checks the tool is listed once the server is up."""
-        params = {"name": tool, "arguments": arguments}
-        call = _Request("execute_tool", tool, "tools/call", params, mt.CallToolResult, known)
+        `known` (built by `server.forward`) checks the tool is listed once the server is up.
+        A 2026-07-28 server may answer with the questions it asks first; the retry carries the
+        answers (`input_responses`) and what it said to echo (`request_state`)."""
+        params: rpc.Message = {"name": tool, "arguments": arguments}
+        if input_responses is not None:
+            params["inputResponses"] = {key: _wire(response) for key, response in input_responses.items()}
+        if request_state is not None:
+            params["requestState"] = request_state
+        if capabilities is not None:  # a 2026-07-28 caller's, for a server that asks it directly
+            params["_meta"] = {mt.CLIENT_CAPABILITIES_META_KEY: capabilities}
+        call = _Request("execute_tool", tool, "tools/call", params, _tool_answer, known)
         return await self._request(call, timeout_ms, relay)
 
     async def get_prompt(
         self, prompt: str, arguments: dict[str, str] | None, timeout_ms: int, relay: Relay | None
     ) -> mt.GetPromptResult:
         params: rpc.Message = {"name": prompt, **({"arguments": arguments} if arguments is not None else {})}
-        get = _Request("prompts/get", prompt, "prompts/get", params, mt.GetPromptResult)
+        get = _Request("prompts/get", prompt, "prompts/get", params, mt.GetPromptResult.model_validate)
         return await self._request(get, timeout_ms, relay)
 
     async def read_resource(self, uri: str, timeout_ms: int, relay: Relay | None) -> mt.ReadResourceResult:
-        read = _Request("resources/read", uri, "resources/read", {"uri": uri}, mt.ReadResourceResult)
+        read = _Request(
+            "resources/read", uri, "resources/read", {"uri": uri}, mt.ReadResourceResult.model_validate
+        )
         return await self._request(read, timeout_ms, relay)
 
     async def complete(
@@ -621,7 +635,9 @@ class Downstream:
         if context is not None and context.arguments is not None:
             params["context"] = {"arguments": context.arguments}
         name = argument.name
-        complete = _Request("completion/complete", name, "completion/complete", params, mt.CompleteResult)
+        complete = _Request(
+            "completion/complete", name, "completion/complete", params, mt.CompleteResult.model_validate
+        )
         return await self._request(complete, timeout_ms, None)
 
     def extensions(self) -> dict[str, dict[str, Any]]:
@@ -636,6 +652,8 @@ class Downstream:
             await asyncio.wait([asyncio.ensure_future(self.tried.wait())], timeout=self.connect_timeout)
         capabilities = _capabilities(self._client)
         resources = capabilities.resources if capabilities is not None else None
+        if self.modern:  # 2026-07-28 subscribes through subscriptions/listen, not a capability flag
+            return resources is not None
         return bool(resources is not None and resources.subscribe)
 
     async def subscribe(self, uri: str, timeout_ms: int) -> None:
@@ -643,7 +661,9 @@ class Downstream:
             await self._relisten(uri, timeout_ms, add=True)
             return
         method = "resources/subscribe"
-        await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
+        await self._request(
+            _Request(method, uri, method, {"uri": uri}, mt.EmptyResult.model_validate), timeout_ms, None
+        )
         self.subscribed.add(uri)
 
     async def unsubscribe(self, uri: str, timeout_ms: int) -> None:
@@ -652,7 +672,9 @@ class Downstream:
             return
         self.subscribed.discard(uri)
         method = "resources/unsubscribe"
-        await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
+        await self._request(
+            _Request(method, uri, method, {"uri": uri}, mt.EmptyResult.model_validate), timeout_ms, None
+        )
 
     # --- 2026-07-28 subscriptions/listen ------------------------------------------------
 
@@ -774,9 +796,9 @@ class Downstream:
                 sent = True
                 params = request.params
                 if meta := inject_trace_context(None):
-                    params = {**params, "_meta": meta}
+                    params = {**params, "_meta": {**params.get("_meta", {}), **meta}}
                 answer = await calls.request(request.method, params, _CallMessages(self, relay))
-            result = request.result.model_validate(answer)
+            result = request.read(answer)
             outcome = "tool_error" if getattr(result, "is_error", False) else "ok"
             self._answered()
             return result
@@ -919,6 +941,21 @@ class Downstream:
             headers = self.credentials.plain() if self.credentials is not None else {}
             self._wire = HttpServerTransport(config, self.resolver, headers, self._oauth)
         return self._wire
+
+
+def _tool_answer(answer: Any) -> mt.CallToolResult | mt.InputRequiredResult:
+    """A tools/call answer: the tool's result, or (2026-07-28) the questions asked first."""
+    if is_input_required(answer):
+        return mt.InputRequiredResult.model_validate(answer)
+    return mt.CallToolResult.model_validate(answer)
+
+
+def _wire(value: Any) -> Any:
+    return (
+        value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if isinstance(value, BaseModel)
+        else value
+    )
 
 
 def _subject(shared: Shared, agent_id: str | None) -> Callable[[], str | None] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from contextlib import asynccontextmanager
 import mcp_types as mt
 from fastmcp import FastMCP
 from mcp.server.caching import CacheHint
+from mcp.server.request_state import RequestStateSecurity
 
 from agent_mcp_gateway import __version__, compat
 from agent_mcp_gateway.gateway import Gateway
@@ -18,6 +20,7 @@ from agent_mcp_gateway.reload import install_sighup, watch_config
 from agent_mcp_gateway.server.discovery import GatewayTools, register_tools
 from agent_mcp_gateway.server.pipeline import Pipeline
 
+SERVER_NAME = "agent-mcp-gateway"
 # 2026-07-28 clients may keep a list (and server/discover) this long; it is the agent's own
 # (`private`), and a change reaches its `subscriptions/listen` stream at once.
 LIST_TTL_MS = 30_000
@@ -66,11 +69,12 @@ def build_server(
 
     tools = GatewayTools(gateway)
     mcp = FastMCP(
-        "agent-mcp-gateway",
+        SERVER_NAME,
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         mask_error_details=True,
+        request_state_security=request_state_security(gateway),
     )
     pipeline = Pipeline(gateway, register_tools(mcp, tools))
     for middleware in pipeline.middlewares:
@@ -90,6 +94,17 @@ def build_server(
         mcp, "subscriptions/listen", mt.SubscriptionsListenRequestParams, pipeline.listen
     )
     return mcp
+
+
+def request_state_security(gateway: Gateway) -> RequestStateSecurity:
+    """How a 2026-07-28 retry's requestState is sealed (`server.held`): under the configured keys,
+    which replicas share, else a key of this process's own; it expires with the held call. The
+    agent it belongs to is inside it and checked by the gateway, not by the SDK's principal."""
+    settings = gateway.settings
+    keys: list[str | bytes] = [key.get_secret_value() for key in settings.request_state_keys]
+    return RequestStateSecurity(
+        keys=keys or [os.urandom(32)], ttl=settings.input_wait, bind_principal=None, audience=SERVER_NAME
+    )
 
 
 async def sweep_sessions(gateway: Gateway) -> None:

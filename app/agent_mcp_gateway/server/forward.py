@@ -12,14 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastmcp.tools.base import ToolResult
+import mcp_types as mt
+from fastmcp.tools.base import InputRequiredToolResult, ToolResult
 
 from agent_mcp_gateway.access.policy import Decision
+from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.downstream.session import Downstream
 from agent_mcp_gateway.errors import DeniedByPolicy, ToolNotFound
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.operation import Operation
+from agent_mcp_gateway.server.answering import answered
+from agent_mcp_gateway.server.held import Resume
 from agent_mcp_gateway.server.relay import ClientRelay
 
 
@@ -89,12 +93,38 @@ class Forward:
         timeout_ms: int | None = None,
         decision: Decision | None = None,
     ) -> ToolResult:
-        """Call `tool` on `server` for `op` and hand its result back as the server gave it."""
+        """Call `tool` on `server` for `op` and hand its result back as the server gave it. For a
+        2026-07-28 caller this is one round of the call (`server.held`): a retry continues the
+        call it names, under policy decided again, and the server's questions end the round."""
         op.tool = tool
-        downstream = self.admit(op, "execute_tool", server, tool, decision, relay)
-        result = await downstream.call_tool(
-            tool, arguments, self.timeout_ms(downstream, timeout_ms), relay, self._known(op, downstream, tool)
-        )
+        outcome: mt.CallToolResult | mt.InputRequiredResult
+        if relay is not None and relay.modern:
+            self.decide(op, "execute_tool", server, tool, decision)
+
+            async def start(held: Relay, resume: Resume | None) -> mt.CallToolResult | mt.InputRequiredResult:
+                downstream = self._downstream(server, op, relay)
+                timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
+                answers, state = (resume.input_responses, resume.request_state) if resume else (None, None)
+                return await downstream.call_tool(
+                    tool, arguments, timeout, held, known, answers, state, relay.capabilities
+                )
+
+            outcome = await self.gateway.held.run(op.agent_id, relay, start)
+            if isinstance(outcome, mt.InputRequiredResult):
+                return InputRequiredToolResult(outcome)
+        else:
+            downstream = self.admit(op, "execute_tool", server, tool, decision, relay)
+            timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
+
+            async def again(
+                answers: dict[str, Any] | None, state: str | None
+            ) -> mt.CallToolResult | mt.InputRequiredResult:
+                return await downstream.call_tool(tool, arguments, timeout, relay, known, answers, state)
+
+            outcome = await again(None, None)
+            if isinstance(outcome, mt.InputRequiredResult):  # a 2026-07-28 server asks
+                outcome = await answered(relay, outcome, again)
+        result = outcome
         return ToolResult(
             content=result.content,
             structured_content=result.structured_content,

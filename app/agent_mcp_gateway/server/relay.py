@@ -30,10 +30,15 @@ class ClientRelay:
         request = ctx.request_context
         meta = request.meta if request is not None else None
         self._token = meta.get("progressToken") if meta else None
+        # What a 2026-07-28 caller declares it can answer, sent with each of its requests.
+        self.capabilities: dict[str, Any] | None = meta.get(mt.CLIENT_CAPABILITIES_META_KEY) if meta else None
         self._session: ServerSession = ctx.session
         self._request_id: str | None = ctx.request_id
         # Stable for a handshake-era client connection (the SDK builds a session per request).
         self._client = ctx.session_id
+        # A 2026-07-28 retry's answers to the questions of the round before (`server.held`).
+        self.request_state: str | None = ctx.request_state
+        self.input_responses: dict[str, Any] | None = ctx.input_responses
 
     @property
     def wants_progress(self) -> bool:
@@ -47,6 +52,11 @@ class ClientRelay:
         return session.protocol_version not in MODERN_PROTOCOL_VERSIONS and session.check_client_capability(
             capability
         )
+
+    @property
+    def modern(self) -> bool:
+        """Whether the caller speaks 2026-07-28, where questions go back in the call's result."""
+        return self._session.protocol_version in MODERN_PROTOCOL_VERSIONS
 
     @property
     def client(self) -> str:
@@ -95,14 +105,19 @@ class ClientRelay:
         return await self._ask(mt.ListRootsRequest(), mt.ListRootsResult)
 
     def _require(self, capability: mt.ClientCapabilities, what: str) -> None:
-        """The downstream gets a clear error when the caller cannot answer, as it would from a
-        client of its own, instead of a request that never arrives."""
-        if self._session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        """A request on the call's stream: none exists on 2026-07-28, where the questions of a
+        call go back in its result (`server.held`)."""
+        if self.modern:
             raise MCPError(
                 METHOD_NOT_FOUND,
                 f"the calling client speaks {self._session.protocol_version}, where a server "
-                f"cannot send it {what} requests",
+                f"cannot send it {what} requests outside a call",
             )
+        self.require(capability, what)
+
+    def require(self, capability: mt.ClientCapabilities, what: str) -> None:
+        """The downstream gets a clear error when the caller cannot answer, as it would from a
+        client of its own, instead of a request that never arrives."""
         if not self._session.check_client_capability(capability):
             raise MCPError(METHOD_NOT_FOUND, f"the calling client does not support {what}")
 
