@@ -1,4 +1,4 @@
-"""Every reach into fastmcp 4.1.2, the MCP SDK 2 and aiohttp beyond their documented APIs.
+"""Every reach into fastmcp 4.1.2, the MCP SDK 2, aiohttp and httpx2 beyond their documented APIs.
 
 Each seam is a private attribute, an undocumented class or helper, or an attribute set on a
 library object after it was built. They live here, each with the reason it is needed, so that
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import httpcore2
+import httpx2
 from aiohttp.helpers import get_env_proxy_for_url
 from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken
@@ -35,6 +37,7 @@ __all__ = [
     "mark_session_owner",
     "route_tool_input_schema",
     "set_body_limit",
+    "set_network_backend",
 ]
 
 
@@ -67,6 +70,14 @@ def mark_session_owner(scope: Scope, agent_id: str, fingerprint: str | None) -> 
     token = AccessToken(token=fingerprint or "", client_id=agent_id, scopes=[])
     scope["user"] = AuthenticatedUser(token)
     scope["auth"] = AuthCredentials([])
+
+
+def set_network_backend(transport: httpx2.AsyncHTTPTransport, backend: httpcore2.AsyncNetworkBackend) -> None:
+    """Open `transport`'s connections through `backend`: httpx takes no network backend, its
+    connection pool (a private attribute) does, and reads it at each new connection."""
+    pool = transport._pool
+    assert isinstance(pool, httpcore2.AsyncConnectionPool)
+    pool._network_backend = backend
 
 
 def set_body_limit(routes: list[BaseRoute], max_bytes: int) -> None:

@@ -117,6 +117,34 @@ async def test_every_request_is_charged(gateway_files: GatewayFiles, method: str
         assert refused["agent_id"] == "dev" and refused["limit"] == "10 per 1 minute"
 
 
+MODERN = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "limits", "version": "1"},
+}
+
+
+@pytest.mark.parametrize("method", ["server/discover", "tools/list", "resources/list"])
+async def test_every_stateless_request_is_charged(gateway_files: GatewayFiles, method: str) -> None:
+    """2026-07-28 has no session to open: each request, `server/discover` included, is charged
+    against the allowance for cheap requests, so discovery cannot be sent without limit."""
+    configure(gateway_files, rate_limit="1/minute")  # cheap requests: 10 a minute
+    headers = {**bearer(DEV), "mcp-protocol-version": MODERN, "mcp-method": method}
+    async with asgi_gateway(gateway_files) as served, served.http() as http:
+        answers = []
+        for request_id in range(11):
+            message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {"_meta": MODERN_META}}
+            answers.append(answer_of(await http.post("/mcp", json=message, headers=headers)))
+        assert all("result" in answer for answer in answers[:10]), answers
+        refused = rate_limited_answer(answers[10])
+        assert refused["agent_id"] == "dev" and refused["limit"] == "10 per 1 minute"
+        # Another agent's allowance is its own.
+        other = {**headers, "Authorization": f"Bearer {OPS}"}
+        message = {"jsonrpc": "2.0", "id": 99, "method": method, "params": {"_meta": MODERN_META}}
+        assert "result" in answer_of(await http.post("/mcp", json=message, headers=other))
+
+
 def answer_of(response: httpx.Response) -> dict[str, Any]:
     """The JSON-RPC answer, from a JSON body or the event stream it came on."""
     if response.headers.get("content-type", "").startswith("text/event-stream"):

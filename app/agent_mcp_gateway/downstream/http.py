@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Unpack
@@ -19,6 +21,7 @@ from typing import Any, Unpack
 import aiohttp
 import aiohttp.abc
 import anyio
+import httpcore2
 import httpx2
 import pydantic_core
 import yarl
@@ -27,10 +30,11 @@ from fastmcp.client.transports.base import SessionKwargs, TransportOptions
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from agent_mcp_gateway.compat import get_env_proxy_for_url
+from agent_mcp_gateway.compat import get_env_proxy_for_url, set_network_backend
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.observe import tracing
+from agent_mcp_gateway.protocol import INTERNAL_ERROR, PROTOCOL_VERSION_HEADER, SESSION_HEADER
 
 # The SDK's defaults: a response stream may stay open for a long-running call.
 TIMEOUT = httpx2.Timeout(30.0, read=300.0)
@@ -39,8 +43,6 @@ TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 # keeps streaming; past them the connection is closed as before.
 DRAIN_SECONDS = 0.5
 DRAIN_BYTES = 64 * 1024
-SESSION_ID = "mcp-session-id"
-PROTOCOL_VERSION = "mcp-protocol-version"
 # The SDK's own resumption rules: wait the server's retry (else 1 s), give up after 2 failures.
 RESUME_DELAY_MS = 1000
 RESUME_ATTEMPTS = 2
@@ -73,22 +75,26 @@ class LastGoodResolver(aiohttp.abc.AbstractResolver):
         # One lookup at a time per name, left to finish when a caller stops waiting for it: a
         # stalled lookup holds one of the event loop's few resolver threads for up to 20 s, and
         # its late outcome would otherwise be logged as an exception nobody retrieved.
-        self._pending: dict[_Key, asyncio.Task[list[aiohttp.abc.ResolveResult]]] = {}
+        self._pending: dict[_Key, tuple[asyncio.Future[list[aiohttp.abc.ResolveResult]], float]] = {}
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[aiohttp.abc.ResolveResult]:
         key = (host, port, family)
-        lookup = self._pending.get(key)
-        if lookup is None:
+        pending = self._pending.get(key)
+        if pending is None:
             if self._system is None:
                 self._system = aiohttp.ThreadedResolver()
-            lookup = asyncio.ensure_future(self._system.resolve(host, port, family))
-            self._pending[key] = lookup
-            lookup.add_done_callback(lambda done: self._settle(key, done))
+            started = asyncio.ensure_future(self._system.resolve(host, port, family))
+            pending = self._pending[key] = (started, time.monotonic())
+            started.add_done_callback(lambda done: self._settle(key, done))
+        lookup, since = pending
         last = self._last.get(key)
+        # A lookup already stalled past the bound is not waited for again: every new connection
+        # during an outage (a session's several, each call's) would otherwise wait the bound.
+        bound = max(0.0, since + RESOLVE_SECONDS - time.monotonic()) if last is not None else None
         try:
-            async with asyncio.timeout(RESOLVE_SECONDS if last is not None else None):
+            async with asyncio.timeout(bound):
                 return await asyncio.shield(lookup)
         except (OSError, TimeoutError):
             if last is None:
@@ -102,7 +108,7 @@ class LastGoodResolver(aiohttp.abc.AbstractResolver):
         with contextlib.suppress(OSError, TimeoutError):
             await self.resolve(url.host, url.port, socket.AF_UNSPEC)
 
-    def _settle(self, key: _Key, lookup: asyncio.Task[list[aiohttp.abc.ResolveResult]]) -> None:
+    def _settle(self, key: _Key, lookup: asyncio.Future[list[aiohttp.abc.ResolveResult]]) -> None:
         del self._pending[key]
         if not lookup.cancelled() and lookup.exception() is None:
             self._last[key] = lookup.result()
@@ -110,6 +116,46 @@ class LastGoodResolver(aiohttp.abc.AbstractResolver):
     async def close(self) -> None:
         """Nothing to release: the system resolver holds nothing, and the last answers are
         kept for the next connection."""
+
+
+class LastGoodBackend(httpcore2.AnyIOBackend):
+    """The SDK session's connections, looked up through the pool's `LastGoodResolver`.
+
+    Without it the SDK's HTTP client asks the system on every new connection: a session that
+    starts while the name server is silent (an agent's own session, opened on its first call)
+    failed to connect to a server the gateway already reached (3 scale-stack tests in a CI
+    rehearsal). TLS still verifies the server's name: httpcore takes it from the URL, not from
+    the address connected to.
+    """
+
+    def __init__(self, resolver: LastGoodResolver) -> None:
+        self.resolver = resolver
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            try:
+                async with asyncio.timeout(timeout):
+                    answers = await self.resolver.resolve(host, port, socket.AF_UNSPEC)
+            except (OSError, TimeoutError) as exc:
+                raise httpcore2.ConnectError(f"cannot look up {host}: {exc}") from exc
+            addresses = list(dict.fromkeys(answer["host"] for answer in answers))
+        failure: httpcore2.ConnectError | httpcore2.ConnectTimeout | None = None
+        for address in addresses:
+            try:
+                return await super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None  # a lookup answers with at least one address
+        raise failure
 
 
 class KeepAlive(httpx2.AsyncBaseTransport):
@@ -130,7 +176,7 @@ class KeepAlive(httpx2.AsyncBaseTransport):
         # The SDK sends each request in the context of the call it belongs to, so the current
         # span here is that call's (nothing is added when tracing is off).
         tracing.inject(request.headers)
-        for name in (SESSION_ID, PROTOCOL_VERSION):
+        for name in (SESSION_HEADER, PROTOCOL_VERSION_HEADER):
             if (value := request.headers.get(name)) is not None:
                 self.session[name] = value
         try:
@@ -144,8 +190,8 @@ class KeepAlive(httpx2.AsyncBaseTransport):
             # on one failed POST, failing every call in flight (measured: 1 in 150-250 calls
             # against a server with a 0.2 s keep-alive; tests/unit/downstream/test_http.py).
             response = await self.inner.handle_async_request(request)
-        if (session_id := response.headers.get(SESSION_ID)) is not None:
-            self.session[SESSION_ID] = session_id
+        if (session_id := response.headers.get(SESSION_HEADER)) is not None:
+            self.session[SESSION_HEADER] = session_id
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         response.stream = _DrainOnClose(response.stream)
         return response
@@ -295,7 +341,7 @@ class HttpCalls:
     async def _answer(
         self, response: aiohttp.ClientResponse, request_id: str, messages: rpc.CallMessages
     ) -> rpc.Message:
-        if response.status == 404 and SESSION_ID in self.keep_alive.session:
+        if response.status == 404 and SESSION_HEADER in self.keep_alive.session:
             raise ConnectionError("the server ended the session")
         if response.content_type == "text/event-stream" and response.status < 300:
             return await self._events(response, request_id, messages)
@@ -308,10 +354,10 @@ class HttpCalls:
             return message  # type: ignore[no-any-return]  # is_answer checked it is a dict
         if 300 <= response.status < 400:
             raise MCPError(
-                rpc.INTERNAL_ERROR,
+                INTERNAL_ERROR,
                 f"the server answered HTTP {response.status} (a redirect, which the gateway does not follow)",
             )
-        raise MCPError(rpc.INTERNAL_ERROR, f"the server answered HTTP {response.status}")
+        raise MCPError(INTERNAL_ERROR, f"the server answered HTTP {response.status}")
 
     async def _events(
         self, response: aiohttp.ClientResponse, request_id: str, messages: rpc.CallMessages
@@ -338,9 +384,9 @@ class HttpCalls:
         except httpx2.SSEError as exc:
             if "exceeded" in str(exc):
                 raise _too_large(self.limit) from None
-            raise MCPError(rpc.INTERNAL_ERROR, f"the server's event stream failed: {exc}") from None
+            raise MCPError(INTERNAL_ERROR, f"the server's event stream failed: {exc}") from None
         except ValueError:
-            raise MCPError(rpc.INTERNAL_ERROR, "the server sent an event that is not JSON") from None
+            raise MCPError(INTERNAL_ERROR, "the server sent an event that is not JSON") from None
         raise _Ended(last_event_id, retry_ms)
 
     async def _server_message(
@@ -420,7 +466,7 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
 
 
 def _too_large(limit: int) -> MCPError:
-    return MCPError(rpc.INTERNAL_ERROR, "result too large", rpc.TooLarge(None, limit))
+    return MCPError(INTERNAL_ERROR, "result too large", rpc.TooLarge(None, limit))
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -432,6 +478,17 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
             raise _too_large(limit)
         parts.append(part)
     return b"".join(parts)
+
+
+def session_transport(resolver: LastGoodResolver) -> httpx2.AsyncHTTPTransport:
+    """The SDK session's HTTP transport: connections kept past the ping interval, names looked
+    up through the pool's resolver."""
+    limits = httpx2.Limits(
+        max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS
+    )
+    http = httpx2.AsyncHTTPTransport(limits=limits)
+    set_network_backend(http, LastGoodBackend(resolver))
+    return http
 
 
 class HttpServerTransport(ClientTransport):
@@ -449,13 +506,7 @@ class HttpServerTransport(ClientTransport):
         **session_kwargs: Unpack[SessionKwargs],
     ) -> AsyncIterator[ClientSession]:
         options = transport_options or TransportOptions()
-        keep_alive = KeepAlive(
-            httpx2.AsyncHTTPTransport(
-                limits=httpx2.Limits(
-                    max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS
-                )
-            )
-        )
+        keep_alive = KeepAlive(session_transport(self.resolver))
         async with (
             httpx2.AsyncClient(headers=self.headers, timeout=TIMEOUT, transport=keep_alive) as http_client,
             streamable_http_client(self.url, http_client=http_client, max_sse_event_size=self.limit) as (

@@ -18,8 +18,7 @@ from typing import Any, Protocol
 
 from mcp import MCPError
 
-INTERNAL_ERROR = -32603
-METHOD_NOT_FOUND = -32601
+from agent_mcp_gateway.protocol import INTERNAL_ERROR
 
 # Ids of the gateway's own requests: strings, so they never meet the SDK session's integer ids
 # on the same connection.

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 import mcp_types as mt
@@ -56,7 +56,7 @@ from agent_mcp_gateway.observe.metrics import (
     DOWNSTREAM_UP,
     downstream_series,
 )
-from agent_mcp_gateway.protocol import KINDS, Kind
+from agent_mcp_gateway.protocol import INTERNAL_ERROR, KINDS, METHOD_NOT_FOUND, SERVER_ERROR, Kind
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
@@ -67,9 +67,6 @@ UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource 
 M = TypeVar("M", bound=BaseModel)
 
 RENEWALS_AT_ONCE = 8  # subscriptions renewed in parallel after a reconnect
-CONNECTION_CLOSED = -32000
-METHOD_NOT_FOUND = -32601
-INVALID_RESULT = -32603
 ELICIT_PARAMS: TypeAdapter[mt.ElicitRequestParams] = TypeAdapter(mt.ElicitRequestParams)
 
 
@@ -89,6 +86,9 @@ class Shared:
     idle_timeout: float = 600.0
     max_instances: int = 32
     session_alive: Callable[[str], bool] | None = None
+    # One for all sessions: an agent's session started during a name server outage connects
+    # with the answer another session got (kept across reconnects too).
+    resolver: LastGoodResolver = field(default_factory=LastGoodResolver)
 
 
 class Backoff:
@@ -215,6 +215,7 @@ class Downstream:
         self.connect_timeout = shared.connect_timeout
         self.ping_interval = shared.ping_interval
         self.ping_timeout = shared.ping_timeout
+        self.resolver = shared.resolver
         # Resource URIs the gateway has subscribed to here, renewed after a reconnect.
         self.subscribed: set[str] = set()
         self._last_answer = 0.0
@@ -237,8 +238,6 @@ class Downstream:
         self._notices: set[asyncio.Task[None]] = set()
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
-        # Kept across reconnects: its last good answers are what outlive a name server outage.
-        self._resolver = LastGoodResolver()
         self._gauge(DOWNSTREAM_UP, 0)
         self._gauge(DOWNSTREAM_CIRCUIT_OPEN, 0)
 
@@ -605,7 +604,7 @@ class Downstream:
             raise GatewayTimeout(operation, timeout_ms) from None
         except ValidationError:
             self._answered()
-            raise self._retold(target, MCPError(INVALID_RESULT, "the server's result is malformed")) from None
+            raise self._retold(target, MCPError(INTERNAL_ERROR, "the server's result is malformed")) from None
         except MCPError as exc:
             self._answered()
             if isinstance(exc.data, rpc.TooLarge):
@@ -733,7 +732,7 @@ class Downstream:
         if config.command:
             self._wire = StdioServerTransport(self.name, config, self.watchdog, exclusive=self.isolated)
         else:
-            self._wire = HttpServerTransport(config, self._resolver)
+            self._wire = HttpServerTransport(config, self.resolver)
         return self._wire
 
 
@@ -755,7 +754,7 @@ def _offered(client: Client[Any]) -> set[Kind]:
 
 
 def _is_connection_loss(exc: MCPError) -> bool:
-    return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"
+    return exc.code == SERVER_ERROR and exc.message == "Connection closed"
 
 
 def _describe(exc: BaseException, during: str) -> str:

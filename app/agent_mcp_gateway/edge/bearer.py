@@ -25,7 +25,7 @@ from agent_mcp_gateway import compat
 from agent_mcp_gateway.access.credentials import Principal
 from agent_mcp_gateway.access.identity import RequestFacts, check_session, facts_of
 from agent_mcp_gateway.edge.host import HostNames
-from agent_mcp_gateway.edge.middleware import error_response
+from agent_mcp_gateway.edge.respond import error_response
 from agent_mcp_gateway.errors import InvalidAgentId
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import logs

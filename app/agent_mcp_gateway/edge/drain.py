@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_mcp_gateway.access.identity import facts_of
-from agent_mcp_gateway.edge.middleware import error_response
+from agent_mcp_gateway.edge.respond import error_response
 from agent_mcp_gateway.protocol import MCP_PATH, SERVER_ERROR
 
 log = logging.getLogger("agent_mcp_gateway.http")

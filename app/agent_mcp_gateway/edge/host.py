@@ -17,7 +17,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent_mcp_gateway.edge.middleware import error_response
+from agent_mcp_gateway.edge.respond import error_response
 from agent_mcp_gateway.settings import Settings, is_loopback_host
 
 log = logging.getLogger("agent_mcp_gateway.http")

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent_mcp_gateway.access.identity import RequestFacts, facts_of
-from agent_mcp_gateway.edge.middleware import error_response
+from agent_mcp_gateway.edge.respond import error_response
 from agent_mcp_gateway.errors import InvalidAgentId, RateLimited
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import logs

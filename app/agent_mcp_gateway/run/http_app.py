@@ -21,10 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agent_mcp_gateway import __version__, compat
+from agent_mcp_gateway.edge.admission import OriginGuard, RootAlias
 from agent_mcp_gateway.edge.bearer import BearerAuth, protected_resource_metadata
+from agent_mcp_gateway.edge.body import RequestBody
+from agent_mcp_gateway.edge.context import RequestContext
 from agent_mcp_gateway.edge.drain import Drain
 from agent_mcp_gateway.edge.host import HostGuard, HostNames
-from agent_mcp_gateway.edge.middleware import JsonOnly, OriginGuard, RequestBody, RequestContext, RootAlias
+from agent_mcp_gateway.edge.json_only import JsonOnly
 from agent_mcp_gateway.edge.quota import SessionQuota
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing

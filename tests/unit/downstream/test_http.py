@@ -17,10 +17,11 @@ import aiohttp.web
 import anyio
 import httpx2
 import pytest
+import yarl
 from mcp import MCPError
 
 from agent_mcp_gateway.downstream import http as downstream_http
-from agent_mcp_gateway.downstream.http import HttpCalls, KeepAlive, LastGoodResolver
+from agent_mcp_gateway.downstream.http import HttpCalls, KeepAlive, LastGoodResolver, session_transport
 
 from conftest import free_port
 
@@ -121,6 +122,46 @@ async def test_a_name_server_outage_falls_back_to_the_last_answer(hang: bool) ->
     with pytest.raises(TimeoutError if hang else socket.gaierror):
         async with asyncio.timeout(0.5):
             await resolver.resolve("never-looked-up.invalid", 8000)
+
+
+class Named(aiohttp.abc.AbstractResolver):
+    """A name server that knows one name, which the system's does not: 127.0.0.1."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        assert host == "downstream.test", host
+        entry: aiohttp.abc.ResolveResult = {
+            "hostname": host,
+            "host": "127.0.0.1",
+            "port": port,
+            "family": socket.AF_INET,
+            "proto": 0,
+            "flags": 0,
+        }
+        return [entry]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_session_started_during_an_outage_connects_with_the_last_answer() -> None:
+    """The SDK session's own connections look names up through the pool's resolver: a session
+    opened while the name server is silent reaches a server another session looked up."""
+
+    async def answer(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({"host": request.headers["Host"]})
+
+    runner, port = await _serve_post(answer)
+    try:
+        resolver = LastGoodResolver(Named())
+        await resolver.remember(yarl.URL(f"http://downstream.test:{port}/mcp"))
+        resolver._system = Outage(hang=True)
+        async with httpx2.AsyncClient(transport=session_transport(resolver), timeout=60) as client:
+            response = await client.post(f"http://downstream.test:{port}/mcp", json={})
+        assert response.json() == {"host": f"downstream.test:{port}"}
+    finally:
+        await runner.cleanup()
 
 
 class NoMessages:

@@ -9,6 +9,7 @@ import pytest
 from mcp import MCPError
 
 from agent_mcp_gateway.downstream import rpc
+from agent_mcp_gateway.protocol import METHOD_NOT_FOUND
 
 
 @dataclass
@@ -119,12 +120,12 @@ async def test_a_server_request_is_answered_with_the_clients_result() -> None:
 
 
 async def test_a_server_request_the_client_refuses_is_answered_with_its_error() -> None:
-    messages = Recorded(reply=MCPError(rpc.METHOD_NOT_FOUND, "no roots", {"why": "none"}))
+    messages = Recorded(reply=MCPError(METHOD_NOT_FOUND, "no roots", {"why": "none"}))
     answer = await rpc.answer_server_request({"id": "s1", "method": "roots/list", "params": []}, messages)
     assert answer == {
         "jsonrpc": "2.0",
         "id": "s1",
-        "error": {"code": rpc.METHOD_NOT_FOUND, "message": "no roots", "data": {"why": "none"}},
+        "error": {"code": METHOD_NOT_FOUND, "message": "no roots", "data": {"why": "none"}},
     }
     assert messages.asked == [("roots/list", None)]  # params that are not an object are not passed
 

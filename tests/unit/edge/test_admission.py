@@ -1,4 +1,4 @@
-"""The Origin check (edge/middleware.py `OriginGuard`) on its own, around a stub app."""
+"""The Origin check (edge/admission.py `OriginGuard`) on its own, around a stub app."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_mcp_gateway.edge.middleware import OriginGuard
+from agent_mcp_gateway.edge.admission import OriginGuard
 
 
 async def reached(scope: dict[str, Any], receive: Any, send: Any) -> None:
