@@ -72,6 +72,8 @@ def write_config(files: GatewayFiles, studio_url: str | None = None, **extra: di
 
 @asynccontextmanager
 async def shared_gateway(files: GatewayFiles) -> AsyncIterator[AsgiGateway]:
+    """`asgi_gateway` once every downstream server has been tried, so no test of the module
+    sees a server connect late (which changes the views by itself)."""
     async with asgi_gateway(files) as service:
         assert await eventually(lambda: service.gateway.ready, 30), "downstream servers did not start"
         yield service
