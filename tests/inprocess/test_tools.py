@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -15,11 +15,23 @@ from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.server.discovery import GatewayTools
 from agent_mcp_gateway.settings import load_settings
 
-from conftest import fixture_server
+from conftest import fixture_server, held_open
 
 
-@pytest.fixture
-async def tools(tmp_path: Path) -> AsyncIterator[GatewayTools]:
+@asynccontextmanager
+async def started(gateway: Gateway) -> AsyncIterator[Gateway]:
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+
+
+@pytest.fixture(scope="module")
+async def tools(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayTools]:
+    """One gateway for the module: every test only reads or calls (the echo fixture, and a remote
+    server that is never reached)."""
+    tmp_path = tmp_path_factory.mktemp("tools")
     servers, rules = tmp_path / "servers.json", tmp_path / "rules.json"
     servers.write_text(
         json.dumps(
@@ -47,11 +59,8 @@ async def tools(tmp_path: Path) -> AsyncIterator[GatewayTools]:
     gateway = Gateway(
         load(servers, rules), load_settings({"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl")})
     )
-    await gateway.start()
-    try:
+    async with held_open(started(gateway)):
         yield GatewayTools(gateway)
-    finally:
-        await gateway.close()
 
 
 def op(agent: str, name: str = "execute_tool") -> Operation:

@@ -59,15 +59,20 @@ def _within(ctx: Context) -> ServerMessageMetadata:
 
 @mcp.tool
 async def wait(seconds: float) -> str:
-    """Sleeps; a cancelled call leaves a mark in the `cancelled` resource."""
+    """Sleeps, listed in the `waiting` resource meanwhile; a cancelled call leaves a mark in the
+    `cancelled` resource."""
+    _WAITING.append(seconds)
     try:
         await anyio.sleep(seconds)
     except anyio.get_cancelled_exc_class():
         _CANCELLED.append(seconds)
         raise
+    finally:
+        _WAITING.remove(seconds)
     return "waited"
 
 
+_WAITING: list[float] = []
 _CANCELLED: list[float] = []
 
 
@@ -87,6 +92,12 @@ def readme() -> str:
 def cancelled() -> list[float]:
     """The `wait` calls that were cancelled, by their seconds."""
     return _CANCELLED
+
+
+@mcp.resource("note://waiting", mime_type="application/json")
+def waiting() -> list[float]:
+    """The `wait` calls now sleeping, by their seconds: a test cancels one once it runs."""
+    return _WAITING
 
 
 @mcp.resource("note://{name}")

@@ -74,7 +74,7 @@ async def test_the_rest_of_an_answer_is_read_before_it_is_closed() -> None:
 async def test_a_stream_that_does_not_end_is_closed_after_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(downstream_http, "DRAIN_SECONDS", 0.1)
     body = _Body([b"data: {}\n\n"], endless=True)
-    with anyio.fail_after(5):
+    with anyio.fail_after(60):  # 0.1 s when idle; the bound only decides when a failure shows
         await _read_first_part_and_close(body)
     assert body.closed
     assert len(body.read) < 50
