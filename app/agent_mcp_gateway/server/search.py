@@ -108,7 +108,7 @@ BIGRAM_WEIGHT = 0.5  # a pair of the query's words that is a pair of a tool name
 EXPANSION_WEIGHT = 0.5  # a word a query's word stands for, against the word itself
 MAX_SCHEMA_DEPTH = 3  # nested parameters read this deep
 EMBED_TEXT_CHARS = 1000  # what a sentence embedding reads of a tool (the model reads ~256 tokens)
-LEXICAL_WEIGHT = 0.15  # the fused score: this much normalised BM25, the rest cosine (tuned: bench_search.py)
+LEXICAL_WEIGHT = 0.2  # the fused score: this much normalised BM25, the rest cosine (tuned: bench_search.py)
 QUERY_CACHE = 256
 
 _CHUNK = re.compile(r"[A-Za-z0-9]+")
