@@ -11,9 +11,8 @@ tool that meets it; a fifth or more tagged hard). Rankers:
 - BM25: plain Okapi BM25 (`bm25s`) over name + description, lower-cased words, no
   identifier splitting, no stemming, no stop words;
 - FastMCP's search transforms (`BM25SearchTransform`, `RegexSearchTransform`), used as they
-  are meant to be: each server's tools on a FastMCP server mounted under its name into one
-  server carrying the transform, searched through its `search_tools` tool by an in-memory
-  client. The regex transform gets the query's words as an alternation (`word|word|...`); it
+  are meant to be: every tool on a FastMCP server carrying the transform, named
+  `{server}_{tool}`, searched through its `search_tools` tool by an in-memory client. The regex transform gets the query's words as an alternation (`word|word|...`); it
   returns matches in catalog order, unranked;
 - embeddings alone: cosine similarity of the same model's embeddings of name + description.
 
@@ -150,7 +149,10 @@ def bm25_ranker(docs: Sequence[ToolDoc]) -> Ranker:
 
 
 def embedding_ranker(docs: Sequence[ToolDoc], embedder: Embedder) -> Ranker:
-    vectors = embedder.encode([f"{doc.name}: {doc.definition.get('description') or ''}" for doc in docs])
+    texts = [f"{doc.name}: {doc.definition.get('description') or ''}" for doc in docs]
+    unique = list(dict.fromkeys(texts))  # a replicated corpus is encoded once
+    by_text = dict(zip(unique, embedder.encode(unique), strict=True))
+    vectors = np.stack([by_text[text] for text in texts])
     keys = [(doc.server, doc.name) for doc in docs]
 
     def rank(query: str) -> list[Key]:
@@ -168,28 +170,24 @@ class _Listed(Tool):
 
 
 def fastmcp_server(docs: Sequence[ToolDoc], transform: Any) -> tuple[FastMCP, dict[str, Key]]:
-    """Each corpus server's tools on a FastMCP server, mounted under its name into one server
-    carrying the search transform; and the mounted names back to (server, tool)."""
-    parent = FastMCP("search-bench")
+    """Every corpus tool on one FastMCP server carrying the search transform, named
+    `{server}_{tool}` as mounting each server under its name would name it (mounting ranks the
+    same but walks 25 providers a call, ~3x slower); and those names back to (server, tool)."""
+    server = FastMCP("search-bench")
     names: dict[str, Key] = {}
-    children: dict[str, FastMCP] = {}
     for doc in docs:
-        child = children.get(doc.server)
-        if child is None:
-            child = children[doc.server] = FastMCP(doc.server)
-        child.add_tool(
+        name = f"{doc.server}_{doc.name}"
+        server.add_tool(
             _Listed(
-                name=doc.name,
+                name=name,
                 description=doc.definition.get("description"),
                 parameters=doc.definition.get("inputSchema") or {"type": "object"},
                 output_schema=doc.definition.get("outputSchema"),
             )
         )
-        names[f"{doc.server}_{doc.name}"] = (doc.server, doc.name)
-    for server, child in children.items():
-        parent.mount(child, namespace=server)
-    parent.add_transform(transform)
-    return parent, names
+        names[name] = (doc.server, doc.name)
+    server.add_transform(transform)
+    return server, names
 
 
 class FastMCPRanker:
@@ -338,24 +336,29 @@ def timed(rank: Ranker, queries: Sequence[Query]) -> tuple[dict[str, list[Key]],
     return rankings, times
 
 
-def build_cost(build: Callable[[], Any]) -> dict[str, float]:
-    """Build time, and the peak Python memory the build allocated (tracemalloc: NumPy's arrays
-    are counted, a model's native tensors are not)."""
+def build_cost(build: Callable[[], Ranker]) -> tuple[Ranker, dict[str, float]]:
+    """A ranker, its build time and the Python memory the build allocated at its peak and still
+    holds (tracemalloc: NumPy's arrays are counted, a model's native tensors are not)."""
     tracemalloc.start()
     started = time.perf_counter()
     built = build()
     elapsed = time.perf_counter() - started
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    del built
-    return {
+    cost = {
         "build_s": round(elapsed, 3),
         "peak_mib": round(peak / 2**20, 2),
         "held_mib": round(current / 2**20, 2),
     }
+    return built, cost
 
 
 # --- the run -----------------------------------------------------------------------------------
+
+
+def note(message: str, started: float = time.perf_counter()) -> None:
+    """Progress on stderr: a full run takes minutes on a busy machine."""
+    print(f"[{time.perf_counter() - started:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def run(smoke: bool) -> dict[str, Any]:
@@ -369,12 +372,15 @@ def run(smoke: bool) -> dict[str, Any]:
     rankers["BM25 (bm25s, name + description)"] = bm25_ranker(docs)
     if embedder is not None:
         rankers["embeddings alone (MiniLM)"] = embedding_ranker(docs, embedder)
+    note(f"built {len(rankers)} rankers over {len(docs)} tools")
     rankings = {name: timed(rank, queries)[0] for name, rank in rankers.items()}
+    note("ranked every query")
     fastmcp_bm25 = FastMCPRanker(docs, BM25SearchTransform(max_results=DEPTH))
     rankings["FastMCP BM25SearchTransform"] = asyncio.run(fastmcp_rankings(fastmcp_bm25, queries))[0]
-    if not smoke:  # each call walks the mounted catalog: ~0.1 s a query on a busy machine
+    if not smoke:  # each call lists and hashes the catalog: ~0.1 s a query on a busy machine
         fastmcp_regex = FastMCPRanker(docs, RegexSearchTransform(max_results=DEPTH), regex=True)
         rankings["FastMCP RegexSearchTransform"] = asyncio.run(fastmcp_rankings(fastmcp_regex, queries))[0]
+    note("FastMCP transforms ranked every query")
     hard = [q for q in queries if q.hard]
     held_out = queries[1::2]
     table = {
@@ -409,15 +415,18 @@ def run(smoke: bool) -> dict[str, Any]:
     if embedder is not None:
         scale_rankers["embeddings alone (MiniLM)"] = lambda: embedding_ranker(scaled, embedder)
     for name, make in scale_rankers.items():
-        if name.startswith("gateway"):
-            builds[name] = build_cost(make)
-        rank = make()
+        rank, builds[name] = build_cost(make)
+        note(f"built {name} over {len(scaled)} tools")
         rank(queries[0].text)  # warm: the first search of a process loads lazy state
         latency[name] = percentiles(timed(rank, timed_queries)[1])
+        if name == "gateway search (BM25 + MiniLM)":  # asked again: the query's vector is cached
+            latency[f"{name}, repeated query"] = percentiles(timed(rank, timed_queries)[1])
     scaled_fastmcp = FastMCPRanker(scaled, BM25SearchTransform(max_results=LIMIT))
-    fastmcp_queries = timed_queries[:3] if smoke else timed_queries
+    fastmcp_queries = timed_queries[:3] if smoke else timed_queries[:30]  # ~0.5 s a call at this size
     _, times = asyncio.run(fastmcp_rankings(scaled_fastmcp, [fastmcp_queries[0], *fastmcp_queries]))
-    latency["FastMCP BM25SearchTransform (MCP call, in memory)"] = percentiles(times[1:])
+    latency[f"FastMCP BM25SearchTransform (MCP call in memory, {len(fastmcp_queries)} queries)"] = (
+        percentiles(times[1:])
+    )
 
     gateway_all = table[gateway_name]["all"]
     baselines = [name for name in table if not name.startswith("gateway")]

@@ -19,6 +19,9 @@ NPM_PACKAGES=(
   "@modelcontextprotocol/conformance@0.1.16"
   # The official TypeScript SDK, imported by tests/servers/ts_requests.mjs.
   "@modelcontextprotocol/sdk@1.32.2"
+  # panva's certified OpenID provider: the authorization server of the downstream OAuth tests
+  # (tests/servers/oidc_provider.mjs). Its 9.x line runs on Node 20 (ESM, koa 3, jose 6).
+  "oidc-provider@9.13.3"
 )
 
 command -v node >/dev/null || { echo "error: node is not installed (Node 20 or newer; ops/test.sh provides one)" >&2; exit 1; }
@@ -54,7 +57,8 @@ EVERYTHING="$PREFIX/node_modules/@modelcontextprotocol/server-everything/dist/in
 FILESYSTEM="$PREFIX/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"
 CONFORMANCE="$PREFIX/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 SDK_SERVER="$PREFIX/node_modules/@modelcontextprotocol/sdk/dist/cjs/server/mcp.js"
-for entry in "$EVERYTHING" "$FILESYSTEM" "$CONFORMANCE" "$SDK_SERVER"; do
+OIDC_PROVIDER="$PREFIX/node_modules/oidc-provider/lib/index.js"
+for entry in "$EVERYTHING" "$FILESYSTEM" "$CONFORMANCE" "$SDK_SERVER" "$OIDC_PROVIDER"; do
   [[ -f "$entry" ]] || { echo "error: expected entry point $entry is missing" >&2; exit 1; }
 done
 
@@ -104,5 +108,6 @@ start commands (from the repository root):
   node tests/.servers/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js DIR [DIR...]
   node tests/.servers/node_modules/@modelcontextprotocol/conformance/dist/index.js server --url URL --suite all   # list: ... list --server
   node tests/servers/ts_requests.mjs 3002   # the TypeScript SDK fixture: http://127.0.0.1:3002/mcp
+  node tests/servers/oidc_provider.mjs 3003 CLIENTS.json   # the authorization server: http://127.0.0.1:3003
   python -m mcp_server_time
 EOT

@@ -12,10 +12,11 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent_mcp_gateway import __version__, config
 from agent_mcp_gateway.settings import Settings, SettingsError, env_name, load_settings
@@ -135,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     init.set_defaults(run=_init)
     _add_audit_commands(commands)
     _add_tools_commands(commands, files)
+    _add_auth_commands(commands, files)
     return parser
 
 
@@ -566,3 +568,124 @@ def _path(text: str) -> Path:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _add_auth_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], files: argparse.ArgumentParser
+) -> None:
+    auth = commands.add_parser(
+        "auth",
+        help="logins to downstream servers that need a person's consent (grant authorization_code)",
+        description="Refresh tokens are stored encrypted with GATEWAY_CREDENTIALS_KEY in "
+        "downstream-logins.json, next to the tool pins; a running gateway with the same settings "
+        "uses them at once.",
+    )
+    auth_commands = auth.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    login = auth_commands.add_parser(
+        "login",
+        parents=[files],
+        help="sign in to SERVER (authorization code with PKCE, loopback redirect): prints the URL to open",
+    )
+    login.add_argument("server", metavar="SERVER")
+    login.add_argument(
+        "--agent", default=None, help="the agent the login is for (default: the gateway's own)"
+    )
+    login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the sign-in (300)")
+    login.set_defaults(run=_auth_login)
+    status = auth_commands.add_parser("status", parents=[files], help="list stored logins (never a token)")
+    status.set_defaults(run=_auth_status)
+    logout = auth_commands.add_parser(
+        "logout", parents=[files], help="forget a login, revoking its refresh token where the server allows"
+    )
+    logout.add_argument("server", metavar="SERVER")
+    logout.add_argument(
+        "--agent", default=None, help="the agent the login is for (default: the gateway's own)"
+    )
+    logout.set_defaults(run=_auth_logout)
+
+
+def _login_store(settings: Settings) -> Any:
+    from agent_mcp_gateway.access.logins import LoginStore, logins_path
+
+    if settings.credentials_key is None:
+        print("error: set GATEWAY_CREDENTIALS_KEY (a Fernet key) to store logins", file=sys.stderr)
+        return None
+    return LoginStore(logins_path(settings), settings.credentials_key)
+
+
+def _auth_login(args: argparse.Namespace) -> int:
+    from agent_mcp_gateway.access.logins import GATEWAY, LoginStoreError
+    from agent_mcp_gateway.downstream.login import LoginFailed, login
+
+    settings = _settings()
+    loaded = _load(args, settings) if settings is not None else None
+    store = _login_store(settings) if settings is not None else None
+    if loaded is None or store is None:
+        return 2
+    server = loaded.servers.get(args.server)
+    if (
+        server is None
+        or server.url is None
+        or server.auth is None
+        or server.auth.oauth.grant != "authorization_code"
+    ):
+        print(
+            f"error: {args.server!r} is not an HTTP server with auth.oauth grant authorization_code",
+            file=sys.stderr,
+        )
+        return 2
+    agent = args.agent or GATEWAY
+    if args.agent is not None and args.agent not in loaded.rules.agents:
+        print(f"error: no agent {args.agent!r} in the rules file", file=sys.stderr)
+        return 2
+
+    def show(url: str) -> None:
+        print(f"Open this URL to sign in to {args.server} for {agent}:\n{url}", flush=True)
+
+    try:
+        saved = login(args.server, server.url, server.auth.oauth, agent, store, show, args.timeout)
+    except (LoginFailed, LoginStoreError, OSError) as exc:
+        print(f"error: login failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"logged in: {saved.server} for {saved.agent} at {saved.issuer}")
+    return 0
+
+
+def _auth_status(args: argparse.Namespace) -> int:
+    from agent_mcp_gateway.access.logins import LoginStoreError
+
+    settings = _settings()
+    store = _login_store(settings) if settings is not None else None
+    if store is None:
+        return 2
+    try:
+        logins = store.all()
+    except LoginStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"logins file: {store.path}")
+    for entry in sorted(logins, key=lambda e: (e.server, e.agent)):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.stored_at))
+        print(f"{entry.server}\t{entry.agent}\t{entry.issuer}\tclient {entry.client_id}\tsince {when}")
+    return 0
+
+
+def _auth_logout(args: argparse.Namespace) -> int:
+    from agent_mcp_gateway.access.logins import GATEWAY, LoginStoreError
+    from agent_mcp_gateway.downstream.login import logout
+
+    settings = _settings()
+    store = _login_store(settings) if settings is not None else None
+    if store is None:
+        return 2
+    agent = args.agent or GATEWAY
+    try:
+        removed = logout(store, args.server, agent)
+    except (LoginStoreError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if removed is None:
+        print(f"no login of {agent} for {args.server}", file=sys.stderr)
+        return 1
+    print(f"logged out: {args.server} for {agent}")
+    return 0

@@ -19,6 +19,9 @@ from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken
 from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
+from mcp import ClientSession
+from mcp.client.auth import OAuthFlowError
+from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.caching import CacheHint, validate_cache_hints
 from mcp.server.lowlevel import Server
@@ -30,10 +33,12 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 __all__ = [
+    "TokenExchangeProvider",
     "add_request_handler",
     "bind_request_context",  # runs a low-level handler with fastmcp's request context bound
     "coerce_request_id",  # the SDK's own key for pending requests, so ids match the session's
     "create_context_streams",  # the SDK's streams that carry each message's context
+    "era_envelope",
     "get_env_proxy_for_url",  # aiohttp's reading of HTTP(S)_PROXY / NO_PROXY for one URL
     "mark_session_owner",
     "route_tool_input_schema",
@@ -41,6 +46,39 @@ __all__ = [
     "set_cache_hints",
     "set_network_backend",
 ]
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 (a grant's name)
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+
+
+class TokenExchangeProvider(ClientCredentialsOAuthProvider):
+    """The SDK's client credentials provider whose token request is an RFC 8693 token exchange:
+    the agent's own inbound token is the `subject_token`, the gateway's client authenticates.
+
+    The seam is `_perform_authorization`, the hook the SDK's own grant extensions override: the
+    request the client credentials grant would send (built after the issuer check, with the
+    client's authentication, the resource and the scope) becomes an exchange of `subject()`.
+    """
+
+    def __init__(self, *args: Any, subject: Callable[[], str | None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subject = subject
+
+    async def _perform_authorization(self) -> httpx2.Request:
+        request = await super()._perform_authorization()
+        subject = self._subject()
+        if subject is None:
+            raise OAuthFlowError("no token of the agent's to exchange (the agent is not JWT-authenticated)")
+        form = dict(httpx2.QueryParams(request.content.decode()))
+        form |= {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": subject,
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+        }
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "content-type")
+        }
+        return httpx2.Request("POST", request.url, data=form, headers=headers)
 
 
 def _low_level(mcp: FastMCP) -> Server[Any]:
@@ -70,6 +108,23 @@ def add_request_handler(
     """Serve `method` on fastmcp's SDK server (fastmcp has no hook for it, and adding the
     handler makes the SDK advertise the matching capability)."""
     _low_level(mcp).add_request_handler(method, params, handler)
+
+
+def era_envelope(
+    session: ClientSession, method: str, params: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The params and HTTP headers a request goes with in the era `session` negotiated, as the
+    SDK session stamps its own (its private `_stamp`, rebound at negotiation): on 2026-07-28
+    the protocol version, client info and capabilities in `_meta` and the `Mcp-Method`,
+    `Mcp-Name` and `Mcp-Param-*` headers; on the handshake era the `Mcp-Protocol-Version` header.
+    The gateway's own requests (`downstream.rpc`) must speak the era as the session does."""
+    data: dict[str, Any] = {"method": method, "params": {**params, "_meta": dict(params.get("_meta") or {})}}
+    options: dict[str, Any] = {}
+    session._stamp(data, options)  # type: ignore[arg-type]  # CallOptions is a TypedDict of these keys
+    stamped: dict[str, Any] = data["params"]
+    if not stamped["_meta"]:
+        del stamped["_meta"]
+    return stamped, dict(options.get("headers") or {})
 
 
 def mark_session_owner(scope: Scope, agent_id: str, fingerprint: str | None) -> None:

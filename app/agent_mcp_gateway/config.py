@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StrictBool,
     StrictInt,
     StringConstraints,
@@ -34,8 +35,14 @@ AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 PREFIX_PATTERN = r"^[A-Za-z0-9_.-]*$"
 NAME_SEPARATOR = "__"
 Isolation = Literal["agent", "session", "shared"]
+# The protocol era a downstream is spoken to in: the newest it supports, or one forced.
+Protocol = Literal["auto", "2026-07-28", "2025-11-25"]
 M = TypeVar("M", bound=BaseModel)
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A mounted secret in a credential header: `${file:/run/secrets/token}`, read at load time.
+_FILE_REFERENCE = re.compile(r"\$\{file:([^}]+)\}")
+# RFC 9110 field names; a value may not break the header block.
+_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 # JSON has no comments: any object in either file may carry this key for the reader.
 COMMENT_KEY = "$comment"
 
@@ -57,6 +64,70 @@ def user_config_dir() -> Path:
 
 
 # --- downstream servers ---------------------------------------------------------------------
+
+
+TokenEndpointAuth = Literal["client_secret_basic", "client_secret_post"]
+BASIC_AUTH: TokenEndpointAuth = "client_secret_basic"
+
+
+class OAuthClient(BaseModel):
+    """An OAuth client registered at a downstream's authorization server: the gateway's own
+    (`auth.oauth` in the servers file) or an agent's (`credentials.<server>.oauth` in the rules)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_id: Annotated[str, StringConstraints(min_length=1)]
+    client_secret: SecretStr
+    token_endpoint_auth_method: TokenEndpointAuth = BASIC_AUTH
+
+
+class OAuthConfig(BaseModel):
+    """How the gateway obtains tokens for a protected HTTP downstream (OAuth 2.1 client
+    credentials): the authorization server it must be (`issuer`, checked against the server's
+    RFC 9728 and RFC 8414 metadata), the scope to ask for first, and the gateway's own client
+    (optional when every agent brings its own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: Annotated[str, StringConstraints(pattern=r"^https?://")]
+    scope: str | None = None
+    client_id: Annotated[str, StringConstraints(min_length=1)] | None = None
+    client_secret: SecretStr | None = None
+    token_endpoint_auth_method: TokenEndpointAuth = BASIC_AUTH
+    # "token-exchange" (RFC 8693): each JWT-authenticated agent's inbound token is exchanged, by
+    # the gateway's client, for a token of this server's audience that names the agent.
+    # "authorization_code": a person consents once (`agent-mcp-gateway auth login`), and the
+    # stored refresh token (per agent, else the gateway's) is used; `client_id` is a public client.
+    grant: Literal["client_credentials", "token-exchange", "authorization_code"] = "client_credentials"
+
+    @model_validator(mode="after")
+    def _whole_client(self) -> OAuthConfig:
+        if self.grant == "authorization_code":
+            if self.client_id is None:
+                raise ValueError("a login ('authorization_code') needs the public client's 'client_id'")
+            return self
+        if (self.client_id is None) != (self.client_secret is None):
+            raise ValueError("'client_id' and 'client_secret' go together")
+        if self.grant == "token-exchange" and self.client_id is None:
+            raise ValueError("a token exchange needs the gateway's own 'client_id' and 'client_secret'")
+        return self
+
+    @property
+    def client(self) -> OAuthClient | None:
+        """The gateway's own confidential client, if configured."""
+        if self.client_id is None or self.client_secret is None:
+            return None
+        return OAuthClient(
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            token_endpoint_auth_method=self.token_endpoint_auth_method,
+        )
+
+
+class ServerAuth(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    oauth: OAuthConfig
 
 
 class ServerConfig(BaseModel):
@@ -87,6 +158,14 @@ class ServerConfig(BaseModel):
     isolation: Isolation | None = None
     idle_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     max_instances: Annotated[StrictInt, Field(gt=0)] | None = None
+    # "per-agent": only agents with credentials of their own for this server (the rules file's
+    # `agents.<id>.credentials.<server>`) may call it; unset, others use the server's headers.
+    credentials: Literal["per-agent"] | None = None
+    # OAuth 2.1 for a protected HTTP server: tokens obtained per agent or for the gateway.
+    auth: ServerAuth | None = None
+    # "auto": 2026-07-28 (`server/discover`) when the server speaks it, else the handshake;
+    # a version forces that era (a server that does not speak it fails to connect).
+    protocol: Protocol = "auto"
     # Claude's format carries these; the transport follows from command/url.
     transport: str | None = Field(default=None, exclude=True)
     type: str | None = Field(default=None, exclude=True)
@@ -109,9 +188,20 @@ class ServerConfig(BaseModel):
             raise ValueError("'args', 'env' and 'cwd' are for stdio servers, not 'url' ones")
         if self.command and self.headers:
             raise ValueError("'headers' are for 'url' servers, not stdio ones")
+        if self.command and self.credentials:
+            raise ValueError("'credentials' are headers for 'url' servers, not stdio ones")
+        if self.command and self.auth:
+            raise ValueError("'auth' is for 'url' servers, not stdio ones")
         if self.url and not re.match(r"^https?://", self.url):
             raise ValueError("'url' must start with http:// or https://")
         return self
+
+    @property
+    def per_agent(self) -> bool:
+        """Whether every agent needs a session of its own here: its own credentials are
+        required, its own token is exchanged, or its own login may be used."""
+        exchanges = self.auth is not None and self.auth.oauth.grant != "client_credentials"
+        return self.credentials == "per-agent" or exchanges
 
     @property
     def kind(self) -> Literal["stdio", "http"]:
@@ -169,6 +259,40 @@ TokenHash = Annotated[str, StringConstraints(pattern=TOKEN_HASH_PATTERN)]
 
 
 View = Literal["discovery", "aggregate"]
+HeaderName = Annotated[str, StringConstraints(pattern=_HEADER_NAME)]
+
+
+class DownstreamCredentials(BaseModel):
+    """An agent's own credentials for one HTTP server, used on that agent's downstream session
+    only: headers (in place of the server's of the same name) and, for a server with
+    `auth.oauth`, the agent's own OAuth client. Secrets are SecretStr: no repr, dump or error
+    message shows them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    headers: dict[HeaderName, SecretStr] = Field(default_factory=dict)
+    oauth: OAuthClient | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> DownstreamCredentials:
+        if not self.headers and self.oauth is None:
+            raise ValueError("needs 'headers' or 'oauth'")
+        return self
+
+    @field_validator("headers")
+    @classmethod
+    def _values(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, value in headers.items():
+            text = value.get_secret_value()
+            if not text.strip():
+                raise ValueError(f"header {name!r} is empty")
+            if "\r" in text or "\n" in text or "\0" in text:
+                raise ValueError(f"header {name!r} holds a line break or NUL")
+        return headers
+
+    def plain(self) -> dict[str, str]:
+        """The headers to send."""
+        return {name: value.get_secret_value() for name, value in self.headers.items()}
 
 
 class AgentRules(BaseModel):
@@ -183,6 +307,8 @@ class AgentRules(BaseModel):
     max_sessions: Annotated[StrictInt, Field(gt=0)] | None = None  # else GATEWAY_MAX_SESSIONS_PER_AGENT
     # Hashes of the agent's bearer tokens ("sha256:<64 hex>"), never the tokens themselves.
     tokens: tuple[TokenHash, ...] = ()
+    # Per server name: the agent's own credentials for that downstream (see DownstreamCredentials).
+    credentials: dict[str, DownstreamCredentials] = Field(default_factory=dict)
 
     @field_validator("rate_limit")
     @classmethod
@@ -316,6 +442,11 @@ class RulesConfig(BaseModel):
         agent = self.agents.get(agent_id)
         return agent.view if agent is not None and agent.view is not None else self.defaults.view
 
+    def credentials_for(self, agent_id: str, server: str) -> DownstreamCredentials | None:
+        """`agent_id`'s own credentials for `server`, if the rules give it any."""
+        agent = self.agents.get(agent_id)
+        return agent.credentials.get(server) if agent is not None else None
+
     @property
     def credentials_configured(self) -> bool:
         """Whether HTTP callers must authenticate (any token hash or a JWT issuer)."""
@@ -374,6 +505,7 @@ def load(mcp_path: Path | None = None, rules_path: Path | None = None) -> Gatewa
     rules_path = discover(rules_path, RULES_ENV, RULES_NAME)
     mcp = load_mcp_config(mcp_path)
     rules = load_rules(rules_path)
+    _check_credentials(mcp, rules, rules_path)
     return GatewayConfig(mcp, rules, mcp_path, rules_path, tuple(cross_check(mcp, rules)))
 
 
@@ -390,11 +522,61 @@ def load_mcp_config(path: Path) -> McpConfig:
 
 
 def load_rules(path: Path) -> RulesConfig:
-    return _validate(RulesConfig, _substitute(_read_json(path), path, "", None), path)
+    raw = _substitute(_read_json(path), path, "", None)
+    if isinstance(raw, dict) and isinstance(raw.get("agents"), dict):
+        for agent_id, agent in raw["agents"].items():
+            if isinstance(agent, dict) and isinstance(agent.get("credentials"), dict):
+                agent["credentials"] = _read_secret_files(
+                    agent["credentials"], path, f"agents.{agent_id}.credentials"
+                )
+    return _validate(RulesConfig, raw, path)
+
+
+def _read_secret_files(value: Any, file: Path, path: str) -> Any:
+    """Replace each `${file:PATH}` in credential strings by that file's content, stripped of
+    surrounding whitespace (a mounted secret's trailing newline). A relative PATH is relative to
+    the rules file's folder. The error names the file, never what it holds."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            secret = Path(match.group(1).strip()).expanduser()
+            secret = secret if secret.is_absolute() else file.parent / secret
+            try:
+                return secret.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    file, path, f"secret file {str(secret)!r} cannot be read ({exc.__class__.__name__})"
+                ) from None
+
+        return _FILE_REFERENCE.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _read_secret_files(v, file, _join(path, k)) for k, v in value.items()}
+    return value
+
+
+def _check_credentials(mcp: McpConfig, rules: RulesConfig, rules_path: Path) -> None:
+    """Credentials for a stdio server, or an OAuth client for a server without `auth.oauth`,
+    stop the load: they could never be used."""
+    for agent_id, agent in rules.agents.items():
+        for server, credentials in agent.credentials.items():
+            config = mcp.mcpServers.get(server)
+            where = f"agents.{agent_id}.credentials.{server}"
+            if config is not None and config.kind != "http":
+                raise ConfigError(
+                    rules_path,
+                    where,
+                    f"server {server!r} is a stdio server; credentials are headers for 'url' servers",
+                )
+            if config is not None and credentials.oauth is not None and config.auth is None:
+                raise ConfigError(
+                    rules_path,
+                    f"{where}.oauth",
+                    f"server {server!r} has no 'auth.oauth' to use an OAuth client with",
+                )
 
 
 def cross_check(mcp: McpConfig, rules: RulesConfig) -> list[str]:
-    """Rules naming servers that are not configured: likely typos, but not fatal."""
+    """Rules (and credentials) naming servers that are not configured: likely typos, but not fatal."""
     from fnmatch import fnmatchcase
 
     names = list(mcp.mcpServers)
@@ -408,6 +590,11 @@ def cross_check(mcp: McpConfig, rules: RulesConfig) -> list[str]:
                     warnings.append(
                         f"agents.{agent_id}.{kind}.{where}: {pattern!r} matches no server in the servers file"
                     )
+        warnings += [
+            f"agents.{agent_id}.credentials.{server}: no such server in the servers file"
+            for server in agent.credentials
+            if server not in mcp.mcpServers
+        ]
     return warnings
 
 
@@ -477,6 +664,8 @@ def _validate(model: type[M], raw: Any, file: Path) -> M:
 def _json_path(loc: tuple[Any, ...]) -> str:
     path = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a map key that is wrong itself
+            continue
         if isinstance(part, int):
             path += f"[{part}]"
         else:

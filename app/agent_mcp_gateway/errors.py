@@ -53,10 +53,11 @@ class ServerUnavailable(GatewayError):
 
 
 class ToolNotFound(GatewayError):
-    """A tool the server does not list: `-32602` (Invalid Params), as the MCP specification
-    answers an unknown tool and as the aggregate view does; `data.code` says which."""
+    """`execute_tool` naming a tool its server does not list: the gateway's own `-32002` (the
+    product's error table, which clients of `execute_tool` rely on). A protocol-level `tools/call`
+    of an unknown name is `-32602` in both views, as the MCP specification answers it."""
 
-    code = -32602
+    code = -32002
     name = "TOOL_NOT_FOUND"
 
     def __init__(self, server: str, tool: str) -> None:

@@ -16,9 +16,11 @@ from typing import Any
 from agent_mcp_gateway import config as config_module
 from agent_mcp_gateway.access.credentials import Authenticator
 from agent_mcp_gateway.access.identity import claims_warning, identity_problem
+from agent_mcp_gateway.access.logins import LoginStore, logins_path
 from agent_mcp_gateway.access.pins import PinStore, pins_path
 from agent_mcp_gateway.access.policy import PolicyEngine
 from agent_mcp_gateway.access.ratelimit import RateLimits
+from agent_mcp_gateway.access.subject_tokens import SubjectTokens
 from agent_mcp_gateway.catalog import Catalog
 from agent_mcp_gateway.config import ConfigError, GatewayConfig
 from agent_mcp_gateway.downstream.messages import Relay
@@ -98,8 +100,15 @@ class Gateway:
             idle_timeout=settings.idle_timeout,
             max_instances=settings.max_instances,
             session_alive=lambda session_id: self.sessions.get(session_id) is not None,
+            subject_token=lambda agent_id: self.subject_tokens.current(agent_id),
+            logins=LoginStore(logins_path(settings), settings.credentials_key)
+            if settings.credentials_key
+            else None,
         )
-        self.pool = DownstreamPool(shared)
+        self.subject_tokens = SubjectTokens()
+        self.pool = DownstreamPool(
+            shared, lambda agent_id, server: self.snapshot.config.rules.credentials_for(agent_id, server)
+        )
         self.list_changed = ListChanged(self.view_fingerprint, self.session_alive)
         self.listens = ListenStreams(settings.max_sessions_per_agent)
         self.subscriptions = Subscriptions(
@@ -243,6 +252,7 @@ class Gateway:
                 await self.pool.apply(self.config.servers)
                 return False
             self.snapshot = snapshot
+            self.pool.revise_credentials()
             self.list_changed.changed()
             CONFIG_RELOADS.labels("success").inc()
             CONFIG_LAST_RELOAD_OK.set(1)

@@ -117,6 +117,7 @@ EXPECTED: dict[str, str] = {
     "cors_origins": "comma-separated origins such as https://app.example",
     "allowed_origins": "comma-separated origins such as https://app.example",
     "metrics_token": "a token of at least 16 characters",
+    "credentials_key": "a Fernet key (32 random bytes, URL-safe base64: 44 characters)",
     "allowed_hosts": "comma-separated host names (optionally with :port) such as gateway.example",
     "max_body_bytes": "a positive integer (bytes)",
     "rate_limit": "a rate limit such as '600/minute' or '10/second'",
@@ -154,6 +155,16 @@ EXPECTED: dict[str, str] = {
 }
 
 
+def _fernet_key(value: SecretStr) -> SecretStr:
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(value.get_secret_value().encode())
+    except (ValueError, TypeError):
+        raise ValueError("not a Fernet key") from None
+    return value
+
+
 class Settings(BaseSettings):
     """The gateway's process-level settings (the two config files hold servers and rules)."""
 
@@ -168,6 +179,8 @@ class Settings(BaseSettings):
     allowed_origins: Origins = Field(default_factory=list)
     # When set, /metrics answers only requests bearing it (it names every agent and server).
     metrics_token: Annotated[SecretStr, Field(min_length=16)] | None = None
+    # Encrypts the refresh tokens `auth login` stores (Fernet); without it there is no login.
+    credentials_key: Annotated[SecretStr, AfterValidator(_fernet_key)] | None = None
     # The Host names of this gateway; others get 403 (default: loopback names on a loopback bind).
     allowed_hosts: CommaList = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BODY
@@ -273,6 +286,6 @@ def _describe(exc: ValidationError) -> str:
     shown = value if isinstance(value, str) else ", ".join(value) if isinstance(value, list) else value
     if field == "rate_limit_storage" and isinstance(shown, str):
         shown = without_password(shown)
-    if field == "metrics_token":
+    if field in ("metrics_token", "credentials_key"):
         shown = "***"
     return f"{env_name(field)}={shown!r} is not valid: expected {EXPECTED.get(field, error['msg'])}"

@@ -34,6 +34,7 @@ from conftest import (
 
 DISCOVERY_TOOLS = {"list_servers", "search_tools", "get_server_tools", "execute_tool"}
 ERAS = ["legacy", "auto"]  # auto negotiates 2026-07-28 with the gateway
+HANDSHAKE = "2025-11-25"  # a downstream's `protocol` for what only the handshake era has
 
 RULES: dict[str, Any] = {
     "agents": {
@@ -48,13 +49,16 @@ RULES: dict[str, Any] = {
 }
 
 
-def write_config(files: GatewayFiles, studio_url: str | None = None, **extra: dict[str, Any]) -> None:
+def write_config(
+    files: GatewayFiles, studio_url: str | None = None, studio_protocol: str = "auto", **extra: dict[str, Any]
+) -> None:
     """The echo and studio fixtures; the studio over HTTP when its URL is given."""
     studio = (
         {"description": "studio over HTTP", "url": studio_url, "prefix": "st"}
         if studio_url
         else fixture_server("studio", prefix="st")
     )
+    studio["protocol"] = studio_protocol
     files.write_servers({"echo": fixture_server("echo"), "studio": studio, **extra})
     files.write_rules(RULES)
 
@@ -271,7 +275,9 @@ def answering(colour: str, calls: list[str]) -> dict[str, Any]:
 async def test_server_requests_go_to_the_calling_client_only(
     gateway_files: GatewayFiles, studio_url: str | None
 ) -> None:
-    write_config(gateway_files, studio_url)
+    # A server's own requests during a call are the handshake era's (2026-07-28 makes them
+    # multi-round-trip results).
+    write_config(gateway_files, studio_url, studio_protocol=HANDSHAKE)
     caller_calls: list[str] = []
     bystander_calls: list[str] = []
     async with (
@@ -358,7 +364,9 @@ async def test_a_tool_error_result_passes_through(gateway_files: GatewayFiles) -
 
 
 async def test_resource_updates_reach_subscribed_sessions_only(gateway_files: GatewayFiles) -> None:
-    write_config(gateway_files)
+    # resources/subscribe is the handshake era's; on 2026-07-28 fastmcp 4.1.2 serves no
+    # subscriptions/listen (tests/inprocess/test_downstream_eras.py subscribes on 2026-07-28).
+    write_config(gateway_files, studio_protocol=HANDSHAKE)
     subscribed, bystander = Notifications(), Notifications()
     async with (
         asgi_gateway(gateway_files) as service,

@@ -23,7 +23,7 @@ async def test_tool_call_arguments_never_reach_the_audit_log(gateway_files: Gate
         ("drop_table", {"table": SECRET}, -32000),  # denied by policy
         ("fail", {"message": SECRET}, "error result"),  # the downstream tool fails with the argument
         ("add", {"a": SECRET, "b": 1}, "error result"),  # the downstream server rejects the arguments
-        ("no_such_tool", {"anything": SECRET}, -32602),
+        ("no_such_tool", {"anything": SECRET}, -32002),
     ]
     outcomes: list[str | int] = []
     async with memory_gateway(gateway_files) as gateway, gateway.client() as client:

@@ -142,7 +142,7 @@ async def test_policy_errors_carry_codes_and_rules(standard: MemoryGateway) -> N
         assert missing.code == -32003 and missing.data["code"] == "INVALID_AGENT_ID"
 
         no_tool = await error_of(execute(client, "echo", "no_such_tool", agent_id="builder"))
-        assert no_tool.code == -32602 and no_tool.data == {
+        assert no_tool.code == -32002 and no_tool.data == {
             "code": "TOOL_NOT_FOUND",
             "server": "echo",
             "tool": "no_such_tool",

@@ -164,7 +164,8 @@ def rate_limited_answer(answer: dict[str, Any]) -> dict[str, Any]:
 async def test_an_agent_holds_at_most_its_subscriptions_on_a_server(gateway_files: GatewayFiles) -> None:
     """One agent's subscriptions are capped per server (they are renewed after every reconnect:
     thousands of them once held a shared server from reconnecting)."""
-    gateway_files.write_servers({"studio": fixture_server("studio", prefix="st")})
+    # resources/subscribe: the handshake era's (fastmcp 4.1.2 serves no subscriptions/listen).
+    gateway_files.write_servers({"studio": fixture_server("studio", prefix="st", protocol="2025-11-25")})
     gateway_files.write_rules({"agents": {"ide": {"view": "aggregate", "allow": {"servers": ["*"]}}}})
     async with (
         asgi_gateway(gateway_files, GATEWAY_MAX_SUBSCRIPTIONS="3") as served,

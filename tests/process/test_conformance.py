@@ -152,7 +152,9 @@ def suite_through_gateway(files: GatewayFiles) -> GatewayRun:
 @pytest.fixture(scope="module")
 def aggregate(tmp_path_factory: pytest.TempPathFactory) -> GatewayRun:
     """The fixture as the one downstream, bare names, all of it allowed in the aggregate view."""
-    server = {**fixture_server("conformance_server"), "prefix": ""}
+    # Sampling and elicitation during a call, as the scenarios check them, are the handshake
+    # era's (2026-07-28 makes them multi-round-trip results).
+    server = {**fixture_server("conformance_server"), "prefix": "", "protocol": "2025-11-25"}
     agent = {"view": "aggregate", "allow": {"servers": ["conformance"]}}
     return suite_through_gateway(
         gateway_files(tmp_path_factory.mktemp("aggregate"), {"conformance": server}, agent)

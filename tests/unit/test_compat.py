@@ -10,11 +10,13 @@ import dataclasses
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as mt
 import yarl
 from fastmcp import FastMCP
 from fastmcp.server.http import StreamableHTTPASGIApp
 from fastmcp.server.middleware import MiddlewareContext
+from mcp import ClientSession
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.caching import CacheHint, apply_cache_hint
 from mcp.server.lowlevel import Server
@@ -109,3 +111,81 @@ def test_fastmcp_middleware_context_is_a_dataclass_a_planned_call_extends() -> N
     assert planned(extended.copy(method="tools/call")) is call
     assert planned(context) is None
     assert callable(compat.bind_request_context)
+
+
+class _NoStorage:
+    async def get_tokens(self) -> None:
+        return None
+
+    async def set_tokens(self, tokens: Any) -> None:
+        return None
+
+    async def get_client_info(self) -> None:
+        return None
+
+    async def set_client_info(self, client_info: Any) -> None:
+        return None
+
+
+async def test_the_client_credentials_token_request_becomes_a_token_exchange() -> None:
+    from mcp.shared.auth import OAuthMetadata
+
+    provider = compat.TokenExchangeProvider(
+        "http://rs.test/mcp",
+        _NoStorage(),
+        "gw",
+        "gw-secret",
+        "client_secret_basic",
+        "mcp",
+        "http://as.test",
+        subject=lambda: "the-agents-jwt",
+    )
+    await provider._initialize()
+    provider.context.oauth_metadata = OAuthMetadata.model_validate(
+        {
+            "issuer": "http://as.test",
+            "authorization_endpoint": "http://as.test/auth",
+            "token_endpoint": "http://as.test/token",
+        }
+    )
+    request = await provider._perform_authorization()
+    form = dict(httpx2.QueryParams(request.content.decode()))
+    assert str(request.url) == "http://as.test/token"
+    assert form["grant_type"] == compat.TOKEN_EXCHANGE
+    assert form["subject_token"] == "the-agents-jwt"
+    assert form["subject_token_type"] == compat.ACCESS_TOKEN_TYPE
+    assert form["scope"] == "mcp"
+    assert request.headers["authorization"].startswith("Basic ")  # the gateway's client authenticates
+    assert "gw-secret" not in request.content.decode()
+
+
+def test_the_sdk_session_stamps_each_request_in_its_negotiated_era() -> None:
+    send, receive = anyio.create_memory_object_stream[Any](1)
+    session = ClientSession(receive, send, client_info=mt.Implementation(name="gw", version="1"))
+    session.adopt(mt.DiscoverResult(supported_versions=["2026-07-28"], capabilities=mt.ServerCapabilities()))
+    params, headers = compat.era_envelope(
+        session, "tools/call", {"name": "echo", "arguments": {}, "_meta": {"progressToken": "gw-1"}}
+    )
+    meta = params["_meta"]
+    assert meta["progressToken"] == "gw-1"
+    assert meta["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+    assert meta["io.modelcontextprotocol/clientInfo"] == {"name": "gw", "version": "1"}
+    assert "io.modelcontextprotocol/clientCapabilities" in meta
+    assert {key.lower(): value for key, value in headers.items()} == {
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "echo",
+    }
+
+    session.adopt(
+        mt.InitializeResult(
+            protocol_version="2025-11-25",
+            capabilities=mt.ServerCapabilities(),
+            server_info=mt.Implementation(name="s", version="1"),
+        )
+    )
+    params, headers = compat.era_envelope(session, "tools/call", {"name": "echo"})
+    assert params == {"name": "echo"}
+    assert {key.lower(): value for key, value in headers.items()} == {"mcp-protocol-version": "2025-11-25"}
+    send.close()
+    receive.close()

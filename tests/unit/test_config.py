@@ -85,6 +85,12 @@ BROKEN = [
     ("scheme.json", server(url="ftp://h/mcp"), "mcpServers.s", "must start with http:// or https://"),
     ("env.json", server(command="x", env={"LEVEL": 3}), "mcpServers.s.env.LEVEL", "must be a string"),
     ("unknown.json", server(command="x", argz=[]), "mcpServers.s.argz", "unknown field"),
+    (
+        "protocol.json",
+        server(command="x", protocol="2025-06-18"),
+        "mcpServers.s.protocol",
+        "Input should be 'auto', '2026-07-28' or '2025-11-25'",
+    ),
     ("missing.json", {"servers": {}}, "mcpServers", "required field is missing"),
     ("servers-list.json", {"mcpServers": []}, "mcpServers", "must be an object"),
     ("server-str.json", {"mcpServers": {"s": "npx"}}, "mcpServers.s", "must be an object"),
@@ -315,3 +321,91 @@ def test_good_files_have_no_warnings(tmp_path: Path) -> None:
     loaded = load(write(tmp_path / "s.json", GOOD_SERVERS), write(tmp_path / "r.json", GOOD_RULES))
     assert loaded.warnings == ()
     assert loaded.rules.defaults.deny_on_missing_agent is True
+
+
+# --- per-agent downstream credentials -----------------------------------------------------------
+
+CREDENTIAL_SERVERS: dict[str, Any] = {
+    "mcpServers": {
+        "remote": {"url": "https://remote.example/mcp", "headers": {"Authorization": "Bearer shared"}},
+        "strict": {"url": "https://strict.example/mcp", "credentials": "per-agent"},
+        "local": {"command": "local-server"},
+    }
+}
+
+
+def credentials_rules(headers: dict[str, Any], server: str = "remote") -> dict[str, Any]:
+    return {"agents": {"a": {"credentials": {server: {"headers": headers}}}}}
+
+
+def test_credentials_come_from_the_environment_and_from_secret_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("A_REMOTE_TOKEN", "env-secret-1")
+    (tmp_path / "secrets").mkdir()
+    write(tmp_path / "secrets" / "strict.token", "file-secret-2\n")  # as a mounted secret often ends
+    rules = {
+        "agents": {
+            "a": {
+                "credentials": {
+                    "remote": {"headers": {"Authorization": "Bearer ${A_REMOTE_TOKEN}"}},
+                    "strict": {"headers": {"X-Api-Key": "${file:secrets/strict.token}"}},
+                }
+            }
+        }
+    }
+    loaded = load(write(tmp_path / "s.json", CREDENTIAL_SERVERS), write(tmp_path / "r.json", rules))
+    remote = loaded.rules.credentials_for("a", "remote")
+    strict = loaded.rules.credentials_for("a", "strict")
+    assert remote is not None and remote.plain() == {"Authorization": "Bearer env-secret-1"}
+    assert strict is not None and strict.plain() == {"X-Api-Key": "file-secret-2"}
+    assert loaded.rules.credentials_for("a", "local") is None
+    assert loaded.rules.credentials_for("nobody", "remote") is None
+    # The values never show in a repr or a dump of the configuration.
+    shown = repr(loaded) + loaded.rules.model_dump_json()
+    assert "env-secret-1" not in shown and "file-secret-2" not in shown
+
+
+@pytest.mark.parametrize(
+    ("headers", "server", "path", "reason"),
+    [
+        (
+            {"Authorization": "Bearer ${UNSET_VAR}"},
+            "remote",
+            "agents.a.credentials.remote.headers.Authorization",
+            "UNSET_VAR is not set",
+        ),
+        (
+            {"X-Key": "${file:missing.token}"},
+            "remote",
+            "agents.a.credentials.remote.headers.X-Key",
+            "missing.token' cannot be read",
+        ),
+        ({"Bad Name": "v"}, "remote", "agents.a.credentials.remote.headers.Bad Name", "should match pattern"),
+        ({"X-Key": "a\r\nX-Injected: 1"}, "remote", "agents.a.credentials.remote.headers", "line break"),
+        ({"X-Key": " "}, "remote", "agents.a.credentials.remote.headers", "is empty"),
+        ({}, "remote", "agents.a.credentials.remote", "needs 'headers' or 'oauth'"),
+        ({"X-Key": "v"}, "local", "agents.a.credentials.local", "stdio server"),
+    ],
+)
+def test_bad_credentials_name_where_and_why_never_the_value(
+    tmp_path: Path, headers: dict[str, Any], server: str, path: str, reason: str
+) -> None:
+    rules = write(tmp_path / "r.json", credentials_rules(headers, server))
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path / "s.json", CREDENTIAL_SERVERS), rules)
+    assert caught.value.path == path
+    assert reason in caught.value.reason
+    assert "X-Injected" not in str(caught.value)
+
+
+def test_credentials_for_an_unknown_server_are_a_warning(tmp_path: Path) -> None:
+    rules = write(tmp_path / "r.json", credentials_rules({"X-Key": "v"}, "gone"))
+    loaded = load(write(tmp_path / "s.json", CREDENTIAL_SERVERS), rules)
+    assert "agents.a.credentials.gone: no such server in the servers file" in loaded.warnings
+
+
+def test_per_agent_credentials_are_for_http_servers(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.json", server(command="x", credentials="per-agent"))
+    with pytest.raises(ConfigError, match="'credentials' are headers for 'url' servers"):
+        load_mcp_config(path)

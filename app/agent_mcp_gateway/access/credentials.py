@@ -45,6 +45,7 @@ class Principal:
     agent_id: str
     method: Method
     fingerprint: str | None = None
+    expires_at: float | None = None  # a JWT's `exp`
 
 
 def new_token() -> str:
@@ -178,6 +179,8 @@ class Authenticator:
                 return None
             agent = claims.get(self._agent_claim)
             if isinstance(agent, str) and agent in self._agents:
-                return Principal(agent, "jwt", fingerprint(credential))
+                expires = claims.get("exp")
+                expires_at = float(expires) if isinstance(expires, int | float) else None
+                return Principal(agent, "jwt", fingerprint(credential), expires_at)
             return None
         return None

@@ -29,10 +29,12 @@ from fastmcp.client.transports import ClientTransport
 from fastmcp.client.transports.base import SessionKwargs, TransportOptions
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from agent_mcp_gateway.compat import get_env_proxy_for_url, set_network_backend
+from agent_mcp_gateway.compat import era_envelope, get_env_proxy_for_url, set_network_backend
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
+from agent_mcp_gateway.downstream.oauth import AuthorizationFailed, DownstreamTokens
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.protocol import INTERNAL_ERROR, PROTOCOL_VERSION_HEADER, SESSION_HEADER
 
@@ -246,9 +248,23 @@ class HttpCalls:
     """
 
     def __init__(
-        self, url: str, headers: dict[str, str], keep_alive: KeepAlive, limit: int, resolver: LastGoodResolver
+        self,
+        url: str,
+        headers: dict[str, str],
+        keep_alive: KeepAlive,
+        limit: int,
+        resolver: LastGoodResolver,
+        oauth: DownstreamTokens | None = None,
+        session: ClientSession | None = None,
     ) -> None:
         self.url, self.keep_alive, self.limit = url, keep_alive, limit
+        # A protected server's tokens (downstream.oauth): the header is renewed before each
+        # call, and a 401 or 403 is answered by the authorization flow and retried once.
+        self._oauth = oauth
+        self._oauth_http = httpx2.AsyncClient(timeout=TIMEOUT) if oauth is not None else None
+        self._authorization: str | None = None
+        # The SDK session beside which requests go: they speak the era it negotiated.
+        self.session = session
         self.client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(resolver=resolver, keepalive_timeout=KEEPALIVE_SECONDS),
             headers=headers,
@@ -274,19 +290,50 @@ class HttpCalls:
         for answer in self._answers:
             answer.close()
         await self.client.close()
+        if self._oauth_http is not None:
+            await self._oauth_http.aclose()
 
     def _headers(self, accept: str = "application/json, text/event-stream") -> dict[str, str]:
         headers = {"accept": accept, "content-type": "application/json", **self.keep_alive.session}
+        if self._authorization is not None:
+            headers["authorization"] = self._authorization
         tracing.inject(headers)
         return headers
 
+    async def _challenged(self, response: aiohttp.ClientResponse) -> bool:
+        """Whether a 401 or 403 got a new token worth one retry (a protected server only). A
+        refusal no token can cure (a scope the client may not have, a revoked client) fails
+        this call, not the session."""
+        if self._oauth is None or self._oauth_http is None or response.status not in (401, 403):
+            return False
+        try:
+            self._authorization = await self._oauth.challenged(
+                self._oauth_http, response.status, response.headers
+            )
+        except AuthorizationFailed as exc:
+            raise MCPError(INTERNAL_ERROR, f"the server answered HTTP {response.status}; {exc}") from None
+        return True
+
     async def request(self, method: str, params: rpc.Message, messages: rpc.CallMessages) -> rpc.Message:
         request_id = rpc.new_id()
+        era_headers: dict[str, str] = {}
+        if self.session is not None:
+            params, era_headers = era_envelope(self.session, method, params)
         body = pydantic_core.to_json(rpc.request(request_id, method, params, messages))
+        if self._oauth is not None and self._oauth_http is not None:
+            try:
+                self._authorization = await self._oauth.authorization(self._oauth_http)
+            except AuthorizationFailed as exc:  # this call fails, saying why; the session stays
+                raise MCPError(INTERNAL_ERROR, f"no token for the call: {exc}") from None
         try:
             try:
-                async with self._send("POST", body, self._headers()) as response:
-                    answer = await self._answer(response, request_id, messages)
+                async with self._send("POST", body, self._headers() | era_headers) as response:
+                    retry = await self._challenged(response)
+                    if not retry:
+                        answer = await self._answer(response, request_id, messages)
+                if retry:
+                    async with self._send("POST", body, self._headers() | era_headers) as response:
+                        answer = await self._answer(response, request_id, messages)
             except _Ended as ended:
                 answer = await self._resume(ended, request_id, messages)
         except asyncio.CancelledError:
@@ -423,8 +470,10 @@ class HttpCalls:
 
     def _cancel(self, request_id: str) -> None:
         """Tell the server the call is given up (as the SDK session does), without holding up
-        the caller's cancellation."""
-        if self.client.closed:
+        the caller's cancellation. On 2026-07-28 HTTP carries no notification of the client's:
+        the answer's stream, closed, is the signal."""
+        modern = self.session is not None and self.session.protocol_version in MODERN_PROTOCOL_VERSIONS
+        if self.client.closed or modern:
             return
 
         async def send() -> None:
@@ -492,9 +541,17 @@ def session_transport(resolver: LastGoodResolver) -> httpx2.AsyncHTTPTransport:
 
 
 class HttpServerTransport(ClientTransport):
-    def __init__(self, config: ServerConfig, resolver: LastGoodResolver) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        resolver: LastGoodResolver,
+        credentials: dict[str, str] | None = None,
+        oauth: DownstreamTokens | None = None,
+    ) -> None:
         assert config.url is not None
-        self.url, self.headers, self.limit = config.url, dict(config.headers), config.max_result_bytes
+        self.url, self.limit = config.url, config.max_result_bytes
+        self.headers = with_credentials(config.headers, credentials or {})
+        self.oauth = oauth
         self.resolver = resolver
         self.calls: HttpCalls | None = None
 
@@ -508,14 +565,21 @@ class HttpServerTransport(ClientTransport):
         options = transport_options or TransportOptions()
         keep_alive = KeepAlive(session_transport(self.resolver))
         async with (
-            httpx2.AsyncClient(headers=self.headers, timeout=TIMEOUT, transport=keep_alive) as http_client,
+            httpx2.AsyncClient(
+                headers=self.headers,
+                timeout=TIMEOUT,
+                transport=keep_alive,
+                auth=self.oauth.provider if self.oauth is not None else None,
+            ) as http_client,
             streamable_http_client(self.url, http_client=http_client, max_sse_event_size=self.limit) as (
                 read_stream,
                 write_stream,
             ),
             options.session_class(read_stream, write_stream, **session_kwargs) as session,
         ):
-            self.calls = HttpCalls(self.url, self.headers, keep_alive, self.limit, self.resolver)
+            self.calls = HttpCalls(
+                self.url, self.headers, keep_alive, self.limit, self.resolver, self.oauth, session
+            )
             # The session just reached the server by name: have a last good answer for the
             # calls' own connections before a name server outage can leave them none.
             remember = asyncio.create_task(self.resolver.remember(yarl.URL(self.url)))
@@ -525,6 +589,13 @@ class HttpServerTransport(ClientTransport):
                 remember.cancel()
                 calls, self.calls = self.calls, None
                 await calls.aclose()
+
+
+def with_credentials(headers: dict[str, str], credentials: dict[str, str]) -> dict[str, str]:
+    """The server's headers with an agent's own in place of those of the same name (header
+    names are case-insensitive)."""
+    replaced = {name.lower() for name in credentials}
+    return {**{k: v for k, v in headers.items() if k.lower() not in replaced}, **credentials}
 
 
 def _closed_before_answering(exc: httpx2.TransportError) -> bool:

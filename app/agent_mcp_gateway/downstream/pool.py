@@ -12,6 +12,11 @@ health and readiness before any agent calls, and it serves the calls of a `share
 sessions of owners start on their first use, are closed after `idle_timeout` seconds unused
 (and, in `session` mode, once their client session has ended), and at most `max_instances` run
 per server: past that a call fails at once with SERVER_UNAVAILABLE instead of waiting.
+
+An agent with credentials of its own for a server (the rules file's
+`agents.<id>.credentials.<server>`) always gets a session of its own there, whatever the
+isolation: its headers are sent on that session only. A server marked `"credentials":
+"per-agent"` serves no agent without them.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from agent_mcp_gateway.config import Isolation, ServerConfig
+from agent_mcp_gateway.config import DownstreamCredentials, Isolation, ServerConfig
 from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.downstream.session import Downstream, Shared
 from agent_mcp_gateway.downstream.watchdog import Watchdog
@@ -35,6 +40,8 @@ SESSION_KEY = "session:"
 AGENT_KEY = "agent:"
 REAP_MIN_SECONDS = 0.1  # the reaper looks at most this often, and at least every 10 s
 REAP_MAX_SECONDS = 10.0
+# An agent's own credentials for a server, as the current rules give them (None: it has none).
+CredentialsOf = Callable[[str, str], DownstreamCredentials | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +54,10 @@ class Owner:
     relay: Relay | None = None
 
 
-def owner_key(isolation: Isolation, owner: Owner) -> str:
-    """The key of `owner`'s session of a server with this isolation; "" for the shared one."""
-    if isolation == "shared":
+def owner_key(isolation: Isolation, owner: Owner, personal: bool = False) -> str:
+    """The key of `owner`'s session of a server with this isolation; "" for the shared one.
+    `personal`: the owner has credentials of its own there, so never the shared one."""
+    if isolation == "shared" and not personal:
         return ""
     if isolation == "session" and owner.session_id:
         return f"{SESSION_KEY}{owner.session_id}"
@@ -60,11 +68,13 @@ class DownstreamPool:
     """All downstream sessions: each server's shared one (`servers`), and the isolated ones of
     its owners (`owned`); reconciled against each new configuration."""
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, credentials: CredentialsOf | None = None) -> None:
         self.shared = shared
+        self.credentials: CredentialsOf = credentials or (lambda agent_id, server: None)
         self.servers: dict[str, Downstream] = {}
         self.owned: dict[str, dict[str, Downstream]] = {}
         self.watchdog = Watchdog()
+        self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
 
     def get(self, name: str) -> Downstream | None:
@@ -80,11 +90,18 @@ class DownstreamPool:
         server = self.servers.get(name)
         if server is None:
             raise ServerUnavailable(name, "not configured on this gateway")
-        key = owner_key(server.isolation, owner)
+        credentials = self._credentials(name, server.config, owner)
+        key = owner_key(server.isolation, owner, credentials is not None or server.config.per_agent)
         if not key:
             return server
         owned = self.owned.setdefault(name, {})
         instance = owned.get(key)
+        if instance is not None and instance.credentials != credentials:
+            # A reload changed the agent's credentials (rotated, say): the session made with
+            # the old ones is closed and the next one is made with the new.
+            del owned[key]
+            self._close_later(instance)
+            instance = None
         if instance is None:
             limit = server.config.max_instances or self.shared.max_instances
             if len(owned) >= limit:
@@ -93,7 +110,9 @@ class DownstreamPool:
                     f"it already runs its limit of {limit} isolated sessions (max_instances); "
                     "try again once an idle one is closed",
                 )
-            instance = owned[key] = Downstream(name, server.config, self.watchdog, self.shared, key)
+            instance = owned[key] = Downstream(
+                name, server.config, self.watchdog, self.shared, key, credentials, owner.agent_id
+            )
             instance.start()
             self._counted(name)
             log.info("downstream instance started", extra={"server": name, "instances": len(owned)})
@@ -103,12 +122,55 @@ class DownstreamPool:
     def listing(self, name: str, owner: Owner) -> Downstream | None:
         """Where `owner` reads server `name`'s catalog: its own session once that is up (its
         lists may differ from others'), else the shared one, which lists for everyone; None for
-        a server not configured."""
+        a server not configured. On a server where every agent has a session of its own
+        (`per_agent`), whose shared session has no identity to list with, the owner's own
+        session is started for its list."""
         server = self.servers.get(name)
         if server is None:
             return None
-        own = self.owned.get(name, {}).get(owner_key(server.isolation, owner))
+        credentials = self.credentials(owner.agent_id, name)
+        personal = credentials is not None or server.config.per_agent
+        own = self.owned.get(name, {}).get(owner_key(server.isolation, owner, personal))
+        if server.config.per_agent and (credentials is not None or server.config.credentials is None):
+            if own is not None and own.credentials == credentials:
+                return own
+            try:
+                return self.instance(name, owner)
+            except ServerUnavailable:  # at its instance limit: the shared list, until one closes
+                return server
         return own if own is not None and own.state == "up" else server
+
+    def revise_credentials(self) -> int:
+        """After a reload: close the sessions made with credentials their agent no longer has
+        (removed or rotated), so no call goes out with them again; returns how many."""
+        revised = 0
+        for name, owned in self.owned.items():
+            for key, instance in list(owned.items()):
+                if instance.credentials is None or instance.agent_id is None:
+                    continue
+                if self.credentials(instance.agent_id, name) != instance.credentials:
+                    del owned[key]
+                    self._close_later(instance)
+                    revised += 1
+            self._counted(name)
+        return revised
+
+    def _close_later(self, instance: Downstream) -> None:
+        task = asyncio.create_task(instance.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _credentials(self, name: str, config: ServerConfig, owner: Owner) -> DownstreamCredentials | None:
+        """`owner`'s agent's own credentials for server `name`; SERVER_UNAVAILABLE when the
+        server takes per-agent credentials only and the agent has none."""
+        credentials = self.credentials(owner.agent_id, name)
+        if credentials is None and config.credentials == "per-agent":
+            raise ServerUnavailable(
+                name,
+                f"it takes per-agent credentials and agent {owner.agent_id!r} has none "
+                f"(agents.{owner.agent_id}.credentials.{name} in the rules file)",
+            )
+        return credentials
 
     def roots_changed(self, client: str) -> int:
         """A client said its roots changed: tell the servers of the isolated sessions whose
@@ -213,7 +275,7 @@ class DownstreamPool:
             self._reaper = None
         closing = list(self.every())
         self.servers, self.owned = {}, {}
-        await asyncio.gather(*(instance.close() for instance in closing))
+        await asyncio.gather(*(instance.close() for instance in closing), *self._closing)
         await asyncio.to_thread(self.watchdog.close)
 
     def __iter__(self) -> Iterator[Downstream]:

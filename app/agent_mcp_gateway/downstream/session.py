@@ -19,6 +19,7 @@ log messages to the gateway's log, because any other client may belong to anothe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -27,19 +28,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+import anyio
 import mcp_types as mt
 from fastmcp import Client
 from fastmcp.client.messages import MessageHandler
 from fastmcp.telemetry import inject_trace_context
 from mcp import MCPError
+from mcp.client.subscriptions import listen
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from agent_mcp_gateway.access.logins import GATEWAY, LoginStore
 from agent_mcp_gateway.access.pins import PinStore
-from agent_mcp_gateway.config import Isolation, ServerConfig
+from agent_mcp_gateway.config import DownstreamCredentials, Isolation, ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.circuit import CircuitBreaker, CircuitOpen
 from agent_mcp_gateway.downstream.http import HttpServerTransport, LastGoodResolver
 from agent_mcp_gateway.downstream.messages import Relay, current_call
+from agent_mcp_gateway.downstream.oauth import AuthorizationFailed, oauth_session
 from agent_mcp_gateway.downstream.stdio import StdioServerTransport
 from agent_mcp_gateway.downstream.watchdog import Watchdog
 from agent_mcp_gateway.errors import (
@@ -56,7 +62,14 @@ from agent_mcp_gateway.observe.metrics import (
     DOWNSTREAM_UP,
     downstream_series,
 )
-from agent_mcp_gateway.protocol import INTERNAL_ERROR, KINDS, METHOD_NOT_FOUND, SERVER_ERROR, Kind
+from agent_mcp_gateway.protocol import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    KINDS,
+    METHOD_NOT_FOUND,
+    SERVER_ERROR,
+    Kind,
+)
 
 log = logging.getLogger("agent_mcp_gateway.downstream")
 
@@ -67,6 +80,9 @@ UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource 
 M = TypeVar("M", bound=BaseModel)
 
 RENEWALS_AT_ONCE = 8  # subscriptions renewed in parallel after a reconnect
+MODERN = "2026-07-28"
+HANDSHAKE = "2025-11-25"
+LISTEN_RETRY_CAP = 30.0  # seconds between attempts to reopen a listen stream, at most
 ELICIT_PARAMS: TypeAdapter[mt.ElicitRequestParams] = TypeAdapter(mt.ElicitRequestParams)
 
 
@@ -89,6 +105,10 @@ class Shared:
     # One for all sessions: an agent's session started during a name server outage connects
     # with the answer another session got (kept across reconnects too).
     resolver: LastGoodResolver = field(default_factory=LastGoodResolver)
+    # An agent's current inbound token, for servers that exchange it (RFC 8693).
+    subject_token: Callable[[str], str | None] | None = None
+    # The logins `auth login` stored (None without GATEWAY_CREDENTIALS_KEY).
+    logins: LoginStore | None = None
 
 
 class Backoff:
@@ -196,10 +216,29 @@ class Downstream:
     agent or client session (`owner` names it; see `downstream.pool`)."""
 
     def __init__(
-        self, name: str, config: ServerConfig, watchdog: Watchdog, shared: Shared, owner: str = ""
+        self,
+        name: str,
+        config: ServerConfig,
+        watchdog: Watchdog,
+        shared: Shared,
+        owner: str = "",
+        credentials: DownstreamCredentials | None = None,
+        agent_id: str | None = None,
     ) -> None:
         self.name = name
         self.owner = owner
+        # The owning agent (None on the shared session) and its own credentials for an HTTP
+        # server, sent on this session only.
+        self.agent_id = agent_id
+        self.credentials = credentials
+        # A protected server's tokens for this session, kept across reconnects.
+        self._oauth = oauth_session(
+            config.url or "",
+            config.auth.oauth if config.auth is not None else None,
+            credentials.oauth if credentials is not None else None,
+            _subject(shared, agent_id),
+            (shared.logins, name, agent_id or GATEWAY),
+        )
         # Everything an isolated session's server sends belongs to its owner.
         self.isolated = bool(owner)
         self.isolation: Isolation = config.isolation or shared.isolation
@@ -230,11 +269,18 @@ class Downstream:
         self.resources: dict[str, mt.Resource] = {}  # by URI
         self.templates: tuple[mt.ResourceTemplate, ...] = ()
         self.connected_at: float | None = None
+        # The protocol era negotiated on the current connection (None before the first).
+        self.protocol: str | None = None
         self.tried = asyncio.Event()
         self._lost = asyncio.Event()
         self._client: Client[Any] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
+        # On 2026-07-28: the `subscriptions/listen` stream's task, and the resource URIs its
+        # server acknowledged (resolved once the stream is open).
+        self._listener: asyncio.Task[None] | None = None
+        self._listening: asyncio.Future[frozenset[str]] | None = None
+        self._relistening = asyncio.Lock()  # one filter change at a time
         self._notices: set[asyncio.Task[None]] = set()
         self._stale: set[Kind] = set()
         self._wire: StdioServerTransport | HttpServerTransport | None = None
@@ -246,6 +292,11 @@ class Downstream:
     @property
     def closed(self) -> bool:
         return self.state == "closed"
+
+    @property
+    def modern(self) -> bool:
+        """Whether the current connection speaks 2026-07-28 (per request, no session)."""
+        return self.protocol in MODERN_PROTOCOL_VERSIONS
 
     def start(self) -> None:
         # A fresh context: an instance started by a call must not carry that call's request id,
@@ -276,8 +327,8 @@ class Downstream:
     def roots_changed(self) -> None:
         """Tell the server its owner's roots may have changed, so it asks for them again."""
         client = self._client
-        if client is None or self.state != "up":
-            return
+        if client is None or self.state != "up" or self.modern:
+            return  # 2026-07-28 has no such notification
         task = asyncio.create_task(self._send_roots_changed(client))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
@@ -326,17 +377,26 @@ class Downstream:
             self.state, self.last_error, self.connected_at = "up", None, time.time()
             self._gauge(DOWNSTREAM_UP, 1)
             self.tried.set()
-            log.info("downstream connected", extra={"server": self.name, "tools": len(self.tools)})
-            renewals = asyncio.create_task(self._renew_subscriptions())
+            log.info(
+                "downstream connected",
+                extra={"server": self.name, "tools": len(self.tools), "protocol": self.protocol},
+            )
+            # On 2026-07-28 the listen stream, opened on connecting, renews the subscriptions.
+            renewals = None if self.modern else asyncio.create_task(self._renew_subscriptions())
             await self._watch()
-            renewals.cancel()
+            if renewals is not None:
+                renewals.cancel()
             await self._disconnect()
             if not self.closed:
                 DOWNSTREAM_RESTARTS.labels(self.name).inc()
 
     async def _connect(self) -> None:
-        # The session-era handshake: one long-lived session that also delivers
-        # list_changed notifications sent between calls, which 2026-era connections drop.
+        """Connect in the server's `protocol` era: "auto" probes `server/discover` and falls
+        back to the handshake (the SDK's negotiation); 2025-11-25 sends only the handshake;
+        2026-07-28 sends only `server/discover`, refused by a server that does not speak it.
+        On 2026-07-28 list changes come through a `subscriptions/listen` stream
+        (`_listen`); on the handshake era the session delivers them between calls."""
+        forced = self.config.protocol
         client = Client(
             self._transport(),
             name="agent-mcp-gateway",
@@ -346,10 +406,20 @@ class Downstream:
             # A shared session declares no roots: whose roots they would be cannot be told.
             roots=self._list_roots if self.isolated else None,
             init_timeout=self.connect_timeout,
-            mode="legacy",
+            mode="legacy" if forced == HANDSHAKE else "auto",
+            auto_initialize=forced != MODERN,
         )
         self._client = client
         await client.__aenter__()  # type: ignore[no-untyped-call]  # fastmcp leaves it unannotated
+        if forced == MODERN:
+            try:
+                await client.session.discover()
+            except (MCPError, RuntimeError) as exc:  # RuntimeError: it lists no modern version
+                raise EraRefused(f"the server does not speak {MODERN}") from exc
+        self.protocol = client.protocol_version
+        if self.modern:
+            # Listening before the catalog is read: no change in between goes unnoticed.
+            await asyncio.shield(self._start_listening())
         await self._load(client, KINDS)
 
     async def _renew_subscriptions(self) -> None:
@@ -385,11 +455,16 @@ class Downstream:
             self._mark_down(self.last_error or "connection lost")
 
     async def _ping(self) -> bool:
+        """Whether the server still answers: a ping on the handshake era, `server/discover` on
+        2026-07-28 (which has no ping; discover may be sent at any time)."""
         client = self._client
         if client is None:
             return False
         try:
-            await asyncio.wait_for(client.ping(), self.ping_timeout)
+            if self.modern and self.protocol is not None:
+                await asyncio.wait_for(client.session.send_discover(self.protocol), self.ping_timeout)
+            else:
+                await asyncio.wait_for(client.ping(), self.ping_timeout)
             return True
         except asyncio.CancelledError:
             raise
@@ -408,6 +483,7 @@ class Downstream:
             return False
 
     async def _disconnect(self) -> None:
+        await self._stop_listening()
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -563,14 +639,116 @@ class Downstream:
         return bool(resources is not None and resources.subscribe)
 
     async def subscribe(self, uri: str, timeout_ms: int) -> None:
+        if self.modern:
+            await self._relisten(uri, timeout_ms, add=True)
+            return
         method = "resources/subscribe"
         await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
         self.subscribed.add(uri)
 
     async def unsubscribe(self, uri: str, timeout_ms: int) -> None:
+        if self.modern:
+            await self._relisten(uri, timeout_ms, add=False)
+            return
         self.subscribed.discard(uri)
         method = "resources/unsubscribe"
         await self._request(_Request(method, uri, method, {"uri": uri}, mt.EmptyResult), timeout_ms, None)
+
+    # --- 2026-07-28 subscriptions/listen ------------------------------------------------
+
+    async def _relisten(self, uri: str, timeout_ms: int, add: bool) -> None:
+        """Subscribe to `uri` (or stop) on 2026-07-28: a listen stream's filter is fixed when it
+        opens, so a new stream replaces the old one, closed once the new one is acknowledged
+        (nothing is missed in between); a subscription counts once that acknowledgment honors
+        it."""
+        try:
+            async with asyncio.timeout(timeout_ms / 1000), self._relistening:
+                await self._require_calls()
+                if add:
+                    self.subscribed.add(uri)
+                else:
+                    self.subscribed.discard(uri)
+                old = self._listener
+                try:
+                    honored = await asyncio.shield(self._start_listening())
+                finally:
+                    if old is not None:
+                        old.cancel()
+        except TimeoutError:
+            raise GatewayTimeout("resources/subscribe", timeout_ms) from None
+        except (OSError, ConnectionError) as exc:
+            raise ServerUnavailable(self.name, _describe(exc, "listen")) from None
+        if add and uri not in honored:
+            self.subscribed.discard(uri)
+            raise self._retold(uri, MCPError(INVALID_PARAMS, "the server did not honor the subscription"))
+
+    def _start_listening(self) -> asyncio.Future[frozenset[str]]:
+        client = self._client
+        listening = self._listening = asyncio.get_running_loop().create_future()
+        # Its outcome may go unread (nobody subscribing waits for it): never a warning.
+        listening.add_done_callback(lambda done: done.cancelled() or done.exception())
+        if client is None:
+            listening.set_exception(ConnectionError("not connected"))
+        else:
+            self._listener = asyncio.create_task(self._listen(client, listening))
+        return listening
+
+    async def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        if self._listening is not None and not self._listening.done():
+            self._listening.set_exception(ConnectionError("the listen stream was closed"))
+
+    async def _listen(self, client: Client[Any], listening: asyncio.Future[frozenset[str]]) -> None:
+        """Keep a `subscriptions/listen` stream open to a 2026-07-28 server: its list changes
+        and resource updates reach `_Notifications` as the session reads them, as a handshake
+        session's would, so this task only drains the stream's own queue. A stream that ends
+        is reopened and the catalog read again (events in between are lost); one that cannot
+        be reopened while the server answers no `server/discover` means the server is lost."""
+        backoff = Backoff(first=0.5, cap=LISTEN_RETRY_CAP)
+        opened = False
+        while self._client is client and not self.closed:
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    with anyio.fail_after(self.connect_timeout):
+                        subscription = await stack.enter_async_context(
+                            listen(
+                                client.session,
+                                tools_list_changed=True,
+                                prompts_list_changed=True,
+                                resources_list_changed=True,
+                                resource_subscriptions=sorted(self.subscribed),
+                            )
+                        )
+                    if opened:
+                        self.schedule_refresh()
+                    opened = True
+                    backoff.reset()
+                    if not listening.done():
+                        listening.set_result(frozenset(subscription.honored.resource_subscriptions or ()))
+                    async for _event in subscription:
+                        pass
+                reason = "the server closed the listen stream"
+            except asyncio.CancelledError:
+                if not listening.done():
+                    listening.set_exception(ConnectionError("the listen stream was closed"))
+                raise
+            except Exception as exc:
+                reason = _describe(exc, "listen")
+                if isinstance(exc, MCPError) and exc.code == METHOD_NOT_FOUND:
+                    log.warning("downstream serves no subscriptions/listen", extra={"server": self.name})
+                    if not listening.done():
+                        listening.set_result(frozenset())
+                    return
+                if not listening.done():
+                    listening.set_exception(ConnectionError(reason))
+                if not await self._ping():
+                    self._lose(reason)
+                    return
+            log.info("downstream listen stream reopened", extra={"server": self.name, "reason": reason})
+            await asyncio.sleep(backoff.next_delay())
 
     async def _request(self, request: _Request[M], timeout_ms: int, relay: Relay | None) -> M:
         """One request to the server on behalf of one caller, sent beside the session
@@ -724,6 +902,7 @@ class Downstream:
         return {
             "state": self.state,
             "transport": self.config.kind,
+            "protocol": self.protocol,
             "tools": len(self.tools),
             "last_error": self.last_error,
             "connected_at": self.connected_at,
@@ -737,14 +916,23 @@ class Downstream:
         if config.command:
             self._wire = StdioServerTransport(self.name, config, self.watchdog, exclusive=self.isolated)
         else:
-            self._wire = HttpServerTransport(config, self.resolver)
+            headers = self.credentials.plain() if self.credentials is not None else {}
+            self._wire = HttpServerTransport(config, self.resolver, headers, self._oauth)
         return self._wire
 
 
+def _subject(shared: Shared, agent_id: str | None) -> Callable[[], str | None] | None:
+    """Where an agent's session finds the agent's current inbound token (none on the shared
+    session: it acts for no agent)."""
+    lookup = shared.subject_token
+    if lookup is None or agent_id is None:
+        return None
+    return lambda: lookup(agent_id)
+
+
 def _capabilities(client: Client[Any] | None) -> mt.ServerCapabilities | None:
-    """What the server declared in its initialize answer (None before it answered)."""
-    result = client.initialize_result if client is not None else None
-    return result.capabilities if result is not None else None
+    """What the server declared in its initialize or discover answer (None before it answered)."""
+    return client.server_capabilities if client is not None else None
 
 
 def _offered(client: Client[Any]) -> set[Kind]:
@@ -762,12 +950,20 @@ def _is_connection_loss(exc: MCPError) -> bool:
     return exc.code == SERVER_ERROR and exc.message == "Connection closed"
 
 
+class EraRefused(Exception):
+    """The server does not speak the protocol era its configuration forces."""
+
+
 def _describe(exc: BaseException, during: str) -> str:
     """A reason an agent may read: the kind of failure, never a path or a secret."""
+    if isinstance(exc, EraRefused):
+        return f"{during} failed: {exc}"
     while isinstance(exc, RuntimeError) and exc.__cause__ is not None:
         exc = exc.__cause__
     if isinstance(exc, TimeoutError):
         return f"{during} timed out"
+    if isinstance(exc, AuthorizationFailed):  # the gateway's own words: a step, never a secret
+        return f"{during} failed: {exc}"
     if isinstance(exc, FileNotFoundError):
         return f"{during} failed: command not found"
     if isinstance(exc, MCPError) and _is_connection_loss(exc):

@@ -40,7 +40,7 @@ from mcp.client.stdio import get_default_environment
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from agent_mcp_gateway.compat import coerce_request_id, create_context_streams
+from agent_mcp_gateway.compat import coerce_request_id, create_context_streams, era_envelope
 from agent_mcp_gateway.config import ServerConfig
 from agent_mcp_gateway.downstream import rpc as rpc
 from agent_mcp_gateway.downstream.messages import current_call
@@ -138,8 +138,6 @@ class _JunkLog:
 class StdioServerTransport(ClientTransport):
     """A fastmcp transport that starts the server anew for every connection it is asked for."""
 
-    legacy_only = True
-
     def __init__(self, name: str, config: ServerConfig, watchdog: Watchdog, exclusive: bool = False) -> None:
         assert config.command is not None
         self.name, self.config, self.watchdog = name, config, watchdog
@@ -162,6 +160,7 @@ class StdioServerTransport(ClientTransport):
                 connection.read_stream, connection.write_stream, **session_kwargs
             ) as session,
         ):
+            connection.session = session
             self.calls = connection
             try:
                 yield session
@@ -185,6 +184,8 @@ class _Connection:
         self.own: dict[str, rpc.CallMessages] = {}
         self._cancels: set[asyncio.Task[None]] = set()
         self.read_done = anyio.Event()
+        # The SDK session on this connection: the era its requests are stamped in is ours too.
+        self.session: ClientSession | None = None
         self.to_session, self.read_stream = create_context_streams[SessionMessage | Exception](0)
         self.write_stream, self.from_session = create_context_streams[SessionMessage](0)
 
@@ -307,6 +308,8 @@ class _Connection:
         """Send one request on stdin and wait for its answer, which `_own` takes off stdout."""
         assert self.process.stdin is not None
         request_id = rpc.new_id()
+        if self.session is not None:
+            params, _ = era_envelope(self.session, method, params)
         message = rpc.request(request_id, method, params, messages)
         waiter: asyncio.Future[rpc.Message] = asyncio.get_running_loop().create_future()
         self.waiting[request_id] = waiter

@@ -58,6 +58,10 @@ class BearerAuth:
                 return
             compat.mark_session_owner(scope, principal.agent_id, principal.fingerprint)
             facts.principal = principal
+            if principal.method == "jwt":
+                self.gateway.subject_tokens.remember(
+                    principal.agent_id, credential.strip(), principal.expires_at
+                )
         if facts.session_id is not None and not self._may_use_session(facts, principal):
             facts.session_refused = True
             refusal = error_response(

@@ -68,6 +68,9 @@ class GatewayTools:
             entry: dict[str, Any] = {"name": name, "description": config.description}
             if include_metadata:
                 entry.update(_metadata(config))
+                downstream = self.gateway.pool.get(name)
+                # The era its shared session negotiated (None until it first connected).
+                entry["protocol"] = downstream.protocol if downstream else None
             state = health(self.gateway.pool.get(name))
             if include_metadata or state != "up":
                 entry["health"] = state

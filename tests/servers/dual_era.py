@@ -1,0 +1,61 @@
+"""Dual-era fixture: serves the handshake era and 2026-07-28, with one tool (`modern_only`)
+offered only to 2026-07-28 clients.
+
+Neither fastmcp 4.1.2 nor the SDK registers a tool per era, so a server middleware of the
+SDK's own server (`MCPServer`) hides it from handshake-era listings and refuses its calls
+there: the closest real thing, and what a server with an era-specific feature would do.
+`era` tells which era a call came in.
+
+stdio by default; --http PORT serves Streamable HTTP on 127.0.0.1:PORT at /mcp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import mcp_types
+from mcp import MCPError
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+MODERN_ONLY = "modern_only"
+
+
+async def per_era_tools(ctx: Any, call_next: Any) -> Any:
+    """`modern_only` exists for 2026-07-28 connections only."""
+    handshake = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+    if handshake and ctx.method == "tools/call" and (ctx.params or {}).get("name") == MODERN_ONLY:
+        raise MCPError(code=mcp_types.INVALID_PARAMS, message=f"Unknown tool: {MODERN_ONLY}")
+    result = await call_next(ctx)
+    if handshake and ctx.method == "tools/list" and isinstance(result, dict):
+        result = {**result, "tools": [t for t in result.get("tools", []) if t.get("name") != MODERN_ONLY]}
+    return result
+
+
+mcp: MCPServer[Any] = MCPServer("dual_era", middleware=[per_era_tools])
+
+
+@mcp.tool(structured_output=False)
+def era(ctx: Context) -> str:
+    """The protocol version the call came in."""
+    return ctx.request_context.protocol_version
+
+
+@mcp.tool(name=MODERN_ONLY, structured_output=False)
+def modern_only() -> str:
+    """Offered on 2026-07-28 only."""
+    return "only on 2026-07-28"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="dual-era test server")
+    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT")
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    if args.http:
+        mcp.run("streamable-http", host="127.0.0.1", port=args.http)
+    else:
+        mcp.run("stdio")

@@ -1,0 +1,101 @@
+"""2026-07-28-only fixture, on the MCP SDK's own server (`MCPServer`): it refuses the handshake
+era and serves `subscriptions/listen`, through which its list changes and resource updates go.
+
+The SDK's servers serve both eras (the client's first request decides); nothing switches the
+handshake off, so a server middleware vetoes `initialize` as the SDK documents (raising before
+`call_next`), with the error a 2026-only server answers it with: UNSUPPORTED_PROTOCOL_VERSION
+naming the versions it serves. fastmcp 4.1.2 does not serve `subscriptions/listen`, hence the
+SDK's server here.
+
+stdio by default; --http PORT serves Streamable HTTP on 127.0.0.1:PORT at /mcp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import mcp_types
+from mcp import MCPError
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+log = logging.getLogger("modern")
+
+
+async def refuse_handshake(ctx: Any, call_next: Any) -> Any:
+    """The handshake era is not served: `initialize` is refused before it is handled."""
+    if ctx.method == "initialize":
+        requested = (ctx.params or {}).get("protocolVersion", "")
+        raise MCPError(
+            code=mcp_types.UNSUPPORTED_PROTOCOL_VERSION,
+            message="this server speaks only 2026-07-28; send server/discover",
+            data={"supported": list(MODERN_PROTOCOL_VERSIONS), "requested": str(requested)},
+        )
+    return await call_next(ctx)
+
+
+mcp: MCPServer[Any] = MCPServer("modern", middleware=[refuse_handshake])
+NOTE = "modern://note"
+
+
+@mcp.tool(structured_output=False)
+def echo(text: str) -> str:
+    """Return the text."""
+    return text
+
+
+@mcp.tool(structured_output=False)
+def era(ctx: Context) -> str:
+    """The protocol version the call came in."""
+    return ctx.request_context.protocol_version
+
+
+@mcp.tool(structured_output=False)
+async def add_tool(name: str, ctx: Context) -> str:
+    """Register a tool called `name` (it returns its name) and publish the list change to the
+    listen streams."""
+
+    def dynamic() -> str:
+        return name
+
+    mcp.add_tool(
+        dynamic,
+        name=name,
+        description=f"Added at run time as {name!r}; returns its name.",
+        structured_output=False,
+    )
+    await ctx.notify_tools_changed()
+    return f"added {name}"
+
+
+@mcp.tool(structured_output=False)
+async def touch(uri: str, ctx: Context) -> str:
+    """Publish an update of resource `uri` to the listen streams subscribed to it."""
+    await ctx.notify_resource_updated(uri)
+    return f"touched {uri}"
+
+
+@mcp.prompt()
+def greet(name: str) -> str:
+    """A greeting for `name`."""
+    return f"Hello, {name}, from 2026-07-28."
+
+
+@mcp.resource(NOTE)
+def note() -> str:
+    """A note only a 2026-07-28 client can read."""
+    return "spoken in 2026-07-28"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="2026-07-28-only test server")
+    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT")
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    if args.http:
+        mcp.run("streamable-http", host="127.0.0.1", port=args.http)
+    else:
+        mcp.run("stdio")
