@@ -18,7 +18,7 @@ import sys
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "bench_gateway.py"
-SEARCH_RECALL5_FLOOR = 0.75  # the lexical ranker on the repo's query set (measured: 0.78)
+SEARCH_RECALL5_FLOOR = 0.82  # the lexical ranker on the repo's query set (measured: 0.87)
 ERAS = ("2025-11-25", "2026-07-28")
 SMOKE = [
     "--quick",
@@ -146,14 +146,18 @@ def test_search_benchmark_measures_every_ranker() -> None:
         "FastMCP BM25SearchTransform",
     }
     for row in accuracy.values():
-        for subset in ("all", "hard"):
+        for subset in ("all", "hard", "held_out"):
             figures = row[subset]
             assert 0 <= figures["recall@1"] <= figures["recall@5"] <= 1
             assert figures["recall@1"] <= figures["mrr"] <= figures["recall@5"] + 1 / 6
     gateway = accuracy["gateway search, lexical only"]["all"]
     assert gateway["queries"] == corpus["queries"]
     assert gateway["recall@5"] >= SEARCH_RECALL5_FLOOR
-    assert gateway["recall@5"] >= accuracy["BM25 (bm25s, name + description)"]["all"]["recall@5"]
+    for baseline in ("BM25 (bm25s, name + description)", "FastMCP BM25SearchTransform"):
+        for subset in ("all", "held_out"):
+            for metric in ("recall@1", "recall@5"):
+                ours = accuracy["gateway search, lexical only"][subset][metric]
+                assert ours > accuracy[baseline][subset][metric], (baseline, subset, metric)
 
     tokens = report["tokens"]
     search = tokens["gateway_search"]

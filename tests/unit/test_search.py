@@ -14,8 +14,10 @@ import pytest
 from agent_mcp_gateway.server.search import (
     ToolDoc,
     ToolIndex,
+    bigrams,
     default_embedder,
     document_text,
+    expansions,
     summary,
     terms,
     words,
@@ -74,6 +76,34 @@ def test_lexical_ranking_finds_the_tool(query: str, best: str) -> None:
 def test_a_query_sharing_no_term_finds_nothing_lexically() -> None:
     assert ToolIndex(CATALOG).search("quantum chromodynamics") == []
     assert ToolIndex(CATALOG).search("") == []
+
+
+def test_a_query_word_also_looks_for_the_tool_words_it_stands_for() -> None:
+    assert "memori" in expansions(terms("remember this"))  # stemmed, as the index holds it
+    assert expansions(terms("delete it")) == []  # a tool word looks for itself only
+    index = ToolIndex([tool("memory", "add_observations", "Store facts in long-term memory."), *CATALOG])
+    assert names(index.search("remember that I like tea", 1)) == ["add_observations"]
+
+
+def test_a_word_stood_for_counts_less_than_the_word_itself() -> None:
+    removing = tool("a", "remove_tag", "Remove a tag.")
+    deleting = tool("b", "delete_tag", "Delete a tag.")
+    assert names(ToolIndex([deleting, removing]).search("remove tag", 2)) == ["remove_tag", "delete_tag"]
+
+
+def test_a_pair_of_name_words_ranks_the_tool_named_by_it_first() -> None:
+    assert bigrams(terms("list_pull_requests")) == ["list_pull", "pull_request"]
+    # The same words in another order: without the pair they would tie, and a tie keeps index order.
+    reversed_pair = tool("a", "request_pull", "Pull a request.")
+    pair = tool("b", "pull_request", "Pull a request.")
+    assert names(ToolIndex([reversed_pair, pair]).search("pull requests", 1)) == ["pull_request"]
+
+
+def test_a_query_naming_a_server_prefers_its_tools() -> None:
+    index = ToolIndex(
+        [tool("chat", "post_message", "Post a message."), tool("slack", "post_message", "Post a message.")]
+    )
+    assert [hit.doc.server for hit in index.search("post a message on slack", 1)] == ["slack"]
 
 
 def test_the_name_weighs_more_than_a_parameter() -> None:

@@ -3,10 +3,11 @@
 Pure: no I/O, no gateway state (the live catalog, policy and pins are `search_view.py`'s).
 Two rankers are fused:
 
-- lexical: BM25 (`bm25s`) over each tool's name, title, description and parameter names and
-  descriptions, with identifiers split (`get_current_time`, `getCurrentTime` and
-  `get-current-time` all read "get current time"), English stop words dropped and words
-  stemmed (PyStemmer's Snowball), the name and title weighted above the rest;
+- lexical: field-weighted BM25 (`bm25s`, one index per field: name and title, server,
+  description, parameter names and descriptions), with identifiers split (`get_current_time`,
+  `getCurrentTime` and `get-current-time` all read "get current time"), English stop words
+  dropped, words stemmed (PyStemmer's Snowball), pairs of a name's words kept as terms, and a
+  query's words expanded through a small table of the words agents ask with (SYNONYMS);
 - semantic: cosine similarity of sentence embeddings (the optional `search` extra), which finds
   a tool described in other words than the query's.
 
@@ -26,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import pairwise
 from typing import Any, Protocol
 
 import bm25s
@@ -44,25 +46,69 @@ STOP_WORDS = frozenset(STOPWORDS_EN) | {
     "can", "could", "should", "do", "does", "how", "what", "which", "some", "any", "from",
     "tool", "tools", "using", "use", "get", "let", "s",
 }  # fmt: skip
-# The verbs tools are named with, and the words people ask with instead: a query's word also
-# looks for these (stemmed alike), so "remove a note" finds `delete_note` without a model.
+# Query-side expansion: a tool's word (the key) and the words people ask for it with. A query's
+# word also looks for the tool words it stands for (stemmed alike, at EXPANSION_WEIGHT), so
+# "remove a note" finds `delete_note` and "what time is it" a clock tool without a model.
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "create": ("new", "add", "make", "open", "start", "write", "insert", "post"),
-    "delete": ("remove", "erase", "drop", "destroy", "trash", "discard"),
+    "create": ("new", "add", "make", "start", "write", "insert", "post", "generate"),
+    "delete": ("remove", "erase", "drop", "destroy", "trash", "discard", "forget"),
     "update": ("change", "edit", "modify", "set", "rename", "patch"),
+    "edit": ("fix", "change", "replace", "modify", "typo"),
+    "move": ("rename", "relocate"),
     "list": ("show", "all", "enumerate", "browse"),
-    "search": ("find", "look", "lookup", "query", "locate"),
-    "read": ("open", "view", "contents", "load", "fetch"),
-    "send": ("post", "message", "notify", "email"),
+    "search": ("find", "look", "lookup", "query", "locate", "google"),
+    "read": ("open", "view", "contents", "load", "fetch", "see", "show"),
+    "send": ("post", "message", "notify", "email", "tell", "announce"),
+    "message": ("notify", "tell", "announce", "team", "chat"),
     "run": ("execute", "invoke", "launch", "start"),
-    "fetch": ("download", "retrieve", "grab", "get"),
+    "fetch": ("download", "retrieve", "grab", "get", "url", "web", "page"),
+    "url": ("link", "page", "site", "website", "web"),
     "close": ("resolve", "finish", "end"),
-}
-# How often each field's words count: a tool's name says most about what it does.
-NAME_WEIGHT, TITLE_WEIGHT, SERVER_WEIGHT, TEXT_WEIGHT = 3, 2, 1, 1
+    "stop": ("cancel", "abort", "halt", "kill"),
+    "terminate": ("kill", "stop", "hung", "stuck", "cancel"),
+    "time": ("clock", "timezone", "zone", "hour", "hours", "now"),
+    "memory": ("remember", "store", "persist", "persistent", "save", "recall"),
+    "observation": ("fact", "detail", "note"),
+    "entity": ("fact", "person", "thing"),
+    "relation": ("relationship", "link", "connection"),
+    "file": ("document", "disk"),
+    "directory": ("folder", "dir"),
+    "image": ("png", "jpg", "jpeg", "picture", "photo"),
+    "media": ("png", "jpg", "jpeg", "picture", "photo", "image", "audio"),
+    "size": ("space", "big", "large", "bytes"),
+    "info": ("modified", "metadata", "permissions", "size"),
+    "output": ("printed", "print", "logs"),
+    "process": ("terminal", "shell", "command", "program"),
+    "session": ("terminal", "shell"),
+    "commit": ("history", "committed"),
+    "log": ("history",),
+    "diff": ("changed", "changes", "difference", "compare"),
+    "reset": ("unstage", "undo"),
+    "checkout": ("restore", "switch", "undo"),
+    "rebase": ("replay",),
+    "repository": ("project", "repo"),
+    "pull": ("pr",),
+    "request": ("pr",),
+    "screenshot": ("look", "looks", "visual", "capture"),
+    "network": ("response", "respond", "request", "http"),
+    "place": ("restaurant", "shop", "cafe", "business", "near", "nearby"),
+    "local": ("near", "nearby"),
+    "geocode": ("coordinates", "latitude", "longitude", "address"),
+    "elevation": ("altitude", "high", "height"),
+    "distance": ("far", "road", "drive", "miles", "km"),
+    "watch": ("follow", "track", "subscribe", "alert", "watching"),
+    "describe": ("columns", "structure", "schema"),
+    "monitor": ("changes", "daily", "track"),
+}  # fmt: skip
+# How much each field's BM25 counts (tuned on the even-numbered half of bench_search.py's
+# queries, checked on the other half). A query naming a product (GitLab, Slack) means its
+# server; a tool name's words mostly recur in its description, so its own field adds less.
+NAME_WEIGHT, SERVER_WEIGHT, DESCRIPTION_WEIGHT, PARAMETERS_WEIGHT = 0.75, 2.0, 1.0, 0.3
+BIGRAM_WEIGHT = 0.5  # a pair of the query's words that is a pair of a tool name's words
+EXPANSION_WEIGHT = 0.5  # a word a query's word stands for, against the word itself
 MAX_SCHEMA_DEPTH = 3  # nested parameters read this deep
 EMBED_TEXT_CHARS = 1000  # what a sentence embedding reads of a tool (the model reads ~256 tokens)
-LEXICAL_WEIGHT = 0.15  # the fused score: this much normalised BM25, the rest cosine (tuned: bench_search.py)
+LEXICAL_WEIGHT = 0.2  # the fused score: this much normalised BM25, the rest cosine (tuned: bench_search.py)
 QUERY_CACHE = 256
 
 _CHUNK = re.compile(r"[A-Za-z0-9]+")
@@ -116,20 +162,27 @@ def terms(text: str) -> list[str]:
 
 
 def _expansions() -> dict[str, list[str]]:
-    """Each stemmed word of SYNONYMS to the stemmed words it also looks for."""
+    """Each stemmed word of SYNONYMS to the stemmed tool words it also looks for."""
     table: dict[str, list[str]] = {}
-    for verb, others in SYNONYMS.items():
-        (stem,) = terms(verb)
+    for word, others in SYNONYMS.items():
+        (stem,) = terms(word)
         for other in others:
             for other_stem in terms(other) or [other]:
                 table.setdefault(other_stem, []).append(stem)
     return table
 
 
-def expanded(query_terms: list[str]) -> list[str]:
-    """A query's terms and the tool verbs its words stand for."""
-    extra = [verb for term in query_terms for verb in _EXPANSIONS.get(term, ()) if verb not in query_terms]
-    return query_terms + list(dict.fromkeys(extra))
+def expansions(query_terms: Sequence[str]) -> list[str]:
+    """The tool words a query's terms stand for, other than its own terms."""
+    own = set(query_terms)
+    return list(
+        dict.fromkeys(word for term in query_terms for word in _EXPANSIONS.get(term, ()) if word not in own)
+    )
+
+
+def bigrams(term_list: Sequence[str]) -> list[str]:
+    """Adjacent pairs of terms as one term each: `list_pull_requests` holds `pull_request`."""
+    return [f"{first}_{second}" for first, second in pairwise(term_list)]
 
 
 def _parameters(schema: Any, depth: int = 0) -> Iterator[tuple[str, str]]:
@@ -155,18 +208,26 @@ def _text(definition: Mapping[str, Any], key: str) -> str:
 _EXPANSIONS = _expansions()
 
 
-def document_terms(doc: ToolDoc) -> list[str]:
-    """The BM25 terms of a tool, each field repeated by its weight."""
+Fields = tuple[list[str], list[str], list[str], list[str]]
+
+
+def document_fields(doc: ToolDoc) -> Fields:
+    """The BM25 terms of a tool's fields: its name (with its title, and its name's pairs of
+    words), its server's name, its description, and its parameters' names and descriptions."""
     definition = doc.definition
-    described = [_text(definition, "description")]
-    for name, description in _parameters(definition.get("inputSchema")):
-        described += [name, description]
-    return (
-        terms(doc.name) * NAME_WEIGHT
-        + terms(_text(definition, "title")) * TITLE_WEIGHT
-        + terms(doc.server) * SERVER_WEIGHT
-        + terms(" ".join(described)) * TEXT_WEIGHT
+    parameters = " ".join(
+        f"{name} {described}" for name, described in _parameters(definition.get("inputSchema"))
     )
+    name = terms(doc.name)
+    return (
+        name + terms(_text(definition, "title")) + bigrams(name),
+        terms(doc.server),
+        terms(_text(definition, "description")),
+        terms(parameters),
+    )
+
+
+FIELD_WEIGHTS = (NAME_WEIGHT, SERVER_WEIGHT, DESCRIPTION_WEIGHT, PARAMETERS_WEIGHT)
 
 
 def document_text(doc: ToolDoc) -> str:
@@ -251,11 +312,9 @@ class ToolIndex:
         definitions both share, so following a changing catalog costs only what changed."""
         self.docs = list(docs)
         self.embedder = embedder
-        known_terms = previous._terms_by_digest() if previous is not None else {}
-        self._terms = [known_terms.get(doc.digest) or document_terms(doc) for doc in self.docs]
-        self._bm25 = bm25s.BM25()
-        # Every document gets one empty-term marker so no row is empty (bm25s needs a token).
-        self._bm25.index([[*doc_terms, ""] for doc_terms in self._terms] or [[""]], show_progress=False)
+        known_fields = previous._fields_by_digest() if previous is not None else {}
+        self._fields = [known_fields.get(doc.digest) or document_fields(doc) for doc in self.docs]
+        self._bm25 = [_bm25([fields[i] for fields in self._fields]) for i in range(len(FIELD_WEIGHTS))]
         self._vectors: Vectors | None = None
         self._queries: _Queries | None = None
         if embedder is not None:
@@ -272,8 +331,8 @@ class ToolIndex:
         digests = {doc.digest for doc in self.docs}
         return all(doc.digest in digests for doc in docs)
 
-    def _terms_by_digest(self) -> dict[str, list[str]]:
-        return {doc.digest: doc_terms for doc, doc_terms in zip(self.docs, self._terms, strict=True)}
+    def _fields_by_digest(self) -> dict[str, Fields]:
+        return {doc.digest: fields for doc, fields in zip(self.docs, self._fields, strict=True)}
 
     def _embed(self, embedder: Embedder, previous: ToolIndex | None) -> Vectors:
         known: dict[str, Vectors] = {}
@@ -298,10 +357,26 @@ class ToolIndex:
         return IndexView(self, np.ones(len(self.docs), dtype=bool)).search(query, limit, server)
 
     def lexical_scores(self, query: str) -> NDArray[np.float32]:
-        ids = self._bm25.get_tokens_ids(expanded(terms(query)))
-        if not ids or not self.docs:
-            return np.zeros(len(self.docs), dtype=np.float32)
-        return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
+        """Field-weighted BM25: each field's own index, the query's terms counted fully, the
+        pairs of them that a tool name holds at BIGRAM_WEIGHT, the words they stand for at
+        EXPANSION_WEIGHT."""
+        query_terms = terms(query)
+        parts = (
+            (query_terms, 1.0),
+            (bigrams(query_terms), BIGRAM_WEIGHT),
+            (expansions(query_terms), EXPANSION_WEIGHT),
+        )
+        total = np.zeros(len(self.docs), dtype=np.float32)
+        if not self.docs:
+            return total
+        for bm25, field_weight in zip(self._bm25, FIELD_WEIGHTS, strict=True):
+            for part, weight in parts:
+                ids = bm25.get_tokens_ids(part)
+                if ids:
+                    total += (
+                        field_weight * weight * np.asarray(bm25.get_scores_from_ids(ids), dtype=np.float32)
+                    )
+        return total
 
     def semantic_scores(self, query: str) -> NDArray[np.float32] | None:
         if self._vectors is None or self._queries is None or not self.docs:
@@ -337,6 +412,14 @@ class IndexView:
         # Lexical alone, a tool that shares no term with the query is not an answer.
         floor = 0.0 if index.embedder is None else -np.inf
         return [Hit(index.docs[i], float(scores[i])) for i in order if mask[i] and scores[i] > floor][:count]
+
+
+def _bm25(documents: list[list[str]]) -> bm25s.BM25:
+    """A BM25 index over these term lists; each gets one empty-term marker so none is empty
+    (bm25s needs a token in every document)."""
+    index = bm25s.BM25()
+    index.index([[*doc_terms, ""] for doc_terms in documents] or [[""]], show_progress=False)
+    return index
 
 
 def _mask(admitted: Iterable[bool], count: int) -> NDArray[np.bool_]:
