@@ -117,6 +117,19 @@ def fixture_server(name: str, **extra: Any) -> dict[str, Any]:
     return {"description": f"{name} fixture", "command": PY, "args": [str(SERVERS / f"{name}.py")], **extra}
 
 
+def shifting_server(files: GatewayFiles, name: str, tools: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """The shifting fixture server, listing `tools` (name: description) from a file the test
+    may rewrite (its `reload` tool reads it again and announces the change)."""
+    tools_file = files.directory.parent / f"{name}-tools.json"
+    tools_file.write_text(json.dumps(tools))
+    return {
+        "command": PY,
+        "args": [str(SERVERS / "shifting.py")],
+        "env": {"SHIFTING_TOOLS": str(tools_file)},
+        **extra,
+    }
+
+
 def everything_server() -> dict[str, Any]:
     if not EVERYTHING.is_file():
         pytest.fail("third-party test servers are missing: run ops/install-test-servers.sh")

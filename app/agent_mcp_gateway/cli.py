@@ -604,9 +604,12 @@ def _add_auth_commands(
     logout.set_defaults(run=_auth_logout)
 
 
-def _login_store(settings: Settings) -> Any:
+def _login_store(settings: Settings | None) -> Any:
+    """The stored logins, or None after saying why (bad settings, or no key to open them)."""
     from agent_mcp_gateway.access.logins import LoginStore, logins_path
 
+    if settings is None:
+        return None
     if settings.credentials_key is None:
         print("error: set GATEWAY_CREDENTIALS_KEY (a Fernet key) to store logins", file=sys.stderr)
         return None
@@ -619,7 +622,7 @@ def _auth_login(args: argparse.Namespace) -> int:
 
     settings = _settings()
     loaded = _load(args, settings) if settings is not None else None
-    store = _login_store(settings) if settings is not None else None
+    store = _login_store(settings)
     if loaded is None or store is None:
         return 2
     server = loaded.servers.get(args.server)
@@ -654,8 +657,7 @@ def _auth_login(args: argparse.Namespace) -> int:
 def _auth_status(args: argparse.Namespace) -> int:
     from agent_mcp_gateway.access.logins import LoginStoreError
 
-    settings = _settings()
-    store = _login_store(settings) if settings is not None else None
+    store = _login_store(_settings())
     if store is None:
         return 2
     try:
@@ -674,8 +676,7 @@ def _auth_logout(args: argparse.Namespace) -> int:
     from agent_mcp_gateway.access.logins import GATEWAY, LoginStoreError
     from agent_mcp_gateway.downstream.login import logout
 
-    settings = _settings()
-    store = _login_store(settings) if settings is not None else None
+    store = _login_store(_settings())
     if store is None:
         return 2
     agent = args.agent or GATEWAY
