@@ -16,7 +16,7 @@ from mcp import MCPError
 
 from agent_mcp_gateway.access.credentials import token_hash
 
-from conftest import ACCEPT_BOTH, GatewayFiles, asgi_gateway, fixture_server, initialize_message
+from conftest import ACCEPT_BOTH, GatewayFiles, asgi_gateway, eventually, fixture_server, initialize_message
 
 DEV, OPS = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
 INIT = initialize_message("limits")
@@ -68,7 +68,10 @@ async def test_an_agent_holds_at_most_its_max_sessions(gateway_files: GatewayFil
         assert (await initialize(http, OPS)).status_code == 200  # another agent is not affected
         assert (await http.delete("/mcp", headers=opened[0])).status_code in (200, 204)
         assert (await initialize(http, DEV)).status_code == 200
-        refusals = [line for line in gateway_files.audit_lines() if line["operation"] == "initialize"]
+        # Audit lines reach the file from a writer thread: wait for the refusal's.
+        refusals = await eventually(
+            lambda: [line for line in gateway_files.audit_lines() if line["operation"] == "initialize"]
+        )
         assert [(line["agent_id"], line["error_code"]) for line in refusals] == [("dev", "RATE_LIMITED")]
 
 
