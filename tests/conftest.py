@@ -167,10 +167,14 @@ class GatewayFiles:
         _atomic_write(self.rules, rules)
 
     def audit_lines(self, path: Path | None = None) -> list[dict[str, Any]]:
+        """The complete lines written so far: a running gateway's writer thread may be halfway
+        through the last one (read then, it failed to parse once in a clean-root rehearsal)."""
         path = path or self.audit
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def refusal_lines(self) -> list[dict[str, Any]]:
         """The unauthenticated refusals, kept apart from the decision log."""
