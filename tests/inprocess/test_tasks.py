@@ -78,6 +78,8 @@ async def test_tasks_are_refused_with_the_reason_and_never_reach_the_downstream(
         # The handshake era: a call asking for a task gets its result; the core task methods,
         # on a session, are refused.
         async with service.client("legacy", headers={"X-Agent-Id": "ide"}) as client:
+            assert client.initialize_result is not None
+            assert client.initialize_result.capabilities.model_dump(exclude_none=True).get("tasks") is None
             params = mt.CallToolRequestParams(
                 name="modern__echo", arguments={"text": "now"}, task=mt.TaskMetadata(ttl=60_000)
             )
