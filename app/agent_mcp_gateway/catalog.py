@@ -32,7 +32,7 @@ from agent_mcp_gateway.access.policy import Decision, PolicyEngine
 from agent_mcp_gateway.config import NAME_SEPARATOR, ServerConfig
 from agent_mcp_gateway.downstream.pool import DownstreamPool, Owner
 from agent_mcp_gateway.downstream.session import Downstream
-from agent_mcp_gateway.protocol import Kind
+from agent_mcp_gateway.protocol import TASKS_EXTENSION, Kind
 
 log = logging.getLogger("agent_mcp_gateway.catalog")
 
@@ -175,11 +175,13 @@ class Catalog:
 
     def extensions(self) -> dict[str, dict[str, Any]]:
         """The extensions the agent's servers declare (SEP-2133), merged: an extension two
-        servers declare keeps the first one's settings, in file order."""
+        servers declare keeps the first one's settings, in file order. The tasks extension is
+        left out: the gateway does not relay it (`server.tasks`)."""
         merged: dict[str, dict[str, Any]] = {}
         for _, _, downstream in self._servers():
             for identifier, settings in downstream.extensions().items():
-                merged.setdefault(identifier, settings)
+                if identifier != TASKS_EXTENSION:
+                    merged.setdefault(identifier, settings)
         return merged
 
     def fingerprint(self, kind: Kind) -> str:

@@ -33,3 +33,7 @@ METADATA_PATH = "/.well-known/oauth-protected-resource"  # RFC 9728
 # The lists a server offers, which change (`list_changed`) and are cached per server.
 Kind = Literal["tools", "prompts", "resources"]
 KINDS: tuple[Kind, ...] = ("tools", "prompts", "resources")
+
+# The tasks extension (SEP-2663; core `tasks` in 2025-11-25), which the gateway does not relay
+# (`server.tasks` says why): never advertised, never declared to a downstream for a caller.
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"

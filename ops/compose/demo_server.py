@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from fastmcp import FastMCP
+import mcp_types
+from fastmcp import Context, FastMCP
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -40,6 +41,33 @@ async def sleep(ms: int = 100) -> str:
 def delete_everything(confirm: bool = False) -> str:
     """A dangerous-looking tool for policy demos: the compose rules deny it. It does nothing."""
     return "nothing was deleted"
+
+
+@mcp.tool
+async def register_tool(name: str, ctx: Context) -> str:
+    """Add a tool called `name` (it returns its own name) and announce the new tool list: for
+    list-change demos. The announcement goes out with this call (the one way out on a
+    2026-07-28 connection), so only the gateway replica that made the call hears it directly."""
+
+    def named() -> str:
+        return name
+
+    try:  # registering a name again replaces the tool
+        mcp.local_provider.remove_tool(name)
+    except KeyError:
+        pass
+    mcp.tool(named, name=name, description=f"Registered at run time as {name!r}; returns its name.")
+    await ctx.send_notification(mcp_types.ToolListChangedNotification())
+    return f"registered {name}"
+
+
+@mcp.tool
+async def ask(question: str, ctx: Context) -> str:
+    """Ask the caller `question` mid-call (elicitation) and answer with what they said: for
+    demos of questions across protocol eras and replicas. fastmcp 4.1.2 asks only on the
+    handshake era, so a gateway reaches it for this with `"protocol": "2025-11-25"`."""
+    answer = await ctx.elicit(question, response_type=str)
+    return f"you said {answer.data}" if answer.action == "accept" else f"no answer ({answer.action})"
 
 
 @mcp.custom_route("/health", methods=["GET"])

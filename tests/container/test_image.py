@@ -106,7 +106,7 @@ async def test_discovery_and_calls_through_the_mapped_port(stack: Stack) -> None
 
         demo_tools = (await call(c, "get_server_tools", agent_id="backend", server="demo")).structured_content
         # Denied tools are not even listed: backend's deny.tools hides delete_everything.
-        assert {t["name"] for t in demo_tools["tools"]} == {"echo", "add", "sleep"}
+        assert {t["name"] for t in demo_tools["tools"]} == {"echo", "add", "sleep", "register_tool", "ask"}
         researcher_tools = (
             await call(r, "get_server_tools", agent_id="researcher", server="demo")
         ).structured_content

@@ -48,9 +48,12 @@ SHARED_LIMIT = 9  # per minute, for the agents that test the fleet-wide limit
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 SESSION_VERSION = "2025-11-25"
 
-# Traffic agents get a limit no test reaches; each limit test gets an agent of its own.
+# Traffic agents get a limit no test reaches; each limit test gets an agent of its own. The
+# watcher sees the demo server whole in the aggregate view, under both eras (`demo-classic` is
+# the same server spoken to on the handshake era, where its `ask` can ask).
 AGENTS = ("fleet", "limited", "limited-after-redis")
-TOKENS = {agent: secrets.token_urlsafe(32) for agent in AGENTS}
+WATCHER = "watcher"
+TOKENS = {agent: secrets.token_urlsafe(32) for agent in (*AGENTS, WATCHER)}
 RULES: dict[str, Any] = {
     "agents": {
         agent: {
@@ -60,9 +63,30 @@ RULES: dict[str, Any] = {
         }
         for agent in AGENTS
     }
-    | {"default": {"deny": {"servers": ["*"]}}},
+    | {
+        WATCHER: {
+            "view": "aggregate",
+            "allow": {"servers": ["demo", "demo-classic"]},
+            "tokens": [token_hash(TOKENS[WATCHER])],
+        },
+        "default": {"deny": {"servers": ["*"]}},
+    },
     "defaults": {"deny_on_missing_agent": True},
 }
+MODERN = "2026-07-28"
+EVENT_SECONDS = 60
+
+
+def servers_config() -> str:
+    """The compose stack's servers, and the demo server once more pinned to the handshake era."""
+    servers = json.loads((ROOT / "ops/compose/config/.mcp.json").read_text())
+    demo = servers["mcpServers"]["demo"]
+    servers["mcpServers"]["demo-classic"] = {
+        **demo,
+        "description": "The demo server on the handshake era",
+        "protocol": "2025-11-25",
+    }
+    return json.dumps(servers, indent=2)
 
 
 def auth(agent: str) -> dict[str, str]:
@@ -215,7 +239,7 @@ def fleet(
     config = _write_readable(
         tmp_path_factory.mktemp("fleet-config"),
         {
-            ".mcp.json": (ROOT / "ops/compose/config/.mcp.json").read_text(),
+            ".mcp.json": servers_config(),
             ".mcp-gateway-rules.json": json.dumps(RULES, indent=2),
         },
     )
@@ -335,6 +359,19 @@ class Session:
             "mcp-protocol-version": SESSION_VERSION,
         }
 
+    async def call(self, tool: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """One tools/call: the replica slot that answered, and the JSON-RPC message."""
+        self.calls += 1
+        body = {
+            "jsonrpc": "2.0",
+            "id": self.calls,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        }
+        response = await self.http.post("/mcp", json=body, headers=self.headers())
+        assert response.status_code == 200, (response.headers, response.text)
+        return response.headers["x-gateway-replica"], rpc_message(response)
+
     async def echo(self, message: str) -> tuple[httpx.Response, dict[str, Any] | None]:
         """One call; the response and its JSON-RPC message (None when the HTTP status is not 200)."""
         self.calls += 1
@@ -363,6 +400,39 @@ class Session:
             self.errors.append(f"wrong answer: {body}")
         elif response.headers["x-gateway-replica"] != self.replica:
             self.errors.append(f"answered by {response.headers['x-gateway-replica']}, not {self.replica}")
+
+
+def modern_request(method: str, params: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """A 2026-07-28 request of the watcher's (no session: HAProxy sends it round robin), as
+    keyword arguments for httpx: its body, with the era's `_meta`, and the era's headers."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "scale-test", "version": "1"},
+    }
+    headers = {**ACCEPT, **auth(WATCHER), "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    if name is not None:
+        headers["Mcp-Name"] = name
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
+    return {"json": body, "headers": headers}
+
+
+async def sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE response as they arrive (priming events carry none)."""
+    async for line in response.aiter_lines():
+        if line.startswith("data:") and line[5:].strip():
+            yield dict(json.loads(line[5:]))
+
+
+async def session_on(http: httpx.AsyncClient, wanted: Callable[[str], bool]) -> Session:
+    """A watcher session on a replica slot `wanted` accepts (round robin reaches each in turn)."""
+    for _ in range(3 * REPLICAS):
+        session = Session(http, WATCHER)
+        await session.open()
+        if wanted(session.replica):
+            return session
+        await http.delete("/mcp", headers=session.headers())
+    pytest.fail(f"no session landed on a wanted replica in {3 * REPLICAS} tries")
 
 
 @asynccontextmanager
@@ -580,3 +650,79 @@ async def test_rolling_restart_with_sessionless_clients_fails_no_call(fleet: Fle
     )
     assert load.failures == [], load.failures[:5]
     assert load.calls > 0
+
+
+async def test_a_listener_on_one_replica_hears_a_change_made_through_another(fleet: Fleet) -> None:
+    """A 2026-07-28 `subscriptions/listen` stream is held by one replica; a tool added to the demo
+    server through a session on another replica is announced on that other replica's call only
+    (the server speaks 2026-07-28 to every replica), and reaches the listener over Redis."""
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    async with haproxy_http(fleet) as http:
+        listen = modern_request("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        async with http.stream("POST", "/mcp", **listen) as stream:
+            assert stream.status_code == 200, await stream.aread()
+            listening = stream.headers["x-gateway-replica"]
+            messages = sse_messages(stream)
+            acknowledged = await asyncio.wait_for(anext(messages), EVENT_SECONDS)
+            assert acknowledged["method"] == "notifications/subscriptions/acknowledged", acknowledged
+            changer = await session_on(http, lambda slot: slot != listening)
+            started = time.monotonic()
+            slot, answer = await changer.call("demo__register_tool", {"name": name})
+            assert slot != listening and answer["result"]["content"][0]["text"] == f"registered {name}", (
+                answer
+            )
+            heard = await asyncio.wait_for(anext(messages), EVENT_SECONDS)
+            crossed = time.monotonic() - started
+        assert heard["method"] == "notifications/tools/list_changed", heard
+        # The listener's replica has read the demo server's new list.
+        reader = await session_on(http, lambda slot: slot == listening)
+        listed = rpc_message(
+            await http.post(
+                "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=reader.headers()
+            )
+        )
+        assert f"demo__{name}" in {tool["name"] for tool in listed["result"]["tools"]}
+        for session in (changer, reader):
+            await http.delete("/mcp", headers=session.headers())
+    report(
+        f"tool added through replica {slot}, heard on the listen stream held by {listening} "
+        f"{crossed:.2f} s after the call was sent"
+    )
+
+
+async def test_an_mrtr_retry_on_another_replica_is_told_where_the_call_is_held(fleet: Fleet) -> None:
+    """A 2026-07-28 call to a handshake-era server that asks mid-call is held by the replica that
+    took it; a retry that HAProxy sends to another replica gets CALL_NOT_HELD naming the holder
+    (the replicas share GATEWAY_REQUEST_STATE_KEYS, so it opens the state), and the retry that
+    reaches the holder gets the answer."""
+    tool = "demo-classic__ask"
+    call = {"name": tool, "arguments": {"question": "Which colour?"}}
+    hostnames = {fleet.slot_of(replica): replica.attrs["Config"]["Hostname"] for replica in fleet.replicas}
+    async with haproxy_http(fleet) as http:
+        first = await http.post("/mcp", **modern_request("tools/call", call, tool))
+        holder = first.headers["x-gateway-replica"]
+        asked = rpc_message(first).get("result") or {}
+        assert asked.get("resultType") == "input_required", rpc_message(first)
+        (key,) = asked["inputRequests"]
+        retry = {
+            **call,
+            "inputResponses": {key: {"action": "accept", "content": {"value": "blue"}}},
+            "requestState": asked["requestState"],
+        }
+        outcomes: list[tuple[str, dict[str, Any]]] = []
+        while not outcomes or outcomes[-1][0] != holder:
+            assert len(outcomes) < 3 * REPLICAS, outcomes
+            answered = await http.post("/mcp", **modern_request("tools/call", retry, tool))
+            outcomes.append((answered.headers["x-gateway-replica"], rpc_message(answered)))
+    refused = [message for slot, message in outcomes if slot != holder]
+    assert refused, f"every retry reached the holder {holder}: {outcomes}"  # round robin moves on
+    for message in refused:
+        error = message.get("error") or {}
+        assert error.get("data", {}).get("code") == "CALL_NOT_HELD", message
+        assert error["data"]["holder"] == hostnames[holder], (error, hostnames)
+    result = outcomes[-1][1].get("result") or {}
+    assert result.get("content", [{}])[0].get("text") == "you said blue", outcomes[-1]
+    report(
+        f"MRTR call held by {holder}: {len(refused)} retry(s) on other replicas got CALL_NOT_HELD "
+        f"naming it, the retry that reached it got the answer"
+    )

@@ -15,6 +15,7 @@ from typing import Any
 import mcp_types as mt
 import pytest
 from fastmcp import Client
+from mcp import MCPError
 
 from conftest import (
     GatewayFiles,
@@ -184,6 +185,32 @@ async def test_resource_updates_of_a_2026_only_server_reach_the_subscriber(
         await ide.call_tool("modern__touch", {"uri": "modern://note"})
         await asyncio.sleep(0.5)
         assert subscribed.methods().count("notifications/resources/updated") == 1
+
+
+async def test_a_subscription_goes_where_the_servers_era_honors_it(gateway_files: GatewayFiles) -> None:
+    """Two dual-era servers that serve `resources/subscribe` on the handshake era, spoken to in
+    2026-07-28: the conformance fixture, whose `subscriptions/listen` stream honors resource
+    subscriptions too, and the studio fixture, which serves no listen stream (fastmcp 4.1.2)
+    and so offers no subscription on 2026-07-28 (its capability says so): a handshake-era
+    client's subscription to the first is honored, to the second refused with the reason."""
+    conformance = fixture_server("conformance_server")
+    configure(gateway_files, conformance=conformance, studio=fixture_server("studio"))
+    async with (
+        asgi_gateway(gateway_files) as service,
+        service.client("legacy", headers=as_agent("ide")) as ide,
+    ):
+        await connected(service)
+        pool = service.gateway.pool
+        assert {server.name: server.protocol for server in pool} == {"conformance": MODERN, "studio": MODERN}
+        subscriptions = service.gateway.subscriptions
+        await ide.session.subscribe_resource("test://watched-resource")
+        assert subscriptions.held("ide", "conformance") == 1
+        await ide.session.unsubscribe_resource("test://watched-resource")
+        assert subscriptions.held("ide", "conformance") == 0
+        with pytest.raises(MCPError, match="offers none in that era") as refused:
+            await ide.session.subscribe_resource("note://readme")
+        assert refused.value.code == mt.INVALID_PARAMS
+        assert subscriptions.held("ide", "studio") == 0
 
 
 async def test_what_an_agents_2026_session_hears_is_that_agents_only(gateway_files: GatewayFiles) -> None:

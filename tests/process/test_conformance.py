@@ -77,13 +77,10 @@ NOT_IN_FIXTURE = {
 # 2026-07-28 shows the fixture's schema without its allOf, if/then/else and $anchor keywords.
 FIXTURE_GAPS_2026 = {"json-schema-2020-12": "composition keywords missing from the 2026-07-28 tools/list"}
 # Scenarios that pass directly and fail through the gateway, each with why (README: Conformance).
-# The suite runs these two on the handshake era, while the gateway speaks 2026-07-28 to the fixture,
-# whose subscriptions/listen stream does not honor resource subscriptions (it serves them as
-# handshake-era resources/subscribe handlers only).
-GATEWAY_GAPS = {
-    "resources-subscribe": "the fixture's listen stream honors no resource subscription",
-    "resources-unsubscribe": "the fixture's listen stream honors no resource subscription",
-}
+# None: the suite subscribes on the handshake era while the gateway speaks 2026-07-28 to the
+# fixture, whose `subscriptions/listen` stream honors the subscription as its handshake-era
+# `resources/subscribe` does.
+GATEWAY_GAPS: dict[str, str] = {}
 RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 
 

@@ -5,8 +5,10 @@ scenario descriptions and reference server specify.
 FastMCP expresses most of it. Three things go below it, to the SDK objects FastMCP exposes:
 the elicitation tools send their exact JSON schemas (defaults, titled and legacy enums, which
 `ctx.elicit`'s generated schemas cannot carry), the sampling tool sends `sampling/createMessage`
-itself (FastMCP 4 has no sampling helper), and `resources/subscribe`/`unsubscribe` are served by
-handlers on the low-level server (FastMCP has no decorator for them).
+itself (FastMCP 4 has no sampling helper), and `resources/subscribe`/`unsubscribe` and their
+2026-07-28 form, `subscriptions/listen`, are served by handlers on the low-level server (FastMCP
+has neither a decorator for the first nor the second at all): a subscription is honored in both
+eras, as a dual-era server on the SDK's own `MCPServer` honors it.
 
 stdio by default; `--http PORT` serves Streamable HTTP on 127.0.0.1:PORT at /mcp with an event
 store, so a tool can close its SSE stream mid-call and the client resumes (SEP-1699).
@@ -37,6 +39,7 @@ from fastmcp.prompts import Message
 from fastmcp.server.event_store import EventStore
 from fastmcp.tools import Tool, ToolResult
 from mcp import MCPDeprecationWarning
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
@@ -352,6 +355,14 @@ async def acknowledge(ctx: Any, params: Any) -> mcp_types.EmptyResult:
 
 mcp._mcp_server.add_request_handler("resources/subscribe", mcp_types.SubscribeRequestParams, acknowledge)
 mcp._mcp_server.add_request_handler("resources/unsubscribe", mcp_types.UnsubscribeRequestParams, acknowledge)
+# The same subscriptions on 2026-07-28, where they are a `subscriptions/listen` stream's filter:
+# the SDK's own handler (its MCPServer registers it; FastMCP 4.1.2 does not), over a bus nothing
+# publishes to, for the same reason.
+mcp._mcp_server.add_request_handler(
+    "subscriptions/listen",
+    mcp_types.SubscriptionsListenRequestParams,
+    ListenHandler(InMemorySubscriptionBus()),
+)
 
 
 # --- prompts --------------------------------------------------------------------------------------

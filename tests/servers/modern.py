@@ -1,5 +1,7 @@
 """2026-07-28-only fixture, on the MCP SDK's own server (`MCPServer`): it refuses the handshake
 era and serves `subscriptions/listen`, through which its list changes and resource updates go.
+It declares the tasks extension with a stub `tasks/get`, and `declared` tells which extensions
+a call's caller declared.
 
 The SDK's servers serve both eras (the client's first request decides); nothing switches the
 handshake off, so a server middleware vetoes `initialize` as the SDK documents (raising before
@@ -19,8 +21,10 @@ from typing import Any
 
 import mcp_types
 from mcp import MCPError
+from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import Field
 
 log = logging.getLogger("modern")
 
@@ -37,7 +41,24 @@ async def refuse_handshake(ctx: Any, call_next: Any) -> Any:
     return await call_next(ctx)
 
 
-mcp: MCPServer[Any] = MCPServer("modern", middleware=[refuse_handshake])
+class Tasks(Extension):
+    """Declares the tasks extension and answers `tasks/get` for any id with a task that is still
+    working: enough to tell whether a gateway advertises, asks for or relays tasks."""
+
+    identifier = "io.modelcontextprotocol/tasks"
+
+    def methods(self) -> list[MethodBinding]:
+        async def get(ctx: Any, params: Any) -> dict[str, Any]:
+            return {"taskId": params.task_id, "status": "working", "ttlMs": 60_000}
+
+        return [MethodBinding("tasks/get", TaskParams, get)]
+
+
+class TaskParams(mcp_types.RequestParams):
+    task_id: str = Field(alias="taskId")
+
+
+mcp: MCPServer[Any] = MCPServer("modern", middleware=[refuse_handshake], extensions=[Tasks()])
 NOTE = "modern://note"
 
 
@@ -51,6 +72,14 @@ def echo(text: str) -> str:
 def era(ctx: Context) -> str:
     """The protocol version the call came in."""
     return ctx.request_context.protocol_version
+
+
+@mcp.tool(structured_output=False)
+def declared(ctx: Context) -> str:
+    """The extensions the caller declared with this call, comma-separated."""
+    meta = ctx.request_context.meta or {}
+    capabilities = meta.get(mcp_types.CLIENT_CAPABILITIES_META_KEY) or {}
+    return ",".join(sorted(capabilities.get("extensions") or {}))
 
 
 @mcp.tool(structured_output=False)

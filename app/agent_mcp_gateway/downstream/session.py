@@ -646,14 +646,14 @@ class Downstream:
         return dict(capabilities.extensions or {}) if capabilities is not None else {}
 
     async def supports_subscriptions(self) -> bool:
-        """Whether the server declared resource subscriptions (once it first tried to connect:
-        an isolated session may have just been started)."""
+        """Whether the server declared resource subscriptions in the era it is spoken to (once
+        it first tried to connect: an isolated session may have just been started). On
+        2026-07-28 the flag says its `subscriptions/listen` stream honors them: a dual-era
+        server that serves `resources/subscribe` but no listen stream offers none there."""
         if self.state == "connecting":
             await asyncio.wait([asyncio.ensure_future(self.tried.wait())], timeout=self.connect_timeout)
         capabilities = _capabilities(self._client)
         resources = capabilities.resources if capabilities is not None else None
-        if self.modern:  # 2026-07-28 subscribes through subscriptions/listen, not a capability flag
-            return resources is not None
         return bool(resources is not None and resources.subscribe)
 
     async def subscribe(self, uri: str, timeout_ms: int) -> None:

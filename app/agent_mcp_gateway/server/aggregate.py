@@ -159,7 +159,13 @@ class AggregateView:
         downstream = await self._resource_server(op, uri, "resources/subscribe")
         server = downstream.name
         if not await downstream.supports_subscriptions():
-            raise MCPError(INVALID_PARAMS, f"Resource {uri!r} does not support subscriptions.")
+            why = (
+                f": server {server!r}, spoken to in {downstream.protocol}, offers none in that era"
+                " (its protocol can be pinned to the handshake era in .mcp.json)"
+                if downstream.modern
+                else ""
+            )
+            raise MCPError(INVALID_PARAMS, f"Resource {uri!r} does not support subscriptions{why}.")
         subscriptions = self.gateway.subscriptions
         if subscriptions.add(key, notify, op.agent_id, server, uri, downstream.owner):
             try:

@@ -17,6 +17,7 @@ from agent_mcp_gateway import __version__, compat
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.reload import install_sighup, watch_config
+from agent_mcp_gateway.server import tasks
 from agent_mcp_gateway.server.discovery import GatewayTools, register_tools
 from agent_mcp_gateway.server.pipeline import Pipeline
 
@@ -93,6 +94,7 @@ def build_server(
     compat.add_request_handler(
         mcp, "subscriptions/listen", mt.SubscriptionsListenRequestParams, pipeline.listen
     )
+    tasks.register(mcp)
     return mcp
 
 

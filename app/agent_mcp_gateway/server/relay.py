@@ -21,6 +21,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from agent_mcp_gateway.protocol import METHOD_NOT_FOUND
+from agent_mcp_gateway.server.tasks import without_tasks
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -30,8 +31,10 @@ class ClientRelay:
         request = ctx.request_context
         meta = request.meta if request is not None else None
         self._token = meta.get("progressToken") if meta else None
-        # What a 2026-07-28 caller declares it can answer, sent with each of its requests.
-        self.capabilities: dict[str, Any] | None = meta.get(mt.CLIENT_CAPABILITIES_META_KEY) if meta else None
+        # What a 2026-07-28 caller declares it can answer, sent with each of its requests (less
+        # the tasks extension, which the gateway does not relay: `server.tasks`).
+        declared = meta.get(mt.CLIENT_CAPABILITIES_META_KEY) if meta else None
+        self.capabilities: dict[str, Any] | None = without_tasks(declared)
         self._session: ServerSession = ctx.session
         self._request_id: str | None = ctx.request_id
         # Stable for a handshake-era client connection (the SDK builds a session per request).
