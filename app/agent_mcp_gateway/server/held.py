@@ -1,18 +1,17 @@
 """Calls held between the rounds of a 2026-07-28 client's multi-round-trip request (MRTR).
 
 A call here is any request that may ask its caller mid-way: `tools/call`, `prompts/get` and
-`resources/read`. A handshake-era server asks its caller mid-call (elicitation, sampling, roots) by sending a
-request and waiting for the answer; a 2026-07-28 client cannot receive such a request: it gets an
-`InputRequiredResult` and retries the call with its answers. The gateway bridges the two. The
-downstream call keeps running in this process while the server waits; its questions go back to
-the client as `inputRequests`, with a `requestState` naming the held call, and the retry's
-`inputResponses` answer them. The SDK's request-state boundary seals that state on the way out
-(under `GATEWAY_REQUEST_STATE_KEYS`) bound to the method, its target (tool or prompt name,
-resource URI) and arguments, and refuses a tampered or replayed one on the way in; this module
-checks that the retry comes from the agent that made the call and reaches the process that
-holds it.
-Held calls are bounded in number and each waits at most `GATEWAY_INPUT_WAIT` seconds for its
-retry before it is cancelled.
+`resources/read`. A handshake-era server asks its caller mid-call (elicitation, sampling,
+roots) by sending a request and waiting for the answer; a 2026-07-28 client cannot receive such
+a request: it gets an `InputRequiredResult` and retries the call with its answers. The gateway
+bridges the two. The downstream call keeps running in this process while the server waits; its
+questions go back to the client as `inputRequests`, with a `requestState` naming the held call,
+and the retry's `inputResponses` answer them. The SDK's request-state boundary seals that state
+on the way out (under `GATEWAY_REQUEST_STATE_KEYS`), bound to the method, its target (tool or
+prompt name, resource URI) and arguments, and refuses a tampered or replayed one on the way in;
+this module checks that the retry comes from the agent that made the call and reaches the
+process that holds it. Held calls are bounded in number and each waits at most
+`GATEWAY_INPUT_WAIT` seconds for its retry before it is cancelled.
 
 A 2026-07-28 server asks the same way the client does: its `InputRequiredResult` passes through,
 its own `requestState` wrapped in the gateway's (which names the agent), and the retry goes to
