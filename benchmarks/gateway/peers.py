@@ -370,7 +370,7 @@ async def phase_peers(
             child.stop()
     results.peers = report(paths, loops, skipped, versions, calls, loop_sessions, loop_calls)
     for line in table(results.peers):
-        log(line)
+        log(line)  # also in the report of a full run
 
 
 OWN = ("direct/", "this gateway")  # paths whose failure invalidates the run; a peer's is skipped
