@@ -131,7 +131,8 @@ class LooseStdio(StdioSession):
 @dataclass
 class Route:
     """One path of the phase: its client, the direct path it is measured against, the process
-    tree whose CPU it costs, and how to open more clients for the closed loop (HTTP only)."""
+    whose CPU it costs (with the processes below it when `tree`: a Granian worker, uvicorn's), and
+    how to open more clients for the closed loop (HTTP only)."""
 
     client: EchoCalls
     direct: str
@@ -139,6 +140,7 @@ class Route:
     make: Callable[[], Session] | None = None
     url: str = ""
     port: int = 0
+    tree: bool = True  # False for a gateway over stdio, whose children are its downstream servers
     times: list[float] = field(default_factory=list)
     cpu: float = 0.0
     calls: int = 0
@@ -146,7 +148,8 @@ class Route:
 
 @dataclass
 class ContextForge:
-    child: Child
+    """A started ContextForge: its virtual server's MCP endpoint and an admin token."""
+
     url: str
     port: int
     token: str
@@ -210,7 +213,7 @@ def register_contextforge(
         if server.status_code >= 300:
             raise BenchError(f"{child.name}: POST /servers: HTTP {server.status_code} {server.text[:300]}")
         server_id = server.json()["id"]
-    return ContextForge(child, f"{base}/servers/{server_id}/mcp", port, token)
+    return ContextForge(f"{base}/servers/{server_id}/mcp", port, token)
 
 
 def version_of(venv: Path, package: str) -> str:
@@ -244,7 +247,6 @@ async def phase_peers(
     original = peer_venv(root, "original", ORIGINAL, peer_python or python_312(), install)
     contextforge = peer_venv(root, "contextforge", CONTEXTFORGE, sys.executable, install)
     started: list[Child] = []
-    forges: dict[str, ContextForge] = {}
     echo_pid, gateway_pid = stack.echo.process.pid, stack.gateway.process.pid
     direct_stdio = StdioSession(
         [sys.executable, str(ECHO_SERVER)], stack.gateway_env, stack.work / "peer-direct.log", False, ""
@@ -308,7 +310,9 @@ async def phase_peers(
             True,
             STDIO_SERVER,
         )
-        paths["this gateway over stdio (execute_tool)"] = Route(ours, "direct/stdio", lambda: ours.pid)
+        paths["this gateway over stdio (execute_tool)"] = Route(
+            ours, "direct/stdio", lambda: ours.pid, tree=False
+        )
         if isinstance(original, Path):
             versions["agent-mcp-gateway (original)"] = version_of(original, "agent-mcp-gateway")
             config = stack.work / "original"
@@ -332,7 +336,7 @@ async def phase_peers(
                 STDIO_SERVER,
             )
             paths["original agent-mcp-gateway 0.2.5 over stdio"] = Route(
-                theirs, "direct/stdio", lambda: theirs.pid
+                theirs, "direct/stdio", lambda: theirs.pid, tree=False
             )
         else:
             skipped["original agent-mcp-gateway 0.2.5"] = original
@@ -352,7 +356,6 @@ async def phase_peers(
                 skipped[label] = f"could not be set up: {exc}"[:400]
                 child.stop()
                 continue
-            forges[label] = forge
             paths[label] = Route(
                 Session(forge.url, True, token=forge.token, tool="echo-echo", session_required=False),
                 "direct/http", lambda child=child: child.process.pid,
@@ -396,11 +399,11 @@ async def measure(paths: dict[str, Route], calls: int, block: int, skipped: dict
         order = names[number % len(names) :] + names[: number % len(names)]
         for name in order:
             path = paths[name]
-            pid = path.pid()
-            before = tree_cpu(pid)
+            pid, cpu = path.pid(), tree_cpu if path.tree else cpu_seconds
+            before = cpu(pid)
             for n in range(block):
                 path.times.append(await path.client.echo(f"b{number}-{n}"))
-            path.cpu += tree_cpu(pid) - before
+            path.cpu += cpu(pid) - before
             path.calls += block
 
 
