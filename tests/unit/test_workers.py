@@ -10,6 +10,7 @@ import pytest
 from agent_mcp_gateway.run.workers import (
     claim_slot,
     several_workers_warnings,
+    share_request_state_key,
     worker_audit_path,
     worker_settings,
 )
@@ -45,3 +46,16 @@ def test_several_workers_get_their_own_audit_files_and_warnings(tmp_path: Path) 
     assert "session-era clients" in warnings and "up to 3 times its limit" in warnings
     shared = load_settings({**env, "GATEWAY_RATE_LIMIT_STORAGE": "redis://redis:6379/0"})
     assert "times its limit" not in " ".join(several_workers_warnings(shared))
+
+
+def test_several_workers_share_one_request_state_key() -> None:
+    environ: dict[str, str] = {}
+    share_request_state_key(load_settings({}), environ)
+    assert environ == {}  # one worker: its own random key, as before
+    share_request_state_key(load_settings({"GATEWAY_WORKERS": "2"}), environ)
+    key = environ["GATEWAY_REQUEST_STATE_KEYS"]
+    assert len(load_settings({"GATEWAY_WORKERS": "2", **environ}).request_state_keys) == 1 and len(key) >= 32
+    untouched: dict[str, str] = {}
+    configured = {"GATEWAY_WORKERS": "2", "GATEWAY_REQUEST_STATE_KEYS": "k" * 32}
+    share_request_state_key(load_settings(configured), untouched)
+    assert untouched == {}  # the operator's keys are kept

@@ -7,6 +7,7 @@ Granian starts it as a fresh interpreter that imports the factory by name.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 
 from starlette.applications import Starlette
@@ -17,7 +18,7 @@ from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.logs import setup_logging
 from agent_mcp_gateway.run.http_app import create_app
 from agent_mcp_gateway.run.startup import load_config
-from agent_mcp_gateway.run.workers import several_workers_warnings, worker_settings
+from agent_mcp_gateway.run.workers import several_workers_warnings, share_request_state_key, worker_settings
 from agent_mcp_gateway.settings import Settings, load_settings
 
 log = logging.getLogger("agent_mcp_gateway.http")
@@ -42,6 +43,7 @@ def run_http(settings: Settings) -> int:
     from granian.http import HTTP1Settings
 
     load_config(settings)  # fail fast, in this process, before a worker is spawned
+    share_request_state_key(settings, os.environ)
     for warning in several_workers_warnings(settings):
         log.warning(warning, extra={"workers": settings.workers})
     log.info(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from agent_mcp_gateway.observe.audit import default_path
@@ -57,6 +59,14 @@ def worker_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"audit_log": audit})
 
 
+def share_request_state_key(settings: Settings, environ: MutableMapping[str, str]) -> None:
+    """With several workers and no `GATEWAY_REQUEST_STATE_KEYS`, one random key for all of them
+    (they inherit `environ`), so a 2026-07-28 retry's requestState opens on whichever worker it
+    reaches, as it would in one process; each worker would otherwise seal under a key of its own."""
+    if settings.workers > 1 and not settings.request_state_keys:
+        environ["GATEWAY_REQUEST_STATE_KEYS"] = secrets.token_urlsafe(48)
+
+
 def several_workers_warnings(settings: Settings) -> list[str]:
     """What an operator must know before serving with several workers, each in its own memory."""
     if settings.workers == 1:
@@ -68,6 +78,8 @@ def several_workers_warnings(settings: Settings) -> list[str]:
         "Mcp-Session-Id affinity). 2026-07-28 clients carry no session and are served by any worker",
         "each worker writes its own audit file (audit-N.jsonl beside the configured one) and "
         "answers /metrics with its own counters",
+        "a 2026-07-28 call held for a handshake-era server's question lives in one worker: its retry "
+        "on another gets CALL_NOT_HELD, and the client sends it again",
     ]
     if settings.rate_limit_storage == "memory":
         warnings.append(
