@@ -138,6 +138,7 @@ EXPECTED: dict[str, str] = {
     "header_timeout": "a positive number (seconds)",
     "body_timeout": "a positive number (seconds)",
     "max_connections": "a positive integer",
+    "workers": "an integer from 1 to 64",
     "max_sessions_per_agent": "a positive integer",
     "max_subscriptions": "a positive integer",
     "audit_log": "a file path",
@@ -218,6 +219,9 @@ class Settings(BaseSettings):
     # Above what the SDK's 10,000-session cap can hold open (one GET stream per session), so
     # standing streams cannot lock out other requests; Granian's default is 1,024.
     max_connections: Annotated[int, Field(gt=0)] = 12_000
+    # Granian worker processes. Session-era sessions live in one worker's memory: more than one
+    # serves 2026-07-28 traffic only reliably (see run/workers.py).
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     # Open sessions one agent may hold (rules: agents.<id>.max_sessions); the SDK holds 10,000.
     max_sessions_per_agent: Annotated[int, Field(gt=0)] = 1_000
     # Resources one agent may be subscribed to on one server (aggregate view).
