@@ -17,17 +17,15 @@ import mcp_types as mt
 from mcp import MCPError
 
 from agent_mcp_gateway import compat
+from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.protocol import INTERNAL_ERROR, METHOD_NOT_FOUND
-from agent_mcp_gateway.server.relay import ClientRelay
 
 MAX_ROUNDS = 16
 
 Retry = Callable[[dict[str, Any] | None, str | None], Awaitable[mt.CallToolResult | mt.InputRequiredResult]]
 
 
-async def answered(
-    relay: ClientRelay | None, first: mt.InputRequiredResult, retry: Retry
-) -> mt.CallToolResult:
+async def answered(relay: Relay | None, first: mt.InputRequiredResult, retry: Retry) -> mt.CallToolResult:
     """The call's result once every round's questions are answered by the calling client."""
     if relay is None:
         raise MCPError(

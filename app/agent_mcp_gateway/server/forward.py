@@ -103,7 +103,7 @@ class Forward:
 
             async def start(held: Relay, resume: Resume | None) -> mt.CallToolResult | mt.InputRequiredResult:
                 downstream = self._downstream(server, op, relay)
-                timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
+                timeout, known = self.timeout_ms(downstream, timeout_ms), self.known(op, downstream, tool)
                 answers, state = (resume.input_responses, resume.request_state) if resume else (None, None)
                 return await downstream.call_tool(
                     tool, arguments, timeout, held, known, answers, state, relay.capabilities
@@ -114,7 +114,7 @@ class Forward:
                 return InputRequiredToolResult(outcome)
         else:
             downstream = self.admit(op, "execute_tool", server, tool, decision, relay)
-            timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
+            timeout, known = self.timeout_ms(downstream, timeout_ms), self.known(op, downstream, tool)
 
             async def again(
                 answers: dict[str, Any] | None, state: str | None
@@ -132,7 +132,7 @@ class Forward:
             is_error=result.is_error,
         )
 
-    def _known(self, op: Operation, downstream: Downstream, tool: str) -> Callable[[], None]:
+    def known(self, op: Operation, downstream: Downstream, tool: str) -> Callable[[], None]:
         """The check that `tool` is listed, run by the downstream once the server is up (a
         server still starting has no list yet): a quarantined tool is refused as such."""
 
