@@ -186,13 +186,17 @@ class CallLane:
         task = asyncio.current_task()
         assert task is not None
         key = (plan.facts.session_id or "", plan.request_id)
-        watcher = asyncio.create_task(_watch(receive, task))
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch(receive, task, gone))
         if plan.session is not None:
             self.running[key] = task
         try:
             with compat.in_flight(plan.session) if plan.session is not None else nullcontext():
                 outcome = await self._call(plan, answer)
         except asyncio.CancelledError:
+            if gone.is_set():  # the client went away: nothing to answer
+                task.uncancel()
+                return
             if key not in self.cancelled:
                 raise
             # Cancelled by its client: no response is sent for it (as the SDK does), only the
@@ -278,6 +282,7 @@ class _Answer:
     def __init__(self, plan: _Plan, send: Send) -> None:
         self.plan, self.send = plan, send
         self.streaming = False
+        self.done = False  # the answer is complete: later messages have no call to go with
         self.session = plan.facts.session_id if not plan.modern else None
 
     def _headers(self, content_type: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -291,6 +296,7 @@ class _Answer:
 
     async def end(self) -> None:
         """The end of an answer that carries no response (its call was cancelled)."""
+        self.done = True
         if not self.streaming:
             self.streaming = True
             await self.send(
@@ -299,6 +305,7 @@ class _Answer:
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def finish(self, response: dict[str, Any]) -> None:
+        self.done = True
         if self.streaming:
             await self._event(response, more=False)
             return
@@ -320,6 +327,8 @@ class _Answer:
         return None
 
     async def log(self, params: mt.LoggingMessageNotificationParams) -> None:
+        if self.done:
+            return
         if not self.streaming:
             self.streaming = True
             await self.send(
@@ -351,7 +360,7 @@ class _Answer:
 
     @property
     def live(self) -> bool:
-        return True
+        return not self.done
 
     def detached(self) -> Relay:
         return self
@@ -428,8 +437,9 @@ async def _unused(op: Operation) -> None:
     """A lane call is run by the lane, not by `Call.run`."""
 
 
-async def _watch(receive: Receive, task: asyncio.Task[Any]) -> None:
+async def _watch(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
     """Cancel the call when its client goes away (the SDK does the same for its requests)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+    gone.set()
     task.cancel()
