@@ -37,7 +37,12 @@ MODERN_META = {
 async def lane(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AsgiGateway]:
     files = new_gateway_files(tmp_path_factory.mktemp("lane"))
     files.write_servers(
-        {"echo": fixture_server("echo"), "chatter": fixture_server("chatter"), "slow": fixture_server("slow")}
+        {
+            "echo": fixture_server("echo"),
+            "chatter": fixture_server("chatter"),
+            "slow": fixture_server("slow"),
+            "asking": fixture_server("asking"),
+        }
     )
     rules = json.loads(json.dumps(STANDARD_RULES))
     rules["agents"]["whole"] = {"view": "aggregate", "allow": {"servers": ["echo"]}}
@@ -203,3 +208,30 @@ async def test_a_cancelled_call_ends_without_an_answer(lane: AsgiGateway) -> Non
         response = await asyncio.wait_for(calling, WAIT_SECONDS)
     assert response.status_code == 200
     assert '"result"' not in response.text and '"error"' not in response.text
+
+
+async def test_a_2026_server_asking_is_answered_as_on_the_full_path(lane: AsgiGateway) -> None:
+    """The asking fixture, spoken to in 2026-07-28, answers `colour` with its question. A
+    handshake-era caller that declared nothing is told within the call that it cannot answer; a
+    2026-07-28 caller gets the question in the result, with the gateway's sealed state."""
+    colour = {"agent_id": "builder", "server": "asking", "tool": "colour"}
+    async with lane.http() as http:
+        headers = await session(http)
+        fast = await http.post("/mcp", json=call("execute_tool", colour), headers=headers)
+        full = await http.post(
+            "/mcp", json=call("execute_tool", colour, meta={"progressToken": 1}), headers=headers
+        )
+        assert fast.headers["content-type"] == "application/json"
+        assert answer_of(fast) == answer_of(full)
+        modern = modern_headers("execute_tool")
+        fast = await http.post("/mcp", json=call("execute_tool", colour, meta=MODERN_META), headers=modern)
+        full = await http.post(
+            "/mcp",
+            json=call("execute_tool", colour, meta={**MODERN_META, "progressToken": 1}),
+            headers=modern,
+        )
+    assert fast.headers["content-type"] == "application/json"
+    asked, expected = answer_of(fast)["result"], answer_of(full)["result"]
+    assert asked["resultType"] == expected["resultType"] == "input_required", asked
+    assert asked["inputRequests"] == expected["inputRequests"]
+    assert isinstance(asked["requestState"], str) and asked["requestState"] != "asked"
