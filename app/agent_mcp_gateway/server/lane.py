@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as mt
 import orjson
+from fastmcp.server.telemetry import server_span
 from mcp import MCPError
 from mcp.server.runner import modern_error_data
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -47,11 +48,13 @@ from agent_mcp_gateway import compat
 from agent_mcp_gateway.access.identity import RequestFacts, facts_of, resolve
 from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.gateway import Gateway, Snapshot
+from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.record import Recorder
 from agent_mcp_gateway.operation import Operation, begin, end
 from agent_mcp_gateway.protocol import MCP_PATH, METHOD_NOT_FOUND, PROTOCOL_VERSION_HEADER, SESSION_HEADER
 from agent_mcp_gateway.server.aggregate import AggregateView
 from agent_mcp_gateway.server.answering import answered
+from agent_mcp_gateway.server.build import SERVER_NAME
 from agent_mcp_gateway.server.call import Call, text
 from agent_mcp_gateway.server.discovery import MAX_TIMEOUT_MS
 from agent_mcp_gateway.server.forward import Forward
@@ -225,13 +228,15 @@ class CallLane:
         op = call.op = Operations.open(call)
         token = begin(op)
         try:
-            with self.recorder.recording(op, call.span_name):
+            # Raised through the spans as on the full path (`Operations`), so they record it.
+            with _served(plan.name), self.recorder.recording(op, call.span_name):
                 try:
                     await self.identify.settle(call)
                     result = await self._forward(plan, op, answer)
                 except Exception as exc:
-                    error = fail(op, unwrap(exc))
-                    return {"jsonrpc": "2.0", "id": plan.request_id, "error": _error(error)}
+                    raise fail(op, unwrap(exc)) from None
+        except MCPError as error:
+            return {"jsonrpc": "2.0", "id": plan.request_id, "error": _error(error)}
         finally:
             end(token)
         return {"jsonrpc": "2.0", "id": plan.request_id, "result": result}
@@ -431,6 +436,14 @@ def _execute_arguments(arguments: dict[str, Any]) -> bool:
 def _resolution(plan: _Plan) -> Any:
     claim = plan.arguments.get("agent_id") if not plan.aggregate else None
     return resolve(plan.snapshot.engine, plan.facts, claim)
+
+
+def _served(name: str) -> AbstractContextManager[object]:
+    """The SERVER span of the MCP request, as fastmcp opens it on the full path (the operation's
+    span, which the recorder annotates); none while tracing is off, as there."""
+    if not tracing.enabled():
+        return nullcontext()
+    return server_span(f"tools/call {name}", "tools/call", SERVER_NAME, "tool", name, tool_name=name)
 
 
 async def _unused(op: Operation) -> None:
