@@ -132,7 +132,7 @@ class CallLane:
         name, arguments, meta = params.get("name"), params.get("arguments", {}), params.get("_meta", {})
         if not isinstance(name, str) or not isinstance(arguments, dict) or not isinstance(meta, dict):
             return None
-        if params.keys() - {"name", "arguments", "_meta"} or "progressToken" in meta:
+        if params.keys() - {"name", "arguments", "_meta"} or not all(map(_envelope_key, meta)):
             return None
         headers = Headers(scope=scope)
         if not _accepts_both(headers) or not headers.get("content-type", "").startswith("application/json"):
@@ -393,6 +393,12 @@ def _result(answer: dict[str, Any], modern: bool) -> dict[str, Any]:
 def _error(error: MCPError) -> dict[str, Any]:
     data = modern_error_data(error)
     return data.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _envelope_key(key: str) -> bool:
+    """A `_meta` key of the protocol's own envelope; any other (a progress token, a trace
+    context fastmcp would continue) sends the call the full path."""
+    return key.startswith("io.modelcontextprotocol/")
 
 
 def _accepts_both(headers: Headers) -> bool:
