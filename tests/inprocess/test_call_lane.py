@@ -46,6 +46,7 @@ async def lane(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AsgiGa
     )
     rules = json.loads(json.dumps(STANDARD_RULES))
     rules["agents"]["whole"] = {"view": "aggregate", "allow": {"servers": ["echo"]}}
+    rules["agents"]["tight"] = {"allow": {"servers": ["echo"]}, "rate_limit": "2/minute"}
     files.write_rules(rules)
     async with asgi_gateway(files, GATEWAY_RATE_LIMIT="100000/minute") as running:
         async with running.http() as http:
@@ -235,3 +236,16 @@ async def test_a_2026_server_asking_is_answered_as_on_the_full_path(lane: AsgiGa
     assert asked["resultType"] == expected["resultType"] == "input_required", asked
     assert asked["inputRequests"] == expected["inputRequests"]
     assert isinstance(asked["requestState"], str) and asked["requestState"] != "asked"
+
+
+async def test_lane_calls_are_charged_to_the_agents_rate_limit(lane: AsgiGateway) -> None:
+    tight = {**EXECUTE, "agent_id": "tight"}
+    async with lane.http() as http:
+        headers = await session(http)
+        answers = [
+            await http.post("/mcp", json=call("execute_tool", tight, n), headers=headers) for n in range(3)
+        ]
+    assert all(answer.headers["content-type"] == "application/json" for answer in answers)
+    assert all("result" in answer_of(answer) for answer in answers[:2])
+    refused = answer_of(answers[2])["error"]
+    assert refused["code"] == -32005 and refused["data"]["code"] == "RATE_LIMITED", refused
