@@ -249,3 +249,14 @@ async def test_lane_calls_are_charged_to_the_agents_rate_limit(lane: AsgiGateway
     assert all("result" in answer_of(answer) for answer in answers[:2])
     refused = answer_of(answers[2])["error"]
     assert refused["code"] == -32005 and refused["data"]["code"] == "RATE_LIMITED", refused
+
+
+async def test_calls_of_sessions_with_resumable_streams_take_the_full_path(lane: AsgiGateway) -> None:
+    """2025-11-25 streams are primed for resumption with `Last-Event-ID` (test_resume.py); a
+    JSON answer has nothing to resume, so those calls keep the SDK's stream unless
+    GATEWAY_CALL_LANE=all."""
+    async with lane.http() as http:
+        headers = {**await session(http), "mcp-protocol-version": "2025-11-25"}
+        response = await http.post("/mcp", json=call("execute_tool", EXECUTE), headers=headers)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert answer_of(response)["result"]["content"][0]["text"] == "hi"

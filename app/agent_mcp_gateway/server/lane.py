@@ -65,6 +65,9 @@ from agent_mcp_gateway.server.tasks import without_tasks
 # What a client may declare that lets a server ask it something mid-call: such calls need the
 # SDK's session (requests on the call's stream, or held calls across rounds).
 ASKING = frozenset({"sampling", "elicitation", "roots", "tasks"})
+# Session-era versions whose streams the SDK primes for resumption (a dropped call is resumed
+# with `Last-Event-ID`, README "Resumable streams"): a JSON answer has nothing to resume.
+RESUMABLE = frozenset(v for v in HANDSHAKE_PROTOCOL_VERSIONS if v >= "2025-11-25")
 EXECUTE_ARGUMENTS = frozenset({"server", "tool", "agent_id", "args", "timeout_ms"})
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -120,7 +123,8 @@ class CallLane:
 
     def _eligible(self, scope: Scope, facts: RequestFacts) -> _Plan | None:
         message = facts.message
-        if message is None or not self.gateway.settings.call_lane:
+        lane = self.gateway.settings.call_lane
+        if message is None or lane == "off":
             return None
         request_id, params = message.get("id"), message.get("params")
         if (
@@ -141,7 +145,7 @@ class CallLane:
         snapshot = facts.snapshot or self.gateway.snapshot
         plan = _Plan(facts, snapshot, request_id, name, arguments, False, False, None)
         if version is None or version in HANDSHAKE_PROTOCOL_VERSIONS:
-            if not self._session_allows(scope, facts, plan):
+            if (lane != "all" and version in RESUMABLE) or not self._session_allows(scope, facts, plan):
                 return None
         elif not _modern_allows(scope, message, headers, plan):
             return None
