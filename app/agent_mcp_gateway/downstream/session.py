@@ -78,7 +78,7 @@ State = Literal["connecting", "up", "down", "closed"]
 ChangeListener = Callable[[str, Kind], None]
 UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource URI, owner key
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel | dict[str, Any])
 Answered = TypeVar("Answered", bound=BaseModel)
 
 RENEWALS_AT_ONCE = 8  # subscriptions renewed in parallel after a reconnect
@@ -625,6 +625,24 @@ class Downstream:
         call = _Request("execute_tool", tool, "tools/call", params, _answer(mt.CallToolResult), known)
         return await self._request(call, timeout_ms, relay)
 
+    async def relay_tool(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        timeout_ms: int,
+        relay: Relay,
+        known: Callable[[], None],
+        capabilities: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | mt.InputRequiredResult:
+        """`call_tool` for the call lane (`server.lane`): the arguments as received, the
+        result as the server sent it once its shape is checked (not read into a model and
+        dumped again), or the questions a 2026-07-28 server asks first."""
+        params: rpc.Message = {"name": tool, "arguments": arguments}
+        if capabilities is not None:
+            params["_meta"] = {mt.CLIENT_CAPABILITIES_META_KEY: capabilities}
+        call = _Request("execute_tool", tool, "tools/call", params, _relayed_answer, known)
+        return await self._request(call, timeout_ms, relay)
+
     async def get_prompt(
         self,
         prompt: str,
@@ -978,6 +996,22 @@ def _answer(result: type[Answered]) -> Callable[[Any], Answered | mt.InputRequir
         return result.model_validate(answer)
 
     return read
+
+
+def _relayed_answer(answer: Any) -> dict[str, Any] | mt.InputRequiredResult:
+    """A tools/call answer for the call lane: a result of the right shape, as sent."""
+    if is_input_required(answer):
+        return mt.InputRequiredResult.model_validate(answer)
+    if not (
+        isinstance(answer, dict)
+        and isinstance(answer.get("content"), list)
+        and all(isinstance(block, dict) and isinstance(block.get("type"), str) for block in answer["content"])
+        and isinstance(answer.get("isError", False), bool)
+        and isinstance(answer.get("structuredContent", {}), dict)
+        and isinstance(answer.get("_meta", {}), dict)
+    ):
+        raise MCPError(INTERNAL_ERROR, "the server's result is malformed")
+    return answer
 
 
 def _wire(value: Any) -> Any:

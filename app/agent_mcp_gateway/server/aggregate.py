@@ -22,7 +22,7 @@ from fastmcp.resources.template import ResourceTemplate
 from fastmcp.tools.base import Tool, ToolResult
 from mcp import MCPError
 
-from agent_mcp_gateway.catalog import Catalog
+from agent_mcp_gateway.catalog import Catalog, Routed
 from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.downstream.pool import Owner
 from agent_mcp_gateway.downstream.session import Downstream, Round
@@ -129,13 +129,19 @@ class AggregateView:
     async def call_tool(
         self, op: Operation, name: str, arguments: dict[str, Any], relay: ClientRelay | None
     ) -> ToolResult:
+        routed = await self.route_tool(op, name)
+        return await self.forward.call_tool(
+            op, routed.server, routed.name, arguments, relay, decision=routed.decision
+        )
+
+    async def route_tool(self, op: Operation, name: str) -> Routed[mt.Tool]:
+        """The tool a public name stands for, with the decision that allows it; an unknown
+        name (or one the agent may not use) is INVALID_PARAMS."""
         routed = (await self._catalog(op)).tool(name)
         if routed is None:
             self._refuse(op, name)
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}")
-        return await self.forward.call_tool(
-            op, routed.server, routed.name, arguments, relay, decision=routed.decision
-        )
+        return routed
 
     async def get_prompt(
         self, op: Operation, name: str, arguments: dict[str, str] | None, relay: ClientRelay | None

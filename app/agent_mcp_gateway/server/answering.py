@@ -18,8 +18,8 @@ from mcp import MCPError
 from pydantic import BaseModel
 
 from agent_mcp_gateway import compat
+from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.protocol import INTERNAL_ERROR, METHOD_NOT_FOUND
-from agent_mcp_gateway.server.relay import ClientRelay
 
 MAX_ROUNDS = 16
 
@@ -27,7 +27,7 @@ A = TypeVar("A", bound=BaseModel)
 Retry = Callable[[dict[str, Any] | None, str | None], Awaitable[A | mt.InputRequiredResult]]
 
 
-async def answered(relay: ClientRelay | None, first: mt.InputRequiredResult, retry: Retry[A]) -> A:
+async def answered(relay: Relay | None, first: mt.InputRequiredResult, retry: Retry[A]) -> A:
     """The call's result once every round's questions are answered by the calling client."""
     if relay is None:
         raise MCPError(

@@ -137,7 +137,7 @@ class Forward:
         async def send(
             downstream: Downstream, to: Relay | None, round: Round
         ) -> mt.CallToolResult | mt.InputRequiredResult:
-            timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
+            timeout, known = self.timeout_ms(downstream, timeout_ms), self.known(op, downstream, tool)
             return await downstream.call_tool(tool, arguments, timeout, to, known, round)
 
         result = await self.rounds(op, "execute_tool", server, relay, send, tool, decision)
@@ -150,7 +150,7 @@ class Forward:
             is_error=result.is_error,
         )
 
-    def _known(self, op: Operation, downstream: Downstream, tool: str) -> Callable[[], None]:
+    def known(self, op: Operation, downstream: Downstream, tool: str) -> Callable[[], None]:
         """The check that `tool` is listed, run by the downstream once the server is up (a
         server still starting has no list yet): a quarantined tool is refused as such."""
 

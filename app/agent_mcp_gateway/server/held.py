@@ -205,8 +205,7 @@ class HeldCalls:
                 self._drop(call)
                 outcome = task.result()
                 if isinstance(outcome, mt.InputRequiredResult):  # a 2026-07-28 server's own
-                    wrapped = {"down": outcome.request_state, "agent": call.agent}
-                    return outcome.model_copy(update={"request_state": _state(wrapped)})
+                    return self.wrap(outcome, call.agent)
                 return outcome
             call.asked.clear()
             asked = asyncio.ensure_future(call.asked.wait())
@@ -215,6 +214,13 @@ class HeldCalls:
             finally:
                 asked.cancel()
             await asyncio.sleep(0)  # questions asked together go out together
+
+    @staticmethod
+    def wrap(outcome: mt.InputRequiredResult, agent: str) -> mt.InputRequiredResult:
+        """A 2026-07-28 server's questions as its caller gets them: its own `requestState`
+        inside the gateway's, which names the agent (the retry goes to the same server)."""
+        wrapped = {"down": outcome.request_state, "agent": agent}
+        return outcome.model_copy(update={"request_state": _state(wrapped)})
 
     def _hold(self, call: HeldCall) -> mt.InputRequiredResult:
         if call.key not in self._held:
