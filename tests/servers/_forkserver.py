@@ -20,6 +20,11 @@ import sys
 import threading
 import traceback
 
+# _common first: its quiet fastmcp settings must be in the environment before fastmcp is imported.
+# isort: off
+import _common  # noqa: F401
+# isort: on
+
 # What the fixtures import, and what serving over stdio imports on the way (fastmcp's are lazy).
 import anyio._backends._asyncio  # noqa: F401
 import mcp.server.stdio  # noqa: F401
@@ -29,8 +34,6 @@ from fastmcp.prompts import Message  # noqa: F401
 from fastmcp.server.dependencies import get_http_headers  # noqa: F401
 from fastmcp.tools import Tool, ToolResult  # noqa: F401
 from mcp.server.mcpserver import MCPServer  # noqa: F401
-
-import _common  # noqa: F401  - the fixtures' start-up: quiet fastmcp, its warnings filter
 
 
 def warm() -> None:
