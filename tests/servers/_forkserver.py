@@ -6,6 +6,7 @@ about 0.2 s of CPU instead of the 2 s an interpreter importing fastmcp takes.
 one message, JSON {argv, env, cwd}, carrying the launcher's stdin, stdout and stderr; the child
 takes them as its own, runs argv[0] as __main__, and sends its exit status back on the
 connection. It exits at once when the launcher's end closes (the launcher was stopped or killed).
+The fork server ends on SIGTERM (its children stopped and waited for) or when its parent is gone.
 """
 
 from __future__ import annotations
@@ -143,8 +144,16 @@ def main() -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(sys.argv[1])
     listener.listen(64)
+    listener.settimeout(1.0)
+    parent = os.getppid()
     while True:
-        connection, _ = listener.accept()
+        try:
+            connection, _ = listener.accept()
+        except TimeoutError:
+            if os.getppid() != parent:  # the test process is gone: so is the need for this one
+                stop()
+            continue
+        connection.settimeout(None)
         try:
             message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
             request = json.loads(message)
