@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import mcp_types as mt
 import pytest
 from fastmcp import Client
-from fastmcp.client.messages import MessageHandler
 from fastmcp.exceptions import ToolError
 from mcp import MCPError
 
@@ -27,6 +26,8 @@ from conftest import (
     WAIT_SECONDS,
     AsgiGateway,
     GatewayFiles,
+    Heard,
+    answering,
     asgi_gateway,
     eventually,
     fixture_server,
@@ -257,20 +258,9 @@ async def test_unknown_names_get_one_error_in_both_views(gateway_files: GatewayF
         assert answers == {(-32602, "Unknown tool: 'nothing__here'", -32602)}
 
 
-class Notifications(MessageHandler):
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, float]] = []
-
-    async def on_notification(self, message: mt.ServerNotification) -> None:
-        self.seen.append((message.method, time.monotonic()))
-
-    def methods(self) -> list[str]:
-        return [method for method, _ in self.seen]
-
-
 async def test_list_changed_reaches_only_the_sessions_whose_view_changed(gateway_files: GatewayFiles) -> None:
     write_config(gateway_files, changing=fixture_server("list_changing"))
-    ide_seen, narrow_seen = Notifications(), Notifications()
+    ide_seen, narrow_seen = Heard(), Heard()
     async with (
         asgi_gateway(gateway_files) as service,
         service.client(headers=as_agent("ide"), message_handler=ide_seen) as ide,
@@ -280,24 +270,24 @@ async def test_list_changed_reaches_only_the_sessions_whose_view_changed(gateway
         await eventually(lambda: all(server.state == "up" for server in service.gateway.pool), timeout=30)
         await ide.list_tools()
         await narrow.list_tools()
-        ide_seen.seen.clear()
+        ide_seen.events.clear()
         await ide.call_tool("changing__add_tool", {"name": "fresh"})
-        await eventually(lambda: "notifications/tools/list_changed" in ide_seen.methods(), timeout=5)
+        await eventually(lambda: "notifications/tools/list_changed" in ide_seen.events, timeout=5)
         assert "changing__fresh" in {tool.name for tool in await ide.list_tools()}
         assert (await ide.call_tool("changing__fresh", {})).data == "fresh"
         await asyncio.sleep(0.5)
-        assert narrow_seen.methods() == []
+        assert narrow_seen.events == []
 
         # A rules reload that changes narrow's view tells narrow, and not ide.
-        before = len(ide_seen.seen)
+        before = len(ide_seen.events)
         rules = json.loads(json.dumps(RULES))
         rules["agents"]["narrow"]["allow"]["tools"]["echo"].append("structured")
         gateway_files.write_rules(rules)
         assert await service.gateway.reload("test")
-        await eventually(lambda: "notifications/tools/list_changed" in narrow_seen.methods(), timeout=5)
+        await eventually(lambda: "notifications/tools/list_changed" in narrow_seen.events, timeout=5)
         assert "echo__structured" in {tool.name for tool in await narrow.list_tools()}
         await asyncio.sleep(0.5)
-        assert len(ide_seen.seen) == before
+        assert len(ide_seen.events) == before
 
 
 async def test_get_server_tools_answers_from_the_refreshed_cache(gateway_files: GatewayFiles) -> None:
@@ -316,31 +306,15 @@ async def test_get_server_tools_answers_from_the_refreshed_cache(gateway_files: 
         assert "x1" in await poll(listed, until=lambda now: "x1" in now)
 
 
-def answering(colour: str, calls: list[str]) -> dict[str, Any]:
-    """Client handlers that answer elicitation, sampling and roots, recording that they ran."""
-
-    async def elicit(message: str, response_type: Any, params: Any, context: Any) -> dict[str, str]:
-        calls.append("elicitation")
-        return {"colour": colour}
-
-    async def sample(messages: Any, params: Any, context: Any) -> str:
-        calls.append("sampling")
-        return f"short ({colour})"
-
-    def roots(context: Any) -> list[str]:
-        calls.append("roots")
-        return [f"file:///{colour}"]
-
-    return {"elicitation_handler": elicit, "sampling_handler": sample, "roots": roots}
-
-
 async def test_server_requests_go_to_the_calling_client_only(studio_reached: AsgiGateway) -> None:
     service = studio_reached
     caller_calls: list[str] = []
     bystander_calls: list[str] = []
+    caller_answers = answering("blue", caller_calls, "short (blue)")
+    bystander_answers = answering("red", bystander_calls, "short (red)")
     async with (
-        service.client("legacy", headers=as_agent("ide"), **answering("blue", caller_calls)) as caller,
-        service.client("legacy", headers=as_agent("ide"), **answering("red", bystander_calls)) as bystander,
+        service.client("legacy", headers=as_agent("ide"), **caller_answers) as caller,
+        service.client("legacy", headers=as_agent("ide"), **bystander_answers) as bystander,
     ):
         await bystander.list_tools()
         # One call at a time: a stdio server's request names no call, so on ide's own session the
@@ -351,7 +325,7 @@ async def test_server_requests_go_to_the_calling_client_only(studio_reached: Asg
         # The discovery view relays the same way.
         classic_calls: list[str] = []
         async with service.client(
-            "legacy", headers=as_agent("classic"), **answering("green", classic_calls)
+            "legacy", headers=as_agent("classic"), **answering("green", classic_calls, "short (green)")
         ) as c:
             result = await c.call_tool("execute_tool", {"server": "studio", "tool": "ask_colour"})
             assert result.structured_content == {"result": "colour green"} or "colour green" in str(
@@ -404,7 +378,7 @@ async def test_a_tool_error_result_passes_through(aggregate: AsgiGateway) -> Non
 
 
 async def test_resource_updates_reach_subscribed_sessions_only(aggregate: AsgiGateway) -> None:
-    subscribed, bystander = Notifications(), Notifications()
+    subscribed, bystander = Heard(), Heard()
     async with (
         aggregate.client("legacy", headers=as_agent("ide"), message_handler=subscribed) as ide,
         aggregate.client("legacy", headers=as_agent("ide"), message_handler=bystander) as other,
@@ -419,12 +393,12 @@ async def test_resource_updates_reach_subscribed_sessions_only(aggregate: AsgiGa
         assert refused.value.code == -32602  # not narrow's server: as unknown as a missing URI
         await other.list_tools()
         await ide.call_tool("st__touch", {"uri": "note://readme"})
-        await eventually(lambda: "notifications/resources/updated" in subscribed.methods(), timeout=5)
+        await eventually(lambda: "notifications/resources/updated" in subscribed.events, timeout=5)
         await ide.session.unsubscribe_resource("note://readme")
         await ide.call_tool("st__touch", {"uri": "note://readme"})
         await asyncio.sleep(0.5)
-        assert subscribed.methods().count("notifications/resources/updated") == 1
-        assert "notifications/resources/updated" not in bystander.methods()
+        assert subscribed.events.count("notifications/resources/updated") == 1
+        assert "notifications/resources/updated" not in bystander.events
 
 
 MODERN = "2026-07-28"

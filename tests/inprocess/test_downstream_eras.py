@@ -19,6 +19,7 @@ from mcp import MCPError
 
 from conftest import (
     GatewayFiles,
+    Heard,
     HttpFixtureServer,
     asgi_gateway,
     eventually,
@@ -26,7 +27,7 @@ from conftest import (
     fixture_server,
     served_over_http,
 )
-from inprocess.test_aggregate import Notifications, as_agent
+from inprocess.test_aggregate import as_agent
 
 MODERN = "2026-07-28"
 HANDSHAKE = "2025-11-25"
@@ -151,7 +152,7 @@ async def test_list_changes_of_a_2026_only_server_reach_the_gateways_clients(
     gateway_files: GatewayFiles, modern_server: dict[str, Any]
 ) -> None:
     configure(gateway_files, modern=modern_server)
-    seen = Notifications()
+    seen = Heard()
     async with (
         asgi_gateway(gateway_files) as service,
         service.client("legacy", headers=as_agent("ide"), message_handler=seen) as handshake,
@@ -162,7 +163,7 @@ async def test_list_changes_of_a_2026_only_server_reach_the_gateways_clients(
         await handshake.list_tools()
         await modern.call_tool("modern__add_tool", {"name": "fresh"})
         # Announced on the listen stream the gateway keeps open to the server, not on the call.
-        assert await eventually(lambda: "notifications/tools/list_changed" in seen.methods(), timeout=60)
+        assert await eventually(lambda: "notifications/tools/list_changed" in seen.events, timeout=60)
         assert "modern__fresh" in await tool_names(handshake)
         assert "modern__fresh" in await tool_names(modern)
         assert await text(modern, "modern__fresh", {}) == "fresh"
@@ -172,7 +173,7 @@ async def test_resource_updates_of_a_2026_only_server_reach_the_subscriber(
     gateway_files: GatewayFiles, modern_server: dict[str, Any]
 ) -> None:
     configure(gateway_files, modern=modern_server)
-    subscribed = Notifications()
+    subscribed = Heard()
     async with (
         asgi_gateway(gateway_files) as service,
         service.client("legacy", headers=as_agent("ide"), message_handler=subscribed) as ide,
@@ -180,11 +181,11 @@ async def test_resource_updates_of_a_2026_only_server_reach_the_subscriber(
         await connected(service)
         await ide.session.subscribe_resource("modern://note")
         await ide.call_tool("modern__touch", {"uri": "modern://note"})
-        assert await eventually(lambda: "notifications/resources/updated" in subscribed.methods(), timeout=60)
+        assert await eventually(lambda: "notifications/resources/updated" in subscribed.events, timeout=60)
         await ide.session.unsubscribe_resource("modern://note")
         await ide.call_tool("modern__touch", {"uri": "modern://note"})
         await asyncio.sleep(0.5)
-        assert subscribed.methods().count("notifications/resources/updated") == 1
+        assert subscribed.events.count("notifications/resources/updated") == 1
 
 
 async def test_a_subscription_goes_where_the_servers_era_honors_it(gateway_files: GatewayFiles) -> None:
@@ -217,7 +218,7 @@ async def test_what_an_agents_2026_session_hears_is_that_agents_only(gateway_fil
     """Per-agent isolation: each agent's session of a 2026-only stdio server (its own process)
     has its own listen stream, whose events reach that agent's clients only."""
     configure(gateway_files, modern=fixture_server("modern", isolation="agent"))
-    ide_seen, other_seen = Notifications(), Notifications()
+    ide_seen, other_seen = Heard(), Heard()
     async with (
         asgi_gateway(gateway_files) as service,
         service.client("legacy", headers=as_agent("ide"), message_handler=ide_seen) as ide,
@@ -232,12 +233,12 @@ async def test_what_an_agents_2026_session_hears_is_that_agents_only(gateway_fil
         assert owners == {"": MODERN, "agent:ide": MODERN, "agent:other": MODERN}
         await ide.call_tool("modern__touch", {"uri": "modern://note"})
         await ide.call_tool("modern__add_tool", {"name": "mine"})
-        assert await eventually(lambda: "notifications/resources/updated" in ide_seen.methods(), timeout=60)
-        assert await eventually(lambda: "notifications/tools/list_changed" in ide_seen.methods(), timeout=60)
+        assert await eventually(lambda: "notifications/resources/updated" in ide_seen.events, timeout=60)
+        assert await eventually(lambda: "notifications/tools/list_changed" in ide_seen.events, timeout=60)
         assert "modern__mine" in await tool_names(ide)
         await other.call_tool("modern__echo", {"text": "still here"})
         await asyncio.sleep(0.5)
-        assert "notifications/resources/updated" not in other_seen.methods()
+        assert "notifications/resources/updated" not in other_seen.events
         assert "modern__mine" not in await tool_names(other)
 
 
@@ -248,7 +249,7 @@ async def test_a_restarted_2026_only_http_server_is_listened_to_again(gateway_fi
     server.start()
     try:
         configure(gateway_files, modern={"description": "modern over HTTP", "url": server.url})
-        seen = Notifications()
+        seen = Heard()
         async with (
             asgi_gateway(gateway_files) as service,
             service.client("legacy", headers=as_agent("ide"), message_handler=seen) as ide,
@@ -262,7 +263,7 @@ async def test_a_restarted_2026_only_http_server_is_listened_to_again(gateway_fi
             assert await eventually(lambda: shared.state == "up", timeout=120)
             await ide.list_tools()
             await ide.call_tool("modern__add_tool", {"name": "after"})
-            assert await eventually(lambda: "notifications/tools/list_changed" in seen.methods(), timeout=60)
+            assert await eventually(lambda: "notifications/tools/list_changed" in seen.events, timeout=60)
             assert "modern__after" in await tool_names(ide)
     finally:
         server.stop()

@@ -16,10 +16,10 @@ import pytest
 from fastmcp.utilities.asgi_transport import StreamingASGITransport
 from mcp import Client as SdkClient
 from mcp.client.streamable_http import streamable_http_client
-from mcp.client.subscriptions import Subscription, listen
-from mcp.shared.subscriptions import ResourceUpdated, ServerEvent, ToolsListChanged
+from mcp.client.subscriptions import listen
+from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
 
-from conftest import AsgiGateway, GatewayFiles, asgi_gateway, eventually, fixture_server
+from conftest import AsgiGateway, GatewayFiles, Heard, asgi_gateway, eventually, fixture_server
 
 RULES: dict[str, Any] = {
     "agents": {
@@ -54,21 +54,6 @@ async def sdk_client(service: AsgiGateway, agent: str, mode: str = "auto") -> As
         yield client
 
 
-class Heard:
-    """The events one listen stream delivered, collected in the background."""
-
-    def __init__(self, subscription: Subscription) -> None:
-        self.events: list[ServerEvent] = []
-        self._task = asyncio.create_task(self._collect(subscription))
-
-    async def _collect(self, subscription: Subscription) -> None:
-        async for event in subscription:
-            self.events.append(event)
-
-    def close(self) -> None:
-        self._task.cancel()
-
-
 async def test_listen_hears_only_its_agents_view(gateway_files: GatewayFiles) -> None:
     write_config(gateway_files)
     async with (
@@ -89,9 +74,9 @@ async def test_listen_hears_only_its_agents_view(gateway_files: GatewayFiles) ->
         ):
             assert ide_stream.honored.tools_list_changed is True
             ide_heard, narrow_heard, classic_heard = (
-                Heard(ide_stream),
-                Heard(narrow_stream),
-                Heard(classic_stream),
+                Heard().follow(ide_stream),
+                Heard().follow(narrow_stream),
+                Heard().follow(classic_stream),
             )
             await ide.call_tool("changing__add_tool", {"name": "fresh"})
             await eventually(lambda: ide_heard.events, timeout=EVENT_SECONDS)
@@ -127,7 +112,7 @@ async def test_listen_hears_updates_of_resources_its_agent_may_read(gateway_file
             # agent's resource are left out alike.
             assert ide_stream.honored.resource_subscriptions == ["note://readme"]
             assert not narrow_stream.honored.resource_subscriptions
-            ide_heard, narrow_heard = Heard(ide_stream), Heard(narrow_stream)
+            ide_heard, narrow_heard = Heard().follow(ide_stream), Heard().follow(narrow_stream)
             await ide.call_tool("st__touch", {"uri": "note://readme"})
             await eventually(lambda: ide_heard.events, timeout=EVENT_SECONDS)
             assert ide_heard.events == [ResourceUpdated("note://readme")]

@@ -27,6 +27,7 @@ from conftest import (
     AsgiGateway,
     GatewayFiles,
     StreamingASGITransport,
+    answering,
     asgi_gateway,
     eventually,
     fixture_server,
@@ -84,24 +85,6 @@ def as_agent(agent: str) -> dict[str, str]:
     return {"X-Agent-Id": agent}
 
 
-def answering(colour: str, calls: list[str]) -> dict[str, Any]:
-    """fastmcp client handlers that answer elicitation, sampling and roots, recording each."""
-
-    async def elicit(message: str, response_type: Any, params: Any, context: Any) -> dict[str, str]:
-        calls.append("elicitation")
-        return {"colour": colour}
-
-    async def sample(messages: Any, params: Any, context: Any) -> str:
-        calls.append("sampling")
-        return "circle"
-
-    def roots(context: Any) -> list[str]:
-        calls.append("roots")
-        return [f"file:///{colour}"]
-
-    return {"elicitation_handler": elicit, "sampling_handler": sample, "roots": roots}
-
-
 def text(result: mt.CallToolResult | Any) -> str:
     content = result.content
     assert len(content) == 1 and isinstance(content[0], mt.TextContent), content
@@ -116,7 +99,7 @@ async def first_round(client: Client) -> mt.InputRequiredResult:
     return result
 
 
-ASKABLE = answering("blue", [])  # a client that declares elicitation, sampling and roots
+ASKABLE = answering("blue", [], "circle")  # a client that declares elicitation, sampling and roots
 # The gateway names the questions it relays: the first elicitation of a call is elicitation-1.
 BLUE: dict[str, Any] = {"elicitation-1": mt.ElicitResult(action="accept", content={"colour": "blue"})}
 
@@ -129,7 +112,7 @@ async def test_each_era_of_client_answers_each_era_of_server(asking: GatewayFile
     calls: list[str] = []
     async with (
         asgi_gateway(asking) as service,
-        service.client(mode, headers=as_agent("ide"), **answering("blue", calls)) as ide,
+        service.client(mode, headers=as_agent("ide"), **answering("blue", calls, "circle")) as ide,
     ):
         assert text(await ide.call_tool("as__colour", {})) == "colour blue"
         assert text(await ide.call_tool("as__pair", {})) == "blue circle"
@@ -145,7 +128,7 @@ async def test_the_discovery_view_relays_questions_the_same_way(
     calls: list[str] = []
     async with (
         asgi_gateway(serve_asking(gateway_files, era)) as service,
-        service.client("auto", headers=as_agent("classic"), **answering("green", calls)) as classic,
+        service.client("auto", headers=as_agent("classic"), **answering("green", calls, "circle")) as classic,
     ):
         result = await classic.call_tool(
             "execute_tool", {"server": "asking", "tool": "interview", "args": {"topic": "x"}}

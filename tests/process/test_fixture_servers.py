@@ -6,7 +6,9 @@ If one of these fails, gateway tests that use it fail for reasons that are not t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -21,7 +23,18 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from mcp import MCPError
 
-from conftest import ROOT, WAIT_SECONDS, free_port, wait_for_port
+from conftest import (
+    ROOT,
+    WAIT_SECONDS,
+    fixture_server,
+    fork_server,
+    forking_from,
+    free_port,
+    initialize_message,
+    process_alive,
+    wait_for_port,
+    wait_until,
+)
 
 SERVERS = ROOT / "tests" / "servers"
 NODE_MODULES = ROOT / "tests" / ".servers" / "node_modules" / "@modelcontextprotocol"
@@ -367,3 +380,71 @@ async def test_server_filesystem_over_stdio(tmp_path: Path) -> None:
         assert not read.is_error and read.content[0].text == "hello from a test"
         outside = await client.call_tool_mcp("read_text_file", {"path": "/etc/hostname"})
         assert outside.is_error
+
+
+# --- the in-process tier's fork server ------------------------------------------------------------
+
+
+CRASH = {"name": "crash", "arguments": {}}
+
+
+def launch(command: dict[str, Any]) -> subprocess.Popen[bytes]:
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+    return subprocess.Popen([command["command"], *command["args"]], **pipes)
+
+
+def send(process: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(message).encode() + b"\n")
+    process.stdin.flush()
+
+
+def answer(process: subprocess.Popen[bytes], message: dict[str, Any]) -> dict[str, Any]:
+    """Send one JSON-RPC request over the process's stdin; its answer from stdout."""
+    assert process.stdout is not None
+    send(process, message)
+    ready, _, _ = select.select([process.stdout], [], [], WAIT_SECONDS)
+    assert ready, f"no answer to {message['method']} within {WAIT_SECONDS:.0f} s"
+    answered: dict[str, Any] = json.loads(process.stdout.readline())
+    return answered
+
+
+def forked_pid(process: subprocess.Popen[bytes]) -> int:
+    """Initialize the crashing fixture behind `process` (a launcher) and ask it for its pid."""
+    assert "result" in answer(process, initialize_message())
+    send(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "pid", "arguments": {}}}
+    pid: int = answer(process, call)["result"]["structuredContent"]["result"]
+    return pid
+
+
+def test_a_forked_fixture_server_lives_and_ends_with_its_launcher(tmp_path: Path) -> None:
+    """A fixture server forked for a launcher (what the in-process tier's gateways run) is a
+    process of its own that answers over the launcher's stdio, ends when the launcher is killed,
+    and ends the launcher with its own exit status when it exits."""
+    with fork_server(tmp_path) as socket_path, forking_from(socket_path):
+        command = fixture_server("crashing")
+        killed = launch(command)
+        try:
+            server = forked_pid(killed)
+            assert server != killed.pid and process_alive(server)
+            killed.kill()
+            assert wait_until(lambda: not process_alive(server)), "the server outlived its launcher"
+        finally:
+            killed.kill()
+            killed.wait()
+
+        for ending, status in (("crash", 1), ("end of input", 0)):
+            launcher = launch(command)
+            try:
+                server = forked_pid(launcher)
+                assert launcher.stdin is not None
+                if ending == "crash":  # the crash tool exits with status 1
+                    send(launcher, {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": CRASH})
+                else:  # a stdio server ends cleanly when its input does
+                    launcher.stdin.close()
+                assert launcher.wait(WAIT_SECONDS) == status, ending
+                assert wait_until(lambda pid=server: not process_alive(pid))
+            finally:
+                launcher.kill()
+                launcher.wait()

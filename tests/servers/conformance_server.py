@@ -10,19 +10,16 @@ itself (FastMCP 4 has no sampling helper), and `resources/subscribe`/`unsubscrib
 has neither a decorator for the first nor the second at all): a subscription is honored in both
 eras, as a dual-era server on the SDK's own `MCPServer` honors it.
 
-stdio by default; `--http PORT` serves Streamable HTTP on 127.0.0.1:PORT at /mcp with an event
-store, so a tool can close its SSE stream mid-call and the client resumes (SEP-1699).
+Started by `_common.run`; over HTTP (`--http PORT`) with an event store, so a tool can close its
+SSE stream mid-call and the client resumes (SEP-1699).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import logging
 import os
-import sys
-import warnings
+from collections.abc import Callable
 from typing import Any
 
 # Quiet start-up before fastmcp is imported, as _common does: stdout is the stdio protocol channel.
@@ -38,11 +35,10 @@ from fastmcp.exceptions import ToolError
 from fastmcp.prompts import Message
 from fastmcp.server.event_store import EventStore
 from fastmcp.tools import Tool, ToolResult
-from mcp import MCPDeprecationWarning
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
+from _common import run
 
 # A 1x1 red PNG and a minimal WAV, as the conformance reference server sends them.
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -388,11 +384,14 @@ def _sample(text: str, max_tokens: int = 50) -> mcp_types.CreateMessageRequest:
     )
 
 
-def _asked(ctx: Context, requests: dict[str, Any], state: str | None = None) -> Any:
-    """The answers to every one of `requests`, or None after asking (again) for what is missing."""
+def _asked(
+    ctx: Context, requests: dict[str, Any], reply: Callable[[dict[str, Any]], str], state: str | None = None
+) -> Any:
+    """`reply(answers)` as the result once every one of `requests` is answered; until then the
+    questions (again) for what is missing."""
     responses = ctx.input_responses or {}
     if all(key in responses for key in requests):
-        return responses
+        return _done(reply(responses))
     return mcp_types.InputRequiredResult(input_requests=requests, request_state=state)
 
 
@@ -412,34 +411,22 @@ def _done(text: str) -> ToolResult:
 @mcp.tool
 def test_input_required_result_elicitation(ctx: Context) -> Any:
     """MRTR: asks for the user's name (elicitation), then greets them."""
-    asked = _asked(ctx, {"user_name": _form("What is your name?", "name")})
-    return (
-        asked
-        if isinstance(asked, mcp_types.InputRequiredResult)
-        else _done(f"Hello, {_said(asked['user_name'])}")
-    )
+    requests = {"user_name": _form("What is your name?", "name")}
+    return _asked(ctx, requests, lambda answers: f"Hello, {_said(answers['user_name'])}")
 
 
 @mcp.tool
 def test_input_required_result_sampling(ctx: Context) -> Any:
     """MRTR: asks the client's model for a greeting (sampling)."""
-    asked = _asked(ctx, {"greeting": _sample("Generate a greeting")})
-    return (
-        asked
-        if isinstance(asked, mcp_types.InputRequiredResult)
-        else _done(f"Sampled: {_said(asked['greeting'])}")
-    )
+    requests = {"greeting": _sample("Generate a greeting")}
+    return _asked(ctx, requests, lambda answers: f"Sampled: {_said(answers['greeting'])}")
 
 
 @mcp.tool
 def test_input_required_result_list_roots(ctx: Context) -> Any:
     """MRTR: asks for the client's roots."""
-    asked = _asked(ctx, {"client_roots": mcp_types.ListRootsRequest()})
-    return (
-        asked
-        if isinstance(asked, mcp_types.InputRequiredResult)
-        else _done(f"Roots: {_said(asked['client_roots'])}")
-    )
+    requests = {"client_roots": mcp_types.ListRootsRequest()}
+    return _asked(ctx, requests, lambda answers: f"Roots: {_said(answers['client_roots'])}")
 
 
 @mcp.tool
@@ -450,12 +437,8 @@ def test_input_required_result_request_state(ctx: Context) -> Any:
             input_requests={"confirm": _form("Please confirm", "ok", "boolean")},
             request_state="confirm-pending",
         )
-    asked = _asked(ctx, {"confirm": _form("Please confirm", "ok", "boolean")}, "confirm-pending")
-    return (
-        asked
-        if isinstance(asked, mcp_types.InputRequiredResult)
-        else _done(f"Confirmed: {_said(asked['confirm'])}")
-    )
+    requests = {"confirm": _form("Please confirm", "ok", "boolean")}
+    return _asked(ctx, requests, lambda answers: f"Confirmed: {_said(answers['confirm'])}", "confirm-pending")
 
 
 @mcp.tool
@@ -466,10 +449,12 @@ def test_input_required_result_multiple_inputs(ctx: Context) -> Any:
         "greeting": _sample("Generate a greeting"),
         "client_roots": mcp_types.ListRootsRequest(),
     }
-    asked = _asked(ctx, requests, "multiple-inputs")
-    if isinstance(asked, mcp_types.InputRequiredResult):
-        return asked
-    return _done("All inputs received: " + " | ".join(_said(asked[key]) for key in requests))
+    return _asked(
+        ctx,
+        requests,
+        lambda answers: "All inputs received: " + " | ".join(_said(answers[key]) for key in requests),
+        "multiple-inputs",
+    )
 
 
 @mcp.tool
@@ -491,8 +476,8 @@ def test_input_required_result_multi_round(ctx: Context) -> Any:
 @mcp.tool
 def test_input_required_result_tampered_state(ctx: Context) -> Any:
     """MRTR: a sealed requestState; a tampered one never reaches this tool."""
-    asked = _asked(ctx, {"confirm": _form("Please confirm", "ok", "boolean")}, "tamper-proof")
-    return asked if isinstance(asked, mcp_types.InputRequiredResult) else _done("State verified")
+    requests = {"confirm": _form("Please confirm", "ok", "boolean")}
+    return _asked(ctx, requests, lambda _: "State verified", "tamper-proof")
 
 
 @mcp.tool
@@ -509,8 +494,7 @@ def test_input_required_result_capabilities(ctx: Context) -> Any:
         requests["greeting"] = _sample("Generate a greeting")
     if not requests:
         return _done("Nothing the client can answer")
-    asked = _asked(ctx, requests, "capabilities")
-    return asked if isinstance(asked, mcp_types.InputRequiredResult) else _done("Capabilities respected")
+    return _asked(ctx, requests, lambda _: "Capabilities respected", "capabilities")
 
 
 @mcp.prompt
@@ -566,18 +550,5 @@ def serve_http(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="MCP conformance fixture server")
-    parser.add_argument(
-        "--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT at /mcp"
-    )
-    args = parser.parse_args()
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    if args.http:
-        serve_http(args.http)
-    else:
-        mcp.run(transport="stdio", show_banner=False)
-
-
 if __name__ == "__main__":
-    main()
+    run(mcp, serve_http=serve_http)

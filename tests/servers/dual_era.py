@@ -5,21 +5,18 @@ Neither fastmcp 4.1.2 nor the SDK registers a tool per era, so a server middlewa
 SDK's own server (`MCPServer`) hides it from handshake-era listings and refuses its calls
 there: the closest real thing, and what a server with an era-specific feature would do.
 `era` tells which era a call came in.
-
-stdio by default; --http PORT serves Streamable HTTP on 127.0.0.1:PORT at /mcp.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
 from typing import Any
 
 import mcp_types
 from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from _common import run
 
 MODERN_ONLY = "modern_only"
 
@@ -51,11 +48,4 @@ def modern_only() -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="dual-era test server")
-    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT")
-    args = parser.parse_args()
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    if args.http:
-        mcp.run("streamable-http", host="127.0.0.1", port=args.http)
-    else:
-        mcp.run("stdio")
+    run(mcp)

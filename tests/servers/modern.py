@@ -8,15 +8,10 @@ handshake off, so a server middleware vetoes `initialize` as the SDK documents (
 `call_next`), with the error a 2026-only server answers it with: UNSUPPORTED_PROTOCOL_VERSION
 naming the versions it serves. fastmcp 4.1.2 does not serve `subscriptions/listen`, hence the
 SDK's server here.
-
-stdio by default; --http PORT serves Streamable HTTP on 127.0.0.1:PORT at /mcp.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
 from typing import Any
 
 import mcp_types
@@ -26,7 +21,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
-log = logging.getLogger("modern")
+from _common import run
 
 
 async def refuse_handshake(ctx: Any, call_next: Any) -> Any:
@@ -120,11 +115,4 @@ def note() -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="2026-07-28-only test server")
-    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT")
-    args = parser.parse_args()
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    if args.http:
-        mcp.run("streamable-http", host="127.0.0.1", port=args.http)
-    else:
-        mcp.run("stdio")
+    run(mcp)
