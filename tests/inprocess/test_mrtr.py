@@ -350,7 +350,7 @@ async def test_prompts_and_reads_that_ask_are_answered_in_each_pairing(
     calls: list[str] = []
     async with (
         asgi_gateway(asking) as service,
-        service.client(mode, headers=as_agent("ide"), **answering("blue", calls)) as ide,
+        service.client(mode, headers=as_agent("ide"), **answering("blue", calls, "circle")) as ide,
     ):
         assert prompt_text(await ide.get_prompt("as__briefing", {"topic": "t"})) == BRIEF
         assert read_text(await ide.read_resource("asking://profile")) == PROFILE
