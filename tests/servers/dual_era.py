@@ -1,5 +1,6 @@
 """Dual-era fixture: serves the handshake era and 2026-07-28, with one tool (`modern_only`)
-offered only to 2026-07-28 clients.
+offered only to 2026-07-28 clients, and a count of the requests it received by method
+(`received`), so a test can tell how many messages each call of the gateway's costs.
 
 Neither fastmcp 4.1.2 nor the SDK registers a tool per era, so a server middleware of the
 SDK's own server (`MCPServer`) hides it from handshake-era listings and refuses its calls
@@ -12,8 +13,10 @@ stdio by default; --http PORT serves Streamable HTTP on 127.0.0.1:PORT at /mcp.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from collections import Counter
 from typing import Any
 
 import mcp_types
@@ -22,10 +25,12 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 MODERN_ONLY = "modern_only"
+RECEIVED: Counter[str] = Counter()
 
 
 async def per_era_tools(ctx: Any, call_next: Any) -> Any:
-    """`modern_only` exists for 2026-07-28 connections only."""
+    """`modern_only` exists for 2026-07-28 connections only; every request is counted."""
+    RECEIVED[ctx.method] += 1
     handshake = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
     if handshake and ctx.method == "tools/call" and (ctx.params or {}).get("name") == MODERN_ONLY:
         raise MCPError(code=mcp_types.INVALID_PARAMS, message=f"Unknown tool: {MODERN_ONLY}")
@@ -48,6 +53,12 @@ def era(ctx: Context) -> str:
 def modern_only() -> str:
     """Offered on 2026-07-28 only."""
     return "only on 2026-07-28"
+
+
+@mcp.tool(structured_output=False)
+def received() -> str:
+    """The requests this server received so far, by method (JSON), this one included."""
+    return json.dumps(RECEIVED)
 
 
 if __name__ == "__main__":
