@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -140,6 +142,32 @@ async def test_a_forced_2026_server_slower_to_start_than_the_sdks_probe_connects
         assert (server.state, server.protocol, server.last_error) == ("up", MODERN, None)
         async with service.client(headers=as_agent("ide")) as ide:
             assert await text(ide, "slow__echo", {"text": "hi"}) == "hi"
+
+
+async def test_a_2026_server_that_stops_answering_is_noticed(gateway_files: GatewayFiles) -> None:
+    """On 2026-07-28 the ping is a `server/discover`, which the SDK gives up on after 10 s with a
+    REQUEST_TIMEOUT error: that is no answer, so a stopped server is lost however long the ping
+    timeout (it was taken for an answer, and such a server stayed up for good)."""
+    configure(gateway_files, frozen=fixture_server("crashing"))
+    async with (
+        asgi_gateway(
+            gateway_files,
+            GATEWAY_ISOLATION="shared",
+            GATEWAY_PING_INTERVAL="1",
+            GATEWAY_PING_TIMEOUT=str(DISCOVER_TIMEOUT_SECONDS + 2),
+        ) as service,
+        service.client(headers=as_agent("ide")) as ide,
+    ):
+        await connected(service)
+        server = service.gateway.pool.get("frozen")
+        assert server is not None and (server.state, server.protocol) == ("up", MODERN)
+        pid = int(await text(ide, "frozen__pid", {}))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            lost = await eventually(lambda: (server.state, server.last_error) == ("down", "ping timed out"))
+            assert lost, (server.state, server.last_error)
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
 
 async def received(client: Client, tool: str) -> Counter[str]:
