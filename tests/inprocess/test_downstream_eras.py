@@ -126,13 +126,16 @@ async def test_the_protocol_setting_forces_an_era(gateway_files: GatewayFiles) -
             assert await text(ide, "new__era", {}) == MODERN
 
 
-async def test_a_forced_2026_server_slower_to_start_than_the_sdks_probe_connects(
-    gateway_files: GatewayFiles,
+@pytest.mark.parametrize("protocol", [MODERN, "auto"])
+async def test_a_2026_server_slower_to_start_than_the_sdks_probe_connects(
+    gateway_files: GatewayFiles, protocol: str
 ) -> None:
     """The SDK gives `server/discover` 10 s; a stdio server that takes longer to start (a
     Python one did on a loaded machine) still connects in 2026-07-28, as a slow handshake-era
-    server gets the connect timeout, instead of being refused and restarted as slowly again."""
-    slow = fixture_server("echo", protocol=MODERN)
+    server gets the connect timeout: forced, instead of being refused and restarted as slowly
+    again; on "auto", through the SDK's fallback (the late server refuses `initialize` once it
+    answered the probe, and is probed again) rather than in the handshake era."""
+    slow = fixture_server("echo", protocol=protocol)
     slow["args"] += ["--start-delay", str(DISCOVER_TIMEOUT_SECONDS + 1)]
     configure(gateway_files, slow=slow)
     async with asgi_gateway(gateway_files) as service:
