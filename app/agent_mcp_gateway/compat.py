@@ -18,6 +18,7 @@ import mcp_types as mt
 from aiohttp.helpers import get_env_proxy_for_url
 from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken
+from fastmcp.server.context import reset_transport, set_transport
 from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
 from mcp import ClientSession
@@ -27,6 +28,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.caching import CacheHint, validate_cache_hints
 from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.dispatcher import coerce_request_id
@@ -46,6 +48,7 @@ __all__ = [
     "mark_session_owner",
     "route_tool_input_schema",
     "run_input_required_driver",  # the SDK client's loop over a 2026-07-28 call's rounds
+    "run_stdio",
     "set_body_limit",
     "set_cache_hints",
     "set_network_backend",
@@ -167,3 +170,16 @@ def set_body_limit(routes: list[BaseRoute], max_bytes: int) -> None:
             manager.max_request_body_size = max_bytes
             if isinstance(manager.asgi_app, RequestBodyLimitMiddleware):
                 manager.asgi_app.max_body_size = max_bytes
+
+
+async def run_stdio(server: FastMCP, stdin: Any, stdout: Any) -> None:
+    """fastmcp's `run_stdio_async` on the stdio streams given (the SDK's `stdio_server` takes
+    them; fastmcp always opens it on the process's own, through worker threads): its lifespan,
+    the "stdio" transport its context reports, and its low-level server (`_mcp_server`)."""
+    token = set_transport("stdio")
+    try:
+        async with server._lifespan_manager(), stdio_server(stdin, stdout) as (read_stream, write_stream):
+            low_level = server._mcp_server
+            await low_level.run(read_stream, write_stream, low_level.create_initialization_options())
+    finally:
+        reset_transport(token)
