@@ -9,9 +9,12 @@ one is gone.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import math
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import httpcore2
 import httpx2
 import mcp_types as mt
@@ -25,10 +28,12 @@ from mcp import ClientSession
 from mcp.client._input_required import InputRequiredRoundsExceededError, run_input_required_driver
 from mcp.client.auth import OAuthFlowError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.caching import CacheHint, validate_cache_hints
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.dispatcher import coerce_request_id
@@ -45,10 +50,13 @@ __all__ = [
     "create_context_streams",  # the SDK's streams that carry each message's context
     "era_envelope",
     "get_env_proxy_for_url",  # aiohttp's reading of HTTP(S)_PROXY / NO_PROXY for one URL
+    "in_flight",
+    "live_session",
     "mark_session_owner",
     "route_tool_input_schema",
     "run_input_required_driver",  # the SDK client's loop over a 2026-07-28 call's rounds
     "run_stdio",
+    "session_manager",
     "set_body_limit",
     "set_cache_hints",
     "set_network_backend",
@@ -183,3 +191,51 @@ async def run_stdio(server: FastMCP, stdin: Any, stdout: Any) -> None:
             await low_level.run(read_stream, write_stream, low_level.create_initialization_options())
     finally:
         reset_transport(token)
+
+
+def session_manager(routes: list[BaseRoute]) -> StreamableHTTPSessionManager | None:
+    """The SDK's session manager behind fastmcp's MCP route (its undocumented endpoint class),
+    for the call lane's look-up of a handshake-era session."""
+    for route in routes:
+        endpoint = getattr(route, "endpoint", None)
+        if isinstance(endpoint, StreamableHTTPASGIApp) and endpoint.session_manager is not None:
+            return endpoint.session_manager
+    return None
+
+
+def live_session(
+    manager: StreamableHTTPSessionManager, session_id: str, scope: Scope
+) -> StreamableHTTPServerTransport | None:
+    """The transport of an open session `scope`'s caller may use, or None where the SDK would
+    answer otherwise (unknown, ended, idle-expired, or another credential's: its private
+    `_server_instances` and `_session_owners`, compared as its `_handle_stateful_request` does)."""
+    transport = manager._server_instances.get(session_id)
+    if transport is None or transport.is_terminated:
+        return None
+    user = scope.get("user")
+    requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+    if requestor != manager._session_owners.get(session_id):
+        return None
+    idle = transport.idle_scope
+    if idle is not None and idle.cancel_called:
+        return None
+    return transport
+
+
+@contextmanager
+def in_flight(transport: StreamableHTTPServerTransport) -> Iterator[None]:
+    """A request served beside the transport holds its session as one served by it does: the
+    idle countdown stops while any is in flight (the transport's private `_requests_in_flight`
+    and `_idle_timeout`, kept as its `handle_request` keeps them)."""
+    idle, timeout = transport.idle_scope, transport._idle_timeout
+    if idle is None or timeout is None:
+        yield
+        return
+    transport._requests_in_flight += 1
+    idle.deadline = math.inf
+    try:
+        yield
+    finally:
+        transport._requests_in_flight -= 1
+        if not transport._requests_in_flight:
+            idle.deadline = anyio.current_time() + timeout

@@ -184,7 +184,7 @@ class DownstreamError(GatewayError):
         kind = f" ({standard})" if standard else ""
         where = f" under request id {request_id}" if request_id else ""
         super().__init__(
-            f"Server '{server}' answered tool '{tool}' with an error{kind}; the gateway's log has "
+            f"Server '{server}' answered '{tool}' with an error{kind}; the gateway's log has "
             f"its message{where}.",
             server=server,
             tool=tool,

@@ -126,6 +126,7 @@ EXPECTED: dict[str, str] = {
     "log_format": "'json' or 'text'",
     "debug": "a boolean (1/0, true/false, yes/no, on/off)",
     "search_embeddings": "a boolean (1/0, true/false, yes/no, on/off)",
+    "call_lane": "'on', 'all' or 'off'",
     "default_timeout_ms": "a positive integer (milliseconds)",
     "connect_timeout": "a positive number (seconds)",
     "ping_interval": "a positive number (seconds)",
@@ -138,6 +139,7 @@ EXPECTED: dict[str, str] = {
     "header_timeout": "a positive number (seconds)",
     "body_timeout": "a positive number (seconds)",
     "max_connections": "a positive integer",
+    "workers": "an integer from 1 to 64",
     "max_sessions_per_agent": "a positive integer",
     "max_subscriptions": "a positive integer",
     "audit_log": "a file path",
@@ -200,6 +202,10 @@ class Settings(BaseSettings):
     # search_tools fuses BM25 with sentence embeddings when the optional model is installed;
     # off: lexical only, and the model (about 300 MB of memory with PyTorch) is never loaded.
     search_embeddings: bool = True
+    # HTTP tool calls that need nothing of the SDK's session take the call lane (server/lane.py):
+    # "on" all but the calls of sessions whose streams are resumable (2025-11-25), "all" those
+    # too (a dropped call is then not resumed), "off" none.
+    call_lane: Annotated[Literal["on", "all", "off"], BeforeValidator(_lower)] = "on"
     default_timeout_ms: Annotated[int, Field(gt=0)] = 60_000
     connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 15.0
     ping_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
@@ -218,6 +224,9 @@ class Settings(BaseSettings):
     # Above what the SDK's 10,000-session cap can hold open (one GET stream per session), so
     # standing streams cannot lock out other requests; Granian's default is 1,024.
     max_connections: Annotated[int, Field(gt=0)] = 12_000
+    # Granian worker processes. Session-era sessions live in one worker's memory: more than one
+    # serves 2026-07-28 traffic only reliably (see run/workers.py).
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     # Open sessions one agent may hold (rules: agents.<id>.max_sessions); the SDK holds 10,000.
     max_sessions_per_agent: Annotated[int, Field(gt=0)] = 1_000
     # Resources one agent may be subscribed to on one server (aggregate view).

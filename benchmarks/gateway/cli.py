@@ -11,7 +11,10 @@ HTTP and the gateway over HTTP (Granian) in front of it, then measures in the sa
   memory       the gateway worker's RSS over several rounds of sustained load;
   idle         10,000 idle session-era sessions held at once: the worker's RSS;
   rss-calls    the worker's RSS from 10,000 to 100,000 calls of a sustained closed loop;
-  startup      start to /ready with 5 stdio servers, each slow to start by a known delay.
+  startup      start to /ready with 5 stdio servers, each slow to start by a known delay;
+  peers        beside FastMCP's create_proxy, the original 0.2.5 (stdio) and ContextForge on
+               the same echo server (peers installed in their own venvs, skipped if they
+               cannot be: see peers.py).
 
 The load generator is raw JSON-RPC over httpx2 (the HTTP client the MCP SDK itself uses): a
 legacy `initialize` + `notifications/initialized` per session, then `tools/call` POSTs with
@@ -52,6 +55,7 @@ from .footprint import (
     phase_startup,
 )
 from .paths import phase_closed_loop, phase_discovery, phase_paths, phase_workers
+from .peers import default_peers_dir, phase_peers
 from .phases import phase_compare, phase_concurrency, phase_latency, phase_memory
 from .report import judge, render
 from .stack import Stack
@@ -140,6 +144,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=6,
         help="blocks per kind and checkout in the compare phase (default 6)",
     )
+    parser.add_argument(
+        "--peers-dir",
+        type=Path,
+        default=default_peers_dir(),
+        help="where the peers' venvs are installed (default: env BENCH_PEERS_DIR or "
+        "~/.cache/agent-mcp-gateway-bench/peers)",
+    )
+    parser.add_argument(
+        "--no-peer-install", action="store_true", help="use peers already installed; skip the others"
+    )
+    parser.add_argument(
+        "--peer-python", help="a Python 3.12+ for the original 0.2.5 (default: found on PATH or pyenv)"
+    )
+    parser.add_argument(
+        "--peer-calls", type=int, help="sequential calls per peer path (default 300; quick 60)"
+    )
+    parser.add_argument(
+        "--peer-block", type=int, default=20, help="calls per block of the peers phase (default 20)"
+    )
+    parser.add_argument(
+        "--peer-loop-sessions", type=int, default=16, help="closed-loop sessions per peer (default 16)"
+    )
+    parser.add_argument(
+        "--peer-loop-calls", type=int, help="closed-loop calls per session (default 20; quick 5)"
+    )
     options = parser.parse_args(argv)
     quick = options.quick
     defaults = {
@@ -154,6 +183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "idle_sessions": (IDLE_SESSIONS_FULL, 1_000),
         "rss_calls": (",".join(map(str, RSS_CALLS_FULL)), "1000,10000"),
         "start_repeats": (3, 1),
+        "peer_calls": (300, 60),
+        "peer_loop_calls": (20, 5),
     }
     for name, (full, short) in defaults.items():
         if getattr(options, name) is None:
@@ -208,6 +239,7 @@ PHASES = (
     "rss-calls",
     "startup",
     "compare",
+    "peers",
 )
 
 
@@ -230,6 +262,7 @@ async def run_phases(stack: Stack, options: argparse.Namespace, results: Results
             "rss-calls": lambda: phase_rss_calls(stack, *options.rss_calls, options.rss_sessions, results),
             "startup": lambda: phase_startup(stack, options.start_delays, options.start_repeats, results),
             "compare": lambda: phase_compare(stack, options.compare_calls, options.compare_rounds, results),
+            "peers": lambda: peers(stack, options, results),
         }[only]
         await phase()
         return
@@ -250,6 +283,21 @@ async def run_phases(stack: Stack, options: argparse.Namespace, results: Results
     await phase_discovery(stack, options.discovery_calls, results)
     await phase_workers(stack, options.loop_sessions, options.loop_calls, results)
     await phase_startup(stack, options.start_delays, options.start_repeats, results)
+    await peers(stack, options, results)
+
+
+async def peers(stack: Stack, options: argparse.Namespace, results: Results) -> None:
+    await phase_peers(
+        stack,
+        options.peer_calls,
+        min(options.peer_block, options.peer_calls),
+        options.peer_loop_sessions,
+        options.peer_loop_calls,
+        options.peers_dir,
+        not options.no_peer_install,
+        options.peer_python,
+        results,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,8 +99,10 @@ class Session(EchoCalls):
         token: str = TOKEN,
         keepalive: bool = True,
         client: httpx2.AsyncClient | None = None,
+        session_required: bool = True,
     ) -> None:
         self.url = url
+        self.session_required = session_required  # False: a stateless server answers without one
         self.gateway = gateway
         self.era = era
         self.server = server
@@ -145,9 +147,11 @@ class Session(EchoCalls):
         if "result" not in message:
             raise BenchError(f"initialize failed: {message}")
         self.session_id = response.headers.get("mcp-session-id")
-        if not self.session_id:
+        if not self.session_id and self.session_required:
             raise BenchError("initialize returned no Mcp-Session-Id")
-        self.headers.update({"Mcp-Session-Id": self.session_id, "MCP-Protocol-Version": PROTOCOL})
+        if self.session_id:
+            self.headers["Mcp-Session-Id"] = self.session_id
+        self.headers["MCP-Protocol-Version"] = PROTOCOL
         _, body = self._body("notifications/initialized", None, notify=True)
         response = await self.client.post(self.url, content=body, headers=self.headers)
         if response.status_code not in (200, 202, 204):

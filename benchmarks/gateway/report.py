@@ -12,6 +12,8 @@ from .common import (
     Results,
 )
 from .footprint import TARGET_IDLE_BYTES_PER_10K
+from .peers import TARGET_CPU_RATIO
+from .peers import table as peers_table
 
 
 def judge(results: Results) -> None:
@@ -79,6 +81,16 @@ def judge(results: Results) -> None:
     ]
     rows += performance_targets(results)
     rows += resource_targets(results)
+    target = results.peers.get("cpu_target", {})
+    if target.get("met") is not None:
+        rows.append(
+            (
+                "CPU per call, ContextForge's best / ours",
+                f"x{target['ratio']}",
+                f">= x{TARGET_CPU_RATIO:g}",
+                target["met"],
+            )
+        )
     results.targets = [{"metric": m, "value": v, "target": t, "met": bool(ok)} for m, v, t, ok in rows]
 
 
@@ -308,6 +320,10 @@ def render(results: Results) -> str:
     )
     render_performance(results, line)
     render_resources(results, line)
+    if results.peers:
+        line("")
+        for text in peers_table(results.peers):
+            line(text)
     line("")
     line("Targets")
     for t in results.targets:

@@ -253,12 +253,10 @@ class Stack:
             }
             self.baseline = self._start_gateway("baseline", port, baseline_env)
 
-    def _start_gateway(
-        self, name: str, port: int, env: dict[str, str], command: list[str] | None = None
-    ) -> Child:
+    def _start_gateway(self, name: str, port: int, env: dict[str, str]) -> Child:
         audit = "audit.jsonl" if name == "gateway" else f"{name}-audit.jsonl"
         env = {**env, "GATEWAY_HTTP_PORT": str(port), "GATEWAY_AUDIT_LOG": str(self.work / audit)}
-        child = spawn(name, command or [sys.executable, "-m", "agent_mcp_gateway"], env, self.work, self.work)
+        child = spawn(name, [sys.executable, "-m", "agent_mcp_gateway"], env, self.work, self.work)
         try:
             self._wait_ready(child, f"http://127.0.0.1:{port}")
         except BaseException:
@@ -282,30 +280,11 @@ class Stack:
                 time.sleep(0.2)
 
     def start_workers(self, workers: int) -> tuple[Child, str]:
-        """A second gateway served by `workers` Granian workers (the product runs one, because
-        session-era sessions live in one worker's memory); started the way `run_http` starts
-        Granian, with the same settings."""
+        """A second gateway served by `workers` Granian workers (`GATEWAY_WORKERS`), started as
+        the product starts, with the same settings."""
         port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--factory",
-            "--http",
-            "1",
-            "--loop",
-            "uvloop",
-            "--workers",
-            str(workers),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "agent_mcp_gateway.run.granian:worker_app",
-        ]
-        child = self._start_gateway(f"gateway-{workers}w", port, self.gateway_env, command)
+        env = {**self.gateway_env, "GATEWAY_WORKERS": str(workers)}
+        child = self._start_gateway(f"gateway-{workers}w", port, env)
         self.extra.append(child)
         return child, f"http://127.0.0.1:{port}/mcp"
 

@@ -9,7 +9,7 @@ SDK's own, in both eras.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -313,3 +313,198 @@ async def test_a_2026_servers_questions_pass_through_and_its_state_is_bound_to_t
             await other.session.call_tool("as__colour", {}, input_responses=answers, request_state=state)
         result = await ide.session.call_tool("as__colour", {}, input_responses=answers, request_state=state)
         assert text(result) == "colour red"
+
+
+# --- prompts/get and resources/read: multi-round-trip requests as well -------------------------
+
+BRIEF = "Brief on t: blue | circle | file:///blue"
+PROFILE = "profile: file:///blue | circle"
+INVALID = "Invalid or expired requestState"
+
+
+def replies(asked: mt.InputRequiredResult) -> dict[str, Any]:
+    """A 2026-07-28 client's answers to one round's questions, whatever their keys."""
+    answers: dict[str, Any] = {}
+    for key, request in (asked.input_requests or {}).items():
+        if isinstance(request, mt.ElicitRequest):
+            answers[key] = mt.ElicitResult(action="accept", content={"colour": "blue"})
+        elif isinstance(request, mt.CreateMessageRequest):
+            content = mt.TextContent(type="text", text="circle")
+            answers[key] = mt.CreateMessageResult(role="assistant", content=content, model="m")
+        else:
+            answers[key] = mt.ListRootsResult(roots=[mt.Root(uri="file:///blue")])
+    return answers
+
+
+async def by_hand(asked: Any, retry: Callable[[dict[str, Any], str | None], Awaitable[Any]]) -> Any:
+    """Answer round after round, as a 2026-07-28 client driving its own loop, until the result."""
+    rounds = 0
+    while isinstance(asked, mt.InputRequiredResult):
+        rounds += 1
+        assert rounds <= 5, "the rounds never end"
+        asked = await retry(replies(asked), asked.request_state)
+    return asked
+
+
+def prompt_text(result: mt.GetPromptResult | Any) -> str:
+    assert len(result.messages) == 1 and isinstance(result.messages[0].content, mt.TextContent), result
+    return result.messages[0].content.text
+
+
+def read_text(contents: Sequence[Any]) -> str:
+    assert len(contents) == 1 and isinstance(contents[0], mt.TextResourceContents), contents
+    return contents[0].text
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_prompts_and_reads_that_ask_are_answered_in_each_pairing(
+    asking: GatewayFiles, mode: str
+) -> None:
+    """A prompt that asks three things in a row and a resource that asks two, in all four
+    pairings of client era and server era, over stdio and HTTP: the client answers each as it
+    answers a tool's questions (rounds or requests on its call's stream), and gets the prompt and
+    the contents the server wrote from those answers."""
+    calls: list[str] = []
+    async with (
+        asgi_gateway(asking) as service,
+        service.client(mode, headers=as_agent("ide"), **answering("blue", calls)) as ide,
+    ):
+        assert prompt_text(await ide.get_prompt("as__briefing", {"topic": "t"})) == BRIEF
+        assert read_text(await ide.read_resource("asking://profile")) == PROFILE
+        assert len(service.gateway.held) == 0
+    assert calls == ["elicitation", "sampling", "roots", "roots", "sampling"]
+
+
+@pytest.mark.parametrize("era", [HANDSHAKE, MODERN])
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_the_sdk_client_gets_prompts_and_reads_that_ask(
+    gateway_files: GatewayFiles, mode: str, era: str
+) -> None:
+    async with (
+        asgi_gateway(serve_asking(gateway_files, era)) as service,
+        sdk_client(service, mode, "ide") as ide,
+    ):
+        prompt = await ide.get_prompt("as__briefing", {"topic": "t"})
+        assert prompt_text(prompt) == "Brief on t: teal | square | file:///teal"
+        assert (
+            read_text((await ide.read_resource("asking://profile")).contents)
+            == "profile: file:///teal | square"
+        )
+
+
+@pytest.mark.parametrize("era", [HANDSHAKE, MODERN])
+async def test_a_request_state_is_bound_to_its_method_target_arguments_and_agent(
+    gateway_files: GatewayFiles, era: str
+) -> None:
+    """The state of a prompt's round cannot be replayed on the prompt with other arguments, on a
+    tool call or on a resource read, nor a read's on another URI or on the prompt, nor by another
+    agent; the untouched state goes on to the result (a held call of a handshake-era server, or
+    a 2026-07-28 server's own state passed through)."""
+    async with (
+        asgi_gateway(serve_asking(gateway_files, era), GATEWAY_REQUEST_STATE_KEYS=KEY) as service,
+        service.client("auto", headers=as_agent("ide"), **ASKABLE) as ide,
+        service.client("auto", headers=as_agent("other"), **ASKABLE) as other,
+    ):
+        session, topic = ide.session, {"topic": "t"}
+
+        async def prompt_round(answers: dict[str, Any] | None, state: str | None) -> Any:
+            return await session.get_prompt(
+                "as__briefing", topic, input_responses=answers, request_state=state, allow_input_required=True
+            )
+
+        async def read_round(answers: dict[str, Any] | None, state: str | None) -> Any:
+            return await session.read_resource(
+                "asking://profile", input_responses=answers, request_state=state, allow_input_required=True
+            )
+
+        asked = await prompt_round(None, None)
+        assert isinstance(asked, mt.InputRequiredResult) and asked.request_state is not None
+        answers, state = replies(asked), asked.request_state
+        with pytest.raises(MCPError, match=INVALID):
+            await session.get_prompt(
+                "as__briefing", {"topic": "u"}, input_responses=answers, request_state=state
+            )
+        with pytest.raises(MCPError, match=INVALID):
+            await session.call_tool("as__interview", topic, input_responses=answers, request_state=state)
+        with pytest.raises(MCPError, match=INVALID):
+            await session.read_resource("asking://profile", input_responses=answers, request_state=state)
+        with pytest.raises(MCPError, match="another agent's call"):
+            await other.session.get_prompt(
+                "as__briefing", topic, input_responses=answers, request_state=state
+            )
+        assert prompt_text(await by_hand(asked, prompt_round)) == BRIEF
+
+        asked = await read_round(None, None)
+        assert isinstance(asked, mt.InputRequiredResult) and asked.request_state is not None
+        answers, state = replies(asked), asked.request_state
+        with pytest.raises(MCPError, match=INVALID):
+            await session.read_resource("asking://elsewhere", input_responses=answers, request_state=state)
+        with pytest.raises(MCPError, match=INVALID):
+            await session.get_prompt("as__briefing", topic, input_responses=answers, request_state=state)
+        with pytest.raises(MCPError, match="another agent's call"):
+            await other.session.read_resource(
+                "asking://profile", input_responses=answers, request_state=state
+            )
+        assert read_text((await by_hand(asked, read_round)).contents) == PROFILE
+        assert len(service.gateway.held) == 0
+
+
+@pytest.mark.parametrize("era", [HANDSHAKE, MODERN])
+async def test_policy_and_audit_apply_to_every_round_of_a_prompt_and_a_read(
+    gateway_files: GatewayFiles, era: str
+) -> None:
+    """Each round is an operation of its own: audited, and decided under the rules current then,
+    so a retry after the agent lost the server is refused whatever its state says. Over HTTP, so
+    the prompt and the read can wait for their retries at once."""
+    with served_over_http("asking") as url:
+        files = serve_asking(gateway_files, era, url)
+        async with (
+            asgi_gateway(files) as service,
+            service.client("auto", headers=as_agent("ide"), **ASKABLE) as ide,
+        ):
+            session, topic = ide.session, {"topic": "t"}
+            prompt = await session.get_prompt("as__briefing", topic, allow_input_required=True)
+            read = await session.read_resource("asking://profile", allow_input_required=True)
+            assert isinstance(prompt, mt.InputRequiredResult) and isinstance(read, mt.InputRequiredResult)
+            prompt = await session.get_prompt(
+                "as__briefing",
+                topic,
+                input_responses=replies(prompt),
+                request_state=prompt.request_state,
+                allow_input_required=True,
+            )
+            assert isinstance(prompt, mt.InputRequiredResult)
+
+            def rounds() -> list[tuple[str, str, str, str | None]]:
+                return [
+                    (line["operation"], line["server"], line["tool"], line["decision"])
+                    for line in files.audit_lines()
+                    if line["agent_id"] == "ide" and line["operation"] in ("prompts/get", "resources/read")
+                ]
+
+            allowed = [
+                ("prompts/get", "asking", "briefing", "ALLOW"),
+                ("resources/read", "asking", "asking://profile", "ALLOW"),
+                ("prompts/get", "asking", "briefing", "ALLOW"),
+            ]
+            await eventually(lambda: len(rounds()) >= 3)
+            assert rounds() == allowed
+
+            files.write_rules(
+                {"agents": {**RULES["agents"], "ide": {"view": "aggregate", "deny": {"servers": ["*"]}}}}
+            )
+            assert await service.gateway.reload("test")
+            with pytest.raises(MCPError, match="Unknown prompt"):
+                await session.get_prompt(
+                    "as__briefing", topic, input_responses=replies(prompt), request_state=prompt.request_state
+                )
+            with pytest.raises(MCPError, match="Resource not found"):
+                await session.read_resource(
+                    "asking://profile", input_responses=replies(read), request_state=read.request_state
+                )
+            await eventually(lambda: len(rounds()) >= 5)
+            refused = rounds()[3:]
+            assert [(operation, decision) for operation, _, _, decision in refused] == [
+                ("prompts/get", "ERROR"),
+                ("resources/read", "ERROR"),
+            ], refused

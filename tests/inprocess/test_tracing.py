@@ -113,6 +113,9 @@ class RawClient:
         }
         response = await self.http.post("/mcp", json=message, headers=self.headers(**(headers or {})))
         assert response.status_code == 200, response.text
+        if response.headers["content-type"] == "application/json":  # the call lane's answer
+            answer_json: dict[str, Any] = response.json()
+            return answer_json
         for line in response.text.splitlines():
             if line.startswith("data:") and '"id"' in line:
                 answer: dict[str, Any] = json.loads(line[5:])

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -42,13 +43,22 @@ SMOKE = [
     "--rss-sessions", "2",
     "--start-delays", "0.1,0.3",
     "--start-repeats", "1",
+    "--no-peer-install",
+    "--peer-calls", "3",
+    "--peer-loop-sessions", "2",
+    "--peer-loop-calls", "2",
 ]  # fmt: skip
 
 
-def test_benchmark_runs_every_phase() -> None:
+def test_benchmark_runs_every_phase(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "app")}
+    peers_dir = ["--peers-dir", str(tmp_path)]  # empty: the peers that need installing are skipped
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *SMOKE], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, str(SCRIPT), *SMOKE, *peers_dir],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
@@ -97,6 +107,21 @@ def test_benchmark_runs_every_phase() -> None:
     assert (startup["slowest_delay_s"], startup["sum_delays_s"]) == (0.3, 0.4)
     assert (startup["parallel_spread_s"], startup["serial_spread_s"]) == (0.2, 0.3)
     assert startup["bounded_by"] in ("slowest", "sum")
+    peers = results["peers"]
+    assert set(peers["paths"]) == {
+        "direct/http",
+        "direct/stdio",
+        "this gateway, discovery (execute_tool)",
+        "this gateway, aggregate (echo__echo)",
+        "FastMCP create_proxy",
+        "this gateway over stdio (execute_tool)",
+    }
+    assert all(row["calls"] == 3 for row in peers["paths"].values())
+    assert peers["paths"]["FastMCP create_proxy"]["closed_loop_per_s"] > 0
+    assert set(peers["skipped"]) == {"ContextForge", "original agent-mcp-gateway 0.2.5"}
+    assert all("--no-peer-install" in reason for reason in peers["skipped"].values())
+    assert peers["cpu_target"]["met"] is None  # not measured without ContextForge
+
     metrics = " ".join(t["metric"] for t in results["targets"])
     assert "20 idle sessions" in metrics and "20 -> 40 calls" in metrics and "slow stdio servers" in metrics
 

@@ -126,6 +126,8 @@ BAD_SETTINGS = [
     ("GATEWAY_CORS_ORIGINS", "app.example", "comma-separated origins"),
     ("GATEWAY_AUTH", "maybe", "'none'"),
     ("GATEWAY_DEBUG", "sometimes", "a boolean"),
+    ("GATEWAY_WORKERS", "0", "an integer from 1 to 64"),
+    ("GATEWAY_WORKERS", "two", "an integer from 1 to 64"),
 ]
 
 

@@ -52,12 +52,11 @@ RESULT_CHECKS = (
     "tools-call-elicitation",
 )
 # Scenarios the fixture does not implement (so they fail against it directly, and through the
-# gateway is not asked of them): the tasks extension, the 2026-07-28 diagnostic tools, x-mcp-header
-# tools, and a prompt that asks for input (the gateway does not bridge prompts/get rounds yet).
+# gateway is not asked of them): the tasks extension, the 2026-07-28 diagnostic tools and
+# x-mcp-header tools.
 NOT_IN_FIXTURE = {
     "server-stateless": "its diagnostic tool test_missing_capability",
     "http-custom-header-server-validation": "tools with x-mcp-header annotations",
-    "input-required-result-non-tool-request": "the prompt test_input_required_result_prompt",
     **{
         f"tasks-{name}": "the tasks extension"
         for name in (

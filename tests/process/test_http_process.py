@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -150,3 +151,81 @@ def test_bad_config_stops_startup_with_a_clear_message(gateway_files: GatewayFil
     assert done.returncode == 2
     assert "mcpServers.x" in done.stderr and "both 'command' and 'url'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+MODERN = "2026-07-28"
+
+
+def modern_call(client: httpx.Client, url: str, number: int) -> dict[str, Any]:
+    """One stateless 2026-07-28 `execute_tool` call on a new connection: its JSON-RPC answer."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "workers-test", "version": "1"},
+    }
+    arguments = {"agent_id": "builder", "server": "echo", "tool": "echo", "args": {"text": f"w{number}"}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": number,
+        "method": "tools/call",
+        "params": {"name": "execute_tool", "arguments": arguments, "_meta": meta},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "execute_tool",
+        "Connection": "close",  # a new connection each time, which either worker may accept
+    }
+    response = client.post(url, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    if response.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        return next(m for m in map(json.loads, filter(None, data)) if m.get("id") == number)
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def audited_calls(path: Path) -> int:
+    """`execute_tool` lines in an audit file, up to its last complete line (a worker's writer
+    thread may be halfway through one)."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().split("\n")[:-1]
+    return sum(json.loads(line)["operation"] == "execute_tool" for line in lines)
+
+
+def test_two_workers_serve_stateless_calls_each_with_its_own_audit_chain(
+    gateway_files: GatewayFiles,
+) -> None:
+    """GATEWAY_WORKERS=2: 2026-07-28 calls (no session) are served by either worker; each worker
+    writes its own hash-chained audit file; start-up warns about session-era clients."""
+    gateway_files.write_servers({"echo": fixture_server("echo")})
+    gateway_files.write_rules(STANDARD_RULES)
+    gateway = start_http_gateway(gateway_files, GATEWAY_WORKERS="2")
+    second = gateway_files.audit.with_name(f"{gateway_files.audit.stem}-2{gateway_files.audit.suffix}")
+    audits = (gateway_files.audit, second)
+    try:
+        served = 0
+        with httpx.Client(timeout=WAIT_SECONDS) as client:
+            # Connections go to whichever worker accepts first: call until both have served some
+            # (bounded generously: on a loaded machine one worker may take long runs).
+            while served < 400 and not (audited_calls(gateway_files.audit) and audited_calls(second)):
+                answer = modern_call(client, gateway.mcp_url, served)
+                assert answer["result"]["content"][0]["text"] == f"w{served}", answer
+                served += 1
+                if served % 20 == 0:
+                    wait_until(lambda n=served: sum(map(audited_calls, audits)) >= n)
+        assert audited_calls(gateway_files.audit) > 0 and audited_calls(second) > 0, served
+        assert "session-era clients" in gateway.log_text()
+    finally:
+        assert gateway.stop() == 0
+    for path in (gateway_files.audit, second):
+        done = subprocess.run(
+            [PY, "-m", "agent_mcp_gateway", "audit", "verify", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert audited_calls(gateway_files.audit) + audited_calls(second) == served

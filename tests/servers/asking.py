@@ -3,7 +3,10 @@
 On a handshake-era connection each question is a request to the client (elicitation, sampling,
 roots) sent on the call's own stream; on a 2026-07-28 connection it is an `InputRequiredResult`
 (the guard pattern) and the answer comes with the client's retry. `interview` asks three things
-one after the other (three rounds), `pair` asks two at once, `colour` one.
+one after the other (three rounds), `pair` asks two at once, `colour` one. The prompt `briefing`
+and the resource `asking://profile` ask too (prompts/get and resources/read are multi-round-trip
+requests as well): `briefing` three things in a row like `interview`, `profile` the client's
+roots and then a shape.
 """
 
 from __future__ import annotations
@@ -90,24 +93,46 @@ async def pair(ctx: Context) -> Any:
     return f"{answered(ctx, 'c')} {answered(ctx, 's')}"
 
 
-@mcp.tool
-async def interview(topic: str, ctx: Context) -> Any:
-    """Three questions one after the other: a colour, a shape, the client's roots."""
+async def in_turn(ctx: Context, questions: tuple[Any, ...]) -> list[str] | mt.InputRequiredResult:
+    """Ask `questions` one after the other: the answers so far, or (2026-07-28) the next round's
+    question, with the answers so far in the state the client echoes."""
     if not modern(ctx):
-        answers = [said(await ask(ctx, question)) for question in (COLOUR, SAMPLE, ROOTS)]
-        return f"{topic}: " + " | ".join(answers)
+        return [said(await ask(ctx, question)) for question in questions]
     state = ctx.request_state
     if state is None:
-        return mt.InputRequiredResult(input_requests={"q0": COLOUR}, request_state="0")
+        return mt.InputRequiredResult(input_requests={"q0": questions[0]}, request_state="0")
     so_far = state.split("\n")
     step = int(so_far[0])
     answers = [*so_far[1:], answered(ctx, f"q{step}")]
-    if step == 2:
-        return f"{topic}: " + " | ".join(answers)
-    question = (COLOUR, SAMPLE, ROOTS)[step + 1]
+    if step == len(questions) - 1:
+        return answers
     return mt.InputRequiredResult(
-        input_requests={f"q{step + 1}": question}, request_state="\n".join([str(step + 1), *answers])
+        input_requests={f"q{step + 1}": questions[step + 1]},
+        request_state="\n".join([str(step + 1), *answers]),
     )
+
+
+@mcp.tool
+async def interview(topic: str, ctx: Context) -> Any:
+    """Three questions one after the other: a colour, a shape, the client's roots."""
+    answers = await in_turn(ctx, (COLOUR, SAMPLE, ROOTS))
+    return answers if isinstance(answers, mt.InputRequiredResult) else f"{topic}: " + " | ".join(answers)
+
+
+@mcp.prompt
+async def briefing(topic: str, ctx: Context) -> Any:
+    """A prompt that asks three things in a row before it is written: a colour, a shape, roots."""
+    answers = await in_turn(ctx, (COLOUR, SAMPLE, ROOTS))
+    if isinstance(answers, mt.InputRequiredResult):
+        return answers
+    return f"Brief on {topic}: " + " | ".join(answers)
+
+
+@mcp.resource("asking://profile")
+async def profile(ctx: Context) -> Any:
+    """A resource that asks for the client's roots, then for a shape, before it is read."""
+    answers = await in_turn(ctx, (ROOTS, SAMPLE))
+    return answers if isinstance(answers, mt.InputRequiredResult) else "profile: " + " | ".join(answers)
 
 
 if __name__ == "__main__":

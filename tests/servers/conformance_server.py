@@ -513,6 +513,15 @@ def test_input_required_result_capabilities(ctx: Context) -> Any:
     return asked if isinstance(asked, mcp_types.InputRequiredResult) else _done("Capabilities respected")
 
 
+@mcp.prompt
+def test_input_required_result_prompt(ctx: Context) -> Any:
+    """MRTR on a request other than a tool call: asks what context to use, then writes the prompt."""
+    asked = _asked(ctx, {"user_context": _form("What context should the prompt use?", "context")})
+    if isinstance(asked, mcp_types.InputRequiredResult):
+        return asked
+    return [Message(f"Write with this context: {_said(asked['user_context'])}")]
+
+
 @mcp.prompt(title="Simple Test Prompt")
 def test_simple_prompt() -> list[Message]:
     """A simple prompt without arguments"""

@@ -86,6 +86,30 @@ def test_the_session_owner_is_what_the_sdk_compares() -> None:
     assert authorization_context(other["user"]) != authorization_context(scope["user"])
 
 
+async def test_a_session_is_found_and_held_as_the_sdk_does() -> None:
+    """The call lane's seams: the SDK manager's sessions and owners, and its transport's idle
+    accounting (a request in flight suspends the countdown; the last one restarts it)."""
+    manager = StreamableHTTPSessionManager(app=Server("compat"), session_idle_timeout=60)
+    assert compat.session_manager([Route("/mcp", endpoint=StreamableHTTPASGIApp(manager))]) is manager
+    owner: dict[str, Any] = {"type": "http"}
+    compat.mark_session_owner(owner, "researcher", None)
+    transport = manager._admit_session(authorization_context(owner["user"]))
+    assert transport is not None and transport.mcp_session_id is not None
+    session_id = transport.mcp_session_id
+    assert compat.live_session(manager, session_id, owner) is transport
+    other: dict[str, Any] = {"type": "http"}
+    compat.mark_session_owner(other, "builder", None)
+    assert compat.live_session(manager, session_id, other) is None
+    assert compat.live_session(manager, "unknown", owner) is None
+    transport.idle_scope = anyio.CancelScope()  # as `connect()` makes it
+    with compat.in_flight(transport):
+        assert transport._requests_in_flight == 1 and transport.idle_scope.deadline == float("inf")
+    assert transport._requests_in_flight == 0
+    assert transport.idle_scope.deadline <= anyio.current_time() + 60
+    transport.idle_scope.cancel()
+    assert compat.live_session(manager, session_id, owner) is None
+
+
 def test_context_streams_and_request_ids() -> None:
     async def main() -> None:
         send, receive = compat.create_context_streams[int](1)

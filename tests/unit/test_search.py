@@ -140,8 +140,10 @@ def test_summary_is_the_first_sentence_within_bounds() -> None:
     assert len(summary({"description": "x" * 500})) == 160
 
 
-def test_document_text_reads_server_name_and_description() -> None:
-    assert document_text(CATALOG[0]) == "time: get current time. Get the current time in a time zone."
+def test_document_text_reads_server_and_tool_names_as_words_then_the_description() -> None:
+    assert document_text(CATALOG[0]) == "time get current time: Get the current time in a time zone."
+    split = ToolDoc("desktop-commander", "readFile", {"description": "Read a file."})
+    assert document_text(split) == "desktop commander read file: Read a file."
 
 
 class Counting:

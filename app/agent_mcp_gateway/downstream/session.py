@@ -78,7 +78,8 @@ State = Literal["connecting", "up", "down", "closed"]
 ChangeListener = Callable[[str, Kind], None]
 UpdateListener = Callable[[str, str, str], Awaitable[None]]  # server, resource URI, owner key
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel | dict[str, Any])
+Answered = TypeVar("Answered", bound=BaseModel)
 
 RENEWALS_AT_ONCE = 8  # subscriptions renewed in parallel after a reconnect
 MODERN = "2026-07-28"
@@ -125,6 +126,30 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One round of a multi-round-trip request (tools/call, prompts/get, resources/read): a
+    retry carries the caller's answers and the state the server asked it to echo; a 2026-07-28
+    caller's declared capabilities go along for a server that asks it directly."""
+
+    input_responses: dict[str, Any] | None = None
+    request_state: str | None = None
+    capabilities: dict[str, Any] | None = None
+
+    def params(self, params: rpc.Message) -> rpc.Message:
+        """`params` as sent in this round."""
+        if self.input_responses is not None:
+            params["inputResponses"] = {key: _wire(answer) for key, answer in self.input_responses.items()}
+        if self.request_state is not None:
+            params["requestState"] = self.request_state
+        if self.capabilities is not None:
+            params["_meta"] = {mt.CLIENT_CAPABILITIES_META_KEY: self.capabilities}
+        return params
+
+
+FIRST = Round()
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,35 +613,53 @@ class Downstream:
         timeout_ms: int,
         relay: Relay | None,
         known: Callable[[], None],
-        input_responses: dict[str, Any] | None = None,
-        request_state: str | None = None,
-        capabilities: dict[str, Any] | None = None,
+        round: Round = FIRST,
     ) -> mt.CallToolResult | mt.InputRequiredResult:
         """Call a tool; the timeout covers the whole call, including waiting for start-up.
         `known` (built by `server.forward`) checks the tool is listed once the server is up.
-        A 2026-07-28 server may answer with the questions it asks first; the retry carries the
-        answers (`input_responses`) and what it said to echo (`request_state`)."""
+        A 2026-07-28 server may answer with the questions it asks first; its retry is another
+        `round`."""
+        params = round.params({"name": tool, "arguments": arguments})
+        call = _Request("execute_tool", tool, "tools/call", params, _answer(mt.CallToolResult), known)
+        return await self._request(call, timeout_ms, relay)
+
+    async def relay_tool(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        timeout_ms: int,
+        relay: Relay,
+        known: Callable[[], None],
+        capabilities: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | mt.InputRequiredResult:
+        """`call_tool` for the call lane (`server.lane`): the arguments as received, the
+        result as the server sent it once its shape is checked (not read into a model and
+        dumped again), or the questions a 2026-07-28 server asks first."""
         params: rpc.Message = {"name": tool, "arguments": arguments}
-        if input_responses is not None:
-            params["inputResponses"] = {key: _wire(response) for key, response in input_responses.items()}
-        if request_state is not None:
-            params["requestState"] = request_state
-        if capabilities is not None:  # a 2026-07-28 caller's, for a server that asks it directly
+        if capabilities is not None:
             params["_meta"] = {mt.CLIENT_CAPABILITIES_META_KEY: capabilities}
-        call = _Request("execute_tool", tool, "tools/call", params, _tool_answer, known)
+        call = _Request("execute_tool", tool, "tools/call", params, _relayed_answer, known)
         return await self._request(call, timeout_ms, relay)
 
     async def get_prompt(
-        self, prompt: str, arguments: dict[str, str] | None, timeout_ms: int, relay: Relay | None
-    ) -> mt.GetPromptResult:
-        params: rpc.Message = {"name": prompt, **({"arguments": arguments} if arguments is not None else {})}
-        get = _Request("prompts/get", prompt, "prompts/get", params, mt.GetPromptResult.model_validate)
+        self,
+        prompt: str,
+        arguments: dict[str, str] | None,
+        timeout_ms: int,
+        relay: Relay | None,
+        round: Round = FIRST,
+    ) -> mt.GetPromptResult | mt.InputRequiredResult:
+        """Get a prompt; like a tool call, a 2026-07-28 server may ask its questions first."""
+        params = round.params({"name": prompt, **({"arguments": arguments} if arguments is not None else {})})
+        get = _Request("prompts/get", prompt, "prompts/get", params, _answer(mt.GetPromptResult))
         return await self._request(get, timeout_ms, relay)
 
-    async def read_resource(self, uri: str, timeout_ms: int, relay: Relay | None) -> mt.ReadResourceResult:
-        read = _Request(
-            "resources/read", uri, "resources/read", {"uri": uri}, mt.ReadResourceResult.model_validate
-        )
+    async def read_resource(
+        self, uri: str, timeout_ms: int, relay: Relay | None, round: Round = FIRST
+    ) -> mt.ReadResourceResult | mt.InputRequiredResult:
+        """Read a resource; like a tool call, a 2026-07-28 server may ask its questions first."""
+        params = round.params({"uri": uri})
+        read = _Request("resources/read", uri, "resources/read", params, _answer(mt.ReadResourceResult))
         return await self._request(read, timeout_ms, relay)
 
     async def complete(
@@ -941,11 +984,32 @@ class Downstream:
         return self._wire
 
 
-def _tool_answer(answer: Any) -> mt.CallToolResult | mt.InputRequiredResult:
-    """A tools/call answer: the tool's result, or (2026-07-28) the questions asked first."""
+def _answer(result: type[Answered]) -> Callable[[Any], Answered | mt.InputRequiredResult]:
+    """How a multi-round-trip request's answer is read: its result, or (2026-07-28) the
+    questions the server asks first."""
+
+    def read(answer: Any) -> Answered | mt.InputRequiredResult:
+        if is_input_required(answer):
+            return mt.InputRequiredResult.model_validate(answer)
+        return result.model_validate(answer)
+
+    return read
+
+
+def _relayed_answer(answer: Any) -> dict[str, Any] | mt.InputRequiredResult:
+    """A tools/call answer for the call lane: a result of the right shape, as sent."""
     if is_input_required(answer):
         return mt.InputRequiredResult.model_validate(answer)
-    return mt.CallToolResult.model_validate(answer)
+    if not (
+        isinstance(answer, dict)
+        and isinstance(answer.get("content"), list)
+        and all(isinstance(block, dict) and isinstance(block.get("type"), str) for block in answer["content"])
+        and isinstance(answer.get("isError", False), bool)
+        and isinstance(answer.get("structuredContent", {}), dict)
+        and isinstance(answer.get("_meta", {}), dict)
+    ):
+        raise MCPError(INTERNAL_ERROR, "the server's result is malformed")
+    return answer
 
 
 def _wire(value: Any) -> Any:

@@ -136,6 +136,7 @@ class RequestBody:
         arguments = params.get("arguments") if isinstance(params, dict) else None
         if isinstance(arguments, dict) and isinstance(arguments.get("agent_id"), str):
             current.claimed_agent = arguments["agent_id"][:200]
+        current.message = message
         return None
 
 

@@ -107,7 +107,11 @@ class RequestContext:
         if sent is None:
             if issued is not None and status < 400:
                 principal = facts.principal
-                self.sessions.open(issued, principal.agent_id if principal else None)
+                record = self.sessions.open(issued, principal.agent_id if principal else None)
+                params = facts.message.get("params") if facts.message is not None else None
+                declared = params.get("capabilities") if isinstance(params, dict) else None
+                if facts.method == "initialize" and isinstance(declared, dict):
+                    record.capabilities = declared
         elif facts.session_refused:
             return  # a caller refused a session it does not own must not end it for its owner
         elif method == "DELETE" and status < 300:

@@ -7,6 +7,7 @@ Granian starts it as a fresh interpreter that imports the factory by name.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 
 from starlette.applications import Starlette
@@ -17,6 +18,7 @@ from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.logs import setup_logging
 from agent_mcp_gateway.run.http_app import create_app
 from agent_mcp_gateway.run.startup import load_config
+from agent_mcp_gateway.run.workers import several_workers_warnings, share_request_state_key, worker_settings
 from agent_mcp_gateway.settings import Settings, load_settings
 
 log = logging.getLogger("agent_mcp_gateway.http")
@@ -27,20 +29,27 @@ WORKER_FACTORY = "agent_mcp_gateway.run.granian:worker_app"
 
 def worker_app() -> Starlette:
     """The ASGI application of a Granian worker: settings and gateway read from the environment."""
-    settings = load_settings()
+    settings = worker_settings(load_settings())
     setup_logging(settings.log_level, settings.log_format)
     tracing.setup(settings)
     return create_app(Gateway(load_config(settings), settings))
 
 
 def run_http(settings: Settings) -> int:
-    """Serve with Granian: one worker, because session-era MCP sessions live in its memory."""
+    """Serve with Granian: `GATEWAY_WORKERS` workers (one by default, because session-era MCP
+    sessions live in one worker's memory)."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
     load_config(settings)  # fail fast, in this process, before a worker is spawned
-    log.info("serving", extra={"url": f"http://{settings.http_host}:{settings.http_port}/mcp"})
+    share_request_state_key(settings, os.environ)
+    for warning in several_workers_warnings(settings):
+        log.warning(warning, extra={"workers": settings.workers})
+    log.info(
+        "serving",
+        extra={"url": f"http://{settings.http_host}:{settings.http_port}/mcp", "workers": settings.workers},
+    )
     server = Granian(
         WORKER_FACTORY,
         factory=True,
@@ -50,7 +59,7 @@ def run_http(settings: Settings) -> int:
         # HTTP/1.1 only: in its auto mode Granian waits, with no timeout, to learn whether a new
         # connection speaks HTTP/2, so one that sent nothing held its slot for good.
         http=HTTPModes.http1,
-        workers=1,
+        workers=settings.workers,
         log_dictconfig={
             "version": 1,
             "disable_existing_loggers": False,

@@ -34,6 +34,7 @@ from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.metrics import REGISTRY
 from agent_mcp_gateway.protocol import EXPOSED_HEADERS, MCP_PATH, METADATA_PATH
 from agent_mcp_gateway.server.build import build_server
+from agent_mcp_gateway.server.lane import CallLane
 from agent_mcp_gateway.sessions.events import BoundedEventStore
 
 log = logging.getLogger("agent_mcp_gateway.http")
@@ -79,6 +80,9 @@ def create_app(gateway: Gateway) -> Starlette:
             Middleware(BearerAuth, gateway=gateway),
             Middleware(SessionQuota, gateway=gateway),
             Middleware(JsonOnly),
+            Middleware(
+                CallLane, gateway=gateway, manager=lambda: compat.session_manager(app.routes if app else [])
+            ),
         ],
     )
     return app

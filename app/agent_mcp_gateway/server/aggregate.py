@@ -16,15 +16,16 @@ import asyncio
 from typing import Any
 
 import mcp_types as mt
-from fastmcp.prompts.base import Prompt, PromptResult
-from fastmcp.resources.base import Resource, ResourceResult
+from fastmcp.prompts.base import InputRequiredPromptResult, Prompt, PromptResult
+from fastmcp.resources.base import InputRequiredResourceResult, Resource, ResourceResult
 from fastmcp.resources.template import ResourceTemplate
 from fastmcp.tools.base import Tool, ToolResult
 from mcp import MCPError
 
-from agent_mcp_gateway.catalog import Catalog
+from agent_mcp_gateway.catalog import Catalog, Routed
+from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.downstream.pool import Owner
-from agent_mcp_gateway.downstream.session import Downstream
+from agent_mcp_gateway.downstream.session import Downstream, Round
 from agent_mcp_gateway.errors import DeniedByPolicy, GatewayError
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.operation import Operation
@@ -128,30 +129,54 @@ class AggregateView:
     async def call_tool(
         self, op: Operation, name: str, arguments: dict[str, Any], relay: ClientRelay | None
     ) -> ToolResult:
-        routed = (await self._catalog(op)).tool(name)
-        if routed is None:
-            self._refuse(op, name)
-            raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}")
+        routed = await self.route_tool(op, name)
         return await self.forward.call_tool(
             op, routed.server, routed.name, arguments, relay, decision=routed.decision
         )
 
+    async def route_tool(self, op: Operation, name: str) -> Routed[mt.Tool]:
+        """The tool a public name stands for, with the decision that allows it; an unknown
+        name (or one the agent may not use) is INVALID_PARAMS."""
+        routed = (await self._catalog(op)).tool(name)
+        if routed is None:
+            self._refuse(op, name)
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}")
+        return routed
+
     async def get_prompt(
         self, op: Operation, name: str, arguments: dict[str, str] | None, relay: ClientRelay | None
     ) -> PromptResult:
+        """The prompt as its server renders it; a server that asks its caller first is answered
+        the same way as in a tool call, in every pairing of eras (`Forward.rounds`)."""
         routed = (await self._catalog(op)).prompt(name)
         if routed is None:
             raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name!r}")
         op.tool = routed.name
-        downstream = self.forward.admit(op, "prompts/get", routed.server, relay=relay)
-        result = await downstream.get_prompt(
-            routed.name, arguments, self.forward.timeout_ms(downstream), relay
-        )
+
+        async def send(
+            downstream: Downstream, to: Relay | None, round: Round
+        ) -> mt.GetPromptResult | mt.InputRequiredResult:
+            timeout = self.forward.timeout_ms(downstream)
+            return await downstream.get_prompt(routed.name, arguments, timeout, to, round)
+
+        result = await self.forward.rounds(op, "prompts/get", routed.server, relay, send)
+        if isinstance(result, mt.InputRequiredResult):
+            return InputRequiredPromptResult(result)
         return RelayedPrompt.model_construct(messages=[], result=result)
 
     async def read_resource(self, op: Operation, uri: str, relay: ClientRelay | None) -> ResourceResult:
-        downstream = await self._resource_server(op, uri, "resources/read", relay)
-        result = await downstream.read_resource(uri, self.forward.timeout_ms(downstream), relay)
+        """The resource as its server reads it; a server that asks its caller first is answered
+        the same way as in a tool call, in every pairing of eras (`Forward.rounds`)."""
+        server = await self._resource_owner(op, uri)
+
+        async def send(
+            downstream: Downstream, to: Relay | None, round: Round
+        ) -> mt.ReadResourceResult | mt.InputRequiredResult:
+            return await downstream.read_resource(uri, self.forward.timeout_ms(downstream), to, round)
+
+        result = await self.forward.rounds(op, "resources/read", server, relay, send)
+        if isinstance(result, mt.InputRequiredResult):
+            return InputRequiredResourceResult(result)
         return RelayedResource.model_construct(contents=[], result=result)
 
     async def subscribe(self, op: Operation, uri: str, key: str, notify: Notify) -> None:
@@ -259,10 +284,12 @@ class AggregateView:
                 op.decision, op.error_code = "DENY", DeniedByPolicy.name
             return
 
-    async def _resource_server(
-        self, op: Operation, uri: str, operation: str, relay: ClientRelay | None = None
-    ) -> Downstream:
+    async def _resource_server(self, op: Operation, uri: str, operation: str) -> Downstream:
+        return self.forward.admit(op, operation, await self._resource_owner(op, uri))
+
+    async def _resource_owner(self, op: Operation, uri: str) -> str:
+        """The server that serves `uri` in the agent's view (`-32602` when none does)."""
         server = (await self._catalog(op)).resource_server(uri)
         if server is None:
             raise MCPError(INVALID_PARAMS, f"Resource not found: {uri!r}", data={"uri": uri})
-        return self.forward.admit(op, operation, server, relay=relay)
+        return server

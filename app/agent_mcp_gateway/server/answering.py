@@ -4,30 +4,30 @@ A 2026-07-28 server asks its caller mid-call by answering the call with an
 `InputRequiredResult` (elicitation, sampling, roots) and expects a retry carrying the answers.
 A handshake-era client knows nothing of that: it answers requests sent on its call's stream.
 The gateway turns each question into such a request to the calling client (`ClientRelay`),
-collects the answers and retries the downstream, round after round, until the tool's result;
-the SDK client's own loop drives the rounds.
+collects the answers and retries the downstream, round after round, until the result (of a
+tool call, a prompt or a resource read); the SDK client's own loop drives the rounds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import mcp_types as mt
 from mcp import MCPError
+from pydantic import BaseModel
 
 from agent_mcp_gateway import compat
+from agent_mcp_gateway.downstream.messages import Relay
 from agent_mcp_gateway.protocol import INTERNAL_ERROR, METHOD_NOT_FOUND
-from agent_mcp_gateway.server.relay import ClientRelay
 
 MAX_ROUNDS = 16
 
-Retry = Callable[[dict[str, Any] | None, str | None], Awaitable[mt.CallToolResult | mt.InputRequiredResult]]
+A = TypeVar("A", bound=BaseModel)
+Retry = Callable[[dict[str, Any] | None, str | None], Awaitable[A | mt.InputRequiredResult]]
 
 
-async def answered(
-    relay: ClientRelay | None, first: mt.InputRequiredResult, retry: Retry
-) -> mt.CallToolResult:
+async def answered(relay: Relay | None, first: mt.InputRequiredResult, retry: Retry[A]) -> A:
     """The call's result once every round's questions are answered by the calling client."""
     if relay is None:
         raise MCPError(
@@ -45,7 +45,7 @@ async def answered(
             return exc.error
 
     try:
-        result: mt.CallToolResult = await compat.run_input_required_driver(
+        result: A = await compat.run_input_required_driver(
             first, dispatch=ask, retry=retry, max_rounds=MAX_ROUNDS
         )
     except compat.InputRequiredRoundsExceededError:

@@ -9,22 +9,26 @@ public name is passed in rather than made again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import mcp_types as mt
 from fastmcp.tools.base import InputRequiredToolResult, ToolResult
+from pydantic import BaseModel
 
 from agent_mcp_gateway.access.policy import Decision
 from agent_mcp_gateway.downstream.messages import Relay
-from agent_mcp_gateway.downstream.session import Downstream
+from agent_mcp_gateway.downstream.session import FIRST, Downstream, Round
 from agent_mcp_gateway.errors import DeniedByPolicy, ToolNotFound
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.operation import Operation
 from agent_mcp_gateway.server.answering import answered
-from agent_mcp_gateway.server.held import Resume
 from agent_mcp_gateway.server.relay import ClientRelay
+
+A = TypeVar("A", bound=BaseModel)
+# One round sent to the downstream: the session, where its messages go, and the round.
+Send = Callable[[Downstream, Relay | None, Round], Awaitable[A | mt.InputRequiredResult]]
 
 
 class Forward:
@@ -83,6 +87,39 @@ class Forward:
         """The caller's timeout, else the server's, else the gateway's default."""
         return requested or downstream.config.timeout_ms or self.gateway.settings.default_timeout_ms
 
+    async def rounds(
+        self,
+        op: Operation,
+        operation: str,
+        server: str,
+        relay: ClientRelay | None,
+        send: Send[A],
+        tool: str | None = None,
+        decision: Decision | None = None,
+    ) -> A | mt.InputRequiredResult:
+        """One request that may ask its caller mid-way (`tools/call`, `prompts/get`,
+        `resources/read`), sent to `server` by `send` once policy allows it. For a 2026-07-28
+        caller this is one round (`server.held`): a retry continues the request it names, under
+        policy decided again, and the server's questions end the round (the InputRequiredResult
+        returned). For a handshake-era caller the questions of a 2026-07-28 server are asked on
+        the call's own stream and the server retried until its result (`server.answering`)."""
+        if relay is not None and relay.modern:
+            self.decide(op, operation, server, tool, decision)
+
+            async def start(held: Relay, first: Round) -> A | mt.InputRequiredResult:
+                return await send(self._downstream(server, op, relay), held, first)
+
+            return await self.gateway.held.run(op.agent_id, relay, start)
+        downstream = self.admit(op, operation, server, tool, decision, relay)
+
+        async def again(answers: dict[str, Any] | None, state: str | None) -> A | mt.InputRequiredResult:
+            return await send(downstream, relay, Round(answers, state))
+
+        outcome = await send(downstream, relay, FIRST)
+        if isinstance(outcome, mt.InputRequiredResult):  # a 2026-07-28 server asks
+            return await answered(relay, outcome, again)
+        return outcome
+
     async def call_tool(
         self,
         op: Operation,
@@ -93,38 +130,19 @@ class Forward:
         timeout_ms: int | None = None,
         decision: Decision | None = None,
     ) -> ToolResult:
-        """Call `tool` on `server` for `op` and hand its result back as the server gave it. For a
-        2026-07-28 caller this is one round of the call (`server.held`): a retry continues the
-        call it names, under policy decided again, and the server's questions end the round."""
+        """Call `tool` on `server` for `op` and hand its result back as the server gave it (or,
+        to a 2026-07-28 caller, the questions it asks first)."""
         op.tool = tool
-        outcome: mt.CallToolResult | mt.InputRequiredResult
-        if relay is not None and relay.modern:
-            self.decide(op, "execute_tool", server, tool, decision)
 
-            async def start(held: Relay, resume: Resume | None) -> mt.CallToolResult | mt.InputRequiredResult:
-                downstream = self._downstream(server, op, relay)
-                timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
-                answers, state = (resume.input_responses, resume.request_state) if resume else (None, None)
-                return await downstream.call_tool(
-                    tool, arguments, timeout, held, known, answers, state, relay.capabilities
-                )
+        async def send(
+            downstream: Downstream, to: Relay | None, round: Round
+        ) -> mt.CallToolResult | mt.InputRequiredResult:
+            timeout, known = self.timeout_ms(downstream, timeout_ms), self.known(op, downstream, tool)
+            return await downstream.call_tool(tool, arguments, timeout, to, known, round)
 
-            outcome = await self.gateway.held.run(op.agent_id, relay, start)
-            if isinstance(outcome, mt.InputRequiredResult):
-                return InputRequiredToolResult(outcome)
-        else:
-            downstream = self.admit(op, "execute_tool", server, tool, decision, relay)
-            timeout, known = self.timeout_ms(downstream, timeout_ms), self._known(op, downstream, tool)
-
-            async def again(
-                answers: dict[str, Any] | None, state: str | None
-            ) -> mt.CallToolResult | mt.InputRequiredResult:
-                return await downstream.call_tool(tool, arguments, timeout, relay, known, answers, state)
-
-            outcome = await again(None, None)
-            if isinstance(outcome, mt.InputRequiredResult):  # a 2026-07-28 server asks
-                outcome = await answered(relay, outcome, again)
-        result = outcome
+        result = await self.rounds(op, "execute_tool", server, relay, send, tool, decision)
+        if isinstance(result, mt.InputRequiredResult):
+            return InputRequiredToolResult(result)
         return ToolResult(
             content=result.content,
             structured_content=result.structured_content,
@@ -132,7 +150,7 @@ class Forward:
             is_error=result.is_error,
         )
 
-    def _known(self, op: Operation, downstream: Downstream, tool: str) -> Callable[[], None]:
+    def known(self, op: Operation, downstream: Downstream, tool: str) -> Callable[[], None]:
         """The check that `tool` is listed, run by the downstream once the server is up (a
         server still starting has no list yet): a quarantined tool is refused as such."""
 

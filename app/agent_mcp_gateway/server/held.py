@@ -1,15 +1,17 @@
 """Calls held between the rounds of a 2026-07-28 client's multi-round-trip request (MRTR).
 
-A handshake-era server asks its caller mid-call (elicitation, sampling, roots) by sending a
-request and waiting for the answer; a 2026-07-28 client cannot receive such a request: it gets an
-`InputRequiredResult` and retries the call with its answers. The gateway bridges the two. The
-downstream call keeps running in this process while the server waits; its questions go back to
-the client as `inputRequests`, with a `requestState` naming the held call, and the retry's
-`inputResponses` answer them. The SDK's request-state boundary seals that state on the way out
-(under `GATEWAY_REQUEST_STATE_KEYS`) and refuses a tampered one on the way in; this module checks
-that the retry comes from the agent that made the call and reaches the process that holds it.
-Held calls are bounded in number and each waits at most `GATEWAY_INPUT_WAIT` seconds for its
-retry before it is cancelled.
+A call here is any request that may ask its caller mid-way: `tools/call`, `prompts/get` and
+`resources/read`. A handshake-era server asks its caller mid-call (elicitation, sampling,
+roots) by sending a request and waiting for the answer; a 2026-07-28 client cannot receive such
+a request: it gets an `InputRequiredResult` and retries the call with its answers. The gateway
+bridges the two. The downstream call keeps running in this process while the server waits; its
+questions go back to the client as `inputRequests`, with a `requestState` naming the held call,
+and the retry's `inputResponses` answer them. The SDK's request-state boundary seals that state
+on the way out (under `GATEWAY_REQUEST_STATE_KEYS`), bound to the method, its target (tool or
+prompt name, resource URI) and arguments, and refuses a tampered or replayed one on the way in;
+this module checks that the retry comes from the agent that made the call and reaches the
+process that holds it. Held calls are bounded in number and each waits at most
+`GATEWAY_INPUT_WAIT` seconds for its retry before it is cancelled.
 
 A 2026-07-28 server asks the same way the client does: its `InputRequiredResult` passes through,
 its own `requestState` wrapped in the gateway's (which names the agent), and the retry goes to
@@ -23,7 +25,7 @@ import json
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import mcp_types as mt
@@ -31,24 +33,18 @@ from mcp import MCPError
 from pydantic import BaseModel, ValidationError
 
 from agent_mcp_gateway.downstream.messages import Relay
+from agent_mcp_gateway.downstream.session import FIRST, Round
 from agent_mcp_gateway.errors import CallNotHeld, RequestStateRefused, TooManyHeldCalls
 from agent_mcp_gateway.protocol import INVALID_PARAMS
 from agent_mcp_gateway.server.relay import ClientRelay
 
 R = TypeVar("R", bound=BaseModel)
-Answer = mt.CallToolResult | mt.InputRequiredResult
+A = TypeVar("A", bound=BaseModel)
 
 
-@dataclass(frozen=True, slots=True)
-class Resume:
-    """A retry for a 2026-07-28 server: the client's answers and the server's own state."""
-
-    input_responses: dict[str, Any] | None
-    request_state: str | None
-
-
-# The downstream call, given the relay its server's messages go to (and what resumes it).
-Start = Callable[[Relay, Resume | None], Awaitable[Answer]]
+# The downstream call, given the relay its server's messages go to and its first round (a
+# 2026-07-28 server's retry, or the first): its result, or a 2026-07-28 server's questions.
+Start = Callable[[Relay, Round], Awaitable[A | mt.InputRequiredResult]]
 
 
 @dataclass(slots=True)
@@ -176,7 +172,7 @@ class HeldCalls:
     def __len__(self) -> int:
         return len(self._held)
 
-    async def run(self, agent: str, relay: ClientRelay, start: Start) -> Answer:
+    async def run(self, agent: str, relay: ClientRelay, start: Start[A]) -> A | mt.InputRequiredResult:
         """One round of a call for a 2026-07-28 client: the call's result, or the questions its
         server waits on. A first round starts the call (`start`); a retry carrying a
         `requestState` resumes the held call it names, or calls a 2026-07-28 server again."""
@@ -184,12 +180,13 @@ class HeldCalls:
         if "call" in state:
             call = self._resume(state, relay)
         else:
-            resume = Resume(relay.input_responses, state["down"]) if state else None
+            first = Round(relay.input_responses, state["down"]) if state else FIRST
+            first = replace(first, capabilities=relay.capabilities)
             call = HeldCall(agent, relay)
-            call.task = asyncio.create_task(_run(start, call.relay, resume))
+            call.task = asyncio.create_task(_run(start, call.relay, first))
         call.busy = True
         try:
-            outcome: Answer = await self._round(call)
+            outcome: A | mt.InputRequiredResult = await self._round(call)
         except asyncio.CancelledError:
             self._drop(call)
             raise
@@ -208,8 +205,7 @@ class HeldCalls:
                 self._drop(call)
                 outcome = task.result()
                 if isinstance(outcome, mt.InputRequiredResult):  # a 2026-07-28 server's own
-                    wrapped = {"down": outcome.request_state, "agent": call.agent}
-                    return outcome.model_copy(update={"request_state": _state(wrapped)})
+                    return self.wrap(outcome, call.agent)
                 return outcome
             call.asked.clear()
             asked = asyncio.ensure_future(call.asked.wait())
@@ -218,6 +214,13 @@ class HeldCalls:
             finally:
                 asked.cancel()
             await asyncio.sleep(0)  # questions asked together go out together
+
+    @staticmethod
+    def wrap(outcome: mt.InputRequiredResult, agent: str) -> mt.InputRequiredResult:
+        """A 2026-07-28 server's questions as its caller gets them: its own `requestState`
+        inside the gateway's, which names the agent (the retry goes to the same server)."""
+        wrapped = {"down": outcome.request_state, "agent": agent}
+        return outcome.model_copy(update={"request_state": _state(wrapped)})
 
     def _hold(self, call: HeldCall) -> mt.InputRequiredResult:
         if call.key not in self._held:
@@ -256,8 +259,8 @@ class HeldCalls:
             self._drop(call)
 
 
-async def _run(start: Start, relay: Relay, resume: Resume | None) -> Answer:
-    return await start(relay, resume)
+async def _run(start: Start[A], relay: Relay, first: Round) -> A | mt.InputRequiredResult:
+    return await start(relay, first)
 
 
 def _state(state: dict[str, Any]) -> str:

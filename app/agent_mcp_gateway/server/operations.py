@@ -43,7 +43,7 @@ class Operations(Middleware):
                 try:
                     return await call_next(context)
                 except Exception as exc:
-                    raise fail(op, _unwrap(exc)) from None
+                    raise fail(op, unwrap(exc)) from None
         finally:
             end(token)
 
@@ -87,7 +87,7 @@ def fail(op: Operation, exc: BaseException) -> MCPError:
     )
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def unwrap(exc: BaseException) -> BaseException:
     """The real failure behind fastmcp's ToolError and ValidationError wrappers."""
     while isinstance(exc, ToolError | ArgumentsError) and exc.__cause__ is not None:
         exc = exc.__cause__

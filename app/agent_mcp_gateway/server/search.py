@@ -231,10 +231,11 @@ FIELD_WEIGHTS = (NAME_WEIGHT, SERVER_WEIGHT, DESCRIPTION_WEIGHT, PARAMETERS_WEIG
 
 
 def document_text(doc: ToolDoc) -> str:
-    """What the sentence embedding reads of a tool: its server, its name as words and its
-    description (tuned on bench_search.py: parameters and titles made the vectors worse)."""
+    """What the sentence embedding reads of a tool: its server's and its own name as words
+    (`desktop-commander read_file` reads "desktop commander read file"), then its description
+    (tuned on bench_search.py: parameters and titles made the vectors worse)."""
     description = _text(doc.definition, "description") or _text(doc.definition, "title")
-    return f"{doc.server}: {' '.join(words(doc.name))}. {description}"[:EMBED_TEXT_CHARS]
+    return f"{' '.join(words(doc.server))} {' '.join(words(doc.name))}: {description}"[:EMBED_TEXT_CHARS]
 
 
 def summary(definition: Mapping[str, Any], limit: int = 160) -> str:

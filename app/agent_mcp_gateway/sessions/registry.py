@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent_mcp_gateway.observe.metrics import ACTIVE_SESSIONS
 
@@ -18,6 +19,9 @@ class SessionRecord:
     agent_id: str | None = None
     created_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
+    # What the client declared in its `initialize` (None when it was not seen): whether the
+    # server could ask it anything decides if its calls may take the call lane (`server.lane`).
+    capabilities: dict[str, Any] | None = None
 
 
 class SessionRegistry:
