@@ -21,6 +21,7 @@ import mcp_types as mt
 from aiohttp.helpers import get_env_proxy_for_url
 from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken
+from fastmcp.server.context import reset_transport, set_transport
 from fastmcp.server.dependencies import bind_request_context
 from fastmcp.server.http import StreamableHTTPASGIApp
 from mcp import ClientSession
@@ -30,6 +31,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.caching import CacheHint, validate_cache_hints
 from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import RequestBodyLimitMiddleware
@@ -53,6 +55,7 @@ __all__ = [
     "mark_session_owner",
     "route_tool_input_schema",
     "run_input_required_driver",  # the SDK client's loop over a 2026-07-28 call's rounds
+    "run_stdio",
     "session_manager",
     "set_body_limit",
     "set_cache_hints",
@@ -175,6 +178,19 @@ def set_body_limit(routes: list[BaseRoute], max_bytes: int) -> None:
             manager.max_request_body_size = max_bytes
             if isinstance(manager.asgi_app, RequestBodyLimitMiddleware):
                 manager.asgi_app.max_body_size = max_bytes
+
+
+async def run_stdio(server: FastMCP, stdin: Any, stdout: Any) -> None:
+    """fastmcp's `run_stdio_async` on the stdio streams given (the SDK's `stdio_server` takes
+    them; fastmcp always opens it on the process's own, through worker threads): its lifespan,
+    the "stdio" transport its context reports, and its low-level server (`_mcp_server`)."""
+    token = set_transport("stdio")
+    try:
+        async with server._lifespan_manager(), stdio_server(stdin, stdout) as (read_stream, write_stream):
+            low_level = server._mcp_server
+            await low_level.run(read_stream, write_stream, low_level.create_initialization_options())
+    finally:
+        reset_transport(token)
 
 
 def session_manager(routes: list[BaseRoute]) -> StreamableHTTPSessionManager | None:

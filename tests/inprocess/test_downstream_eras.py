@@ -9,6 +9,10 @@ only)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +20,7 @@ import mcp_types as mt
 import pytest
 from fastmcp import Client
 from mcp import MCPError
+from mcp.client.session import DISCOVER_TIMEOUT_SECONDS
 
 from conftest import (
     GatewayFiles,
@@ -120,6 +125,79 @@ async def test_the_protocol_setting_forces_an_era(gateway_files: GatewayFiles) -
             assert "old__modern_only" not in tools and {"old__era", "new__era", "new__modern_only"} <= tools
             assert await text(ide, "old__era", {}) == HANDSHAKE
             assert await text(ide, "new__era", {}) == MODERN
+
+
+@pytest.mark.parametrize("protocol", [MODERN, "auto"])
+async def test_a_2026_server_slower_to_start_than_the_sdks_probe_connects(
+    gateway_files: GatewayFiles, protocol: str
+) -> None:
+    """The SDK gives `server/discover` 10 s; a stdio server that takes longer to start (a
+    Python one did on a loaded machine) still connects in 2026-07-28, as a slow handshake-era
+    server gets the connect timeout: forced, instead of being refused and restarted as slowly
+    again; on "auto", through the SDK's fallback (the late server refuses `initialize` once it
+    answered the probe, and is probed again) rather than in the handshake era."""
+    slow = fixture_server("echo", protocol=protocol)
+    slow["args"] += ["--start-delay", str(DISCOVER_TIMEOUT_SECONDS + 1)]
+    configure(gateway_files, slow=slow)
+    async with asgi_gateway(gateway_files) as service:
+        await connected(service)
+        server = service.gateway.pool.get("slow")
+        assert server is not None
+        assert (server.state, server.protocol, server.last_error) == ("up", MODERN, None)
+        async with service.client(headers=as_agent("ide")) as ide:
+            assert await text(ide, "slow__echo", {"text": "hi"}) == "hi"
+
+
+async def test_a_2026_server_that_stops_answering_is_noticed(gateway_files: GatewayFiles) -> None:
+    """On 2026-07-28 the ping is a `server/discover`, which the SDK gives up on after 10 s with a
+    REQUEST_TIMEOUT error: that is no answer, so a stopped server is lost however long the ping
+    timeout (it was taken for an answer, and such a server stayed up for good)."""
+    configure(gateway_files, frozen=fixture_server("crashing"))
+    async with (
+        asgi_gateway(
+            gateway_files,
+            GATEWAY_ISOLATION="shared",
+            GATEWAY_PING_INTERVAL="1",
+            GATEWAY_PING_TIMEOUT=str(DISCOVER_TIMEOUT_SECONDS + 2),
+        ) as service,
+        service.client(headers=as_agent("ide")) as ide,
+    ):
+        await connected(service)
+        server = service.gateway.pool.get("frozen")
+        assert server is not None and (server.state, server.protocol) == ("up", MODERN)
+        pid = int(await text(ide, "frozen__pid", {}))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            lost = await eventually(lambda: (server.state, server.last_error) == ("down", "ping timed out"))
+            assert lost, (server.state, server.last_error)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+async def received(client: Client, tool: str) -> Counter[str]:
+    """The requests the dual-era server behind `tool` received so far, by method."""
+    return Counter(json.loads(await text(client, tool, {})))
+
+
+@pytest.mark.parametrize("era", [MODERN, HANDSHAKE])
+async def test_a_call_costs_one_request_downstream_in_either_era(
+    gateway_files: GatewayFiles, era: str
+) -> None:
+    """Counted, not timed: each call through the gateway is exactly one `tools/call` at the
+    server in both eras (no discover, listen or list per call), so a per-call round trip added to
+    one era's path fails here however loaded the machine is. Pings are set far apart."""
+    configure(gateway_files, dual=fixture_server("dual_era", protocol=era))
+    async with (
+        asgi_gateway(gateway_files, GATEWAY_PING_INTERVAL="3600") as service,
+        service.client(headers=as_agent("ide")) as ide,
+    ):
+        await connected(service)
+        assert await text(ide, "dual__era", {}) == era  # the agent's own session is up
+        before = await received(ide, "dual__received")
+        for _ in range(10):
+            assert await text(ide, "dual__era", {}) == era
+        after = await received(ide, "dual__received")
+        assert after - before == Counter({"tools/call": 11})  # ten calls and the count's own
 
 
 @pytest.fixture(params=["stdio", "http"])

@@ -1,5 +1,6 @@
 """Dual-era fixture: serves the handshake era and 2026-07-28, with one tool (`modern_only`)
-offered only to 2026-07-28 clients.
+offered only to 2026-07-28 clients, and a count of the requests it received by method
+(`received`), so a test can tell how many messages each call of the gateway's costs.
 
 Neither fastmcp 4.1.2 nor the SDK registers a tool per era, so a server middleware of the
 SDK's own server (`MCPServer`) hides it from handshake-era listings and refuses its calls
@@ -9,6 +10,8 @@ there: the closest real thing, and what a server with an era-specific feature wo
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 import mcp_types
@@ -19,10 +22,12 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from _common import run
 
 MODERN_ONLY = "modern_only"
+RECEIVED: Counter[str] = Counter()
 
 
 async def per_era_tools(ctx: Any, call_next: Any) -> Any:
-    """`modern_only` exists for 2026-07-28 connections only."""
+    """`modern_only` exists for 2026-07-28 connections only; every request is counted."""
+    RECEIVED[ctx.method] += 1
     handshake = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
     if handshake and ctx.method == "tools/call" and (ctx.params or {}).get("name") == MODERN_ONLY:
         raise MCPError(code=mcp_types.INVALID_PARAMS, message=f"Unknown tool: {MODERN_ONLY}")
@@ -45,6 +50,12 @@ def era(ctx: Context) -> str:
 def modern_only() -> str:
     """Offered on 2026-07-28 only."""
     return "only on 2026-07-28"
+
+
+@mcp.tool(structured_output=False)
+def received() -> str:
+    """The requests this server received so far, by method (JSON), this one included."""
+    return json.dumps(RECEIVED)
 
 
 if __name__ == "__main__":

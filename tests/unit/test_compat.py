@@ -6,14 +6,17 @@ here, by name, rather than somewhere deep in a gateway test.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx2
 import mcp_types as mt
 import yarl
-from fastmcp import FastMCP
+from fastmcp import Context, FastMCP
 from fastmcp.server.http import StreamableHTTPASGIApp
 from fastmcp.server.middleware import MiddlewareContext
 from mcp import ClientSession
@@ -240,3 +243,50 @@ async def test_the_sdk_drives_a_calls_rounds_with_answers_and_state() -> None:
     )
     assert [state for _, state in retried] == ["s1", "s2"]
     assert retried[0][0] == {"q": mt.ElicitResult(action="decline")}
+
+
+async def test_fastmcp_serves_stdio_on_the_streams_given() -> None:
+    """`run_stdio`: fastmcp's lifespan runs, its context reports the stdio transport, and the
+    SDK's stdio server reads the lines given and writes its answers to the writer given."""
+    lifespan_ran = anyio.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(server: FastMCP) -> AsyncIterator[None]:
+        lifespan_ran.set()
+        yield
+
+    mcp = FastMCP("compat", lifespan=lifespan)
+
+    @mcp.tool
+    def transport(ctx: Context) -> str:
+        return str(ctx.transport)
+
+    answered = anyio.Event()
+    written: list[dict[str, Any]] = []
+
+    class Writer:
+        async def write(self, text: str) -> None:
+            written.append(json.loads(text))
+            if written[-1].get("id") == 2:
+                answered.set()
+
+        async def flush(self) -> None:
+            pass
+
+    async def lines() -> AsyncIterator[str]:
+        hello = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        }
+        yield json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}) + "\n"
+        yield json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n"
+        call = {"name": "transport", "arguments": {}}
+        yield json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}) + "\n"
+        await answered.wait()  # end of input only once the call is answered
+
+    with anyio.fail_after(60):
+        await compat.run_stdio(mcp, lines(), Writer())
+    assert lifespan_ran.is_set()
+    assert [message["id"] for message in written] == [1, 2]
+    assert written[1]["result"]["content"][0]["text"] == "stdio"

@@ -438,10 +438,7 @@ class Downstream:
         self._client = client
         await client.__aenter__()  # type: ignore[no-untyped-call]  # fastmcp leaves it unannotated
         if forced == MODERN:
-            try:
-                await client.session.discover()
-            except (MCPError, RuntimeError) as exc:  # RuntimeError: it lists no modern version
-                raise EraRefused(f"the server does not speak {MODERN}") from exc
+            await _discover(client)
         self.protocol = client.protocol_version
         if self.modern:
             # Listening before the catalog is read: no change in between goes unnoticed.
@@ -494,12 +491,13 @@ class Downstream:
             return True
         except asyncio.CancelledError:
             raise
-        except TimeoutError:
-            if self._heard_within(self.ping_timeout):
-                return True  # the answer is queued behind a long message still arriving
-            self.last_error = "ping timed out"
-            return False
-        except MCPError as exc:
+        except (TimeoutError, MCPError) as exc:
+            # REQUEST_TIMEOUT: the SDK's own 10 s bound on `server/discover`, no answer either.
+            if isinstance(exc, TimeoutError) or exc.code == mt.REQUEST_TIMEOUT:
+                if self._heard_within(self.ping_timeout):
+                    return True  # the answer is queued behind a long message still arriving
+                self.last_error = "ping timed out"
+                return False
             if not _is_connection_loss(exc):
                 return True  # any answer proves the session is alive (2026-era servers lack ping)
             self.last_error = _describe(exc, "ping")
@@ -1053,6 +1051,23 @@ def _is_connection_loss(exc: MCPError) -> bool:
 
 class EraRefused(Exception):
     """The server does not speak the protocol era its configuration forces."""
+
+
+async def _discover(client: Client[Any]) -> None:
+    """Adopt 2026-07-28 through `server/discover`, or raise EraRefused. The SDK gives the probe
+    10 s, where the handshake's `initialize` waits the connect timeout: a stdio server that takes
+    longer to start (a Python one did on a loaded machine) was refused and restarted, only to
+    start as slowly again. A probe that timed out is sent again (the server answers in order, so
+    once up it answers the next at once); the connect deadline bounds the whole."""
+    while True:
+        try:
+            await client.session.discover()
+            return
+        except MCPError as exc:
+            if exc.code != mt.REQUEST_TIMEOUT:
+                raise EraRefused(f"the server does not speak {MODERN}") from exc
+        except RuntimeError as exc:  # it lists no modern version
+            raise EraRefused(f"the server does not speak {MODERN}") from exc
 
 
 def _describe(exc: BaseException, during: str) -> str:

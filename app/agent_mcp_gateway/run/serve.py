@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from functools import partial
 
 import anyio
+from fastmcp import FastMCP
 
+from agent_mcp_gateway.compat import run_stdio
 from agent_mcp_gateway.gateway import Gateway
 from agent_mcp_gateway.observe import tracing
 from agent_mcp_gateway.observe.logs import setup_logging
 from agent_mcp_gateway.run.startup import load_config
 from agent_mcp_gateway.run.stdio_drain import StdioDrain
+from agent_mcp_gateway.run.stdio_pipes import loop_stdio
 from agent_mcp_gateway.server.build import build_server
 from agent_mcp_gateway.settings import Settings
 
@@ -32,5 +34,10 @@ def run(settings: Settings) -> int:
     # uvloop, as Granian picks for HTTP, when installed: less CPU per call than asyncio's loop.
     options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
     with drain:
-        anyio.run(partial(server.run_async, "stdio", show_banner=False), backend_options=options)
+        anyio.run(_serve_stdio, server, backend_options=options)
     return 0
+
+
+async def _serve_stdio(server: FastMCP) -> None:
+    async with loop_stdio() as (stdin, stdout):
+        await run_stdio(server, stdin, stdout)
