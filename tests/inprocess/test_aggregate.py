@@ -119,7 +119,7 @@ async def poll(read: Callable[[], Awaitable[T]], until: Callable[[T], bool] = bo
     deadline = time.monotonic() + WAIT_SECONDS
     value = await read()
     while not until(value) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.25)  # a poll may be charged to the rate limit (600/minute)
         value = await read()
     return value
 
