@@ -500,10 +500,11 @@ def test_input_required_result_capabilities(ctx: Context) -> Any:
 @mcp.prompt
 def test_input_required_result_prompt(ctx: Context) -> Any:
     """MRTR on a request other than a tool call: asks what context to use, then writes the prompt."""
-    asked = _asked(ctx, {"user_context": _form("What context should the prompt use?", "context")})
-    if isinstance(asked, mcp_types.InputRequiredResult):
-        return asked
-    return [Message(f"Write with this context: {_said(asked['user_context'])}")]
+    responses = ctx.input_responses or {}
+    if "user_context" not in responses:
+        requests = {"user_context": _form("What context should the prompt use?", "context")}
+        return mcp_types.InputRequiredResult(input_requests=requests)
+    return [Message(f"Write with this context: {_said(responses['user_context'])}")]
 
 
 @mcp.prompt(title="Simple Test Prompt")
